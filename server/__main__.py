@@ -1,0 +1,97 @@
+"""Command line: ``python -m server {dev,serve,worker,migrate}``.
+
+Configuration errors end the command with one line naming the variable and
+exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from server.settings import Settings, SettingsError, load_settings
+
+
+def _settings(*required: str) -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"lounges: {exc}")
+    missing = [name.upper() for name in required if not getattr(settings, name)]
+    if missing:
+        sys.exit(f"lounges: {', '.join(missing)} must be set (or use `python -m server dev` for embedded defaults)")
+    return settings
+
+
+def serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    from server.app import create_app
+
+    settings = _settings("database_url", "redis_url")
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=True,
+        timeout_graceful_shutdown=20,
+    )
+
+
+def worker(args: argparse.Namespace) -> None:
+    from arq.worker import async_check_health
+
+    from server.core.redis import queue_name
+    from workers.main import create_worker, health_check_key
+
+    settings = _settings("database_url", "redis_url")
+    if args.check:
+        from arq.connections import RedisSettings
+
+        status = asyncio.run(
+            async_check_health(RedisSettings.from_dsn(settings.redis_url), health_check_key(settings), queue_name(settings))
+        )
+        sys.exit(status)
+    from server.core.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
+    create_worker(settings).run()
+
+
+def migrate(args: argparse.Namespace) -> None:
+    from server.core.migrations import apply_migrations
+
+    settings = _settings("database_url")
+    asyncio.run(apply_migrations(settings.database_url))
+
+
+def dev(args: argparse.Namespace) -> None:
+    from server.devstack import run_dev_stack
+
+    sys.exit(run_dev_stack(_settings()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m server", description="Lounges backend")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dev", help="run web + worker on embedded PostgreSQL/Redis (DESIGN §6 defaults)").set_defaults(
+        handler=dev
+    )
+    serve_parser = commands.add_parser("serve", help="run the web server (uvicorn)")
+    serve_parser.add_argument("--host")
+    serve_parser.add_argument("--port", type=int)
+    serve_parser.set_defaults(handler=serve)
+    worker_parser = commands.add_parser("worker", help="run the arq worker")
+    worker_parser.add_argument("--check", action="store_true", help="exit 0 only if a worker is alive")
+    worker_parser.set_defaults(handler=worker)
+    commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=migrate)
+    args = parser.parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The Litestar application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, Router
+from litestar.config.compression import CompressionConfig
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+
+from server.core.database import create_engine, start_engine, stop_engine
+from server.core.errors import EXCEPTION_HANDLERS
+from server.core.health import HealthController
+from server.core.logging import RequestContextMiddleware, configure_logging
+from server.core.redis import create_redis
+from server.core.state import AppState
+from server.settings import Settings, load_settings
+
+API_PREFIX = "/api/v1"
+
+
+def _provide_state(state: State) -> AppState:
+    return state.app_state
+
+
+def _provide_settings(state: State) -> Settings:
+    return state.app_state.settings
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the ASGI app. ``settings`` default to the environment's."""
+    settings = settings or load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings)
+        redis = create_redis(settings)
+        await start_engine(engine, settings)
+        app.state.app_state = AppState(settings=settings, engine=engine, redis=redis)
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await stop_engine(engine)
+
+    api = Router(path=API_PREFIX, route_handlers=[])
+    app = Litestar(
+        route_handlers=[HealthController, api],
+        lifespan=[lifespan],
+        dependencies={"app_state": Provide(_provide_state, sync_to_thread=False),
+                      "settings": Provide(_provide_settings, sync_to_thread=False)},
+        exception_handlers=EXCEPTION_HANDLERS,
+        cors_config=CORSConfig(allow_origins=settings.cors_allow_origins) if settings.cors_allow_origins else None,
+        compression_config=CompressionConfig(backend="gzip", minimum_size=settings.compression_minimum_size),
+        openapi_config=OpenAPIConfig(
+            title="Lounges API",
+            version="1.0.0",
+            description="REST surface of Lounges. Realtime traffic uses /connection/websocket (see docs/protocol.md).",
+            path="/schema",
+            render_plugins=[SwaggerRenderPlugin()],
+        ),
+        debug=False,
+        logging_config=None,  # configure_logging() owns the root logger
+    )
+    # Outermost, so that router-level answers (404, 405) carry a request id too.
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    return app

@@ -1,0 +1,225 @@
+"""One error shape for REST: RFC 9457 problem details with a stable ``code``.
+
+Domain services raise :class:`AppError` subclasses; the handlers here turn
+those, Litestar's own HTTP exceptions and anything unexpected into
+``application/problem+json`` bodies. A stack trace never reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.openapi import ResponseSpec
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from server.core.logging import request_id_var
+
+log = logging.getLogger("lounges.errors")
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_TYPE_BASE = "https://lounges.dev/problems/"
+
+
+class AppError(Exception):
+    """A failure the client can act on. Subclasses fix status, code and title."""
+
+    status: int = 400
+    code: str = "bad_request"
+    title: str = "Bad request"
+
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        if code is not None:
+            self.code = code
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class BadRequest(AppError):
+    """The request is well-formed but cannot be processed as asked."""
+
+
+class ValidationFailed(AppError):
+    """The request body, query or path did not pass validation."""
+
+    status, code, title = 422, "validation_failed", "Validation failed"
+
+
+class Unauthorized(AppError):
+    """No valid credentials were presented."""
+
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("headers", {"WWW-Authenticate": 'Bearer realm="lounges"'})
+        super().__init__(detail, **kwargs)
+
+
+class Forbidden(AppError):
+    """The caller is known but may not do this."""
+
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class NotFound(AppError):
+    """The resource does not exist, or the caller may not know it does."""
+
+    status, code, title = 404, "not_found", "Not found"
+
+
+class Conflict(AppError):
+    """The request conflicts with the current state of the resource."""
+
+    status, code, title = 409, "conflict", "Conflict"
+
+
+class PayloadTooLarge(AppError):
+    """The request body is over a configured limit."""
+
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class RateLimited(AppError):
+    """Too many requests; ``retry_after`` seconds until the next may pass."""
+
+    status, code, title = 429, "rate_limited", "Too many requests"
+
+    def __init__(self, retry_after: int, detail: str | None = None, **kwargs: Any) -> None:
+        retry_after = max(1, int(retry_after))
+        super().__init__(detail, headers={"Retry-After": str(retry_after)}, retry_after=retry_after, **kwargs)
+
+
+class Unavailable(AppError):
+    """A dependency is down or the feature is not configured."""
+
+    status, code, title = 503, "unavailable", "Service unavailable"
+
+
+class ProblemDetails(msgspec.Struct):
+    """RFC 9457 body of every REST error (documented in the OpenAPI schema)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    instance: str
+    request_id: str | None = None
+
+
+def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
+    """OpenAPI ``responses=`` entries for the problems a route may answer."""
+    return {
+        status: ResponseSpec(
+            data_container=ProblemDetails,
+            description=_HTTP_CODES.get(status, ("", "Error"))[1],
+            media_type=PROBLEM_MEDIA_TYPE,
+            generate_examples=False,
+        )
+        for status in statuses
+    }
+
+
+_HTTP_CODES: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "Bad request"),
+    401: ("unauthorized", "Authentication required"),
+    403: ("forbidden", "Forbidden"),
+    404: ("not_found", "Not found"),
+    405: ("method_not_allowed", "Method not allowed"),
+    409: ("conflict", "Conflict"),
+    413: ("payload_too_large", "Payload too large"),
+    415: ("unsupported_media_type", "Unsupported media type"),
+    422: ("validation_failed", "Validation failed"),
+    429: ("rate_limited", "Too many requests"),
+    503: ("unavailable", "Service unavailable"),
+}
+
+
+def problem(
+    request: Request[Any, Any, Any],
+    *,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Response[dict[str, Any]]:
+    """Build a problem-details response."""
+    body: dict[str, Any] = {
+        "type": PROBLEM_TYPE_BASE + code,
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+        "instance": request.url.path,
+    }
+    request_id = request_id_var.get()
+    if request_id:
+        body["request_id"] = request_id
+    if extra:
+        body.update(extra)
+    return Response(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
+
+
+def handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response[dict[str, Any]]:
+    return problem(
+        request,
+        status=exc.status,
+        code=exc.code,
+        title=exc.title,
+        detail=exc.detail,
+        headers=exc.headers,
+        extra=exc.extra,
+    )
+
+
+def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    return problem(
+        request,
+        status=422,
+        code="validation_failed",
+        title="Validation failed",
+        detail=str(exc.detail),
+        extra={"errors": errors},
+    )
+
+
+def handle_http_exception(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    status = exc.status_code
+    if status >= 500:
+        return handle_unexpected(request, exc)
+    code, title = _HTTP_CODES.get(status, ("http_error", "HTTP error"))
+    return problem(request, status=status, code=code, title=title, detail=str(exc.detail), headers=exc.headers)
+
+
+def handle_unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(
+        request,
+        status=HTTP_500_INTERNAL_SERVER_ERROR,
+        code="internal_error",
+        title="Internal server error",
+        detail="An unexpected error occurred; it has been logged.",
+    )
+
+
+EXCEPTION_HANDLERS = {
+    AppError: handle_app_error,
+    ValidationException: handle_validation_error,
+    HTTPException: handle_http_exception,
+    Exception: handle_unexpected,
+}

@@ -1,0 +1,42 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar import Controller, get
+from litestar.di import NamedDependency
+
+from server.core.database import check_database
+from server.core.errors import Unavailable, problem_responses
+from server.core.redis import check_redis
+from server.core.state import AppState
+
+
+class HealthStatus(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class HealthController(Controller):
+    """``/health`` says the process serves; ``/ready`` that its dependencies answer."""
+
+    include_in_schema = True
+    tags = ["health"]
+
+    @get("/health", summary="Liveness: the process is serving")
+    async def health(self) -> HealthStatus:
+        return HealthStatus(status="ok")
+
+    @get("/ready", summary="Readiness: PostgreSQL and Redis answer", responses=problem_responses(503))
+    async def ready(self, app_state: NamedDependency[AppState]) -> HealthStatus:
+        checks: dict[str, str] = {}
+        for name, probe in (("postgres", check_database(app_state.engine)), ("redis", check_redis(app_state.redis))):
+            try:
+                await probe
+                checks[name] = "ok"
+            except Exception as exc:  # any failure means "not ready"; the reason is reported
+                checks[name] = f"down: {type(exc).__name__}"
+        down = sorted(name for name, result in checks.items() if result != "ok")
+        if down:
+            raise Unavailable(f"not ready: {', '.join(down)} unreachable", code="not_ready", checks=checks)
+        return HealthStatus(status="ready", checks=checks)

@@ -1,0 +1,127 @@
+"""Fixtures: a real PostgreSQL+pgvector database and a real Redis per test worker,
+the real app served in the test's event loop, and per-test isolation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from litestar import Litestar
+
+from server.app import create_app
+from server.settings import Settings
+from tests.support.lifespan import running_lifespan
+from tests.support.services import (
+    PG_ENV,
+    REDIS_ENV,
+    RUN_ENV,
+    TestServices,
+    clone_database,
+    drop_database,
+    redis_url_for,
+    template_name,
+)
+
+_services: TestServices | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In the controller (or a lone process): find or start the services once."""
+    global _services
+    if hasattr(config, "workerinput"):
+        return
+    _services = TestServices()
+    _services.start()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _services is not None:
+        _services.close()
+
+
+def _worker_index(worker_id: str) -> int:
+    return 0 if worker_id == "master" else int(worker_id.removeprefix("gw"))
+
+
+@pytest.fixture(scope="session")
+def run_id() -> str:
+    return os.environ[RUN_ENV]
+
+
+@pytest.fixture(scope="session")
+async def database_url(worker_id: str, run_id: str) -> AsyncIterator[str]:
+    """This worker's database, cloned from the migrated template."""
+    name = f"lounges_test_{run_id}_{worker_id}"
+    yield await clone_database(os.environ[PG_ENV], name, template_name())
+    await drop_database(os.environ[PG_ENV], name)
+
+
+@pytest.fixture
+async def empty_database_url(run_id: str) -> AsyncIterator[str]:
+    """A brand-new database with nothing in it (for migration tests)."""
+    name = f"lounges_empty_{run_id}_{uuid.uuid4().hex[:8]}"
+    yield await clone_database(os.environ[PG_ENV], name, "template0")
+    await drop_database(os.environ[PG_ENV], name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(worker_id: str) -> str:
+    """A Redis logical database of this worker's own (1 + worker index)."""
+    return redis_url_for(os.environ[REDIS_ENV], 1 + _worker_index(worker_id))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, worker_id: str, run_id: str) -> Settings:
+    return Settings(
+        env="test",
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_prefix=f"test-{run_id}-{worker_id}",
+        mail_outbox_dir=tempfile.mkdtemp(prefix="lounges-outbox-"),
+        log_format="console",
+        log_level="WARNING",
+        db_pool_min_size=1,
+        db_pool_max_size=5,
+    )
+
+
+@pytest.fixture(scope="session")
+async def _running_app(settings: Settings) -> AsyncIterator[Litestar]:
+    async with running_lifespan(create_app(settings)) as application:
+        yield application
+
+
+@pytest.fixture(scope="session")
+async def _table_names(database_url: str) -> list[str]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'migration'"
+        )
+    finally:
+        await connection.close()
+    return [row["tablename"] for row in rows]
+
+
+@pytest.fixture
+async def app(_running_app: Litestar, _table_names: list[str]) -> Litestar:
+    """The real app (its lifespan running in the tests' event loop), with every
+    table and this worker's Redis database emptied before the test."""
+    state = _running_app.state.app_state
+    async with state.engine.pool.acquire() as connection:
+        await connection.execute("TRUNCATE " + ", ".join(f'"{table}"' for table in _table_names) + " CASCADE")
+    await state.redis.flushdb()
+    return _running_app
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client talking to the app in-process."""
+    transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://lounges.test") as http:
+        yield http

@@ -1,0 +1,90 @@
+"""Liveness, readiness, OpenAPI and the problem-details error shape."""
+
+from __future__ import annotations
+
+import httpx
+from litestar import Litestar
+
+from server.app import create_app
+from tests.support.lifespan import running_lifespan
+from server.settings import Settings
+
+
+async def test_health_is_live(client: httpx.AsyncClient) -> None:
+    response = await client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok", "checks": {}}
+    assert response.headers["x-request-id"]
+
+
+async def test_ready_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:
+    response = await client.get("/ready")
+    assert response.status_code == 200
+    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+
+
+async def test_ready_names_what_is_down(settings: Settings) -> None:
+    broken = create_app(msgspec_replace(settings, redis_url="redis://127.0.0.1:1/0"))
+    async with running_lifespan(broken):
+        transport = httpx.ASGITransport(app=broken)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+            response = await http.get("/ready")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "not_ready"
+    assert body["checks"]["postgres"] == "ok"
+    assert body["checks"]["redis"].startswith("down")
+    assert "redis" in body["detail"]
+
+
+async def test_openapi_document_is_served(client: httpx.AsyncClient) -> None:
+    response = await client.get("/schema/openapi.json")
+    assert response.status_code == 200
+    document = response.json()
+    assert document["info"]["title"] == "Lounges API"
+    assert "/health" in document["paths"]
+    assert (await client.get("/schema")).status_code == 200
+
+
+async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.get("/api/v1/nope", headers={"X-Request-ID": "req-123"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["code"] == "not_found"
+    assert body["status"] == 404
+    assert body["instance"] == "/api/v1/nope"
+    assert body["request_id"] == "req-123"
+    assert response.headers["x-request-id"] == "req-123"
+
+
+async def test_wrong_method_is_a_problem(client: httpx.AsyncClient) -> None:
+    response = await client.delete("/health")
+    assert response.status_code == 405
+    assert response.json()["code"] == "method_not_allowed"
+
+
+async def test_unexpected_error_hides_the_trace(app: Litestar, client: httpx.AsyncClient) -> None:
+    from litestar import get
+
+    @get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    application = create_app(app.state.app_state.settings)
+    application.register(boom)
+    transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        response = await http.get("/boom")
+    assert response.status_code == 500
+    body = response.json()
+    assert body["code"] == "internal_error"
+    assert "secret" not in response.text
+    assert "Traceback" not in response.text
+
+
+def msgspec_replace(settings: Settings, **changes: object) -> Settings:
+    import msgspec
+
+    return msgspec.structs.replace(settings, **changes)

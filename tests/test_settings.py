@@ -1,0 +1,72 @@
+"""Settings: read from the environment, documented, and failing with one clear line."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from server.settings import Settings, SettingsError, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_the_embedded_stack() -> None:
+    settings = load_settings({})
+    assert settings.database_url is None and settings.redis_url is None
+    assert (settings.host, settings.port) == ("127.0.0.1", 8000)
+
+
+def test_values_are_converted_from_strings() -> None:
+    settings = load_settings(
+        {"PORT": "9001", "SMTP_STARTTLS": "false", "CORS_ALLOW_ORIGINS": "https://a.example, https://b.example"}
+    )
+    assert settings.port == 9001
+    assert settings.smtp_starttls is False
+    assert settings.cors_allow_origins == ["https://a.example", "https://b.example"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "names"),
+    [
+        ({"PORT": "eighty"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_variable(environ: dict[str, str], names: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ)
+    assert names in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_env_example_documents_every_variable() -> None:
+    documented = set(re.findall(r"^([A-Z][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    declared = {field.name.upper() for field in msgspec.structs.fields(Settings)}
+    assert documented == declared
+
+
+def test_env_example_defaults_match_the_code() -> None:
+    example = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", (ROOT / ".env.example").read_text(), re.M))
+    assert load_settings(example) == load_settings({})
+
+
+@pytest.mark.parametrize("command", ["serve", "worker", "migrate"])
+def test_bad_configuration_stops_start_up_with_one_line(command: str) -> None:
+    env = {**os.environ, "DATABASE_URL": "postgres//oops", "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "server", command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "DATABASE_URL" in lines[0] and "Traceback" not in result.stderr

@@ -1,0 +1,57 @@
+"""arq worker: the options shared by the CLI, the dev launcher and the tests.
+
+Run it with ``python -m server worker``; ``python -m server worker --check``
+exits non-zero when no worker has refreshed its health key within
+``WORKER_HEALTH_CHECK_INTERVAL`` seconds, for a supervisor to watch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arq.worker import Worker, func
+
+from server.core.database import create_engine, start_engine, stop_engine
+from server.core.redis import create_redis, deserialize_job, queue_name, serialize_job
+from server.core.state import AppState
+from server.settings import Settings
+from workers.mail import send_email
+
+FUNCTIONS = [func(send_email, max_tries=8)]
+
+
+def health_check_key(settings: Settings) -> str:
+    return f"{queue_name(settings)}:health-check"
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
+
+    async def startup(ctx: dict[str, Any]) -> None:
+        engine = create_engine(settings)
+        await start_engine(engine, settings)
+        ctx["state"] = AppState(settings=settings, engine=engine, redis=ctx["redis"])
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        state: AppState | None = ctx.get("state")
+        if state is not None:
+            await stop_engine(state.engine)
+
+    return {
+        "functions": FUNCTIONS,
+        "redis_pool": create_redis(settings),
+        "queue_name": queue_name(settings),
+        "health_check_interval": settings.worker_health_check_interval,
+        "health_check_key": health_check_key(settings),
+        "job_serializer": serialize_job,
+        "job_deserializer": deserialize_job,
+        "max_jobs": settings.worker_max_jobs,
+        "keep_result": 60,
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "handle_signals": True,
+    }
+
+
+def create_worker(settings: Settings, **overrides: Any) -> Worker:
+    return Worker(**{**worker_options(settings), **overrides})
