@@ -1,0 +1,1 @@
+"""User accounts, OAuth identities, sessions, refresh and action tokens, security events."""

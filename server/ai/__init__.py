@@ -1,0 +1,1 @@
+"""AI provider usage ledger."""

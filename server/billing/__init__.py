@@ -1,0 +1,1 @@
+"""Plans, Stripe customers, subscriptions, payments and webhook events."""

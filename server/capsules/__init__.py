@@ -1,0 +1,1 @@
+"""Time capsules that unlock at a future date."""

@@ -1,0 +1,1 @@
+"""Private AI chat threads, messages, reactions and attachments."""

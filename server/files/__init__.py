@@ -1,0 +1,1 @@
+"""Uploaded files stored in object storage."""

@@ -1,0 +1,1 @@
+"""Knowledge chunks and their embeddings for retrieval."""

@@ -1,0 +1,69 @@
+"""Knowledge tables: text chunks of notes and files with their embeddings."""
+
+from __future__ import annotations
+
+import enum
+
+from piccolo.columns import (
+    UUID,
+    ForeignKey,
+    Integer,
+    OnDelete,
+    Text,
+    Timestamptz,
+    Varchar,
+)
+from piccolo.constraints import Check
+from piccolo.table import Table
+
+from server.accounts.tables import User
+from server.core.db_columns import Vector, in_choices
+from server.files.tables import File
+from server.lounges.tables import Lounge
+from server.notes.tables import Note
+
+
+class KnowledgeSourceType(enum.StrEnum):
+    """What a knowledge chunk was cut from."""
+
+    note = "note"
+    file = "file"
+
+
+class EmbeddingModel(enum.StrEnum):
+    """Embedding models that have an HNSW index (see the index migration)."""
+
+    all_minilm_l6_v2 = "all-minilm-l6-v2"
+    text_embedding_3_small = "text-embedding-3-small"
+
+
+EMBEDDING_DIMENSIONS: dict[EmbeddingModel, int] = {
+    EmbeddingModel.all_minilm_l6_v2: 384,
+    EmbeddingModel.text_embedding_3_small: 1536,
+}
+
+
+class KnowledgeChunk(Table, tablename="knowledge_chunks"):
+    """One embedded chunk of a note or a file, for one embedding model."""
+
+    id = UUID(primary_key=True)
+    source_type = Varchar(length=16, default=None, choices=KnowledgeSourceType)
+    note = ForeignKey(Note, null=True, on_delete=OnDelete.cascade)
+    file = ForeignKey(File, null=True, on_delete=OnDelete.cascade)
+    owner = ForeignKey(User, null=True, on_delete=OnDelete.cascade, index=True)
+    lounge = ForeignKey(Lounge, null=True, on_delete=OnDelete.cascade, index=True)
+    chunk_index = Integer()
+    content = Text()
+    content_hash = Varchar(length=64)
+    embedding = Vector()
+    embedding_model = Varchar(length=100)
+    embedding_dim = Integer()
+    created_at = Timestamptz()
+
+    knowledge_chunks_source_type_check = Check(in_choices("source_type", KnowledgeSourceType))
+    knowledge_chunks_source_check = Check(
+        '("source_type" = \'note\' AND "note" IS NOT NULL AND "file" IS NULL)'
+        ' OR ("source_type" = \'file\' AND "file" IS NOT NULL AND "note" IS NULL)'
+    )
+    knowledge_chunks_embedding_dim_check = Check('"embedding_dim" = vector_dims("embedding")')
+    knowledge_chunks_chunk_index_check = Check('"chunk_index" >= 0')

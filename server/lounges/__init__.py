@@ -1,0 +1,1 @@
+"""Mentor-run lounges and their memberships."""

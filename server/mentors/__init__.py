@@ -1,0 +1,1 @@
+"""Mentor profiles, their admin-reviewed applications and categories."""

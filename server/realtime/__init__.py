@@ -1,0 +1,1 @@
+"""Realtime channels and their message offset sequences."""
