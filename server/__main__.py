@@ -69,6 +69,18 @@ def migrate(args: argparse.Namespace) -> None:
     asyncio.run(apply_migrations(settings.database_url))
 
 
+def create_admin(args: argparse.Namespace) -> None:
+    import getpass
+    import os
+
+    from server.accounts.admin_cli import create_or_promote_admin
+
+    settings = _settings("database_url")
+    password = os.environ.get("LOUNGES_ADMIN_PASSWORD") or getpass.getpass("Password for the admin: ")
+    outcome = asyncio.run(create_or_promote_admin(settings, args.email, args.full_name, password))
+    print(f"lounges: {outcome}")
+
+
 def dev(args: argparse.Namespace) -> None:
     from server.devstack import run_dev_stack
 
@@ -89,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     worker_parser.add_argument("--check", action="store_true", help="exit 0 only if a worker is alive")
     worker_parser.set_defaults(handler=worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=migrate)
+    admin_parser = commands.add_parser(
+        "create-admin", help="create the first admin (password from LOUNGES_ADMIN_PASSWORD or a prompt)"
+    )
+    admin_parser.add_argument("--email", required=True)
+    admin_parser.add_argument("--full-name", default="Administrator")
+    admin_parser.set_defaults(handler=create_admin)
     args = parser.parse_args(argv)
     args.handler(args)
 

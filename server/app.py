@@ -12,8 +12,11 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
 
-from server.core.database import create_engine, start_engine, stop_engine
+from server.accounts.controllers import AuthController, UsersController
+from server.accounts.guards import AUTH_DEPENDENCIES
+from server.core.database import acquire_engine, release_engine
 from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
 from server.core.logging import RequestContextMiddleware, configure_logging
@@ -39,22 +42,24 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings)
+        engine = await acquire_engine(settings)
         redis = create_redis(settings)
-        await start_engine(engine, settings)
         app.state.app_state = AppState(settings=settings, engine=engine, redis=redis)
         try:
             yield
         finally:
             await redis.aclose()
-            await stop_engine(engine)
+            await release_engine(engine)
 
-    api = Router(path=API_PREFIX, route_handlers=[])
+    api = Router(path=API_PREFIX, route_handlers=[AuthController, UsersController])
     app = Litestar(
         route_handlers=[HealthController, api],
         lifespan=[lifespan],
-        dependencies={"app_state": Provide(_provide_state, sync_to_thread=False),
-                      "settings": Provide(_provide_settings, sync_to_thread=False)},
+        dependencies={
+            "app_state": Provide(_provide_state, sync_to_thread=False),
+            "settings": Provide(_provide_settings, sync_to_thread=False),
+            **AUTH_DEPENDENCIES,
+        },
         exception_handlers=EXCEPTION_HANDLERS,
         cors_config=CORSConfig(allow_origins=settings.cors_allow_origins) if settings.cors_allow_origins else None,
         compression_config=CompressionConfig(backend="gzip", minimum_size=settings.compression_minimum_size),
@@ -64,6 +69,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="REST surface of Lounges. Realtime traffic uses /connection/websocket (see docs/protocol.md).",
             path="/schema",
             render_plugins=[SwaggerRenderPlugin()],
+            components=Components(
+                security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
+            ),
         ),
         debug=False,
         logging_config=None,  # configure_logging() owns the root logger

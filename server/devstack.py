@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -83,6 +84,15 @@ def start_embedded_redis(data_dir: Path, stack: ExitStack) -> str:
     raise RuntimeError("embedded Valkey did not answer within 10 s")
 
 
+def dev_jwt_key(data_dir: Path) -> str:
+    """A signing key kept in ``DATA_DIR/jwt.key`` so sessions survive restarts."""
+    path = data_dir / "jwt.key"
+    if not path.exists():
+        path.write_text(f"dev:{secrets.token_urlsafe(48)}\n")
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 15.0) -> None:
     if process.poll() is not None:
         return
@@ -103,6 +113,8 @@ def run_dev_stack(settings: Settings) -> int:
     env = dict(os.environ)
     env.setdefault("MAIL_OUTBOX_DIR", str(data_dir / "outbox"))
     env.setdefault("LOG_FORMAT", "console")
+    if not settings.jwt_keys:
+        env["JWT_KEYS"] = dev_jwt_key(data_dir)
 
     stopping = False
 

@@ -60,6 +60,29 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     mail_from: str = "Lounges <no-reply@lounges.local>"
     mail_outbox_dir: str = "var/outbox"
 
+    # Access tokens: JWT (HS256, pinned) signed with the first of JWT_KEYS
+    # ("kid:secret,kid:secret"); the others still verify, for key rotation.
+    # Empty outside production: an ephemeral key is generated (tokens die with the process).
+    jwt_keys: list[str] = msgspec.field(default_factory=list)
+    jwt_issuer: str = "lounges"
+    jwt_audience: str = "lounges-api"
+    access_token_ttl: PositiveInt = 900
+    refresh_token_ttl: PositiveInt = 30 * 24 * 3600
+    email_verification_ttl: PositiveInt = 48 * 3600
+    password_reset_ttl: PositiveInt = 3600
+    # Sign-in, register, forgot-password and verify: "count/seconds" per client IP and per account.
+    auth_rate_limit_ip: str = "30/60"
+    auth_rate_limit_account: str = "10/900"
+
+    # Google sign-in (OpenID Connect, authorization code + PKCE). Empty client id: disabled.
+    google_client_id: str | None = None
+    google_client_secret: str | None = None
+    google_issuer: str = "https://accounts.google.com"
+    google_authorization_endpoint: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_endpoint: str = "https://oauth2.googleapis.com/token"
+    google_jwks_uri: str = "https://www.googleapis.com/oauth2/v3/certs"
+    google_redirect_uri: str = "http://127.0.0.1:8000/api/v1/auth/google/callback"
+
     # Background worker.
     worker_health_check_interval: PositiveInt = 10
     worker_max_jobs: PositiveInt = 20
@@ -71,6 +94,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"})
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        for name in ("auth_rate_limit_ip", "auth_rate_limit_account"):
+            parse_rate(name.upper(), getattr(self, name))
+        for entry in self.jwt_keys:
+            kid, sep, secret = entry.partition(":")
+            if not sep or not kid or len(secret) < 32:
+                raise ValueError("JWT_KEYS entries must be 'kid:secret' with a secret of at least 32 characters")
+        if self.env == "production" and not self.jwt_keys:
+            raise ValueError("JWT_KEYS must be set in production")
 
     @property
     def is_production(self) -> bool:
@@ -83,6 +114,14 @@ def _check_url(variable: str, url: str, schemes: set[str]) -> None:
         raise ValueError(f"{variable} must be a {'/'.join(sorted(schemes))} URL, got scheme {parts.scheme!r}")
     if parts.scheme != "unix" and not (parts.hostname or "host=" in parts.query):
         raise ValueError(f"{variable} has no host")
+
+
+def parse_rate(variable: str, spec: str) -> tuple[int, int]:
+    """``"30/60"`` → ``(30, 60)``: at most 30 events per 60 seconds."""
+    count, sep, seconds = spec.partition("/")
+    if not (sep and count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
+        raise ValueError(f"{variable} must look like 'count/seconds', e.g. '30/60'")
+    return int(count), int(seconds)
 
 
 _LIST_FIELDS = {f.name for f in msgspec.structs.fields(Settings) if f.type == list[str]}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import asyncpg
 import httpx
@@ -16,6 +16,8 @@ from litestar import Litestar
 from server.app import create_app
 from server.settings import Settings
 from tests.support.lifespan import running_lifespan
+from tests.support.smtp import SmtpSink
+from tests.support.worker import run_worker_until_idle
 from tests.support.services import (
     PG_ENV,
     REDIS_ENV,
@@ -76,12 +78,25 @@ def redis_url(worker_id: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str, redis_url: str, worker_id: str, run_id: str) -> Settings:
+def smtp_server() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) that every mail of the test app is sent to."""
+    sink = SmtpSink()
+    sink.start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str, worker_id: str, run_id: str, smtp_server: SmtpSink) -> Settings:
     return Settings(
         env="test",
         database_url=database_url,
         redis_url=redis_url,
         redis_prefix=f"test-{run_id}-{worker_id}",
+        jwt_keys=[f"current:{'c' * 40}", f"previous:{'p' * 40}"],
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_server.port,
+        smtp_starttls=False,
         mail_outbox_dir=tempfile.mkdtemp(prefix="lounges-outbox-"),
         log_format="console",
         log_level="WARNING",
@@ -117,6 +132,19 @@ async def app(_running_app: Litestar, _table_names: list[str]) -> Litestar:
         await connection.execute("TRUNCATE " + ", ".join(f'"{table}"' for table in _table_names) + " CASCADE")
     await state.redis.flushdb()
     return _running_app
+
+
+@pytest.fixture
+def mailbox(smtp_server: SmtpSink, app: Litestar) -> SmtpSink:
+    """The SMTP server's inbox, emptied before the test; see ``run_jobs`` to deliver."""
+    smtp_server.messages.clear()
+    return smtp_server
+
+
+@pytest.fixture
+def run_jobs(settings: Settings) -> Callable[[], Awaitable[None]]:
+    """Run the real arq worker until the queue is empty (mail, erasure, ...)."""
+    return lambda: run_worker_until_idle(settings)
 
 
 @pytest.fixture

@@ -5,42 +5,23 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
-import pytest
 from litestar import Litestar
 
 from server.core.mail import Mail, queue_mail
 from server.settings import Settings
 from tests.support.smtp import SmtpSink
+from tests.support.worker import run_worker_until_idle
 from workers.main import create_worker
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink()
-    sink.start()
-    yield sink
-    sink.stop()
-
-
-async def run_worker_until_idle(settings: Settings) -> None:
-    worker = create_worker(settings, burst=True, poll_delay=0.05, handle_signals=False)
-    try:
-        await worker.main()
-    finally:
-        await worker.close()
-
-
-async def test_queued_mail_reaches_a_real_smtp_server(app: Litestar, settings: Settings, smtp: SmtpSink) -> None:
+async def test_queued_mail_reaches_a_real_smtp_server(app: Litestar, mailbox: SmtpSink, run_jobs) -> None:
     redis = app.state.app_state.redis
     await queue_mail(redis, Mail(to="ada@example.com", subject="Welcome", text="Hello Ada", html="<p>Hello Ada</p>"))
-    await run_worker_until_idle(
-        msgspec.structs.replace(settings, smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_starttls=False)
-    )
-    [message] = await smtp.wait_for(1)
+    await run_jobs()
+    [message] = await mailbox.wait_for(1)
     assert message["To"] == "ada@example.com"
     assert message["Subject"] == "Welcome"
     assert message.get_body(("plain",)).get_content().strip() == "Hello Ada"
@@ -51,7 +32,7 @@ async def test_without_smtp_mail_goes_to_the_outbox(app: Litestar, settings: Set
     outbox = Path(settings.mail_outbox_dir)
     before = set(outbox.glob("*.eml"))
     await queue_mail(redis, Mail(to="bob@example.com", subject="Outbox", text="Kept locally"))
-    await run_worker_until_idle(settings)
+    await run_worker_until_idle(msgspec.structs.replace(settings, smtp_host=None))
     [written] = set(outbox.glob("*.eml")) - before
     message = email.message_from_bytes(written.read_bytes(), policy=email.policy.default)
     assert message["To"] == "bob@example.com"

@@ -11,13 +11,14 @@ from typing import Any
 
 from arq.worker import Worker, func
 
-from server.core.database import create_engine, start_engine, stop_engine
+from server.core.database import acquire_engine, release_engine
 from server.core.redis import create_redis, deserialize_job, queue_name, serialize_job
 from server.core.state import AppState
 from server.settings import Settings
+from workers.accounts import erase_user
 from workers.mail import send_email
 
-FUNCTIONS = [func(send_email, max_tries=8)]
+FUNCTIONS = [func(send_email, max_tries=8), func(erase_user, max_tries=5)]
 
 
 def health_check_key(settings: Settings) -> str:
@@ -28,14 +29,13 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        engine = create_engine(settings)
-        await start_engine(engine, settings)
+        engine = await acquire_engine(settings)
         ctx["state"] = AppState(settings=settings, engine=engine, redis=ctx["redis"])
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         state: AppState | None = ctx.get("state")
         if state is not None:
-            await stop_engine(state.engine)
+            await release_engine(state.engine)
 
     return {
         "functions": FUNCTIONS,

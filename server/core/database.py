@@ -1,9 +1,9 @@
 """The PostgreSQL engine: one asyncpg pool per process, shared by every table.
 
-Piccolo finds its engine through ``piccolo_conf.py`` by default; the running
-service instead builds the engine from :class:`~server.settings.Settings` and
-binds it to every table explicitly, so tests and several apps in one process
-can each point at their own database.
+Piccolo binds tables to an engine process-wide, so a process has exactly one
+engine: the web app's lifespan and an in-process worker (as in the tests)
+share it through :func:`acquire_engine` / :func:`release_engine`, which count
+users and close the pool when the last one leaves.
 """
 
 from __future__ import annotations
@@ -16,27 +16,32 @@ from piccolo.engine.postgres import PostgresEngine
 
 from server.settings import Settings
 
+_shared: PostgresEngine | None = None
+_users = 0
+
 
 async def _init_connection(connection: asyncpg.Connection) -> None:
     """Run on every new pooled connection: teach asyncpg the ``vector`` type."""
     await register_vector(connection)
 
 
-def create_engine(settings: Settings) -> PostgresEngine:
-    """Build (but do not connect) the engine for ``settings.database_url``."""
+async def acquire_engine(settings: Settings) -> PostgresEngine:
+    """The process's engine for ``settings.database_url``, started on first use."""
+    global _shared, _users
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (the dev launcher `python -m server dev` provides one)")
-    return PostgresEngine(
+    if _shared is not None:
+        if _shared.config["dsn"] != settings.database_url:
+            raise RuntimeError("a process serves one database; another engine is already running")
+        _users += 1
+        return _shared
+    from server.piccolo_app import ALL_TABLES
+
+    engine = PostgresEngine(
         config={"dsn": settings.database_url, "command_timeout": settings.db_command_timeout},
         extensions=(),
         log_queries=False,
     )
-
-
-async def start_engine(engine: PostgresEngine, settings: Settings) -> None:
-    """Open the pool (with pgvector codecs) and bind every table to ``engine``."""
-    from server.piccolo_app import ALL_TABLES
-
     await engine.start_connection_pool(
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
@@ -44,10 +49,18 @@ async def start_engine(engine: PostgresEngine, settings: Settings) -> None:
     )
     for table in ALL_TABLES:
         table._meta.db = engine
+    _shared, _users = engine, 1
+    return engine
 
 
-async def stop_engine(engine: PostgresEngine) -> None:
-    if engine.pool is not None:
+async def release_engine(engine: PostgresEngine) -> None:
+    """Give back a reference from :func:`acquire_engine`; the last one closes the pool."""
+    global _shared, _users
+    if engine is not _shared:
+        raise RuntimeError("releasing an engine this process does not hold")
+    _users -= 1
+    if _users == 0:
+        _shared = None
         await engine.close_connection_pool()
 
 

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
 from piccolo.engine.postgres import PostgresEngine
 
+from server.accounts.tokens import TokenKeys
+from server.core.ratelimit import RateLimiter
 from server.settings import Settings
 
 
 @dataclass(slots=True)
 class AppState:
-    """Process-wide resources, opened and closed by the app's lifespan."""
+    """Process-wide resources, opened and closed by the app's (or worker's) lifespan."""
 
     settings: Settings
     engine: PostgresEngine
     redis: ArqRedis
+    token_keys: TokenKeys = field(init=False)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.token_keys = TokenKeys(self.settings)
+        self.limiter = RateLimiter(self.redis, self.settings.redis_prefix)

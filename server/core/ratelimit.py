@@ -1,0 +1,34 @@
+"""Fixed-window rate limits kept in Redis, so every process shares one count."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from server.core.errors import RateLimited
+
+# INCR the window's counter; start its expiry on first hit. Returns {count, ttl_ms}.
+_HIT = """
+local count = redis.call('INCR', KEYS[1])
+if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return {count, redis.call('PTTL', KEYS[1])}
+"""
+
+
+class RateLimiter:
+    """``await limiter.hit(key, limit, window)`` raises :class:`RateLimited` past ``limit``."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self._prefix = f"{prefix}:rl:"
+        self._script = redis.register_script(_HIT)
+
+    async def hit(self, key: str, limit: int, window_seconds: int) -> None:
+        count, ttl_ms = await self._script(keys=[self._prefix + key], args=[window_seconds * 1000])
+        if count > limit:
+            raise RateLimited(
+                retry_after=-(-max(ttl_ms, 1) // 1000),
+                detail=f"too many attempts; try again in {-(-max(ttl_ms, 1) // 1000)} s",
+            )
+
+    async def reset(self, key: str) -> None:
+        await self._redis.delete(self._prefix + key)

@@ -1,0 +1,62 @@
+"""Job: erase a deleted account's personal data, recorded on its compliance request."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
+from server.capsules.tables import TimeCapsule
+from server.chat.tables import ChatThread, Message
+from server.compliance.tables import ComplianceRequest
+from server.core.state import AppState
+from server.notes.tables import Note
+from server.notifications.tables import Notification
+
+log = logging.getLogger("lounges.erasure")
+
+
+async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
+    """Scrub the account row and delete what only its owner had (idempotent).
+
+    Lounge messages stay for the other members, with their author scrubbed to
+    "Deleted user"; one-to-one AI threads, notes, capsules, notifications,
+    sessions, identities and the security log go.
+    """
+    state: AppState = ctx["state"]
+    uid, rid = uuid.UUID(user_id), uuid.UUID(request_id)
+    async with state.engine.transaction():
+        await ComplianceRequest.update({ComplianceRequest.status: "processing"}).where(
+            ComplianceRequest.id == rid, ComplianceRequest.status == "pending"
+        )
+        threads = await ChatThread.select(ChatThread.channel).where(ChatThread.user == uid)
+        if threads:
+            await Message.delete().where(Message.channel.is_in([t["channel"] for t in threads]))
+        for table, column in (
+            (ChatThread, ChatThread.user),
+            (Note, Note.user),
+            (TimeCapsule, TimeCapsule.user),
+            (Notification, Notification.user),
+            (OAuthAccount, OAuthAccount.user),
+            (ActionToken, ActionToken.user),
+            (SecurityEvent, SecurityEvent.user),
+            (UserSession, UserSession.user),
+        ):
+            await table.delete().where(column == uid)
+        await User.update(
+            {
+                User.email: f"erased-{uid.hex}@erased.invalid",
+                User.full_name: "Deleted user",
+                User.password_hash: None,
+                User.avatar_file_id: None,
+                User.notification_prefs: {},
+                User.is_active: False,
+            }
+        ).where(User.id == uid)
+        await ComplianceRequest.update(
+            {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(timezone.utc)}
+        ).where(ComplianceRequest.id == rid)
+    log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
+    return "erased"
