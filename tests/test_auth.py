@@ -242,3 +242,19 @@ async def test_password_reset_flow(client: httpx.AsyncClient, mailbox: SmtpSink,
 
     reused = await client.post("/api/v1/auth/reset-password", json={"token": token, "password": "yet another passphrase"})
     assert reused.status_code == 422 and reused.json()["code"] == "invalid_token"
+
+
+async def test_login_rehashes_passwords_made_with_older_parameters(client: httpx.AsyncClient) -> None:
+    from argon2 import PasswordHasher
+
+    from server.accounts.tables import User
+
+    await register(client, "legacy@example.com")
+    weak_hash = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+    await User.update({User.password_hash: weak_hash}).where(User.email == "legacy@example.com")
+
+    await login(client, "legacy@example.com")
+    stored = (await User.select(User.password_hash).where(User.email == "legacy@example.com").first())["password_hash"]
+    assert stored != weak_hash
+    assert stored.startswith("$argon2id$") and "m=65536,t=3" in stored
+    await login(client, "legacy@example.com")
