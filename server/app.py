@@ -16,6 +16,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from server.accounts.controllers import AuthController, UsersController
 from server.accounts.guards import AUTH_DEPENDENCIES
+from server.chat.controllers import ThreadController
+from server.lounges.controllers import LoungeController
 from server.core.database import acquire_engine, release_engine
 from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
@@ -51,7 +53,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await redis.aclose()
             await release_engine(engine)
 
-    api = Router(path=API_PREFIX, route_handlers=[AuthController, UsersController])
+    api = Router(
+        path=API_PREFIX,
+        route_handlers=[AuthController, UsersController, LoungeController, ThreadController],
+    )
     app = Litestar(
         route_handlers=[HealthController, api],
         lifespan=[lifespan],

@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     google_jwks_uri: str = "https://www.googleapis.com/oauth2/v3/certs"
     google_redirect_uri: str = "http://127.0.0.1:8000/api/v1/auth/google/callback"
 
+    # Messages.
+    message_max_length: PositiveInt = 4000
+
     # Background worker.
     worker_health_check_interval: PositiveInt = 10
     worker_max_jobs: PositiveInt = 20

@@ -73,7 +73,7 @@ async def empty_database_url(run_id: str) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(worker_id: str) -> str:
-    """A Redis logical database of this worker's own (1 + worker index)."""
+    """A Redis logical database of this worker's own (the base URL's db + 1 + worker index)."""
     return redis_url_for(os.environ[REDIS_ENV], 1 + _worker_index(worker_id))
 
 
@@ -153,3 +153,11 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
     async with httpx.AsyncClient(transport=transport, base_url="http://lounges.test") as http:
         yield http
+
+
+@pytest.fixture
+def community(client: httpx.AsyncClient, mailbox: SmtpSink, run_jobs: Callable[[], Awaitable[None]]) -> "Community":
+    """Builds verified users, approved mentors and lounges through the API."""
+    from tests.support.community import Community
+
+    return Community(client, mailbox, run_jobs)

@@ -159,7 +159,10 @@ async def _exchange_code(state: AppState, code: str, verifier: str) -> str:
         raise Unavailable("Google could not be reached", code="oauth_provider_unavailable") from exc
     if response.status_code != 200:
         raise Unauthorized("Google refused the sign-in code", code="oauth_code_rejected")
-    id_token = response.json().get("id_token")
+    try:
+        id_token = response.json().get("id_token")
+    except (ValueError, AttributeError):
+        id_token = None
     if not isinstance(id_token, str):
         raise Unauthorized("Google sent no ID token", code="invalid_id_token")
     return id_token
@@ -176,7 +179,10 @@ async def _signing_key(state: AppState, kid: str) -> jwt.PyJWK:
                     response.raise_for_status()
             except httpx.HTTPError as exc:
                 raise Unavailable("Google's signing keys could not be fetched", code="oauth_provider_unavailable") from exc
-            cached = (time.monotonic(), jwt.PyJWKSet.from_dict(response.json()))
+            try:
+                cached = (time.monotonic(), jwt.PyJWKSet.from_dict(response.json()))
+            except (ValueError, jwt.PyJWKSetError) as exc:
+                raise Unavailable("Google's signing keys are unusable", code="oauth_provider_unavailable") from exc
             _jwks_cache[uri] = cached
         for key in cached[1].keys:
             if key.key_id == kid:
@@ -193,7 +199,7 @@ async def _verified_id_token(state: AppState, id_token: str, nonce: str) -> dict
         key = await _signing_key(state, str(header.get("kid", "")))
         claims = jwt.decode(
             id_token,
-            key.key,
+            key,  # the PyJWK: PyJWT then refuses a header alg the key was not made for
             algorithms=_ID_TOKEN_ALGORITHMS,
             audience=settings.google_client_id,
             issuer=settings.google_issuer,
@@ -202,6 +208,6 @@ async def _verified_id_token(state: AppState, id_token: str, nonce: str) -> dict
         )
     except jwt.InvalidTokenError as exc:
         raise Unauthorized(f"invalid ID token: {exc}", code="invalid_id_token") from None
-    if not secrets.compare_digest(str(claims.get("nonce", "")), nonce):
+    if not secrets.compare_digest(str(claims.get("nonce", "")).encode(), nonce.encode()):
         raise Unauthorized("ID token nonce does not match", code="invalid_id_token")
     return claims

@@ -51,6 +51,7 @@ class ChatThread(Table, tablename="chat_threads"):
     title = Varchar(length=200)
     channel = Varchar(length=100, unique=True)
     lounge = ForeignKey(Lounge, null=True, on_delete=OnDelete.set_null, index=True)
+    last_read_offset = BigInt(default=0)
     archived_at = Timestamptz(null=True, default=None)
     created_at = Timestamptz()
     updated_at = Timestamptz(auto_update=TimestamptzNow().python)

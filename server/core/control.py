@@ -14,13 +14,14 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
-ControlKind = Literal["session.revoked", "user.disabled"]
+ControlKind = Literal["session.revoked", "user.disabled", "channel.access_lost"]
 
 
 class ControlEvent(msgspec.Struct, frozen=True):
     kind: ControlKind
     user_id: uuid.UUID
     session_ids: list[uuid.UUID] = msgspec.field(default_factory=list)
+    channel: str | None = None
     reason: str = ""
 
 

@@ -42,9 +42,11 @@ def dsn_for(base: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
-def redis_url_for(base: str, db: int) -> str:
+def redis_url_for(base: str, offset: int) -> str:
+    """``base`` pointed at logical database (base's db + ``offset``)."""
     parts = urlsplit(base)
-    return urlunsplit(parts._replace(path=f"/{db}"))
+    base_db = int(parts.path.strip("/") or 0)
+    return urlunsplit(parts._replace(path=f"/{base_db + offset}"))
 
 
 def _redis_answers(host: str, port: int) -> bool:

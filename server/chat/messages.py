@@ -1,0 +1,377 @@
+"""The message store: one service for every post, edit, deletion, reaction and read
+mark in a lounge or thread, used by REST and by the socket gateway alike.
+
+Each write takes the channel's next offset, stores the message (or the change)
+and the publication subscribers will receive, commits, then broadcasts.
+Posts are idempotent by ``(sender, client_id)``: a retry returns the stored
+message and stores nothing new.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from server.accounts.services import Principal
+from server.accounts.tables import Role
+from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
+from server.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction, MessageStatus, SenderType
+from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.core.state import AppState
+from server.files.tables import File
+from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
+from server.lounges.tables import LoungeMembership
+from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset
+from server.realtime.tables import Channel
+
+_MESSAGE_SELECT = """
+SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
+       m.meta, m.edited_at, m.deleted_at, m.created_at,
+       coalesce(u.full_name, '') AS sender_name,
+       ARRAY(SELECT a.file FROM message_attachments a WHERE a.message = m.id ORDER BY a.created_at) AS attachments,
+       coalesce((SELECT jsonb_object_agg(r.emoji, r.n) FROM (
+           SELECT emoji, count(*) AS n FROM message_reactions WHERE message = m.id GROUP BY emoji) r), jsonb_build_object())
+         AS reactions
+FROM messages m LEFT JOIN users u ON u.id = m.sender
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelAccess:
+    """What the caller may do in one channel, and as whom they post."""
+
+    name: ChannelName
+    principal: Principal
+    lounge: LoungeContext | None = None
+    thread: dict[str, Any] | None = None
+
+    @property
+    def sender_type(self) -> SenderType:
+        if self.lounge is not None and self.lounge.is_mentor:
+            return SenderType.mentor
+        return SenderType.user
+
+    @property
+    def is_moderator(self) -> bool:
+        """May delete other people's messages here."""
+        return self.lounge.is_staff if self.lounge is not None else self.principal.role == Role.admin
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _decode(value: Any) -> Any:
+    return msgspec.json.decode(value) if isinstance(value, (str, bytes)) else value
+
+
+def message_out(row: dict[str, Any]) -> MessageOut:
+    deleted = row["deleted_at"] is not None
+    return MessageOut(
+        id=row["id"],
+        channel=row["channel"],
+        offset=row["offset"],
+        sender=SenderOut(
+            id=row["sender"],
+            full_name="Coach" if row["sender_type"] == SenderType.ai else row["sender_name"],
+            type=row["sender_type"],
+        ),
+        client_id=row["client_id"],
+        text="" if deleted else row["text"],
+        reply_to=row["reply_to"],
+        attachments=[] if deleted else list(row["attachments"]),
+        reactions=_decode(row["reactions"]) or {},
+        status=row["status"],
+        meta={} if deleted else (_decode(row["meta"]) or {}),
+        edited_at=row["edited_at"],
+        deleted=deleted,
+        created_at=row["created_at"],
+    )
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+
+async def channel_access(principal: Principal, channel: str, *, write: bool) -> ChannelAccess:
+    """Resolve ``channel`` for the caller, checking read (and, with ``write``, post) rights.
+
+    A channel the caller may not know of is reported as not found.
+    """
+    name = ChannelName.parse(channel)
+    if name is None:
+        raise NotFound("no such channel", code="channel_not_found")
+    if name.kind == "lounge":
+        context = await lounge_context(principal, name.id)
+        check_can_post(context) if write else check_can_read_messages(context)
+        return ChannelAccess(name=name, principal=principal, lounge=context)
+    thread = await ChatThread.select().where(ChatThread.id == name.id).first()
+    if thread is None or thread["user"] != principal.user_id:
+        raise NotFound("no such thread", code="thread_not_found")
+    if write and thread["archived_at"] is not None:
+        raise Conflict("the thread is archived", code="thread_archived")
+    return ChannelAccess(name=name, principal=principal, thread=thread)
+
+
+# -- reads ---------------------------------------------------------------------------------
+
+
+async def get_message(channel: str, offset: int) -> MessageOut:
+    rows = await Message.raw(_MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" = {}', channel, offset)
+    if not rows:
+        raise NotFound("no message at that offset", code="message_not_found")
+    return message_out(rows[0])
+
+
+async def history(
+    access: ChannelAccess, *, before: int | None, after: int | None, limit: int
+) -> MessagePage:
+    """A page of messages in offset order: the newest before ``before``, the oldest
+    after ``after``, or the newest of all."""
+    channel = str(access.name)
+    if before is not None and after is not None:
+        raise ValidationFailed("give before or after, not both", code="invalid_pagination")
+    if after is not None:
+        rows = await Message.raw(
+            _MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" > {} ORDER BY m."offset" LIMIT {}',
+            channel,
+            after,
+            limit + 1,
+        )
+    else:
+        rows = await Message.raw(
+            _MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" < {} ORDER BY m."offset" DESC LIMIT {}',
+            channel,
+            before if before is not None else 2**62,
+            limit + 1,
+        )
+    has_more = len(rows) > limit
+    rows = rows[:limit]
+    if after is None:
+        rows.reverse()
+    last = await Channel.select(Channel.last_offset).where(Channel.name == channel).first()
+    return MessagePage(items=[message_out(r) for r in rows], has_more=has_more, last_offset=last["last_offset"])
+
+
+# -- writes --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PostResult:
+    message: MessageOut
+    created: bool
+    publication: Publication | None
+
+
+async def _existing_post(sender: uuid.UUID, client_id: uuid.UUID, channel: str) -> MessageOut | None:
+    rows = await Message.raw(_MESSAGE_SELECT + " WHERE m.sender = {} AND m.client_id = {}", sender, client_id)
+    if not rows:
+        return None
+    if rows[0]["channel"] != channel:
+        raise Conflict("client_id was already used for a message in another channel", code="client_id_reused")
+    return message_out(rows[0])
+
+
+async def do_post_message(state: AppState, principal: Principal, channel: str, data: MessageIn) -> PostResult:
+    access = await channel_access(principal, channel, write=True)
+    name = str(access.name)
+    existing = await _existing_post(principal.user_id, data.client_id, name)
+    if existing is not None:
+        return PostResult(message=existing, created=False, publication=None)
+    text = data.text.strip()
+    if not text and not data.attachments:
+        raise ValidationFailed("a message needs text or an attachment", code="empty_message")
+    if len(text) > state.settings.message_max_length:
+        raise ValidationFailed(
+            f"text is longer than {state.settings.message_max_length} characters", code="message_too_long"
+        )
+    attachments = list(dict.fromkeys(data.attachments))
+    try:
+        async with state.engine.transaction():
+            offset, epoch = await next_offset(name)
+            if data.reply_to is not None and not await Message.exists().where(
+                Message.channel == name, Message.offset == data.reply_to
+            ):
+                raise ValidationFailed("reply_to is not a message of this channel", code="invalid_reply_to")
+            if attachments:
+                owned = await File.count().where(
+                    File.id.is_in(attachments), File.owner == principal.user_id, File.status == "ready"
+                )
+                if owned != len(attachments):
+                    raise ValidationFailed("attachments must be your own uploaded files", code="invalid_attachment")
+            message_id = uuid.uuid4()
+            await Message.insert(
+                Message(
+                    id=message_id,
+                    channel=name,
+                    offset=offset,
+                    sender_type=access.sender_type,
+                    sender=principal.user_id,
+                    client_id=data.client_id,
+                    text=text,
+                    reply_to=data.reply_to,
+                    status=MessageStatus.complete,
+                )
+            )
+            if attachments:
+                await MessageAttachment.insert(*(MessageAttachment(message=message_id, file=f) for f in attachments))
+            message = await get_message(name, offset)
+            publication = await append(
+                name, {"type": "message", "message": msgspec.to_builtins(message)}, offset=offset, epoch=epoch
+            )
+            await _touch_thread(access)
+    except asyncpg.UniqueViolationError:
+        # A concurrent retry with the same client_id won the race; answer with its message.
+        existing = await _existing_post(principal.user_id, data.client_id, name)
+        if existing is None:
+            raise
+        return PostResult(message=existing, created=False, publication=None)
+    await broadcast(state, [publication])
+    return PostResult(message=message, created=True, publication=publication)
+
+
+async def _touch_thread(access: ChannelAccess) -> None:
+    if access.thread is not None:
+        await ChatThread.update({ChatThread.updated_at: now()}).where(ChatThread.id == access.thread["id"])
+
+
+async def _locked_message(name: str, offset: int) -> dict[str, Any]:
+    rows = await Message.raw(
+        'SELECT id, sender, sender_type, deleted_at FROM messages WHERE channel = {} AND "offset" = {} FOR UPDATE',
+        name,
+        offset,
+    )
+    if not rows:
+        raise NotFound("no message at that offset", code="message_not_found")
+    return rows[0]
+
+
+async def do_edit_message(state: AppState, principal: Principal, channel: str, offset: int, text: str) -> MessageOut:
+    """The author edits their own message's text; subscribers get ``message.edited``."""
+    access = await channel_access(principal, channel, write=True)
+    name = str(access.name)
+    text = text.strip()
+    if not text:
+        raise ValidationFailed("text must not be empty", code="empty_message")
+    if len(text) > state.settings.message_max_length:
+        raise ValidationFailed(f"text is longer than {state.settings.message_max_length} characters", code="message_too_long")
+    async with state.engine.transaction():
+        row = await _locked_message(name, offset)
+        if row["sender"] != principal.user_id or row["sender_type"] == SenderType.ai:
+            raise Forbidden("only the author may edit a message", code="not_message_author")
+        if row["deleted_at"] is not None:
+            raise Conflict("the message was deleted", code="message_deleted")
+        edited_at = now()
+        await Message.update({Message.text: text, Message.edited_at: edited_at}).where(Message.id == row["id"])
+        publication = await append(
+            name, {"type": "message.edited", "message_offset": offset, "text": text, "edited_at": edited_at.isoformat()}
+        )
+    await broadcast(state, [publication])
+    return await get_message(name, offset)
+
+
+async def do_delete_message(state: AppState, principal: Principal, channel: str, offset: int) -> None:
+    """Soft-delete: by the author, or by the lounge's staff; subscribers get ``message.deleted``."""
+    access = await channel_access(principal, channel, write=False)
+    name = str(access.name)
+    async with state.engine.transaction():
+        row = await _locked_message(name, offset)
+        is_author = row["sender"] == principal.user_id and row["sender_type"] != SenderType.ai
+        is_thread_owner = access.thread is not None
+        if not (is_author or is_thread_owner or access.is_moderator):
+            raise Forbidden("only the author or the lounge's staff may delete a message", code="not_message_author")
+        if row["deleted_at"] is not None:
+            return
+        await Message.update({Message.deleted_at: now()}).where(Message.id == row["id"])
+        await MessageReaction.delete().where(MessageReaction.message == row["id"])
+        publication = await append(name, {"type": "message.deleted", "message_offset": offset})
+    await broadcast(state, [publication])
+
+
+async def do_react(
+    state: AppState, principal: Principal, channel: str, offset: int, emoji: str, *, add: bool
+) -> dict[str, int]:
+    """Add or remove the caller's ``emoji`` on a message; returns the message's reaction counts."""
+    access = await channel_access(principal, channel, write=True)
+    name = str(access.name)
+    async with state.engine.transaction():
+        row = await _locked_message(name, offset)
+        if row["deleted_at"] is not None:
+            raise Conflict("the message was deleted", code="message_deleted")
+        if add:
+            changed = await MessageReaction.raw(
+                """INSERT INTO message_reactions (id, message, "user", emoji, created_at) VALUES ({}, {}, {}, {}, now())
+                   ON CONFLICT (message, "user", emoji) DO NOTHING RETURNING id""",
+                uuid.uuid4(),
+                row["id"],
+                principal.user_id,
+                emoji,
+            )
+        else:
+            changed = await MessageReaction.delete().where(
+                MessageReaction.message == row["id"], MessageReaction.user == principal.user_id, MessageReaction.emoji == emoji
+            ).returning(MessageReaction.id)
+        counts = await _reaction_counts(row["id"])
+        publication = None
+        if changed:
+            publication = await append(
+                name,
+                {
+                    "type": "reaction",
+                    "message_offset": offset,
+                    "emoji": emoji,
+                    "user_id": str(principal.user_id),
+                    "added": add,
+                    "count": counts.get(emoji, 0),
+                },
+            )
+    if publication is not None:
+        await broadcast(state, [publication])
+    return counts
+
+
+async def _reaction_counts(message_id: uuid.UUID) -> dict[str, int]:
+    rows = await MessageReaction.raw(
+        "SELECT emoji, count(*) AS n FROM message_reactions WHERE message = {} GROUP BY emoji ORDER BY emoji", message_id
+    )
+    return {r["emoji"]: r["n"] for r in rows}
+
+
+async def do_mark_read(state: AppState, principal: Principal, channel: str, offset: int) -> ReadOut:
+    """Move the caller's read position forward (never back); returns it with the unread count."""
+    access = await channel_access(principal, channel, write=False)
+    name = str(access.name)
+    last = (await Channel.select(Channel.last_offset).where(Channel.name == name).first())["last_offset"]
+    offset = min(offset, last)
+    if access.lounge is not None:
+        if access.lounge.membership is None:
+            raise Forbidden("only members keep a read position", code="not_a_member")
+        rows = await LoungeMembership.raw(
+            """UPDATE lounge_memberships SET last_read_offset = greatest(last_read_offset, {}), updated_at = now()
+               WHERE id = {} RETURNING last_read_offset""",
+            offset,
+            access.lounge.membership["id"],
+        )
+    else:
+        rows = await ChatThread.raw(
+            "UPDATE chat_threads SET last_read_offset = greatest(last_read_offset, {}) WHERE id = {} RETURNING last_read_offset",
+            offset,
+            access.thread["id"],
+        )
+    position = rows[0]["last_read_offset"]
+    return ReadOut(channel=name, last_read_offset=position, unread=await unread_count(name, principal.user_id, position))
+
+
+async def unread_count(channel: str, user_id: uuid.UUID, after: int) -> int:
+    rows = await Message.raw(
+        """SELECT count(*) AS n FROM messages WHERE channel = {} AND "offset" > {}
+           AND deleted_at IS NULL AND sender IS DISTINCT FROM {}""",
+        channel,
+        after,
+        user_id,
+    )
+    return rows[0]["n"]

@@ -1,0 +1,119 @@
+"""Channels: names, offset assignment, the publication log, and post-commit broadcast.
+
+Offsets come from one row per channel: ``UPDATE channels SET last_offset =
+last_offset + 1 ... RETURNING`` inside the writer's transaction. The row lock
+serialises writers of one channel (on any node), a rolled-back transaction
+gives its number back, so stored offsets are strictly increasing with no gaps.
+The publication is broadcast only after the transaction commits.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from server.core.state import AppState
+from server.realtime.tables import Channel, ChannelPublication
+
+ChannelKind = Literal["lounge", "thread"]
+
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelName:
+    """A parsed ``lounge:<uuid>`` or ``thread:<uuid>``."""
+
+    kind: ChannelKind
+    id: uuid.UUID
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+    @classmethod
+    def parse(cls, name: str) -> ChannelName | None:
+        kind, sep, raw_id = name.partition(":")
+        if not sep or kind not in ("lounge", "thread"):
+            return None
+        try:
+            return cls(kind=kind, id=uuid.UUID(raw_id))  # type: ignore[arg-type]
+        except ValueError:
+            return None
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """A stored publication, ready to broadcast."""
+
+    channel: str
+    offset: int
+    epoch: str
+    data: dict[str, Any]
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
+
+
+async def create_channel(name: str) -> None:
+    """Create the offset sequence of a new channel (inside the caller's transaction)."""
+    await Channel.insert(Channel(name=name, epoch=new_epoch(), last_offset=0))
+
+
+async def delete_channel(name: str) -> None:
+    await ChannelPublication.delete().where(ChannelPublication.channel == name)
+    await Channel.delete().where(Channel.name == name)
+
+
+async def has_history(name: str) -> bool:
+    """Whether anything was ever published in the channel."""
+    row = await Channel.select(Channel.last_offset).where(Channel.name == name).first()
+    return bool(row and row["last_offset"] > 0)
+
+
+async def next_offset(name: str) -> tuple[int, str]:
+    """Take the channel's next offset; the row stays locked until the transaction ends."""
+    rows = await Channel.raw(
+        "UPDATE channels SET last_offset = last_offset + 1 WHERE name = {} RETURNING last_offset, epoch", name
+    )
+    if not rows:
+        raise LookupError(f"no channel {name}")
+    return rows[0]["last_offset"], rows[0]["epoch"]
+
+
+async def append(name: str, data: dict[str, Any], offset: int | None = None, epoch: str | None = None) -> Publication:
+    """Store ``data`` in the channel's log at ``offset`` (taken now when not given)."""
+    if offset is None or epoch is None:
+        offset, epoch = await next_offset(name)
+    await ChannelPublication.insert(ChannelPublication(channel=name, offset=offset, data=data))
+    return Publication(channel=name, offset=offset, epoch=epoch, data=data)
+
+
+def pubsub_channel(prefix: str, name: str) -> str:
+    """The Redis pub/sub channel carrying ``name``'s publications between nodes."""
+    return f"{prefix}:ch:{name}"
+
+
+class Wire(msgspec.Struct, array_like=True):
+    """What travels over Redis pub/sub: offset (0 for ephemeral), epoch, raw JSON data."""
+
+    offset: int
+    epoch: str
+    data: msgspec.Raw
+
+
+async def broadcast(state: AppState, publications: list[Publication]) -> None:
+    """Fan ``publications`` out to every node (call after the transaction committed)."""
+    if not publications:
+        return
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for publication in publications:
+            payload = _encoder.encode(
+                Wire(offset=publication.offset, epoch=publication.epoch, data=msgspec.Raw(_encoder.encode(publication.data)))
+            )
+            pipe.publish(pubsub_channel(state.settings.redis_prefix, publication.channel), payload)
+        await pipe.execute()
