@@ -53,7 +53,9 @@ def worker(args: argparse.Namespace) -> None:
         from arq.connections import RedisSettings
 
         status = asyncio.run(
-            async_check_health(RedisSettings.from_dsn(settings.redis_url), health_check_key(settings), queue_name(settings))
+            async_check_health(
+                RedisSettings.from_dsn(settings.redis_url), health_check_key(settings), queue_name(settings)
+            )
         )
         sys.exit(status)
     from server.core.logging import configure_logging

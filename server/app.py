@@ -16,14 +16,16 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from server.accounts.controllers import AuthController, UsersController
 from server.accounts.guards import AUTH_DEPENDENCIES
+from server.admin.controllers import AdminCategoryController, AdminMentorController
 from server.chat.controllers import ThreadController
-from server.lounges.controllers import LoungeController
 from server.core.database import acquire_engine, release_engine
 from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
 from server.core.logging import RequestContextMiddleware, configure_logging
 from server.core.redis import create_redis
 from server.core.state import AppState
+from server.lounges.controllers import LoungeController
+from server.mentors.controllers import CategoryController, MentorController
 from server.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
@@ -55,7 +57,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     api = Router(
         path=API_PREFIX,
-        route_handlers=[AuthController, UsersController, LoungeController, ThreadController],
+        route_handlers=[
+            AuthController,
+            UsersController,
+            CategoryController,
+            MentorController,
+            LoungeController,
+            ThreadController,
+            AdminMentorController,
+            AdminCategoryController,
+        ],
     )
     app = Litestar(
         route_handlers=[HealthController, api],

@@ -15,9 +15,8 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.settings import Settings
+from tests.support.community import Community
 from tests.support.lifespan import running_lifespan
-from tests.support.smtp import SmtpSink
-from tests.support.worker import run_worker_until_idle
 from tests.support.services import (
     PG_ENV,
     REDIS_ENV,
@@ -28,6 +27,8 @@ from tests.support.services import (
     redis_url_for,
     template_name,
 )
+from tests.support.smtp import SmtpSink
+from tests.support.worker import run_worker_until_idle
 
 _services: TestServices | None = None
 
@@ -156,8 +157,6 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def community(client: httpx.AsyncClient, mailbox: SmtpSink, run_jobs: Callable[[], Awaitable[None]]) -> "Community":
+def community(client: httpx.AsyncClient, mailbox: SmtpSink, run_jobs: Callable[[], Awaitable[None]]) -> Community:
     """Builds verified users, approved mentors and lounges through the API."""
-    from tests.support.community import Community
-
     return Community(client, mailbox, run_jobs)

@@ -90,7 +90,9 @@ async def test_bad_registrations_get_a_clear_problem(client: httpx.AsyncClient, 
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     assert response.json()["code"] == code
-    assert (await client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/api/v1/auth/login", json={"email": "a@example.com", "password": PASSWORD})
+    ).status_code == 401
 
 
 async def test_unverified_account_may_sign_in(client: httpx.AsyncClient) -> None:
@@ -103,7 +105,9 @@ async def test_unverified_account_may_sign_in(client: httpx.AsyncClient) -> None
 async def test_wrong_password_and_unknown_email_look_the_same(client: httpx.AsyncClient) -> None:
     await register(client, "known@example.com")
     wrong = await client.post("/api/v1/auth/login", json={"email": "known@example.com", "password": "not the password"})
-    unknown = await client.post("/api/v1/auth/login", json={"email": "ghost@example.com", "password": "not the password"})
+    unknown = await client.post(
+        "/api/v1/auth/login", json={"email": "ghost@example.com", "password": "not the password"}
+    )
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json()["code"] == unknown.json()["code"] == "invalid_credentials"
     assert wrong.json()["detail"] == unknown.json()["detail"]
@@ -237,10 +241,14 @@ async def test_password_reset_flow(client: httpx.AsyncClient, mailbox: SmtpSink,
     done = await client.post("/api/v1/auth/reset-password", json={"token": token, "password": new_password})
     assert done.status_code == 200, done.text
     assert (await client.get(ME, headers=account.headers)).json()["code"] == "session_revoked"
-    assert (await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})
+    ).status_code == 401
     await login(client, account.email, new_password)
 
-    reused = await client.post("/api/v1/auth/reset-password", json={"token": token, "password": "yet another passphrase"})
+    reused = await client.post(
+        "/api/v1/auth/reset-password", json={"token": token, "password": "yet another passphrase"}
+    )
     assert reused.status_code == 422 and reused.json()["code"] == "invalid_token"
 
 

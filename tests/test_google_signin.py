@@ -12,8 +12,8 @@ import asyncio
 import base64
 import hashlib
 import time
-from datetime import datetime, timezone
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -147,7 +147,7 @@ def identity(sub: str, email: str, *, verified: Any = True, name: str = "Grace H
 
 
 async def verify_email_directly(email: str) -> None:
-    await User.update({User.email_verified_at: datetime.now(timezone.utc)}).where(User.email == email)
+    await User.update({User.email_verified_at: datetime.now(UTC)}).where(User.email == email)
 
 
 # -- the authorization request -------------------------------------------------------------
@@ -176,9 +176,7 @@ async def test_authorization_request_carries_state_nonce_and_pkce(
 
 async def test_not_configured_answers_503(client: httpx.AsyncClient) -> None:
     assert_problem(await client.get("/api/v1/auth/google"), 503, "not_configured")
-    assert_problem(
-        await client.get(CALLBACK_PATH, params={"code": "c", "state": "s"}), 503, "not_configured"
-    )
+    assert_problem(await client.get(CALLBACK_PATH, params={"code": "c", "state": "s"}), 503, "not_configured")
 
 
 # -- creating, signing in, linking ---------------------------------------------------------
@@ -211,7 +209,9 @@ async def test_new_google_user_is_created_verified_and_comes_back_as_the_same_us
     assert_problem(refused, 401, "invalid_credentials")
 
 
-async def test_verified_password_account_is_linked_and_keeps_its_password(lounges: httpx.AsyncClient, provider: OidcProvider) -> None:
+async def test_verified_password_account_is_linked_and_keeps_its_password(
+    lounges: httpx.AsyncClient, provider: OidcProvider
+) -> None:
     account = await register(lounges, "linus@example.com")
     await verify_email_directly("linus@example.com")
     before = await login(lounges, "linus@example.com")
@@ -409,7 +409,9 @@ async def test_the_provider_stand_in_enforces_the_token_endpoint_rules(provider:
 
         # Authorization request checks: bad client / redirect URI are not redirected to.
         assert (await http.get("/authorize", params={**authorize, "client_id": "other"})).status_code == 400
-        assert (await http.get("/authorize", params={**authorize, "redirect_uri": "http://evil.test/cb"})).status_code == 400
+        assert (
+            await http.get("/authorize", params={**authorize, "redirect_uri": "http://evil.test/cb"})
+        ).status_code == 400
         for changes in (
             {"code_challenge_method": "plain"},
             {"scope": "email profile"},
@@ -419,7 +421,9 @@ async def test_the_provider_stand_in_enforces_the_token_endpoint_rules(provider:
         ):
             refused = await http.get("/authorize", params={**authorize, **changes})
             assert refused.status_code == 302, changes
-            assert "error" in query_of(refused.headers["location"]) and "code" not in query_of(refused.headers["location"])
+            assert "error" in query_of(refused.headers["location"]) and "code" not in query_of(
+                refused.headers["location"]
+            )
 
         # Token request checks.
         wrong_verifier = await http.post("/token", data=redeem(await code(), code_verifier="w" * 50))
@@ -444,7 +448,11 @@ async def test_the_provider_stand_in_enforces_the_token_endpoint_rules(provider:
         header = jwt.get_unverified_header(body["id_token"])
         assert header["alg"] == "RS256" and header["kid"] == jwks.keys[0].key_id
         claims = jwt.decode(
-            body["id_token"], jwks[header["kid"]].key, algorithms=["RS256"], audience=provider.client_id, issuer=provider.issuer
+            body["id_token"],
+            jwks[header["kid"]].key,
+            algorithms=["RS256"],
+            audience=provider.client_id,
+            issuer=provider.issuer,
         )
         assert claims["nonce"] == "n" * 32 and claims["sub"] == provider.next_identity["sub"]
         assert claims["email_verified"] is True and claims["exp"] > claims["iat"]
@@ -492,11 +500,18 @@ async def test_an_id_token_that_fails_verification_is_refused(
     assert await User.count() == 0 and await OAuthAccount.count() == 0
 
     # With the knob back to normal the same identity signs in fine.
-    provider.tamper, provider.sign_with_unknown_key, provider.forge_signature, provider.header_alg = {}, False, False, None
+    provider.tamper, provider.sign_with_unknown_key, provider.forge_signature, provider.header_alg = (
+        {},
+        False,
+        False,
+        None,
+    )
     assert (await me(lounges, await google_sign_in(lounges)))["email"] == "mallory@example.com"
 
 
-async def test_key_rotation_at_the_provider_refetches_the_jwks(lounges: httpx.AsyncClient, provider: OidcProvider) -> None:
+async def test_key_rotation_at_the_provider_refetches_the_jwks(
+    lounges: httpx.AsyncClient, provider: OidcProvider
+) -> None:
     provider.next_identity = identity("g-7007", "rotor@example.com")
     first = await me(lounges, await google_sign_in(lounges))
     assert provider.jwks_requests == 1

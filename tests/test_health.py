@@ -6,8 +6,8 @@ import httpx
 from litestar import Litestar
 
 from server.app import create_app
-from tests.support.lifespan import running_lifespan
 from server.settings import Settings
+from tests.support.lifespan import running_lifespan
 
 
 async def test_health_is_live(client: httpx.AsyncClient) -> None:

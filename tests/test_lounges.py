@@ -19,7 +19,10 @@ async def test_an_approved_mentor_opens_a_lounge(client: httpx.AsyncClient, comm
     )
     assert lounge["channel"] == f"lounge:{lounge['id']}"
     assert (lounge["title"], lounge["access"], lounge["ai_reply_policy"], lounge["capacity"]) == (
-        "Deep work", "public", "always", 10
+        "Deep work",
+        "public",
+        "always",
+        10,
     )
     assert lounge["member_count"] == 1 and lounge["my_role"] == "mentor" and lounge["mentor_user_id"] == mentor.id
 
@@ -73,7 +76,9 @@ async def test_private_lounge_by_request_or_invitation(client: httpx.AsyncClient
     not_staff = await client.get(f"{LOUNGES}/{lounge['id']}/members?status=requested", headers=stranger.headers)
     assert not_staff.status_code == 403
 
-    approved = await client.post(f"{LOUNGES}/{lounge['id']}/members", json={"user_id": stranger.id}, headers=mentor.headers)
+    approved = await client.post(
+        f"{LOUNGES}/{lounge['id']}/members", json={"user_id": stranger.id}, headers=mentor.headers
+    )
     assert approved.status_code == 201 and approved.json()["status"] == "active"
     assert (await client.get(f"{LOUNGES}/{lounge['id']}/messages", headers=stranger.headers)).status_code == 200
 
@@ -104,11 +109,15 @@ async def test_moderation_remove_mute_promote(client: httpx.AsyncClient, communi
     for account in (alice, bob):
         await community.join(account, lounge)
 
-    assert (await client.patch(f"{base}/members/{bob.id}", json={"role": "moderator"}, headers=alice.headers)).status_code == 403
+    assert (
+        await client.patch(f"{base}/members/{bob.id}", json={"role": "moderator"}, headers=alice.headers)
+    ).status_code == 403
     promoted = await client.patch(f"{base}/members/{alice.id}", json={"role": "moderator"}, headers=mentor.headers)
     assert promoted.json()["role"] == "moderator"
 
-    muted = await client.patch(f"{base}/members/{bob.id}", json={"muted_until": "2999-01-01T00:00:00Z"}, headers=alice.headers)
+    muted = await client.patch(
+        f"{base}/members/{bob.id}", json={"muted_until": "2999-01-01T00:00:00Z"}, headers=alice.headers
+    )
     assert muted.status_code == 200
     blocked = await community.post(bob, base, "can anyone hear me")
     assert blocked.status_code == 403 and blocked.json()["code"] == "muted"
@@ -140,9 +149,15 @@ async def test_lounge_edit_and_archive(client: httpx.AsyncClient, community: Com
     forbidden = await client.put(f"{LOUNGES}/{busy['id']}", json={"title": "Mine now"}, headers=member.headers)
     assert forbidden.status_code == 403
     edited = await client.put(
-        f"{LOUNGES}/{busy['id']}", json={"title": "Busy room", "ai_paused": True, "ai_reply_policy": "off"}, headers=mentor.headers
+        f"{LOUNGES}/{busy['id']}",
+        json={"title": "Busy room", "ai_paused": True, "ai_reply_policy": "off"},
+        headers=mentor.headers,
     )
-    assert (edited.json()["title"], edited.json()["ai_paused"], edited.json()["ai_reply_policy"]) == ("Busy room", True, "off")
+    assert (edited.json()["title"], edited.json()["ai_paused"], edited.json()["ai_reply_policy"]) == (
+        "Busy room",
+        True,
+        "off",
+    )
 
     assert (await community.post(member, f"{LOUNGES}/{busy['id']}", "hello")).status_code == 201
     assert (await client.delete(f"{LOUNGES}/{empty['id']}", headers=mentor.headers)).json() == {"outcome": "deleted"}
@@ -150,7 +165,9 @@ async def test_lounge_edit_and_archive(client: httpx.AsyncClient, community: Com
     assert (await client.delete(f"{LOUNGES}/{busy['id']}", headers=mentor.headers)).json() == {"outcome": "archived"}
     archived = await client.get(f"{LOUNGES}/{busy['id']}", headers=member.headers)
     assert archived.json()["archived"] is True
-    assert (await client.get(f"{LOUNGES}/{busy['id']}/messages", headers=member.headers)).json()["items"][0]["text"] == "hello"
+    assert (await client.get(f"{LOUNGES}/{busy['id']}/messages", headers=member.headers)).json()["items"][0][
+        "text"
+    ] == "hello"
     late = await community.post(member, f"{LOUNGES}/{busy['id']}", "anyone?")
     assert late.status_code == 409 and late.json()["code"] == "lounge_archived"
     listed = [i["id"] for i in (await client.get(LOUNGES)).json()["items"]]

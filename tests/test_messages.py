@@ -38,7 +38,9 @@ async def test_fifty_concurrent_posts_get_offsets_one_to_fifty(client: httpx.Asy
     assert sorted(r.json()["offset"] for r in responses) == list(range(1, 51))
     stored = await Message.select(Message.offset).where(Message.channel == lounge["channel"]).order_by(Message.offset)
     assert [row["offset"] for row in stored] == list(range(1, 51))
-    log = await ChannelPublication.select(ChannelPublication.offset).where(ChannelPublication.channel == lounge["channel"])
+    log = await ChannelPublication.select(ChannelPublication.offset).where(
+        ChannelPublication.channel == lounge["channel"]
+    )
     assert sorted(row["offset"] for row in log) == list(range(1, 51))
     mentor_posts = [r.json() for r in responses if r.json()["sender"]["id"] == mentor.id]
     assert {m["sender"]["type"] for m in mentor_posts} == {"mentor"}
@@ -62,7 +64,9 @@ async def test_a_retried_post_returns_the_original_and_stores_nothing(
     assert elsewhere.status_code == 409 and elsewhere.json()["code"] == "client_id_reused"
 
 
-async def test_strangers_and_non_members_are_refused_everywhere(client: httpx.AsyncClient, community: Community) -> None:
+async def test_strangers_and_non_members_are_refused_everywhere(
+    client: httpx.AsyncClient, community: Community
+) -> None:
     lounge, _, [member] = await _lounge_with_members(community, "insider@example.com")
     private_mentor = await community.mentor("quiet@example.com")
     private = await community.lounge(private_mentor, access="private")
@@ -88,7 +92,12 @@ async def test_strangers_and_non_members_are_refused_everywhere(client: httpx.As
             assert response.status_code in (403, 404), (method, url, response.status_code)
             assert response.headers["content-type"].startswith("application/problem+json")
     thread_base = f"{THREADS}/{thread['id']}"
-    for method, url, body in [("GET", thread_base, None), ("PATCH", thread_base, {"title": "x"}), ("DELETE", thread_base, None), *routes(thread_base)]:
+    for method, url, body in [
+        ("GET", thread_base, None),
+        ("PATCH", thread_base, {"title": "x"}),
+        ("DELETE", thread_base, None),
+        *routes(thread_base),
+    ]:
         for who in (outsider, None):
             response = await client.request(method, url, json=body, headers=who.headers if who else {})
             expected = 404 if who else 401
@@ -158,7 +167,10 @@ async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
         assert (await client.delete(f"{path}/messages/2", headers=alice.headers)).status_code == 403
         assert (await client.delete(f"{path}/messages/2", headers=mentor.headers)).status_code == 204
         history = (await client.get(f"{path}/messages", headers=alice.headers)).json()["items"]
-        assert [(m["offset"], m["text"], m["deleted"]) for m in history] == [(1, "hello everyone", False), (2, "", True)]
+        assert [(m["offset"], m["text"], m["deleted"]) for m in history] == [
+            (1, "hello everyone", False),
+            (2, "", True),
+        ]
         assert history[0]["reactions"] == {"🎉": 1}
 
         received = []
@@ -173,7 +185,9 @@ async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
     types = [msgspec.json.decode(w.data)["type"] for w in received]
     assert types == ["message", "message", "message.edited", "reaction", "reaction", "reaction", "message.deleted"]
     assert len({w.epoch for w in received}) == 1
-    log = await ChannelPublication.select(ChannelPublication.offset).where(ChannelPublication.channel == lounge["channel"])
+    log = await ChannelPublication.select(ChannelPublication.offset).where(
+        ChannelPublication.channel == lounge["channel"]
+    )
     assert sorted(r["offset"] for r in log) == list(range(1, 8))
 
     read = await client.post(f"{path}/read", json={"offset": 1}, headers=bob.headers)

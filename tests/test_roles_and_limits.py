@@ -45,9 +45,11 @@ async def guarded(app: Litestar, settings: Settings) -> AsyncIterator[httpx.Asyn
     application = create_app(settings)
     for handler in (verified_only, mentor_only, admin_only):
         application.register(handler)
-    async with running_lifespan(application):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http:
-            yield http
+    async with (
+        running_lifespan(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http,
+    ):
+        yield http
 
 
 async def test_guards_check_verification_and_role(guarded: httpx.AsyncClient, mailbox, run_jobs) -> None:
@@ -92,18 +94,20 @@ async def test_create_admin_command(app: Litestar, settings: Settings, client: h
 @pytest.fixture
 async def strict(app: Litestar, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """An app whose limits are tiny: 3 attempts per account and 6 per IP, per 2 seconds."""
-    application = create_app(
-        msgspec.structs.replace(settings, auth_rate_limit_account="3/2", auth_rate_limit_ip="6/2")
-    )
-    async with running_lifespan(application):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http:
-            yield http
+    application = create_app(msgspec.structs.replace(settings, auth_rate_limit_account="3/2", auth_rate_limit_ip="6/2"))
+    async with (
+        running_lifespan(application),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=application), base_url="http://t") as http,
+    ):
+        yield http
 
 
 async def test_login_limit_per_account_trips_and_recovers(strict: httpx.AsyncClient) -> None:
     await signed_in(strict, "target@example.com")  # one login attempt counted
     for _ in range(2):
-        response = await strict.post("/api/v1/auth/login", json={"email": "target@example.com", "password": "guess guess 1"})
+        response = await strict.post(
+            "/api/v1/auth/login", json={"email": "target@example.com", "password": "guess guess 1"}
+        )
         assert response.status_code == 401
     blocked = await strict.post("/api/v1/auth/login", json={"email": "target@example.com", "password": PASSWORD})
     assert blocked.status_code == 429
@@ -115,7 +119,9 @@ async def test_login_limit_per_account_trips_and_recovers(strict: httpx.AsyncCli
     assert other.status_code == 401
 
     await asyncio.sleep(retry_after + 0.1)
-    assert (await strict.post("/api/v1/auth/login", json={"email": "target@example.com", "password": PASSWORD})).status_code == 200
+    assert (
+        await strict.post("/api/v1/auth/login", json={"email": "target@example.com", "password": PASSWORD})
+    ).status_code == 200
 
 
 async def test_limits_per_ip_cover_register_forgot_and_verify(strict: httpx.AsyncClient) -> None:
@@ -128,21 +134,23 @@ async def test_limits_per_ip_cover_register_forgot_and_verify(strict: httpx.Asyn
         "/api/v1/auth/register", json={"email": "new@example.com", "password": PASSWORD, "full_name": "N"}
     )
     assert register.status_code == 201  # each action has its own budget
-    verify = [
-        (await strict.post("/api/v1/auth/verify-email", json={"token": "t" * 43})).status_code for _ in range(7)
-    ]
+    verify = [(await strict.post("/api/v1/auth/verify-email", json={"token": "t" * 43})).status_code for _ in range(7)]
     assert verify == [422] * 6 + [429]
 
 
 async def test_limits_hold_across_processes(app: Litestar, settings: Settings, strict: httpx.AsyncClient) -> None:
     """Two app instances (as two web processes would) share the counters in Redis."""
     second = create_app(msgspec.structs.replace(settings, auth_rate_limit_account="3/2", auth_rate_limit_ip="6/2"))
-    async with running_lifespan(second):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://t") as other:
-            statuses = []
-            for http in (strict, other, strict, other):
-                response = await http.post("/api/v1/auth/login", json={"email": "x@example.com", "password": "guess guess 1"})
-                statuses.append(response.status_code)
+    async with (
+        running_lifespan(second),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=second), base_url="http://t") as other,
+    ):
+        statuses = []
+        for http in (strict, other, strict, other):
+            response = await http.post(
+                "/api/v1/auth/login", json={"email": "x@example.com", "password": "guess guess 1"}
+            )
+            statuses.append(response.status_code)
     assert statuses == [401, 401, 401, 429]
 
 
@@ -153,7 +161,11 @@ async def test_no_response_leaks_a_hash_or_stored_token(client: httpx.AsyncClien
         (await client.put("/api/v1/users/me", headers=account.headers, json={"full_name": "L"})).text,
         (await client.get("/api/v1/users/me/activity", headers=account.headers)).text,
         (await client.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})).text,
-        (await client.post("/api/v1/auth/register", json={"email": "leak2@example.com", "password": PASSWORD, "full_name": "L"})).text,
+        (
+            await client.post(
+                "/api/v1/auth/register", json={"email": "leak2@example.com", "password": PASSWORD, "full_name": "L"}
+            )
+        ).text,
         (await client.get("/schema/openapi.json")).text,
     ]
     for body in bodies:

@@ -50,7 +50,9 @@ async def test_password_change_needs_the_old_one_and_ends_other_sessions(client:
     elsewhere = await login(client, account.email)
 
     wrong = await client.patch(
-        f"{ME}/password", headers=account.headers, json={"current_password": "not it at all", "new_password": "another fine passphrase"}
+        f"{ME}/password",
+        headers=account.headers,
+        json={"current_password": "not it at all", "new_password": "another fine passphrase"},
     )
     assert wrong.status_code == 403 and wrong.json()["code"] == "invalid_credentials"
     weak = await client.patch(
@@ -59,20 +61,26 @@ async def test_password_change_needs_the_old_one_and_ends_other_sessions(client:
     assert weak.status_code == 422 and weak.json()["code"] == "weak_password"
 
     done = await client.patch(
-        f"{ME}/password", headers=account.headers, json={"current_password": PASSWORD, "new_password": "another fine passphrase"}
+        f"{ME}/password",
+        headers=account.headers,
+        json={"current_password": PASSWORD, "new_password": "another fine passphrase"},
     )
     assert done.status_code == 204
     assert (await client.get(ME, headers=account.headers)).status_code == 200
     other = await client.get(ME, headers={"Authorization": f"Bearer {elsewhere['access_token']}"})
     assert other.status_code == 401 and other.json()["code"] == "session_revoked"
-    assert (await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})
+    ).status_code == 401
     await login(client, account.email, "another fine passphrase")
 
 
 async def test_activity_lists_sessions_and_security_events(client: httpx.AsyncClient) -> None:
     account = await signed_in(client, "busy@example.com")
     await client.post("/api/v1/auth/login", json={"email": account.email, "password": "wrong password!"})
-    await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD}, headers={"User-Agent": "phone/1.0"})
+    await client.post(
+        "/api/v1/auth/login", json={"email": account.email, "password": PASSWORD}, headers={"User-Agent": "phone/1.0"}
+    )
 
     activity = (await client.get(f"{ME}/activity", headers=account.headers)).json()
     assert len(activity["sessions"]) == 2
@@ -101,7 +109,9 @@ async def test_deleting_the_account_disables_it_now_and_erases_it_in_the_worker(
 
     gone = await client.get(ME, headers=account.headers)
     assert gone.status_code == 401 and gone.json()["code"] == "account_disabled"
-    assert (await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})).status_code == 401
+    assert (
+        await client.post("/api/v1/auth/login", json={"email": account.email, "password": PASSWORD})
+    ).status_code == 401
     refreshed = await client.post("/api/v1/auth/refresh", json={"refresh_token": account.refresh_token})
     assert refreshed.status_code == 401
 

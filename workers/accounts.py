@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
@@ -56,7 +56,7 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
             }
         ).where(User.id == uid)
         await ComplianceRequest.update(
-            {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(timezone.utc)}
+            {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(UTC)}
         ).where(ComplianceRequest.id == rid)
     log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
     return "erased"

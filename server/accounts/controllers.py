@@ -80,7 +80,9 @@ class AuthController(Controller):
         return Accepted(detail="if the address belongs to an unverified account, a link is on its way")
 
     @post("/forgot-password", status_code=HTTP_202_ACCEPTED, responses=problem_responses(422, 429))
-    async def forgot_password(self, data: JSONBody[ForgotPasswordRequest], app_state: State, client: Client) -> Accepted:
+    async def forgot_password(
+        self, data: JSONBody[ForgotPasswordRequest], app_state: State, client: Client
+    ) -> Accepted:
         """Mail a reset link (same answer whether or not the account exists)."""
         await services.do_forgot_password(app_state, email=data.email, client=client)
         return Accepted(detail="if the address belongs to an account, a reset link is on its way")

@@ -26,11 +26,11 @@ from server.accounts.schemas import TokenPair
 from server.accounts.services import (
     ClientInfo,
     announce_revoked,
-    open_session,
-    revoke_sessions,
     normalize_email,
     now,
+    open_session,
     record_event,
+    revoke_sessions,
 )
 from server.accounts.tables import OAuthAccount, OAuthProvider, User
 from server.core.errors import BadRequest, Conflict, Unauthorized, Unavailable
@@ -97,9 +97,11 @@ async def finish_google_sign_in(state: AppState, *, code: str, flow_state: str, 
 
     revoked: list[Any] = []
     async with state.engine.transaction():
-        linked = await OAuthAccount.select(OAuthAccount.user).where(
-            OAuthAccount.provider == OAuthProvider.google, OAuthAccount.subject == subject
-        ).first()
+        linked = (
+            await OAuthAccount.select(OAuthAccount.user)
+            .where(OAuthAccount.provider == OAuthProvider.google, OAuthAccount.subject == subject)
+            .first()
+        )
         if linked:
             user_id = linked["user"]
             user = await User.select(User.is_active).where(User.id == user_id).first()
@@ -109,13 +111,17 @@ async def finish_google_sign_in(state: AppState, *, code: str, flow_state: str, 
         else:
             if not (email and email_verified):
                 raise Conflict("Google did not confirm this email address", code="email_unverified")
-            existing = await User.select(User.id, User.is_active, User.email_verified_at).where(User.email == email).first()
+            existing = (
+                await User.select(User.id, User.is_active, User.email_verified_at).where(User.email == email).first()
+            )
             if existing:
                 if not existing["is_active"]:
                     raise Unauthorized("account disabled", code="account_disabled")
                 user_id = existing["id"]
                 if existing["email_verified_at"] is None:
-                    await User.update({User.email_verified_at: now(), User.password_hash: None}).where(User.id == user_id)
+                    await User.update({User.email_verified_at: now(), User.password_hash: None}).where(
+                        User.id == user_id
+                    )
                     revoked = await revoke_sessions(user_id, "google_link_unverified")
                 method = "google_linked"
             else:
@@ -178,7 +184,9 @@ async def _signing_key(state: AppState, kid: str) -> jwt.PyJWK:
                     response = await http.get(uri)
                     response.raise_for_status()
             except httpx.HTTPError as exc:
-                raise Unavailable("Google's signing keys could not be fetched", code="oauth_provider_unavailable") from exc
+                raise Unavailable(
+                    "Google's signing keys could not be fetched", code="oauth_provider_unavailable"
+                ) from exc
             try:
                 cached = (time.monotonic(), jwt.PyJWKSet.from_dict(response.json()))
             except (ValueError, jwt.PyJWKSetError) as exc:

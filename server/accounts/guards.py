@@ -3,6 +3,7 @@
 Handlers declare what they need by parameter name:
 
 - ``principal: Principal`` — any signed-in user (401 otherwise);
+- ``viewer: Principal | None`` — the caller if signed in, for public routes;
 - ``verified_principal`` — and a verified email (403 ``email_unverified``);
 - ``mentor_principal`` — role mentor or admin (403);
 - ``admin_principal`` — role admin (403).
@@ -27,11 +28,29 @@ def client_info(request: Request[Any, Any, Any]) -> ClientInfo:
     return ClientInfo(ip=host or "unknown", user_agent=request.headers.get("user-agent", "")[:512])
 
 
-async def provide_principal(request: Request[Any, Any, Any], app_state: NamedDependency[AppState]) -> Principal:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+def _bearer_token(request: Request[Any, Any, Any]) -> str | None:
+    """The bearer token, ``None`` without an Authorization header; 401 for another scheme."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("a bearer access token is required", code="missing_token")
-    return await authenticate(app_state, token.strip())
+    return token.strip()
+
+
+async def provide_principal(request: Request[Any, Any, Any], app_state: NamedDependency[AppState]) -> Principal:
+    token = _bearer_token(request)
+    if token is None:
+        raise Unauthorized("a bearer access token is required", code="missing_token")
+    return await authenticate(app_state, token)
+
+
+async def provide_viewer(request: Request[Any, Any, Any], app_state: NamedDependency[AppState]) -> Principal | None:
+    """For public routes that show more to a signed-in caller: ``None`` when anonymous
+    (a bad token is still a 401)."""
+    token = _bearer_token(request)
+    return None if token is None else await authenticate(app_state, token)
 
 
 async def provide_verified_principal(principal: NamedDependency[Principal]) -> Principal:
@@ -58,6 +77,7 @@ def provide_client_info(request: Request[Any, Any, Any]) -> ClientInfo:
 
 AUTH_DEPENDENCIES = {
     "principal": Provide(provide_principal),
+    "viewer": Provide(provide_viewer),
     "verified_principal": Provide(provide_verified_principal),
     "mentor_principal": Provide(provide_mentor_principal),
     "admin_principal": Provide(provide_admin_principal),

@@ -53,7 +53,7 @@ class ChangePasswordRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 class UpdateProfileRequest(msgspec.Struct, forbid_unknown_fields=True):
     full_name: FullName | msgspec.UnsetType = msgspec.UNSET
-    avatar_file_id: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
+    avatar_file_id: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
     notification_prefs: dict[str, bool] | msgspec.UnsetType = msgspec.UNSET
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -62,7 +62,7 @@ def normalize_email(email: str) -> str:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def user_out(row: dict[str, Any]) -> UserOut:
@@ -199,7 +199,9 @@ async def do_register(state: AppState, *, email: str, password: str, full_name: 
     password_hash = await hash_password(password)
     async with _engine(state).transaction():
         if await User.exists().where(User.email == email):
-            raise Conflict("this email cannot be used to register; sign in or reset your password", code="email_unavailable")
+            raise Conflict(
+                "this email cannot be used to register; sign in or reset your password", code="email_unavailable"
+            )
         [row] = await User.insert(User(email=email, password_hash=password_hash, full_name=full_name)).returning(
             *User.all_columns()
         )
@@ -210,22 +212,32 @@ async def do_register(state: AppState, *, email: str, password: str, full_name: 
 
 
 async def _new_action_token(state: AppState, user_id: uuid.UUID, purpose: ActionTokenPurpose) -> str:
-    ttl = state.settings.email_verification_ttl if purpose == ActionTokenPurpose.verify_email else state.settings.password_reset_ttl
+    ttl = (
+        state.settings.email_verification_ttl
+        if purpose == ActionTokenPurpose.verify_email
+        else state.settings.password_reset_ttl
+    )
     token = new_secret()
     await ActionToken.insert(
-        ActionToken(user=user_id, purpose=purpose, token_hash=hash_secret(token), expires_at=now() + timedelta(seconds=ttl))
+        ActionToken(
+            user=user_id, purpose=purpose, token_hash=hash_secret(token), expires_at=now() + timedelta(seconds=ttl)
+        )
     )
     return token
 
 
 async def _use_action_token(token: str, purpose: ActionTokenPurpose) -> uuid.UUID:
     """Consume a single-use token atomically; returns its user id."""
-    rows = await ActionToken.update({ActionToken.used_at: now()}).where(
-        ActionToken.token_hash == hash_secret(token),
-        ActionToken.purpose == purpose,
-        ActionToken.used_at.is_null(),
-        ActionToken.expires_at > now(),
-    ).returning(ActionToken.user)
+    rows = (
+        await ActionToken.update({ActionToken.used_at: now()})
+        .where(
+            ActionToken.token_hash == hash_secret(token),
+            ActionToken.purpose == purpose,
+            ActionToken.used_at.is_null(),
+            ActionToken.expires_at > now(),
+        )
+        .returning(ActionToken.user)
+    )
     if not rows:
         raise ValidationFailed("the link is invalid, expired or already used", code="invalid_token")
     return rows[0]["user"]
@@ -256,9 +268,11 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
     email = normalize_email(email)
     await check_rate(state, "verify", client, email)
     async with _engine(state).transaction():
-        user = await User.select(User.id, User.full_name).where(
-            User.email == email, User.is_active.eq(True), User.email_verified_at.is_null()
-        ).first()
+        user = (
+            await User.select(User.id, User.full_name)
+            .where(User.email == email, User.is_active.eq(True), User.email_verified_at.is_null())
+            .first()
+        )
         if user is None:
             return
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.verify_email)
@@ -417,12 +431,17 @@ async def do_update_profile(principal: Principal, changes: UpdateProfileRequest)
 
 
 async def get_activity(principal: Principal, *, event_limit: int = 50) -> ActivityOut:
-    sessions = await UserSession.select().where(
-        UserSession.user == principal.user_id, UserSession.revoked_at.is_null(), UserSession.expires_at > now()
-    ).order_by(UserSession.last_used_at, ascending=False)
-    events = await SecurityEvent.select().where(SecurityEvent.user == principal.user_id).order_by(
-        SecurityEvent.created_at, ascending=False
-    ).limit(event_limit)
+    sessions = (
+        await UserSession.select()
+        .where(UserSession.user == principal.user_id, UserSession.revoked_at.is_null(), UserSession.expires_at > now())
+        .order_by(UserSession.last_used_at, ascending=False)
+    )
+    events = (
+        await SecurityEvent.select()
+        .where(SecurityEvent.user == principal.user_id)
+        .order_by(SecurityEvent.created_at, ascending=False)
+        .limit(event_limit)
+    )
     return ActivityOut(
         sessions=[
             SessionOut(
@@ -438,14 +457,20 @@ async def get_activity(principal: Principal, *, event_limit: int = 50) -> Activi
         ],
         events=[
             SecurityEventOut(
-                kind=e["kind"], created_at=e["created_at"], ip=e["ip"], user_agent=e["user_agent"], detail=_json(e["detail"])
+                kind=e["kind"],
+                created_at=e["created_at"],
+                ip=e["ip"],
+                user_agent=e["user_agent"],
+                detail=_json(e["detail"]),
             )
             for e in events
         ],
     )
 
 
-async def do_delete_account(state: AppState, principal: Principal, *, password: str | None, client: ClientInfo) -> uuid.UUID:
+async def do_delete_account(
+    state: AppState, principal: Principal, *, password: str | None, client: ClientInfo
+) -> uuid.UUID:
     """Disable the account at once, revoke every session and queue the erasure job.
 
     Re-authentication: the password, or (for accounts without one) an access

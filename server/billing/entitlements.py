@@ -21,11 +21,15 @@ async def may_join_paid_lounge(user_id: uuid.UUID) -> bool:
     """True when the user's current plan includes paid lounges."""
     from server.billing.tables import Subscription, SubscriptionStatus
 
-    subscription = await Subscription.select(Subscription.id).where(
-        Subscription.user == user_id,
-        Subscription.status.is_in([SubscriptionStatus.active, SubscriptionStatus.trialing]),
-        Subscription.plan.paid_lounge_access.eq(True),
-    ).first()
+    subscription = (
+        await Subscription.select(Subscription.id)
+        .where(
+            Subscription.user == user_id,
+            Subscription.status.is_in([SubscriptionStatus.active, SubscriptionStatus.trialing]),
+            Subscription.plan.paid_lounge_access.eq(True),
+        )
+        .first()
+    )
     return subscription is not None
 
 

@@ -63,17 +63,35 @@ class ChannelMessagesController(Controller):
 
     @patch("/{id:uuid}/messages/{offset:int}", responses=problem_responses(401, 403, 404, 409, 422))
     async def edit_message(
-        self, id: FromPath[uuid.UUID], offset: FromPath[int], data: JSONBody[MessageEdit], app_state: State, principal: Caller
+        self,
+        id: FromPath[uuid.UUID],
+        offset: FromPath[int],
+        data: JSONBody[MessageEdit],
+        app_state: State,
+        principal: Caller,
     ) -> MessageOut:
         return await messages.do_edit_message(app_state, principal, self._channel(id), offset, data.text)
 
-    @delete("/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404))
-    async def delete_message(self, id: FromPath[uuid.UUID], offset: FromPath[int], app_state: State, principal: Caller) -> None:
+    @delete(
+        "/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
+    )
+    async def delete_message(
+        self, id: FromPath[uuid.UUID], offset: FromPath[int], app_state: State, principal: Caller
+    ) -> None:
         await messages.do_delete_message(app_state, principal, self._channel(id), offset)
 
-    @post("/{id:uuid}/messages/{offset:int}/reactions", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404, 409))
+    @post(
+        "/{id:uuid}/messages/{offset:int}/reactions",
+        status_code=HTTP_200_OK,
+        responses=problem_responses(401, 403, 404, 409),
+    )
     async def add_reaction(
-        self, id: FromPath[uuid.UUID], offset: FromPath[int], data: JSONBody[ReactionIn], app_state: State, principal: Caller
+        self,
+        id: FromPath[uuid.UUID],
+        offset: FromPath[int],
+        data: JSONBody[ReactionIn],
+        app_state: State,
+        principal: Caller,
     ) -> dict[str, int]:
         """Add the caller's reaction; answers the message's counts per emoji."""
         return await messages.do_react(app_state, principal, self._channel(id), offset, data.emoji, add=True)
@@ -89,7 +107,9 @@ class ChannelMessagesController(Controller):
         return await messages.do_react(app_state, principal, self._channel(id), offset, emoji, add=False)
 
     @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
-    async def mark_read(self, id: FromPath[uuid.UUID], data: JSONBody[ReadIn], app_state: State, principal: Caller) -> ReadOut:
+    async def mark_read(
+        self, id: FromPath[uuid.UUID], data: JSONBody[ReadIn], app_state: State, principal: Caller
+    ) -> ReadOut:
         """Move the read position forward; answers it with the unread count."""
         return await messages.do_mark_read(app_state, principal, self._channel(id), data.offset)
 
@@ -116,10 +136,11 @@ class ThreadController(ChannelMessagesController):
         return await threads.get_thread(principal, id)
 
     @patch("/{id:uuid}", responses=problem_responses(401, 404, 422))
-    async def update_thread(self, id: FromPath[uuid.UUID], data: JSONBody[ThreadUpdate], principal: Caller) -> ThreadOut:
+    async def update_thread(
+        self, id: FromPath[uuid.UUID], data: JSONBody[ThreadUpdate], principal: Caller
+    ) -> ThreadOut:
         return await threads.do_update_thread(principal, id, data)
 
     @delete("/{id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 404))
     async def delete_thread(self, id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
         await threads.do_delete_thread(app_state, principal, id)
-

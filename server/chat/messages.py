@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -63,7 +63,7 @@ class ChannelAccess:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def _decode(value: Any) -> Any:
@@ -127,9 +127,7 @@ async def get_message(channel: str, offset: int) -> MessageOut:
     return message_out(rows[0])
 
 
-async def history(
-    access: ChannelAccess, *, before: int | None, after: int | None, limit: int
-) -> MessagePage:
+async def history(access: ChannelAccess, *, before: int | None, after: int | None, limit: int) -> MessagePage:
     """A page of messages in offset order: the newest before ``before``, the oldest
     after ``after``, or the newest of all."""
     channel = str(access.name)
@@ -258,7 +256,9 @@ async def do_edit_message(state: AppState, principal: Principal, channel: str, o
     if not text:
         raise ValidationFailed("text must not be empty", code="empty_message")
     if len(text) > state.settings.message_max_length:
-        raise ValidationFailed(f"text is longer than {state.settings.message_max_length} characters", code="message_too_long")
+        raise ValidationFailed(
+            f"text is longer than {state.settings.message_max_length} characters", code="message_too_long"
+        )
     async with state.engine.transaction():
         row = await _locked_message(name, offset)
         if row["sender"] != principal.user_id or row["sender_type"] == SenderType.ai:
@@ -312,9 +312,15 @@ async def do_react(
                 emoji,
             )
         else:
-            changed = await MessageReaction.delete().where(
-                MessageReaction.message == row["id"], MessageReaction.user == principal.user_id, MessageReaction.emoji == emoji
-            ).returning(MessageReaction.id)
+            changed = (
+                await MessageReaction.delete()
+                .where(
+                    MessageReaction.message == row["id"],
+                    MessageReaction.user == principal.user_id,
+                    MessageReaction.emoji == emoji,
+                )
+                .returning(MessageReaction.id)
+            )
         counts = await _reaction_counts(row["id"])
         publication = None
         if changed:
@@ -336,7 +342,8 @@ async def do_react(
 
 async def _reaction_counts(message_id: uuid.UUID) -> dict[str, int]:
     rows = await MessageReaction.raw(
-        "SELECT emoji, count(*) AS n FROM message_reactions WHERE message = {} GROUP BY emoji ORDER BY emoji", message_id
+        "SELECT emoji, count(*) AS n FROM message_reactions WHERE message = {} GROUP BY emoji ORDER BY emoji",
+        message_id,
     )
     return {r["emoji"]: r["n"] for r in rows}
 
@@ -363,7 +370,9 @@ async def do_mark_read(state: AppState, principal: Principal, channel: str, offs
             access.thread["id"],
         )
     position = rows[0]["last_read_offset"]
-    return ReadOut(channel=name, last_read_offset=position, unread=await unread_count(name, principal.user_id, position))
+    return ReadOut(
+        channel=name, last_read_offset=position, unread=await unread_count(name, principal.user_id, position)
+    )
 
 
 async def unread_count(channel: str, user_id: uuid.UUID, after: int) -> int:

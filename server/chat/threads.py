@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -69,7 +69,8 @@ async def list_threads(principal: Principal, *, archived: bool, limit: int, offs
         f'SELECT count(*) AS n FROM chat_threads WHERE "user" = {{}} AND {condition}', principal.user_id
     )
     rows = await ChatThread.raw(
-        _THREAD_SELECT + f' WHERE t."user" = {{}} AND t.{condition} ORDER BY t.updated_at DESC, t.id LIMIT {{}} OFFSET {{}}',
+        _THREAD_SELECT
+        + f' WHERE t."user" = {{}} AND t.{condition} ORDER BY t.updated_at DESC, t.id LIMIT {{}} OFFSET {{}}',
         principal.user_id,
         limit,
         offset,
@@ -87,7 +88,7 @@ async def do_update_thread(principal: Principal, thread_id: uuid.UUID, data: Thr
     if data.title is not msgspec.UNSET:
         values[ChatThread.title] = data.title.strip() or DEFAULT_TITLE
     if data.archived is not msgspec.UNSET:
-        values[ChatThread.archived_at] = datetime.now(timezone.utc) if data.archived else None
+        values[ChatThread.archived_at] = datetime.now(UTC) if data.archived else None
     if values:
         await ChatThread.update(values).where(ChatThread.id == thread_id)
     return await get_thread(principal, thread_id)

@@ -12,8 +12,8 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.openapi import ResponseSpec
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from server.core.logging import request_id_var

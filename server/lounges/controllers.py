@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Request, delete, get, patch, post, put
+from litestar import delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from server.accounts.services import Principal, authenticate
+from server.accounts.services import Principal
 from server.chat.controllers import ChannelMessagesController, Limit, Offset
 from server.core.errors import problem_responses
 from server.core.state import AppState
@@ -32,14 +32,6 @@ State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 
-async def _optional_principal(request: Request[Any, Any, Any], app_state: AppState) -> Principal | None:
-    """Public listings show more to a signed-in caller; a bad token is still a 401."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return await authenticate(app_state, token.strip())
-
-
 class LoungeController(ChannelMessagesController):
     """Lounges and everything in them."""
 
@@ -50,8 +42,7 @@ class LoungeController(ChannelMessagesController):
     @get("", security=[], responses=problem_responses(401))
     async def list_lounges(
         self,
-        request: Request[Any, Any, Any],
-        app_state: State,
+        viewer: NamedDependency[Principal | None],
         category: FromQuery[uuid.UUID | None] = None,
         mentor: FromQuery[uuid.UUID | None] = None,
         access: FromQuery[LoungeAccess | None] = None,
@@ -62,14 +53,13 @@ class LoungeController(ChannelMessagesController):
         offset: Offset = 0,
     ) -> LoungePage:
         """Public and paid lounges for everyone; private ones for their members. ``mine``: joined only."""
-        principal = await _optional_principal(request, app_state)
         return await services.list_lounges(
-            principal,
+            viewer,
             category=category,
             mentor=mentor,
             access=access,
             q=q,
-            mine=mine and principal is not None,
+            mine=mine and viewer is not None,
             include_archived=include_archived,
             limit=limit,
             offset=offset,
@@ -81,11 +71,13 @@ class LoungeController(ChannelMessagesController):
         return await services.do_create_lounge(app_state, principal, data)
 
     @get("/{id:uuid}", security=[], responses=problem_responses(401, 404))
-    async def get_lounge(self, id: FromPath[uuid.UUID], request: Request[Any, Any, Any], app_state: State) -> LoungeOut:
-        return await services.get_lounge(await _optional_principal(request, app_state), id)
+    async def get_lounge(self, id: FromPath[uuid.UUID], viewer: NamedDependency[Principal | None]) -> LoungeOut:
+        return await services.get_lounge(viewer, id)
 
     @put("/{id:uuid}", responses=problem_responses(401, 403, 404, 422))
-    async def update_lounge(self, id: FromPath[uuid.UUID], data: JSONBody[LoungeUpdate], principal: Caller) -> LoungeOut:
+    async def update_lounge(
+        self, id: FromPath[uuid.UUID], data: JSONBody[LoungeUpdate], principal: Caller
+    ) -> LoungeOut:
         return await services.do_update_lounge(principal, id, data)
 
     @delete("/{id:uuid}", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
@@ -115,18 +107,29 @@ class LoungeController(ChannelMessagesController):
         return await services.list_members(principal, id, status=status, limit=limit, offset=offset)
 
     @post("/{id:uuid}/members", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409))
-    async def invite(self, id: FromPath[uuid.UUID], data: JSONBody[InviteRequest], app_state: State, principal: Caller) -> MemberOut:
+    async def invite(
+        self, id: FromPath[uuid.UUID], data: JSONBody[InviteRequest], app_state: State, principal: Caller
+    ) -> MemberOut:
         """Invite a user, or approve their request to join."""
         return await services.do_invite(app_state, principal, id, data.user_id)
 
     @patch("/{id:uuid}/members/{user_id:uuid}", responses=problem_responses(401, 403, 404, 422))
     async def update_member(
-        self, id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], data: JSONBody[MemberUpdate], app_state: State, principal: Caller
+        self,
+        id: FromPath[uuid.UUID],
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[MemberUpdate],
+        app_state: State,
+        principal: Caller,
     ) -> MemberOut:
         """Promote/demote a moderator (mentor, admin) or mute until a time (staff)."""
         return await services.do_update_member(app_state, principal, id, user_id, data)
 
-    @delete("/{id:uuid}/members/{user_id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404))
-    async def remove_member(self, id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
+    @delete(
+        "/{id:uuid}/members/{user_id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
+    )
+    async def remove_member(
+        self, id: FromPath[uuid.UUID], user_id: FromPath[uuid.UUID], app_state: State, principal: Caller
+    ) -> None:
         """Remove a member, decline a request or withdraw an invitation; access ends at once."""
         await services.do_remove_member(app_state, principal, id, user_id)

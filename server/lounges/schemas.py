@@ -31,9 +31,9 @@ class LoungeCreate(msgspec.Struct, forbid_unknown_fields=True):
 class LoungeUpdate(msgspec.Struct, forbid_unknown_fields=True):
     title: Title | msgspec.UnsetType = msgspec.UNSET
     description: Description | msgspec.UnsetType = msgspec.UNSET
-    category_id: uuid.UUID | None | msgspec.UnsetType = msgspec.UNSET
+    category_id: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
     access: LoungeAccess | msgspec.UnsetType = msgspec.UNSET
-    capacity: Capacity | None | msgspec.UnsetType = msgspec.UNSET
+    capacity: Capacity | msgspec.UnsetType | None = msgspec.UNSET
     ai_persona: Persona | msgspec.UnsetType = msgspec.UNSET
     ai_reply_policy: AIReplyPolicy | msgspec.UnsetType = msgspec.UNSET
     ai_paused: bool | msgspec.UnsetType = msgspec.UNSET
@@ -100,4 +100,4 @@ class MemberUpdate(msgspec.Struct, forbid_unknown_fields=True):
     """Moderation: promote/demote (``role``) and mute until a time (``null`` unmutes)."""
 
     role: MembershipRole | msgspec.UnsetType = msgspec.UNSET
-    muted_until: datetime | None | msgspec.UnsetType = msgspec.UNSET
+    muted_until: datetime | msgspec.UnsetType | None = msgspec.UNSET

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -39,7 +39,7 @@ from server.lounges.schemas import (
     MemberPage,
     MemberUpdate,
 )
-from server.lounges.tables import LoungeAccess, LoungeMembership, Lounge, MembershipRole, MembershipStatus
+from server.lounges.tables import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
 from server.mentors.tables import Category, Mentor, MentorStatus
 from server.notifications.services import create_notification
 from server.realtime.channels import create_channel, delete_channel, has_history
@@ -82,8 +82,10 @@ class LoungeContext:
     @property
     def is_staff(self) -> bool:
         """Mentor, active moderator or admin."""
-        return self.is_admin or self.is_mentor or (
-            self.is_active_member and self.membership["role"] in (MembershipRole.mentor, MembershipRole.moderator)
+        return (
+            self.is_admin
+            or self.is_mentor
+            or (self.is_active_member and self.membership["role"] in (MembershipRole.mentor, MembershipRole.moderator))
         )
 
     @property
@@ -92,7 +94,7 @@ class LoungeContext:
 
 
 def now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 def lounge_out(row: dict[str, Any]) -> LoungeOut:
@@ -131,9 +133,11 @@ async def lounge_context(principal: Principal | None, lounge_id: uuid.UUID, *, l
         raise NotFound("no such lounge", code="lounge_not_found")
     membership = None
     if principal is not None and row["my_status"] is not None:
-        membership = await LoungeMembership.select().where(
-            LoungeMembership.lounge == lounge_id, LoungeMembership.user == principal.user_id
-        ).first()
+        membership = (
+            await LoungeMembership.select()
+            .where(LoungeMembership.lounge == lounge_id, LoungeMembership.user == principal.user_id)
+            .first()
+        )
     return LoungeContext(lounge=row, membership=membership, principal=principal)
 
 
@@ -174,7 +178,9 @@ async def do_create_lounge(state: AppState, principal: Principal, data: LoungeCr
     if principal.role == Role.admin and data.mentor_id is not None:
         mentor = await Mentor.select(Mentor.id, Mentor.user, Mentor.status).where(Mentor.id == data.mentor_id).first()
     else:
-        mentor = await Mentor.select(Mentor.id, Mentor.user, Mentor.status).where(Mentor.user == principal.user_id).first()
+        mentor = (
+            await Mentor.select(Mentor.id, Mentor.user, Mentor.status).where(Mentor.user == principal.user_id).first()
+        )
     if mentor is None or mentor["status"] != MentorStatus.approved:
         raise Forbidden("only approved mentors run lounges", code="not_an_approved_mentor")
     await _check_category(data.category_id)
@@ -333,7 +339,10 @@ async def do_join(state: AppState, principal: Principal, lounge_id: uuid.UUID) -
             if status != MembershipStatus.requested:
                 await LoungeMembership.insert(
                     LoungeMembership(
-                        lounge=lounge_id, user=principal.user_id, role=MembershipRole.member, status=MembershipStatus.requested
+                        lounge=lounge_id,
+                        user=principal.user_id,
+                        role=MembershipRole.member,
+                        status=MembershipStatus.requested,
                     )
                 )
             outcome = "requested"
@@ -365,9 +374,14 @@ async def list_members(
         check_can_read_messages(context)
     condition = (LoungeMembership.lounge == lounge_id) & (LoungeMembership.status == status)
     total = await LoungeMembership.count().where(condition)
-    rows = await _member_query().where(condition).order_by(LoungeMembership.created_at).order_by(
-        LoungeMembership.id
-    ).limit(limit).offset(offset)
+    rows = (
+        await _member_query()
+        .where(condition)
+        .order_by(LoungeMembership.created_at)
+        .order_by(LoungeMembership.id)
+        .limit(limit)
+        .offset(offset)
+    )
     return MemberPage(items=[_member_out(r) for r in rows], total=total, limit=limit, offset=offset)
 
 
@@ -381,9 +395,11 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
         invitee = await User.select(User.id, User.is_active).where(User.id == user_id).first()
         if invitee is None or not invitee["is_active"]:
             raise NotFound("no such user", code="user_not_found")
-        existing = await LoungeMembership.select().where(
-            LoungeMembership.lounge == lounge_id, LoungeMembership.user == user_id
-        ).first()
+        existing = (
+            await LoungeMembership.select()
+            .where(LoungeMembership.lounge == lounge_id, LoungeMembership.user == user_id)
+            .first()
+        )
         if existing and existing["status"] == MembershipStatus.active:
             raise Conflict("already a member", code="already_a_member")
         if existing and existing["status"] == MembershipStatus.requested:
@@ -396,7 +412,9 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
                 )
             else:
                 await LoungeMembership.insert(
-                    LoungeMembership(lounge=lounge_id, user=user_id, role=MembershipRole.member, status=MembershipStatus.invited)
+                    LoungeMembership(
+                        lounge=lounge_id, user=user_id, role=MembershipRole.member, status=MembershipStatus.invited
+                    )
                 )
             kind, title = "lounge.invite", f"You are invited to {context.lounge['title']}"
         await create_notification(
@@ -409,11 +427,15 @@ async def do_update_member(
     state: AppState, principal: Principal, lounge_id: uuid.UUID, user_id: uuid.UUID, data: MemberUpdate
 ) -> MemberOut:
     context = await lounge_context(principal, lounge_id)
-    target = await LoungeMembership.select().where(
-        LoungeMembership.lounge == lounge_id,
-        LoungeMembership.user == user_id,
-        LoungeMembership.status == MembershipStatus.active,
-    ).first()
+    target = (
+        await LoungeMembership.select()
+        .where(
+            LoungeMembership.lounge == lounge_id,
+            LoungeMembership.user == user_id,
+            LoungeMembership.status == MembershipStatus.active,
+        )
+        .first()
+    )
     if target is None:
         raise NotFound("no such member", code="member_not_found")
     if target["role"] == MembershipRole.mentor:
@@ -438,9 +460,11 @@ async def do_remove_member(state: AppState, principal: Principal, lounge_id: uui
     """Remove a member (or decline a request / withdraw an invitation); access ends at once."""
     context = await lounge_context(principal, lounge_id)
     _check_staff(context)
-    target = await LoungeMembership.select().where(
-        LoungeMembership.lounge == lounge_id, LoungeMembership.user == user_id
-    ).first()
+    target = (
+        await LoungeMembership.select()
+        .where(LoungeMembership.lounge == lounge_id, LoungeMembership.user == user_id)
+        .first()
+    )
     if target is None or target["status"] == MembershipStatus.removed:
         raise NotFound("no such member", code="member_not_found")
     if target["role"] == MembershipRole.mentor:

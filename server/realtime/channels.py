@@ -113,7 +113,11 @@ async def broadcast(state: AppState, publications: list[Publication]) -> None:
     async with state.redis.pipeline(transaction=False) as pipe:
         for publication in publications:
             payload = _encoder.encode(
-                Wire(offset=publication.offset, epoch=publication.epoch, data=msgspec.Raw(_encoder.encode(publication.data)))
+                Wire(
+                    offset=publication.offset,
+                    epoch=publication.epoch,
+                    data=msgspec.Raw(_encoder.encode(publication.data)),
+                )
             )
             pipe.publish(pubsub_channel(state.settings.redis_prefix, publication.channel), payload)
         await pipe.execute()

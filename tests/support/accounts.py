@@ -37,8 +37,12 @@ def token_in(message: EmailMessage, kind: str) -> str:
     return match.group(1)
 
 
-async def register(client: httpx.AsyncClient, email: str, password: str = PASSWORD, full_name: str = "Test User") -> dict[str, Any]:
-    response = await client.post("/api/v1/auth/register", json={"email": email, "password": password, "full_name": full_name})
+async def register(
+    client: httpx.AsyncClient, email: str, password: str = PASSWORD, full_name: str = "Test User"
+) -> dict[str, Any]:
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": email, "password": password, "full_name": full_name}
+    )
     assert response.status_code == 201, response.text
     return response.json()
 

