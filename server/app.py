@@ -26,6 +26,8 @@ from server.core.redis import create_redis
 from server.core.state import AppState
 from server.lounges.controllers import LoungeController
 from server.mentors.controllers import CategoryController, MentorController
+from server.realtime.endpoint import websocket_endpoint
+from server.realtime.node import Node
 from server.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
@@ -48,10 +50,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         engine = await acquire_engine(settings)
         redis = create_redis(settings)
-        app.state.app_state = AppState(settings=settings, engine=engine, redis=redis)
+        app.state.app_state = state = AppState(settings=settings, engine=engine, redis=redis)
+        app.state.node = node = Node(state)
+        await node.start()
         try:
             yield
         finally:
+            await node.stop()
             await redis.aclose()
             await release_engine(engine)
 
@@ -69,7 +74,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
     )
     app = Litestar(
-        route_handlers=[HealthController, api],
+        route_handlers=[HealthController, api, websocket_endpoint],
         lifespan=[lifespan],
         dependencies={
             "app_state": Provide(_provide_state, sync_to_thread=False),

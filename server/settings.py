@@ -86,6 +86,20 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Messages.
     message_max_length: PositiveInt = 4000
 
+    # Realtime gateway (/connection/websocket).
+    ws_max_frame_bytes: PositiveInt = 65536
+    ws_max_subscriptions: PositiveInt = 128
+    ws_outbound_max_bytes: PositiveInt = 1024 * 1024
+    ws_ping_interval: PositiveInt = 25
+    ws_pong_timeout: PositiveInt = 10
+    ws_connect_timeout: PositiveInt = 10
+    publish_rate_limit: str = "30/10"
+    history_cache_size: PositiveInt = 500
+    history_cache_ttl: PositiveInt = 24 * 3600
+    recovery_max_publications: PositiveInt = 1000
+    presence_ttl: PositiveInt = 15
+    drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
     # Background worker.
     worker_health_check_interval: PositiveInt = 10
     worker_max_jobs: PositiveInt = 20
@@ -97,7 +111,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"})
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
-        for name in ("auth_rate_limit_ip", "auth_rate_limit_account"):
+        for name in ("auth_rate_limit_ip", "auth_rate_limit_account", "publish_rate_limit"):
             parse_rate(name.upper(), getattr(self, name))
         for entry in self.jwt_keys:
             kid, sep, secret = entry.partition(":")

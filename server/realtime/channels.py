@@ -98,26 +98,52 @@ def pubsub_channel(prefix: str, name: str) -> str:
     return f"{prefix}:ch:{name}"
 
 
-class Wire(msgspec.Struct, array_like=True):
-    """What travels over Redis pub/sub: offset (0 for ephemeral), epoch, raw JSON data."""
+def history_key(prefix: str, name: str) -> str:
+    """The Redis sorted set caching ``name``'s recent publications by offset."""
+    return f"{prefix}:hist:{name}"
 
+
+WIRE_PUBLICATION, WIRE_JOIN, WIRE_LEAVE = 0, 1, 2
+
+
+class Wire(msgspec.Struct, array_like=True):
+    """What travels over Redis pub/sub: kind, offset (0 when ephemeral), epoch, raw JSON data."""
+
+    kind: int
     offset: int
     epoch: str
     data: msgspec.Raw
 
 
+def encode_wire(kind: int, offset: int, epoch: str, data: bytes) -> bytes:
+    return _encoder.encode(Wire(kind=kind, offset=offset, epoch=epoch, data=msgspec.Raw(data)))
+
+
 async def broadcast(state: AppState, publications: list[Publication]) -> None:
-    """Fan ``publications`` out to every node (call after the transaction committed)."""
+    """Fan stored ``publications`` out to every node and the history cache.
+
+    Call after the transaction committed. Nodes may receive publications of
+    one channel out of order (two writers publish concurrently); they restore
+    the order by offset and fill gaps from the log.
+    """
     if not publications:
         return
+    settings = state.settings
     async with state.redis.pipeline(transaction=False) as pipe:
         for publication in publications:
-            payload = _encoder.encode(
-                Wire(
-                    offset=publication.offset,
-                    epoch=publication.epoch,
-                    data=msgspec.Raw(_encoder.encode(publication.data)),
-                )
+            payload = encode_wire(
+                WIRE_PUBLICATION, publication.offset, publication.epoch, _encoder.encode(publication.data)
             )
-            pipe.publish(pubsub_channel(state.settings.redis_prefix, publication.channel), payload)
+            key = history_key(settings.redis_prefix, publication.channel)
+            pipe.zadd(key, {payload: publication.offset})
+            pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
+            pipe.expire(key, settings.history_cache_ttl)
+            pipe.publish(pubsub_channel(settings.redis_prefix, publication.channel), payload)
         await pipe.execute()
+
+
+async def broadcast_ephemeral(state: AppState, channel: str, data: dict[str, Any]) -> None:
+    """Send ``data`` to the channel's current subscribers only: no offset, not stored
+    (typing indicators, read receipts, AI deltas, personal notifications)."""
+    payload = encode_wire(WIRE_PUBLICATION, 0, "", _encoder.encode(data))
+    await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), payload)

@@ -1,0 +1,329 @@
+"""What each protocol command does for a connection. Thin: permission checks and
+writes are the domain services' (the same as REST), this module only speaks the protocol.
+
+Every failure of a command becomes an error reply; only protocol violations
+(no connect first, a bad token) end the connection, with a disconnect code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import msgspec
+
+from server.accounts.services import authenticate
+from server.chat.messages import channel_access, do_post_message
+from server.chat.schemas import MessageIn
+from server.core.errors import AppError
+from server.realtime import history, protocol
+from server.realtime.channels import ChannelName
+from server.realtime.connection import Connection, Subscription
+from server.realtime.node import Node
+from server.realtime.protocol import Command, ProtocolError, ReplyError
+from server.realtime.rpc import RPC_METHODS
+from server.settings import parse_rate
+
+log = logging.getLogger("lounges.realtime")
+
+VERSION = "lounges 0.1"
+_pub_encoder = msgspec.json.Encoder()
+
+
+def user_channel(connection: Connection) -> str:
+    assert connection.principal is not None
+    return f"user#{connection.principal.user_id}"
+
+
+def app_error_reply(exc: AppError) -> ReplyError:
+    """Map a domain problem to the socket's one error shape: a protocol code and
+    ``"<stable code>: <detail>"`` as the message."""
+    if exc.status == 401:
+        code = protocol.ERROR_TOKEN_EXPIRED if exc.code == "token_expired" else protocol.ERROR_UNAUTHORIZED
+    elif exc.status in (402, 403):
+        code = protocol.ERROR_PERMISSION_DENIED
+    elif exc.status == 404:
+        code = (
+            protocol.ERROR_UNKNOWN_CHANNEL
+            if exc.code.endswith(("channel_not_found", "lounge_not_found", "thread_not_found"))
+            else protocol.ERROR_BAD_REQUEST
+        )
+    elif exc.status == 429:
+        code = protocol.ERROR_TOO_MANY_REQUESTS
+    elif exc.status == 503:
+        code = protocol.ERROR_NOT_AVAILABLE
+    else:
+        code = protocol.ERROR_BAD_REQUEST
+    return ReplyError(code=code, message=f"{exc.code}: {exc.detail}", temporary=exc.status in (429, 503))
+
+
+async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -> None:
+    """Run every command of a frame, in order."""
+    if len(frame) > node.settings.ws_max_frame_bytes:
+        # Still answer the commands by id, so the client learns why.
+        for command in protocol.decode_commands(frame):
+            if isinstance(command, Command) and command.id:
+                connection.enqueue(
+                    protocol.error_reply(command.id, ReplyError(protocol.ERROR_BAD_REQUEST, "frame too large"))
+                )
+        if not connection.connected:
+            connection.abort(protocol.DISCONNECT_BAD_REQUEST, "frame too large")
+        return
+    for command in protocol.decode_commands(frame):
+        if connection.closed:
+            return
+        if isinstance(command, ProtocolError):
+            if connection.connected:
+                connection.enqueue(protocol.error_reply(command.command_id, command.error))
+            else:
+                connection.abort(protocol.DISCONNECT_BAD_REQUEST, "malformed command")
+            continue
+        await _run(node, connection, command)
+
+
+async def _run(node: Node, connection: Connection, command: Command) -> None:
+    method = command.method()
+    if method is None:  # pong
+        connection.pong_due = 0.0
+        return
+    if not connection.connected and method != "connect":
+        connection.abort(protocol.DISCONNECT_BAD_REQUEST, "connect first")
+        return
+    if method in ("send",):
+        return  # asynchronous messages carry no meaning here
+    handler = _HANDLERS.get(method)
+    try:
+        if handler is None:
+            raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method} is not supported")
+        result = await handler(node, connection, command)
+        if result is not None and command.id:
+            connection.enqueue(protocol.reply(command.id, method, result))
+    except ProtocolError as exc:
+        _answer(connection, command, exc.error)
+    except AppError as exc:
+        _answer(connection, command, app_error_reply(exc))
+    except protocol.Disconnect as exc:
+        connection.abort(exc.code, exc.reason)
+    except Exception:
+        log.exception("command failed", extra={"method": method, "client": connection.client_id})
+        _answer(connection, command, ReplyError(protocol.ERROR_INTERNAL, "internal error", temporary=True))
+
+
+def _answer(connection: Connection, command: Command, error: ReplyError) -> None:
+    if command.connect is not None:
+        # A connect that fails is answered, then the socket is closed by the client.
+        frame = protocol.error_reply(command.id, error)
+        node = connection.node
+        node.spawn(_reply_then_close(connection, frame))
+        return
+    connection.enqueue(protocol.error_reply(command.id, error))
+
+
+async def _reply_then_close(connection: Connection, frame: bytes) -> None:
+    try:
+        await connection.send_now(frame)
+    finally:
+        connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "unauthorized")
+
+
+# -- connect / refresh -------------------------------------------------------------------
+
+
+async def _connect(node: Node, connection: Connection, command: Command) -> None:
+    assert command.connect is not None
+    if connection.connected:
+        raise ProtocolError(protocol.ERROR_BAD_REQUEST, "already connected")
+    if not command.connect.token:
+        raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, "token required")
+    try:
+        principal = await authenticate(node.state, command.connect.token)
+    except AppError as exc:
+        if exc.code == "token_expired":
+            raise ProtocolError(protocol.ERROR_TOKEN_EXPIRED, "token expired") from None
+        raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, exc.code) from None
+    connection.principal = principal
+    connection.expires_at = float(node.state.token_keys.verify(command.connect.token).expires_at)
+    await node.load_name(connection)
+    node.register_principal(connection)
+    personal = user_channel(connection)
+    connection.subs[personal] = Subscription(join_leave=False)
+    hub = await node.hub(personal, stream=False)
+    hub.subscribers.add(connection)
+    connection.subs[personal].recovering = False
+    connection.connected = True
+    connection.next_ping = time.monotonic() + node.settings.ws_ping_interval
+    result = {
+        "client": connection.client_id,
+        "version": VERSION,
+        "expires": True,
+        "ttl": max(1, int(connection.expires_at - time.time())),
+        "ping": node.settings.ws_ping_interval,
+        "pong": True,
+        "subs": {personal: {}},
+    }
+    await connection.send_now(protocol.reply(command.id, "connect", result))
+    connection.start_writer()
+
+
+async def _refresh(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    assert command.refresh is not None and connection.principal is not None
+    principal = await authenticate(node.state, command.refresh.token)
+    if principal.user_id != connection.principal.user_id:
+        raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, "token of another user")
+    node.forget_principal(connection)
+    connection.principal = principal
+    node.register_principal(connection)
+    connection.expires_at = float(node.state.token_keys.verify(command.refresh.token).expires_at)
+    return {
+        "client": connection.client_id,
+        "version": VERSION,
+        "expires": True,
+        "ttl": max(1, int(connection.expires_at - time.time())),
+    }
+
+
+# -- subscriptions -----------------------------------------------------------------------
+
+
+async def _subscribe(node: Node, connection: Connection, command: Command) -> None:
+    request = command.subscribe
+    assert request is not None and connection.principal is not None
+    name = request.channel
+    if name in connection.subs:
+        raise ProtocolError(protocol.ERROR_ALREADY_SUBSCRIBED, "already subscribed")
+    if len(connection.subs) >= node.settings.ws_max_subscriptions + 1:  # + the personal channel
+        raise ProtocolError(protocol.ERROR_LIMIT_EXCEEDED, "too many subscriptions")
+    if ChannelName.parse(name) is None:
+        raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
+    await channel_access(connection.principal, name, write=False)
+    sub = Subscription(join_leave=request.join_leave)
+    connection.subs[name] = sub  # from now on live publications are buffered
+    try:
+        hub = await node.hub(name, stream=True)
+        hub.subscribers.add(connection)
+        position = hub.offset
+        publications: list[tuple[int, bytes]] = []
+        recovered = False
+        if request.recover:
+            missed = position - request.offset
+            if request.epoch == hub.epoch and 0 <= missed <= node.settings.recovery_max_publications:
+                ring = hub.ring_after(request.offset)
+                publications = (
+                    ring
+                    if ring is not None
+                    else await history.publications_after(node.state, name, request.offset, position, missed)
+                )
+                recovered = True
+            elif request.flag & 2:
+                raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "unrecoverable position")
+    except BaseException:
+        connection.subs.pop(name, None)
+        hub_now = node.hubs.get(name)
+        if hub_now is not None:
+            hub_now.subscribers.discard(connection)
+        raise
+    result = {
+        "recoverable": True,
+        "positioned": True,
+        "epoch": hub.epoch,
+        "offset": position,
+        "recovered": recovered,
+        "was_recovering": request.recover,
+        "publications": [protocol.Publication(data=msgspec.Raw(d), offset=o) for o, d in publications],
+    }
+    connection.enqueue(protocol.reply(command.id, "subscribe", result))
+    for offset, frame in sub.buffer:
+        if offset > position:
+            connection.enqueue(frame)
+    sub.buffer = []
+    sub.recovering = False
+    await node.announce_join(connection, name)
+
+
+async def _unsubscribe(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    assert command.unsubscribe is not None
+    name = command.unsubscribe.channel
+    if name == user_channel(connection):
+        raise ProtocolError(protocol.ERROR_PERMISSION_DENIED, "the personal channel cannot be left")
+    await node.unsubscribe(connection, name)
+    return {}
+
+
+# -- publish, history, presence ----------------------------------------------------------
+
+
+async def _publish(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    request = command.publish
+    assert request is not None and connection.principal is not None
+    try:
+        message = msgspec.json.decode(request.data, type=MessageIn)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(protocol.ERROR_BAD_REQUEST, f"validation_failed: {exc}") from None
+    await node.state.limiter.hit(
+        f"publish:{connection.principal.user_id}", *parse_rate("PUBLISH_RATE_LIMIT", node.settings.publish_rate_limit)
+    )
+    await do_post_message(node.state, connection.principal, request.channel, message)
+    return {}
+
+
+async def _history(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    request = command.history
+    assert request is not None and connection.principal is not None
+    await channel_access(connection.principal, request.channel, write=False)
+    top = await history.stream_top(request.channel)
+    if top is None:
+        raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
+    offset, epoch = top
+    limit = min(request.limit or 0, node.settings.recovery_max_publications)
+    entries: list[tuple[int, bytes]] = []
+    if request.since is not None:
+        if request.since.epoch and request.since.epoch != epoch:
+            raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "epoch changed")
+        if limit:
+            entries = await history.publications_after(node.state, request.channel, request.since.offset, offset, limit)
+    elif limit:
+        entries = await history.latest(request.channel, limit)
+    if request.reverse:
+        entries.reverse()
+    return {
+        "epoch": epoch,
+        "offset": offset,
+        "publications": [protocol.Publication(data=msgspec.Raw(d), offset=o) for o, d in entries],
+    }
+
+
+async def _presence(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    assert command.presence is not None and connection.principal is not None
+    await channel_access(connection.principal, command.presence.channel, write=False)
+    return {"presence": await node.presence.clients(command.presence.channel)}
+
+
+async def _presence_stats(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    assert command.presence_stats is not None and connection.principal is not None
+    await channel_access(connection.principal, command.presence_stats.channel, write=False)
+    clients = await node.presence.clients(command.presence_stats.channel)
+    return {"num_clients": len(clients), "num_users": len({c["user"] for c in clients.values()})}
+
+
+async def _rpc(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
+    request = command.rpc
+    assert request is not None and connection.principal is not None
+    method = RPC_METHODS.get(request.method)
+    if method is None:
+        raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"unknown rpc method {request.method!r}")
+    data = await method(node, connection, request.data)
+    return {"data": msgspec.Raw(_pub_encoder.encode(data))} if data is not None else {}
+
+
+_HANDLERS = {
+    "connect": _connect,
+    "refresh": _refresh,
+    "subscribe": _subscribe,
+    "unsubscribe": _unsubscribe,
+    "publish": _publish,
+    "history": _history,
+    "presence": _presence,
+    "presence_stats": _presence_stats,
+    "rpc": _rpc,
+}

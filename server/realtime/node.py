@@ -1,0 +1,424 @@
+"""A web process's share of the realtime system: its sockets, its channel hubs,
+and one Redis pub/sub connection that links it to every other node.
+
+Ordering (guarantee 2). Stored publications carry the channel offset assigned
+in PostgreSQL. Two writers on different nodes may publish to Redis out of
+order, so each hub delivers strictly by offset: a publication arriving early
+waits in ``pending`` while the missing ones either arrive or are read from the
+log (they are committed: a later offset is only taken after the earlier
+writer's commit). Duplicates (offset ≤ delivered) are dropped. After a Redis
+outage the node resubscribes and reads from the log what it missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any
+
+import msgspec
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+from server.accounts.tables import User, UserSession
+from server.core.control import control_channel, decode_control
+from server.core.state import AppState
+from server.realtime import history, protocol
+from server.realtime.channels import (
+    WIRE_JOIN,
+    WIRE_LEAVE,
+    WIRE_PUBLICATION,
+    Wire,
+    encode_wire,
+    pubsub_channel,
+)
+from server.realtime.connection import Connection
+from server.realtime.presence import Presence
+
+log = logging.getLogger("lounges.realtime")
+
+RING_SIZE = 256  # recent publications kept per hub for instant recovery
+GAP_GRACE = 0.05  # seconds to wait for an out-of-order publication before reading the log
+_wire_decoder = msgspec.json.Decoder(Wire)
+
+
+class Hub:
+    """One channel on this node: its local subscribers and delivery position."""
+
+    __slots__ = ("epoch", "filling", "frames", "name", "offset", "pending", "ready", "ring", "stream", "subscribers")
+
+    def __init__(self, name: str, stream: bool) -> None:
+        self.name = name
+        self.stream = stream  # has offsets (lounge/thread); user# channels are ephemeral only
+        self.frames = protocol.PushFrames(name)
+        self.subscribers: set[Connection] = set()
+        self.offset = 0
+        self.epoch = ""
+        self.ready = asyncio.Event()
+        self.pending: dict[int, bytes] = {}
+        self.filling = False
+        self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING_SIZE)
+
+    def ring_after(self, after: int) -> list[tuple[int, bytes]] | None:
+        """Publications after ``after`` from memory, if the ring still holds them all."""
+        if after >= self.offset:
+            return []
+        if not self.ring or self.ring[0][0] > after + 1:
+            return None
+        return [entry for entry in self.ring if entry[0] > after]
+
+
+class Node:
+    """Sockets and channel hubs of this process, linked to the others through Redis."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.node_id = uuid.uuid4().hex[:12]
+        self.prefix = state.settings.redis_prefix
+        self.connections: set[Connection] = set()
+        self.hubs: dict[str, Hub] = {}
+        self.by_user: dict[uuid.UUID, set[Connection]] = {}
+        self.by_session: dict[uuid.UUID, set[Connection]] = {}
+        self.presence = Presence(state)
+        self.draining = False
+        self._pubsub: PubSub | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader: asyncio.Task[None] | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._control = control_channel(self.prefix)
+        self._subscribed_ok = asyncio.Event()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._reader = asyncio.create_task(self._read_forever(), name="realtime-pubsub")
+        self._ticker = asyncio.create_task(self._tick_forever(), name="realtime-ticker")
+        try:
+            await asyncio.wait_for(self._subscribed_ok.wait(), timeout=5)
+        except TimeoutError:
+            log.warning("realtime node started without Redis; it keeps retrying")
+
+    async def stop(self) -> None:
+        for connection in list(self.connections):
+            connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
+        for task in (self._reader, self._ticker, *self._tasks):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._reader, self._ticker, *self._tasks) if t), return_exceptions=True)
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+
+    async def drain(self) -> None:
+        """Stop taking sockets and ask every client to reconnect elsewhere, spread
+        over ``DRAIN_SECONDS`` so the other nodes are not hit all at once."""
+        self.draining = True
+        connections = list(self.connections)
+        if not connections:
+            return
+        pause = self.settings.drain_seconds / len(connections)
+        for connection in connections:
+            connection.enqueue(protocol.disconnect_push(protocol.DISCONNECT_SHUTDOWN, "shutdown"))
+            connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
+            if pause:
+                await asyncio.sleep(pause)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
+        """Run a background coroutine owned by the node (kept referenced until done)."""
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- connections -------------------------------------------------------------------------
+
+    def add(self, connection: Connection) -> None:
+        self.connections.add(connection)
+
+    def register_principal(self, connection: Connection) -> None:
+        principal = connection.principal
+        assert principal is not None
+        self.by_user.setdefault(principal.user_id, set()).add(connection)
+        self.by_session.setdefault(principal.session_id, set()).add(connection)
+
+    def forget_principal(self, connection: Connection) -> None:
+        principal = connection.principal
+        if principal is None:
+            return
+        for index, key in ((self.by_user, principal.user_id), (self.by_session, principal.session_id)):
+            group = index.get(key)
+            if group is not None:
+                group.discard(connection)
+                if not group:
+                    del index[key]
+
+    async def remove(self, connection: Connection) -> None:
+        """The socket is gone: leave every channel and forget it."""
+        connection.closed = True
+        self.connections.discard(connection)
+        self.forget_principal(connection)
+        for channel in list(connection.subs):
+            await self.unsubscribe(connection, channel)
+        await connection.stop_writer()
+
+    # -- hubs --------------------------------------------------------------------------------
+
+    async def hub(self, name: str, *, stream: bool) -> Hub:
+        """This node's hub for ``name``, subscribing to it on Redis first if needed."""
+        hub = self.hubs.get(name)
+        if hub is None:
+            hub = Hub(name, stream)
+            self.hubs[name] = hub
+            try:
+                if self._pubsub is not None:
+                    await self._pubsub.subscribe(pubsub_channel(self.prefix, name))
+                await self._position(hub)
+            except BaseException:
+                self.hubs.pop(name, None)
+                raise
+            hub.ready.set()
+            self._advance(hub)
+        else:
+            await hub.ready.wait()
+        return hub
+
+    async def _position(self, hub: Hub) -> None:
+        if hub.stream:
+            top = await history.stream_top(hub.name)
+            if top is not None:
+                hub.offset, hub.epoch = top
+        # Anything that arrived while positioning and is already covered is dropped.
+        for offset in [o for o in hub.pending if o <= hub.offset]:
+            del hub.pending[offset]
+
+    async def _close_hub(self, hub: Hub) -> None:
+        self.hubs.pop(hub.name, None)
+        if self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(pubsub_channel(self.prefix, hub.name))
+            except RedisError as exc:
+                log.warning("unsubscribe from Redis failed", extra={"channel": hub.name, "error": repr(exc)})
+
+    async def unsubscribe(self, connection: Connection, channel: str) -> None:
+        sub = connection.subs.pop(channel, None)
+        hub = self.hubs.get(channel)
+        if sub is None or hub is None:
+            return
+        hub.subscribers.discard(connection)
+        if hub.stream and connection.principal is not None:
+            info = self.presence.client_info(connection)
+            await self.presence.remove(channel, connection.client_id)
+            await self._publish_presence(channel, WIRE_LEAVE, info)
+        if not hub.subscribers:
+            await self._close_hub(hub)
+
+    async def announce_join(self, connection: Connection, channel: str) -> None:
+        info = self.presence.client_info(connection)
+        await self.presence.add(channel, connection.client_id, info)
+        await self._publish_presence(channel, WIRE_JOIN, info)
+
+    async def _publish_presence(self, channel: str, kind: int, info: bytes) -> None:
+        try:
+            await self.state.redis.publish(pubsub_channel(self.prefix, channel), encode_wire(kind, 0, "", info))
+        except RedisError as exc:
+            log.warning("presence push failed", extra={"channel": channel, "error": repr(exc)})
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _on_wire(self, hub: Hub, wire: Wire) -> None:
+        if wire.kind != WIRE_PUBLICATION:
+            frame = hub.frames.join(wire.data) if wire.kind == WIRE_JOIN else hub.frames.leave(wire.data)
+            for connection in hub.subscribers:
+                sub = connection.subs.get(hub.name)
+                if sub is not None and sub.join_leave and not sub.recovering:
+                    connection.enqueue(frame)
+            return
+        if wire.offset == 0:
+            frame = hub.frames.publication(wire.data, 0)
+            for connection in hub.subscribers:
+                connection.push(hub.name, 0, frame)
+            return
+        if wire.offset <= hub.offset and hub.ready.is_set():
+            return  # duplicate
+        hub.pending.setdefault(wire.offset, bytes(wire.data))
+        if hub.ready.is_set():
+            self._advance(hub)
+
+    def _advance(self, hub: Hub) -> None:
+        """Deliver every pending publication that is next in line; start a gap fill
+        if something is still waiting."""
+        pending = hub.pending
+        while hub.offset + 1 in pending:
+            hub.offset += 1
+            self._deliver(hub, hub.offset, pending.pop(hub.offset))
+        if pending and not hub.filling:
+            hub.filling = True
+            self.spawn(self._fill_gap(hub))
+
+    def _deliver(self, hub: Hub, offset: int, data: bytes) -> None:
+        hub.ring.append((offset, data))
+        frame = hub.frames.publication(data, offset)
+        name = hub.name
+        for connection in hub.subscribers:
+            connection.push(name, offset, frame)
+
+    async def _fill_gap(self, hub: Hub) -> None:
+        try:
+            await asyncio.sleep(GAP_GRACE)
+            while hub.pending and hub.offset + 1 not in hub.pending and self.hubs.get(hub.name) is hub:
+                missing_until = min(hub.pending) - 1
+                entries = await history.from_log(hub.name, hub.offset, missing_until - hub.offset)
+                if not entries:
+                    log.error("gap not in the log", extra={"channel": hub.name, "after": hub.offset})
+                    break
+                for offset, data in entries:
+                    hub.pending.setdefault(offset, data)
+                pending = hub.pending
+                while hub.offset + 1 in pending:
+                    hub.offset += 1
+                    self._deliver(hub, hub.offset, pending.pop(hub.offset))
+        except Exception:
+            log.exception("gap fill failed", extra={"channel": hub.name})
+        finally:
+            hub.filling = False
+        if hub.pending and self.hubs.get(hub.name) is hub:
+            self._advance(hub)
+
+    async def catch_up(self, hub: Hub) -> None:
+        """Read from the log whatever was committed beyond what this hub delivered
+        (after a Redis outage, or a publisher that died between commit and publish)."""
+        if not hub.stream or not hub.ready.is_set():
+            return
+        top = await history.stream_top(hub.name)
+        if top is None or top[0] <= hub.offset:
+            return
+        for offset, data in await history.from_log(hub.name, hub.offset, top[0] - hub.offset):
+            hub.pending.setdefault(offset, data)
+        self._advance(hub)
+
+    # -- Redis pub/sub -----------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        """Keep one pub/sub connection alive; after any outage, resubscribe and catch up."""
+        delay = 0.1
+        while True:
+            try:
+                self._pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
+                await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in self.hubs))
+                for hub in list(self.hubs.values()):
+                    await self.catch_up(hub)
+                self._subscribed_ok.set()
+                delay = 0.1
+                await self._consume(self._pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("Redis pub/sub lost; reconnecting", extra={"error": repr(exc), "retry_in": delay})
+            except Exception:
+                log.exception("realtime pub/sub reader failed; restarting")
+            if self._pubsub is not None:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.aclose()
+                self._pubsub = None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _consume(self, pubsub: PubSub) -> None:
+        prefix = f"{self.prefix}:ch:".encode()
+        control = self._control.encode()
+        while True:
+            message = await pubsub.get_message(timeout=None)
+            if message is None or message["type"] != "message":
+                continue
+            channel: bytes = message["channel"]
+            if channel == control:
+                self._on_control(message["data"])
+            elif channel.startswith(prefix):
+                hub = self.hubs.get(channel[len(prefix) :].decode())
+                if hub is not None:
+                    self._on_wire(hub, _wire_decoder.decode(message["data"]))
+
+    def _on_control(self, payload: bytes) -> None:
+        try:
+            event = decode_control(payload)
+        except msgspec.DecodeError:
+            log.warning("malformed control event")
+            return
+        if event.kind == "session.revoked":
+            for session_id in event.session_ids:
+                for connection in list(self.by_session.get(session_id, ())):
+                    connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
+        elif event.kind == "user.disabled":
+            for connection in list(self.by_user.get(event.user_id, ())):
+                connection.abort(protocol.DISCONNECT_FORCE_NO_RECONNECT, "account disabled")
+        elif event.kind == "channel.access_lost" and event.channel:
+            for connection in list(self.by_user.get(event.user_id, ())):
+                if event.channel in connection.subs:
+                    connection.enqueue(
+                        protocol.unsubscribe_push(
+                            event.channel, protocol.UNSUBSCRIBE_SERVER, event.reason or "access lost"
+                        )
+                    )
+                    self.spawn(self.unsubscribe(connection, event.channel))
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    async def _tick_forever(self) -> None:
+        """Once a second: pings, dead peers, expired tokens; every few seconds presence
+        refresh, a revocation sweep (in case a control event was missed) and stream catch-up."""
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            try:
+                self._check_connections(time.monotonic())
+                if tick % max(1, self.settings.presence_ttl // 3) == 0:
+                    await self.presence.refresh(self)
+                    await self.state.redis.set(f"{self.prefix}:node:{self.node_id}", len(self.connections), ex=15)
+                if tick % 10 == 0:
+                    await self._sweep_revoked()
+                    for hub in list(self.hubs.values()):
+                        await self.catch_up(hub)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("realtime housekeeping failed")
+
+    def _check_connections(self, now: float) -> None:
+        settings = self.settings
+        for connection in list(self.connections):
+            if connection.closed:
+                continue
+            if not connection.connected:
+                if now > connection.deadline:
+                    connection.abort(protocol.DISCONNECT_BAD_REQUEST, "connect timeout")
+                continue
+            if connection.pong_due and now > connection.pong_due:
+                connection.abort(protocol.DISCONNECT_NO_PONG, "no pong")
+            elif connection.expires_at and time.time() > connection.expires_at:
+                connection.abort(protocol.DISCONNECT_EXPIRED, "connection expired")
+            elif now >= connection.next_ping:
+                connection.enqueue(protocol.PING)
+                connection.next_ping = now + settings.ws_ping_interval
+                connection.pong_due = now + settings.ws_pong_timeout
+
+    async def _sweep_revoked(self) -> None:
+        if not self.by_session:
+            return
+        rows = await UserSession.raw(
+            """SELECT s.id FROM user_sessions s JOIN users u ON u.id = s."user"
+               WHERE s.id = ANY({}::uuid[]) AND (s.revoked_at IS NOT NULL OR NOT u.is_active)""",
+            list(self.by_session),
+        )
+        for row in rows:
+            for connection in list(self.by_session.get(row["id"], ())):
+                connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
+
+    async def load_name(self, connection: Connection) -> None:
+        assert connection.principal is not None
+        row = await User.select(User.full_name).where(User.id == connection.principal.user_id).first()
+        connection.full_name = row["full_name"] if row else ""

@@ -1,0 +1,110 @@
+"""The small app actions clients send as ``rpc``: each decodes its data with
+msgspec and calls the same domain service REST uses."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Any
+
+import msgspec
+
+from server.chat import messages
+from server.chat.schemas import Emoji
+from server.realtime import protocol
+from server.realtime.channels import broadcast_ephemeral
+
+if TYPE_CHECKING:
+    from server.realtime.connection import Connection
+    from server.realtime.node import Node
+
+Offset = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ChannelArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+
+
+class ReadArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class EditArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    offset: Offset
+    text: str
+
+
+class DeleteArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    offset: Offset
+
+
+class ReactionArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    offset: Offset
+    emoji: Emoji
+    add: bool = True
+
+
+def _decode(data: msgspec.Raw, kind: type[Any]) -> Any:
+    try:
+        return msgspec.json.decode(data, type=kind)
+    except msgspec.DecodeError as exc:
+        raise protocol.ProtocolError(protocol.ERROR_BAD_REQUEST, f"validation_failed: {exc}") from None
+
+
+async def typing(node: Node, connection: Connection, data: msgspec.Raw) -> None:
+    """Tell the channel's subscribers this user is typing (ephemeral)."""
+    args = _decode(data, ChannelArgs)
+    assert connection.principal is not None
+    await messages.channel_access(connection.principal, args.channel, write=True)
+    await broadcast_ephemeral(
+        node.state,
+        args.channel,
+        {"type": "typing", "user": {"id": str(connection.principal.user_id), "full_name": connection.full_name}},
+    )
+
+
+async def read(node: Node, connection: Connection, data: msgspec.Raw) -> dict[str, Any]:
+    """Move the read position; the channel sees a ``read`` receipt."""
+    args = _decode(data, ReadArgs)
+    assert connection.principal is not None
+    result = await messages.do_mark_read(node.state, connection.principal, args.channel, args.offset)
+    await broadcast_ephemeral(
+        node.state,
+        args.channel,
+        {"type": "read", "user_id": str(connection.principal.user_id), "offset": result.last_read_offset},
+    )
+    return msgspec.to_builtins(result)
+
+
+async def edit(node: Node, connection: Connection, data: msgspec.Raw) -> dict[str, Any]:
+    args = _decode(data, EditArgs)
+    assert connection.principal is not None
+    message = await messages.do_edit_message(node.state, connection.principal, args.channel, args.offset, args.text)
+    return msgspec.to_builtins(message)
+
+
+async def delete(node: Node, connection: Connection, data: msgspec.Raw) -> None:
+    args = _decode(data, DeleteArgs)
+    assert connection.principal is not None
+    await messages.do_delete_message(node.state, connection.principal, args.channel, args.offset)
+
+
+async def reaction(node: Node, connection: Connection, data: msgspec.Raw) -> dict[str, Any]:
+    args = _decode(data, ReactionArgs)
+    assert connection.principal is not None
+    counts = await messages.do_react(
+        node.state, connection.principal, args.channel, args.offset, args.emoji, add=args.add
+    )
+    return {"reactions": counts}
+
+
+RPC_METHODS: dict[str, Callable[[Node, Connection, msgspec.Raw], Awaitable[Any]]] = {
+    "typing": typing,
+    "read": read,
+    "message.edit": edit,
+    "message.delete": delete,
+    "reaction": reaction,
+}

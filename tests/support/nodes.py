@@ -1,0 +1,96 @@
+"""Real web processes (``python -m server serve``) for tests that need sockets and several nodes.
+
+Each node shares the test worker's database, Redis and signing keys with the
+in-process app, so accounts and lounges made through the in-process client
+are the ones the sockets see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+
+from server.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def node_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "ENV": "test",
+        "DATABASE_URL": settings.database_url or "",
+        "REDIS_URL": settings.redis_url or "",
+        "REDIS_PREFIX": settings.redis_prefix,
+        "JWT_KEYS": ",".join(settings.jwt_keys),
+        "LOG_LEVEL": "WARNING",
+        "LOG_FORMAT": "console",
+        "DB_POOL_MAX_SIZE": "10",
+    }
+    env.update(overrides)
+    return env
+
+
+class WebNode:
+    """One ``python -m server serve`` process on a free port."""
+
+    def __init__(self, settings: Settings, **env: str) -> None:
+        self.port = free_port()
+        self.env = node_env(settings, **env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/connection/websocket"
+
+    async def start(self, timeout: float = 30.0) -> WebNode:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env
+        )
+        async with httpx.AsyncClient() as http:
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"node exited with {self.process.returncode}")
+                try:
+                    if (await http.get(f"{self.url}/ready", timeout=1)).status_code == 200:
+                        return self
+                except httpx.HTTPError:
+                    pass
+                if asyncio.get_running_loop().time() > deadline:
+                    raise RuntimeError("node did not become ready")
+                await asyncio.sleep(0.1)
+
+    def kill(self) -> None:
+        """SIGKILL: the node dies without a chance to say goodbye."""
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    async def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM and wait (a graceful drain)."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return await asyncio.to_thread(self.process.wait)
