@@ -28,18 +28,22 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.realtime.shutdown import DrainingServer
 
     settings = _settings("database_url", "redis_url")
     app = create_app(settings)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
+        ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
         timeout_graceful_shutdown=20,
     )
+    DrainingServer(config, app).run()
 
 
 def worker(args: argparse.Namespace) -> None:

@@ -26,6 +26,12 @@ async def stream_top(name: str) -> tuple[int, str] | None:
     return (row["last_offset"], row["epoch"]) if row else None
 
 
+async def stream_tops(names: list[str]) -> dict[str, int]:
+    """The last committed offset of each of ``names`` (missing channels are absent)."""
+    rows = await Channel.raw("SELECT name, last_offset FROM channels WHERE name = ANY({})", names)
+    return {row["name"]: row["last_offset"] for row in rows}
+
+
 def contiguous(entries: list[Entry], after: int) -> bool:
     return all(offset == after + i + 1 for i, (offset, _) in enumerate(entries))
 

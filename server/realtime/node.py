@@ -288,17 +288,20 @@ class Node:
         if hub.pending and self.hubs.get(hub.name) is hub:
             self._advance(hub)
 
-    async def catch_up(self, hub: Hub) -> None:
-        """Read from the log whatever was committed beyond what this hub delivered
+    async def catch_up(self, hubs: list[Hub]) -> None:
+        """Read from the log whatever was committed beyond what these hubs delivered
         (after a Redis outage, or a publisher that died between commit and publish)."""
-        if not hub.stream or not hub.ready.is_set():
+        hubs = [hub for hub in hubs if hub.stream and hub.ready.is_set()]
+        if not hubs:
             return
-        top = await history.stream_top(hub.name)
-        if top is None or top[0] <= hub.offset:
-            return
-        for offset, data in await history.from_log(hub.name, hub.offset, top[0] - hub.offset):
-            hub.pending.setdefault(offset, data)
-        self._advance(hub)
+        tops = await history.stream_tops([hub.name for hub in hubs])
+        for hub in hubs:
+            top = tops.get(hub.name, 0)
+            if top <= hub.offset or self.hubs.get(hub.name) is not hub:
+                continue
+            for offset, data in await history.from_log(hub.name, hub.offset, top - hub.offset):
+                hub.pending.setdefault(offset, data)
+            self._advance(hub)
 
     # -- Redis pub/sub -----------------------------------------------------------------------
 
@@ -309,8 +312,7 @@ class Node:
             try:
                 self._pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
                 await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in self.hubs))
-                for hub in list(self.hubs.values()):
-                    await self.catch_up(hub)
+                await self.catch_up(list(self.hubs.values()))
                 self._subscribed_ok.set()
                 delay = 0.1
                 await self._consume(self._pubsub)
@@ -331,7 +333,7 @@ class Node:
         prefix = f"{self.prefix}:ch:".encode()
         control = self._control.encode()
         while True:
-            message = await pubsub.get_message(timeout=None)
+            message = await pubsub.get_message(timeout=5.0)  # wakes up to let redis-py health-check the link
             if message is None or message["type"] != "message":
                 continue
             channel: bytes = message["channel"]
@@ -381,8 +383,7 @@ class Node:
                     await self.state.redis.set(f"{self.prefix}:node:{self.node_id}", len(self.connections), ex=15)
                 if tick % 10 == 0:
                     await self._sweep_revoked()
-                    for hub in list(self.hubs.values()):
-                        await self.catch_up(hub)
+                    await self.catch_up(list(self.hubs.values()))
             except asyncio.CancelledError:
                 raise
             except Exception:
