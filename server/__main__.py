@@ -41,6 +41,7 @@ def serve(args: argparse.Namespace) -> None:
         proxy_headers=True,
         ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
         ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
+        ws_per_message_deflate=False,  # a zlib context per socket costs far more than the bytes it saves here
         timeout_graceful_shutdown=20,
     )
     DrainingServer(config, app).run()
