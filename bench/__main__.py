@@ -1,0 +1,83 @@
+"""``python -m bench [BENCHMARK ...] [--quick] [options]``: run benchmarks, print tables, save plots.
+
+With no name, every benchmark runs. Results go to ``bench/results/``
+(``<benchmark>-<timestamp>.json`` and ``.png``). Ctrl-C or SIGTERM stops
+every child process and removes the temporary data dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+from bench import http_baseline
+
+# name -> entry point taking the parsed options; a new benchmark adds one line here.
+BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "http": http_baseline.run,
+}
+
+QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
+FULL = {"repeats": 3, "warmup": 1.0, "duration": 5.0}
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    # Unwind like Ctrl-C, so every ``with`` block stops what it started.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description="Run benchmarks: print a table, save JSON + PNG under bench/results/."
+    )
+    parser.add_argument(
+        "benchmarks", nargs="*", metavar="BENCHMARK", help=f"one of {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run x 2 s (+0.5 s warm-up) per scenario")
+    parser.add_argument(
+        "--repeats", type=int, help=f"runs per scenario; the median is quoted (default {FULL['repeats']})"
+    )
+    parser.add_argument("--duration", type=float, help=f"measured seconds per run (default {FULL['duration']:g})")
+    parser.add_argument("--warmup", type=float, help=f"warm-up seconds before measuring (default {FULL['warmup']:g})")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent keep-alive connections (default 32)")
+    parser.add_argument("--server-cpu", type=int, default=0, help="CPU for the server under test (default 0)")
+    parser.add_argument("--loadgen-cpu", type=int, default=1, help="CPU for the load generator (default 1)")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many seconds for other jobs to leave the CPUs idle (0: don't; default 30)",
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the temporary data dir (server logs) for debugging"
+    )
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)} (choose from {', '.join(BENCHMARKS)})")
+    defaults = QUICK if args.quick else FULL
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
+        parser.error("--repeats and --connections must be >= 1, --duration > 0, --warmup >= 0")
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
+    )
+    signal.signal(signal.SIGTERM, _terminate)
+    status = 0
+    try:
+        for name in args.benchmarks or list(BENCHMARKS):
+            status = BENCHMARKS[name](args) or status
+    except KeyboardInterrupt:
+        print("\nbench: interrupted; child processes stopped", file=sys.stderr)
+        return 130
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""CPU pinning and ``/proc`` readings for benchmark processes (Linux only, stdlib only)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def available_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0))
+
+
+def pin_preexec(cpu: int | None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning the child to one CPU (``None``: leave it unpinned)."""
+    if cpu is None:
+        return None
+
+    def pin() -> None:
+        os.sched_setaffinity(0, {cpu})
+
+    return pin
+
+
+def rss_kib(pid: int) -> int | None:
+    """Resident set size (``VmRSS``) of ``pid`` in KiB; ``None`` if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time consumed so far by ``pid`` (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            data = stat.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name may contain spaces and parentheses: split after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
+    return (utime + stime) / CLOCK_TICKS
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, steal) CPU seconds of the whole machine so far, summed over CPUs (``/proc/stat``).
+
+    ``steal`` is time a virtual CPU was ready but the hypervisor ran something
+    else: on a VM it is the share of the host other tenants took.
+    """
+    with open("/proc/stat", "rb") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    # user nice system idle iowait irq softirq steal (guest time is already in user/nice)
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS, steal / CLOCK_TICKS
+
+
+def machine_busy_percent(interval: float = 1.0) -> float:
+    """CPU in use on the machine over ``interval`` seconds, in percent of one CPU (2 busy CPUs: 200)."""
+    import time
+
+    busy0, _ = machine_cpu_seconds()
+    start = time.perf_counter()
+    time.sleep(interval)
+    busy1, _ = machine_cpu_seconds()
+    return 100 * (busy1 - busy0) / (time.perf_counter() - start)
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 15.0, interval: float = 0.5) -> float:
+    """Wait (at most ``max_wait`` s) until the machine uses < ``threshold``% of one CPU; returns the last reading.
+
+    On a shared machine this keeps other jobs' bursts out of a run when it can;
+    the caller records the reading either way.
+    """
+    import time
+
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = machine_busy_percent(interval)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
