@@ -6,6 +6,7 @@ COPY server ./server
 COPY workers ./workers
 COPY piccolo_migrations ./piccolo_migrations
 COPY piccolo_conf.py ./
+COPY docs ./docs
 RUN pip install . && useradd --system --uid 10001 lounges
 USER lounges
 EXPOSE 8000

@@ -26,6 +26,8 @@ from server.core.redis import create_redis
 from server.core.state import AppState
 from server.lounges.controllers import LoungeController
 from server.mentors.controllers import CategoryController, MentorController
+from server.notes.controllers import NotesController
+from server.realtime.asyncapi import asyncapi_document
 from server.realtime.endpoint import websocket_endpoint
 from server.realtime.node import Node
 from server.settings import Settings, load_settings
@@ -69,12 +71,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
             MentorController,
             LoungeController,
             ThreadController,
+            NotesController,
             AdminMentorController,
             AdminCategoryController,
         ],
     )
     app = Litestar(
-        route_handlers=[HealthController, api, websocket_endpoint],
+        route_handlers=[HealthController, api, websocket_endpoint, asyncapi_document],
         lifespan=[lifespan],
         dependencies={
             "app_state": Provide(_provide_state, sync_to_thread=False),

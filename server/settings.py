@@ -86,6 +86,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Messages.
     message_max_length: PositiveInt = 4000
 
+    # The AI coach (the providers are configured below).
+    ai_free_monthly_tokens: PositiveInt = 200_000
+    ai_max_concurrent_per_user: PositiveInt = 2
+    ai_delta_interval_ms: PositiveInt = 50
+    ai_context_tokens: PositiveInt = 6000
+    ai_rag_passages: Annotated[int, msgspec.Meta(ge=0, le=20)] = 4
+
     # Realtime gateway (/connection/websocket).
     ws_max_frame_bytes: PositiveInt = 65536
     ws_max_subscriptions: PositiveInt = 128
@@ -99,6 +106,39 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     recovery_max_publications: PositiveInt = 1000
     presence_ttl: PositiveInt = 15
     drain_seconds: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+
+    # AI providers. AI_PROVIDERS is the fallback order; a provider without its API
+    # key is left out ("offline" needs none). OpenAI-compatible servers (Ollama,
+    # vLLM, llama.cpp) go through OPENAI_BASE_URL with any non-empty OPENAI_API_KEY.
+    ai_providers: Annotated[
+        str, msgspec.Meta(pattern=r"^\s*(openai|anthropic|offline)\s*(,\s*(openai|anthropic|offline)\s*)*$")
+    ] = "openai,anthropic,offline"
+    openai_api_key: str | None = None
+    openai_base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")] = "https://api.openai.com/v1"
+    openai_model: str = "gpt-4o-mini"
+    anthropic_api_key: str | None = None
+    anthropic_base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")] = "https://api.anthropic.com"
+    anthropic_model: str = "claude-3-5-haiku-latest"
+    # Per request: connect/read timeout (also the longest silence between streamed
+    # chunks) and the SDK's own retries (429, 5xx, connection errors) before falling back.
+    ai_timeout_seconds: PositiveFloat = 30.0
+    ai_max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
+    # Cap on a reply's output tokens (a prompt may ask for fewer).
+    ai_max_output_tokens: PositiveInt = 800
+
+    # Embeddings (notes search, the coach's retrieval). auto: openai when OPENAI_API_KEY is
+    # set and embeddings go to api.openai.com (or EMBEDDINGS_OPENAI_BASE_URL is set), else the
+    # local all-MiniLM-L6-v2 when installed (extra "embeddings"), else "hashing": a
+    # deterministic lexical fallback (feature hashing), not a semantic model.
+    embeddings_provider: Literal["auto", "openai", "minilm", "hashing"] = "auto"
+    # OpenAI-compatible server for embeddings only; empty: OPENAI_BASE_URL.
+    embeddings_openai_base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")] | None = None
+    embeddings_batch_size: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 64
+    # Chunks: at most this many characters, the next repeating this many of the last.
+    embeddings_chunk_chars: Annotated[int, msgspec.Meta(ge=200, le=8000)] = 800
+    embeddings_chunk_overlap: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 120
+    # Retrieval scans the asker's eligible chunks exactly up to this many, else uses HNSW.
+    retrieval_exact_max_chunks: PositiveInt = 5000
 
     # Background worker.
     worker_health_check_interval: PositiveInt = 10

@@ -16,9 +16,17 @@ from server.core.redis import create_redis, deserialize_job, queue_name, seriali
 from server.core.state import AppState
 from server.settings import Settings
 from workers.accounts import erase_user
+from workers.coach import generate_reply
+from workers.knowledge import KNOWLEDGE_FUNCTIONS
 from workers.mail import send_email
 
-FUNCTIONS = [func(send_email, max_tries=8), func(erase_user, max_tries=5)]
+FUNCTIONS = [
+    func(send_email, max_tries=8),
+    func(erase_user, max_tries=5),
+    # Not retried: a reply that failed is stored as failed, a second run would answer twice.
+    func(generate_reply, max_tries=1, timeout=600),
+    *KNOWLEDGE_FUNCTIONS,
+]
 
 
 def health_check_key(settings: Settings) -> str:
@@ -46,6 +54,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "job_serializer": serialize_job,
         "job_deserializer": deserialize_job,
         "max_jobs": settings.worker_max_jobs,
+        "poll_delay": 0.1,  # coach replies should start within a tenth of a second
         "keep_result": 60,
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 
 from server.core.errors import AppError
+from server.core.state import AppState
 
 
 class SubscriptionRequired(AppError):
@@ -36,3 +37,18 @@ async def may_join_paid_lounge(user_id: uuid.UUID) -> bool:
 async def check_paid_lounge_access(user_id: uuid.UUID) -> None:
     if not await may_join_paid_lounge(user_id):
         raise SubscriptionRequired("this lounge needs a plan with paid-lounge access")
+
+
+async def ai_token_allowance(state: AppState, user_id: uuid.UUID) -> int:
+    """Tokens the user may spend on the coach this month: their plan's, else the free allowance."""
+    from server.billing.tables import Subscription, SubscriptionStatus
+
+    subscription = (
+        await Subscription.select(Subscription.plan.ai_tokens_per_month.as_alias("tokens"))
+        .where(
+            Subscription.user == user_id,
+            Subscription.status.is_in([SubscriptionStatus.active, SubscriptionStatus.trialing]),
+        )
+        .first()
+    )
+    return int(subscription["tokens"]) if subscription else state.settings.ai_free_monthly_tokens

@@ -19,6 +19,8 @@ import msgspec
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
+from server.ai.coach import maybe_answer
+from server.ai.providers import Usage
 from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction, MessageStatus, SenderType
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -229,7 +231,64 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
             raise
         return PostResult(message=existing, created=False, publication=None)
     await broadcast(state, [publication])
+    await maybe_answer(
+        state,
+        channel=name,
+        kind=access.name.kind,
+        lounge=access.lounge.lounge if access.lounge is not None else None,
+        asker=principal.user_id,
+        offset=offset,
+        text=text,
+    )
     return PostResult(message=message, created=True, publication=publication)
+
+
+async def do_store_ai_reply(
+    state: AppState,
+    *,
+    channel: str,
+    reply_to: int,
+    stream_id: str,
+    text: str,
+    status: MessageStatus,
+    provider: str,
+    model: str,
+    usage: Usage,
+    meta: dict[str, Any],
+) -> tuple[Publication, uuid.UUID]:
+    """Store the coach's finished (or cancelled, or failed) reply at the channel's next
+    offset; the publication is ``ai.end``, or ``ai.error`` when it failed. Broadcast it
+    after this returns."""
+    message_id = uuid.uuid4()
+    async with state.engine.transaction():
+        offset, epoch = await next_offset(channel)
+        await Message.insert(
+            Message(
+                id=message_id,
+                channel=channel,
+                offset=offset,
+                sender_type=SenderType.ai,
+                sender=None,
+                text=text,
+                reply_to=reply_to,
+                status=status,
+                provider=provider,
+                model=model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                meta=meta,
+            )
+        )
+        message = await get_message(channel, offset)
+        kind = "ai.error" if status == MessageStatus.failed else "ai.end"
+        publication = await append(
+            channel,
+            {"type": kind, "stream_id": stream_id, "message": msgspec.to_builtins(message)},
+            offset=offset,
+            epoch=epoch,
+        )
+        await ChatThread.update({ChatThread.updated_at: now()}).where(ChatThread.channel == channel)
+    return publication, message_id
 
 
 async def _touch_thread(access: ChannelAccess) -> None:

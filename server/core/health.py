@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 from litestar import Controller, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency
 
 from server.core.database import check_database
@@ -28,7 +29,10 @@ class HealthController(Controller):
         return HealthStatus(status="ok")
 
     @get("/ready", summary="Readiness: PostgreSQL and Redis answer", responses=problem_responses(503))
-    async def ready(self, app_state: NamedDependency[AppState]) -> HealthStatus:
+    async def ready(self, app_state: NamedDependency[AppState], state: State) -> HealthStatus:
+        node = getattr(state, "node", None)
+        if node is not None and node.draining:  # a load balancer must stop sending clients here
+            raise Unavailable("draining: this node is shutting down", code="draining")
         checks: dict[str, str] = {}
         for name, probe in (("postgres", check_database(app_state.engine)), ("redis", check_redis(app_state.redis))):
             try:

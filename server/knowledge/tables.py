@@ -35,11 +35,14 @@ class EmbeddingModel(enum.StrEnum):
 
     all_minilm_l6_v2 = "all-minilm-l6-v2"
     text_embedding_3_small = "text-embedding-3-small"
+    # Lexical fallback (feature hashing), not a semantic model: see server/knowledge/embeddings.py.
+    hashing_384 = "hashing-384"
 
 
 EMBEDDING_DIMENSIONS: dict[EmbeddingModel, int] = {
     EmbeddingModel.all_minilm_l6_v2: 384,
     EmbeddingModel.text_embedding_3_small: 1536,
+    EmbeddingModel.hashing_384: 384,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 
 from server.accounts.services import authenticate
+from server.ai.coach import active_streams
 from server.chat.messages import channel_access, do_post_message
 from server.chat.schemas import MessageIn
 from server.core.errors import AppError
@@ -112,19 +113,23 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
 
 def _answer(connection: Connection, command: Command, error: ReplyError) -> None:
     if command.connect is not None:
-        # A connect that fails is answered, then the socket is closed by the client.
-        frame = protocol.error_reply(command.id, error)
-        node = connection.node
-        node.spawn(_reply_then_close(connection, frame))
+        # A failed connect is answered, then closed: an expired token with a code the
+        # SDKs reconnect on (with a fresh token), anything else as an invalid token.
+        close = (
+            protocol.DISCONNECT_EXPIRED
+            if error.code == protocol.ERROR_TOKEN_EXPIRED
+            else protocol.DISCONNECT_INVALID_TOKEN
+        )
+        connection.node.spawn(_reply_then_close(connection, protocol.error_reply(command.id, error), close))
         return
     connection.enqueue(protocol.error_reply(command.id, error))
 
 
-async def _reply_then_close(connection: Connection, frame: bytes) -> None:
+async def _reply_then_close(connection: Connection, frame: bytes, code: int) -> None:
     try:
         await connection.send_now(frame)
     finally:
-        connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "unauthorized")
+        connection.abort(code, "token expired" if code == protocol.DISCONNECT_EXPIRED else "unauthorized")
 
 
 # -- connect / refresh -------------------------------------------------------------------
@@ -202,6 +207,10 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
     try:
         hub = await node.hub(name, stream=True)
         hub.subscribers.add(connection)
+        if request.recover and request.epoch == hub.epoch and request.offset > hub.offset:
+            # The client saw more than this node has delivered yet (it comes from a node
+            # that is ahead): all it saw is committed, so bring the hub up to it from the log.
+            await node.catch_up([hub])
         position = hub.offset
         publications: list[tuple[int, bytes]] = []
         recovered = False
@@ -233,8 +242,13 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
         "publications": [protocol.Publication(data=msgspec.Raw(d), offset=o) for o, d in publications],
     }
     connection.enqueue(protocol.reply(command.id, "subscribe", result))
+    # A reply still streaming: its text so far first, then the live deltas (numbered,
+    # so the client drops those the snapshot already holds).
+    for stream in await active_streams(node.state, name):
+        snapshot = {"type": "ai.snapshot", **msgspec.to_builtins(stream)}
+        connection.enqueue(hub.frames.publication(_pub_encoder.encode(snapshot), 0))
     for offset, frame in sub.buffer:
-        if offset > position:
+        if offset == 0 or offset > position:
             connection.enqueue(frame)
     sub.buffer = []
     sub.recovering = False
@@ -275,7 +289,7 @@ async def _history(node: Node, connection: Connection, command: Command) -> dict
     if top is None:
         raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
     offset, epoch = top
-    limit = min(request.limit or 0, node.settings.recovery_max_publications)
+    limit = max(0, min(request.limit, node.settings.recovery_max_publications))
     entries: list[tuple[int, bytes]] = []
     if request.since is not None:
         if request.since.epoch and request.since.epoch != epoch:

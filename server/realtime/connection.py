@@ -30,7 +30,8 @@ log = logging.getLogger("lounges.realtime")
 
 class Subscription:
     """A connection's subscription to one channel. While ``recovering``, live
-    publications are buffered until the subscribe reply has been sent."""
+    publications (stored and ephemeral) are buffered until the subscribe reply
+    has been sent."""
 
     __slots__ = ("buffer", "join_leave", "recovering")
 
@@ -130,8 +131,7 @@ class Connection:
         if sub is None:
             return
         if sub.recovering:
-            if offset:
-                sub.buffer.append((offset, frame))
+            sub.buffer.append((offset, frame))
             return
         self.enqueue(frame)
 

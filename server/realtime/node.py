@@ -122,8 +122,11 @@ class Node:
         if not connections:
             return
         pause = self.settings.drain_seconds / len(connections)
+        push = protocol.disconnect_push(protocol.DISCONNECT_SHUTDOWN, "shutdown")
         for connection in connections:
-            connection.enqueue(protocol.disconnect_push(protocol.DISCONNECT_SHUTDOWN, "shutdown"))
+            if connection.connected and not connection.closed:
+                with contextlib.suppress(Exception):  # a peer already gone needs no goodbye
+                    await asyncio.wait_for(connection.send_now(push), timeout=1.0)
             connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
             if pause:
                 await asyncio.sleep(pause)
@@ -275,8 +278,7 @@ class Node:
                 if not entries:
                     log.error("gap not in the log", extra={"channel": hub.name, "after": hub.offset})
                     break
-                for offset, data in entries:
-                    hub.pending.setdefault(offset, data)
+                self._merge(hub, entries)
                 pending = hub.pending
                 while hub.offset + 1 in pending:
                     hub.offset += 1
@@ -299,9 +301,16 @@ class Node:
             top = tops.get(hub.name, 0)
             if top <= hub.offset or self.hubs.get(hub.name) is not hub:
                 continue
-            for offset, data in await history.from_log(hub.name, hub.offset, top - hub.offset):
-                hub.pending.setdefault(offset, data)
+            self._merge(hub, await history.from_log(hub.name, hub.offset, top - hub.offset))
             self._advance(hub)
+
+    @staticmethod
+    def _merge(hub: Hub, entries: list[tuple[int, bytes]]) -> None:
+        """Add publications read from the log to ``pending``, except those Redis
+        delivered while the log was being read (they would never leave ``pending``)."""
+        for offset, data in entries:
+            if offset > hub.offset:
+                hub.pending.setdefault(offset, data)
 
     # -- Redis pub/sub -----------------------------------------------------------------------
 

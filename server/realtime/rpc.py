@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 
+from server.ai import coach
 from server.chat import messages
 from server.chat.schemas import Emoji
 from server.realtime import protocol
@@ -101,10 +102,24 @@ async def reaction(node: Node, connection: Connection, data: msgspec.Raw) -> dic
     return {"reactions": counts}
 
 
+class CancelArgs(msgspec.Struct, forbid_unknown_fields=True):
+    channel: str
+    stream_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+async def ai_cancel(node: Node, connection: Connection, data: msgspec.Raw) -> None:
+    """Stop a streaming coach reply (the asker, the lounge's mentor or an admin)."""
+    args = _decode(data, CancelArgs)
+    assert connection.principal is not None
+    await messages.channel_access(connection.principal, args.channel, write=False)
+    await coach.do_cancel(node.state, connection.principal, args.channel, args.stream_id)
+
+
 RPC_METHODS: dict[str, Callable[[Node, Connection, msgspec.Raw], Awaitable[Any]]] = {
     "typing": typing,
     "read": read,
     "message.edit": edit,
     "message.delete": delete,
     "reaction": reaction,
+    "ai.cancel": ai_cancel,
 }

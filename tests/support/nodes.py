@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 
 from server.settings import Settings
+from workers.main import health_check_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,3 +95,38 @@ class WebNode:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return await asyncio.to_thread(self.process.wait)
+
+
+class WorkerProcess:
+    """One ``python -m server worker`` process (arq), e.g. for coach replies."""
+
+    def __init__(self, settings: Settings, **env: str) -> None:
+        self.settings = settings
+        self.env = node_env(settings, **env)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    async def start(self, timeout: float = 30.0) -> WorkerProcess:
+        from redis.asyncio import Redis
+
+        self.process = subprocess.Popen([sys.executable, "-m", "server", "worker"], cwd=ROOT, env=self.env)
+        key = health_check_key(self.settings)
+        redis = Redis.from_url(self.settings.redis_url or "")
+        try:
+            async with asyncio.timeout(timeout):  # alive once its heartbeat key appears
+                while not await redis.exists(key):
+                    if self.process.poll() is not None:
+                        raise RuntimeError(f"worker exited with {self.process.returncode}")
+                    await asyncio.sleep(0.1)
+        finally:
+            await redis.aclose()
+        return self
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.to_thread(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            await asyncio.to_thread(self.process.wait)

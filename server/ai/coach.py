@@ -1,0 +1,140 @@
+"""When the coach answers, who may stop it, and what it may spend.
+
+The message store calls :func:`maybe_answer` after every stored user message.
+A reply is a job for the arq worker (``workers/coach.py``), so it is
+independent of the socket or the web node that triggered it. While it runs,
+its state lives in Redis: the stream's text so far (for ``ai.snapshot``) in
+``{prefix}:ai:streams:<channel>`` and a cancel flag in
+``{prefix}:ai:cancel:<stream id>``.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from server.accounts.services import Principal
+from server.accounts.tables import Role
+from server.ai.tables import AIUsage
+from server.billing.entitlements import ai_token_allowance
+from server.core.errors import AppError, Forbidden, NotFound
+from server.core.state import AppState
+from server.lounges.tables import AIReplyPolicy
+
+MENTION = re.compile(r"(?<![\w@])@coach\b", re.IGNORECASE)
+
+
+class AIUnavailable(AppError):
+    """The coach cannot answer now (budget spent, too many replies running)."""
+
+    status, code, title = 429, "ai_unavailable", "The coach cannot answer now"
+
+
+class StreamState(msgspec.Struct):
+    """A reply being streamed: what a late subscriber needs for its ``ai.snapshot``."""
+
+    stream_id: str
+    channel: str
+    user_id: str
+    reply_to: int
+    seq: int = 0
+    text: str = ""
+
+
+def streams_key(state: AppState, channel: str) -> str:
+    return f"{state.settings.redis_prefix}:ai:streams:{channel}"
+
+
+def cancel_key(state: AppState, stream_id: str) -> str:
+    return f"{state.settings.redis_prefix}:ai:cancel:{stream_id}"
+
+
+def active_key(state: AppState, user_id: uuid.UUID | str) -> str:
+    return f"{state.settings.redis_prefix}:ai:active:{user_id}"
+
+
+def wants_reply(kind: str, lounge: dict[str, Any] | None, text: str) -> bool:
+    """Threads: always. Lounges: by the mentor's policy, unless paused."""
+    if kind == "thread":
+        return True
+    if lounge is None or lounge["ai_paused"] or lounge["archived_at"] is not None:
+        return False
+    policy = lounge["ai_reply_policy"]
+    return policy == AIReplyPolicy.always or (policy == AIReplyPolicy.mention and bool(MENTION.search(text)))
+
+
+async def tokens_used_this_month(user_id: uuid.UUID) -> int:
+    start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    rows = await AIUsage.raw(
+        'SELECT coalesce(sum(input_tokens + output_tokens), 0) AS n FROM ai_usage WHERE "user" = {} AND created_at >= {}',
+        user_id,
+        start,
+    )
+    return int(rows[0]["n"])
+
+
+async def check_budget(state: AppState, user_id: uuid.UUID, prompt_tokens: int) -> None:
+    """Refuse before calling a model when prompt + maximum output would pass the plan's allowance."""
+    allowance = await ai_token_allowance(state, user_id)
+    needed = prompt_tokens + state.settings.ai_max_output_tokens
+    used = await tokens_used_this_month(user_id)
+    if used + needed > allowance:
+        raise AIUnavailable(
+            f"this month's AI allowance is spent ({used} of {allowance} tokens)", code="ai_budget_exceeded"
+        )
+
+
+async def maybe_answer(
+    state: AppState, *, channel: str, kind: str, lounge: dict[str, Any] | None, asker: uuid.UUID, offset: int, text: str
+) -> str | None:
+    """Queue a coach reply to the message at ``offset`` if the channel wants one; returns the stream id."""
+    if not wants_reply(kind, lounge, text):
+        return None
+    stream_id = uuid.uuid4().hex
+    await state.redis.enqueue_job(
+        "generate_reply", channel, offset, str(asker), stream_id, _job_id=f"coach:{stream_id}"
+    )
+    return stream_id
+
+
+async def acquire_slot(state: AppState, user_id: uuid.UUID | str) -> bool:
+    """Take one of the user's concurrent-generation slots (released by :func:`release_slot`)."""
+    key = active_key(state, user_id)
+    async with state.redis.pipeline(transaction=True) as pipe:
+        pipe.incr(key)
+        pipe.expire(key, 600)
+        count, _ = await pipe.execute()
+    if count > state.settings.ai_max_concurrent_per_user:
+        await state.redis.decr(key)
+        return False
+    return True
+
+
+async def release_slot(state: AppState, user_id: uuid.UUID | str) -> None:
+    await state.redis.decr(active_key(state, user_id))
+
+
+async def active_streams(state: AppState, channel: str) -> list[StreamState]:
+    raw = await state.redis.hvals(streams_key(state, channel))
+    return [msgspec.json.decode(value, type=StreamState) for value in raw]
+
+
+async def do_cancel(state: AppState, principal: Principal, channel: str, stream_id: str) -> None:
+    """Stop a reply: by the asker, the lounge's mentor or an admin, on whichever worker runs it."""
+    raw = await state.redis.hget(streams_key(state, channel), stream_id)
+    if raw is None:
+        raise NotFound("no such reply is streaming", code="stream_not_found")
+    stream = msgspec.json.decode(raw, type=StreamState)
+    allowed = principal.role == Role.admin or str(principal.user_id) == stream.user_id
+    if not allowed and channel.startswith("lounge:"):
+        from server.lounges.services import lounge_context
+
+        context = await lounge_context(principal, uuid.UUID(channel.removeprefix("lounge:")))
+        allowed = context.is_mentor
+    if not allowed:
+        raise Forbidden("only the asker, the mentor or an admin may stop this reply", code="not_allowed_to_cancel")
+    await state.redis.set(cancel_key(state, stream_id), b"1", ex=600)

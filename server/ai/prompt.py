@@ -1,0 +1,114 @@
+"""The coach's prompt: persona, pinned notes, retrieved passages, and the recent
+conversation trimmed to the token budget (oldest turns go first; the persona
+and pinned notes always stay)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
+from server.chat.tables import ChatThread, Message, SenderType
+from server.core.state import AppState
+from server.knowledge.embeddings import get_embedder
+from server.knowledge.retrieval import retrieve
+from server.lounges.tables import Lounge
+from server.notes.tables import Note
+from server.realtime.channels import ChannelName
+
+BASE_SYSTEM = (
+    "You are Coach, the AI coach of Lounges. Be warm, concrete and brief. "
+    "Ground your answer in the numbered passages when they are relevant and cite them like [1]. "
+    "If they are not relevant, say what you would need to know."
+)
+RECENT_MESSAGES = 30
+PINNED_NOTES = 5
+PINNED_NOTE_CHARS = 600
+
+
+async def build_prompt(
+    state: AppState, *, channel: str, reply_to: int, asker: uuid.UUID
+) -> tuple[Prompt, dict[str, Any]]:
+    """The prompt answering the message at ``reply_to``, and the reply's context
+    (``lounge_id``, ``thread_id``, ``citations``)."""
+    name = ChannelName.parse(channel)
+    assert name is not None
+    context: dict[str, Any] = {"lounge_id": None, "thread_id": None, "citations": []}
+    persona = ""
+    lounge_id: uuid.UUID | None = None
+    if name.kind == "lounge":
+        lounge_id = name.id
+    else:
+        context["thread_id"] = name.id
+        thread = await ChatThread.select(ChatThread.lounge).where(ChatThread.id == name.id).first()
+        lounge_id = thread["lounge"] if thread else None
+    if lounge_id is not None:
+        lounge = await Lounge.select(Lounge.ai_persona, Lounge.title).where(Lounge.id == lounge_id).first()
+        if lounge:
+            context["lounge_id"] = lounge_id
+            persona = f'You coach in the lounge "{lounge["title"]}". The mentor\'s instructions: {lounge["ai_persona"]}'
+
+    rows = await Message.raw(
+        """SELECT m.sender_type, m.text, coalesce(u.full_name, '') AS name FROM messages m
+           LEFT JOIN users u ON u.id = m.sender
+           WHERE m.channel = {} AND m."offset" <= {} AND m.deleted_at IS NULL AND m.status <> 'failed'
+           ORDER BY m."offset" DESC LIMIT {}""",
+        channel,
+        reply_to,
+        RECENT_MESSAGES,
+    )
+    turns = [
+        ChatTurn(role="assistant", content=row["text"])
+        if row["sender_type"] == SenderType.ai
+        else ChatTurn(role="user", content=f"{row['name']}: {row['text']}" if name.kind == "lounge" else row["text"])
+        for row in reversed(rows)
+        if row["text"]
+    ]
+    question = rows[0]["text"] if rows else ""
+    context["question"] = question
+
+    pinned = (
+        await Note.select(Note.title, Note.content)
+        .where(Note.user == asker, Note.pinned.eq(True))
+        .order_by(Note.updated_at, ascending=False)
+        .limit(PINNED_NOTES)
+    )
+    system = "\n\n".join(
+        part
+        for part in (
+            BASE_SYSTEM,
+            persona,
+            "The user's pinned notes:\n"
+            + "\n".join(f"- {n['title']}: {n['content'][:PINNED_NOTE_CHARS]}" for n in pinned)
+            if pinned
+            else "",
+        )
+        if part
+    )
+    passages = await retrieve(
+        user_id=asker,
+        lounge_id=context["lounge_id"],
+        query=question,
+        k=state.settings.ai_rag_passages,
+        embedder=get_embedder(state.settings),
+    )
+    context["citations"] = [
+        {"n": i + 1, "source": p.source, "source_id": p.source_id, "title": p.title, "chunk": p.chunk}
+        for i, p in enumerate(passages)
+    ]
+    prompt = Prompt(
+        system=system, turns=turns, passages=passages, max_output_tokens=state.settings.ai_max_output_tokens
+    )
+    return trim(prompt, state.settings.ai_context_tokens), context
+
+
+def trim(prompt: Prompt, budget: int) -> Prompt:
+    """Drop the oldest turns until the prompt fits ``budget`` tokens (the last turn always stays)."""
+    turns = list(prompt.turns)
+    while len(turns) > 1 and estimate_input_tokens(Prompt(prompt.system, turns, prompt.passages)) > budget:
+        turns.pop(0)
+    while len(turns) > 1 and turns[0].role == "assistant":  # a conversation opens with the user
+        turns.pop(0)
+    return Prompt(
+        system=prompt.system, turns=turns, passages=prompt.passages, max_output_tokens=prompt.max_output_tokens
+    )

@@ -1,0 +1,185 @@
+"""Job: the coach's reply, streamed to everyone in the channel and stored at the end.
+
+Frames on the channel: ``ai.start`` → numbered ``ai.delta`` (coalesced, at most
+one every ``AI_DELTA_INTERVAL_MS``) → the reply stored at its offset as
+``ai.end`` (complete or cancelled) or ``ai.error`` (failed). Every outcome
+writes the tokens spent to the usage ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from typing import Any
+
+import msgspec
+
+from server.ai.coach import (
+    StreamState,
+    acquire_slot,
+    cancel_key,
+    check_budget,
+    release_slot,
+    streams_key,
+)
+from server.ai.prompt import build_prompt
+from server.ai.providers import (
+    ProviderError,
+    TextDelta,
+    Usage,
+    build_providers,
+    estimate_input_tokens,
+    estimate_text_tokens,
+    stream_reply,
+)
+from server.ai.tables import AIUsage
+from server.ai.titles import title_thread
+from server.chat.messages import do_store_ai_reply
+from server.chat.tables import MessageStatus
+from server.core.errors import AppError
+from server.core.state import AppState
+from server.realtime.channels import broadcast, broadcast_ephemeral
+
+log = logging.getLogger("lounges.coach")
+
+
+async def generate_reply(ctx: dict[str, Any], channel: str, reply_to: int, asker: str, stream_id: str) -> str:
+    """Answer the message at ``reply_to`` in ``channel``; returns the outcome."""
+    state: AppState = ctx["state"]
+    asker_id = uuid.UUID(asker)
+    if not await acquire_slot(state, asker_id):
+        await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
+        return "refused"
+    try:
+        prompt, context = await build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id)
+        try:
+            await check_budget(state, asker_id, estimate_input_tokens(prompt))
+        except AppError as exc:
+            await _refuse(state, channel, stream_id, reply_to, exc.code, exc.detail)
+            return "refused"
+        return await _stream(state, channel, reply_to, asker_id, stream_id, prompt, context)
+    finally:
+        await release_slot(state, asker_id)
+
+
+async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, code: str, detail: str) -> None:
+    await broadcast_ephemeral(
+        state,
+        channel,
+        {"type": "ai.error", "stream_id": stream_id, "reply_to": reply_to, "code": code, "detail": detail},
+    )
+
+
+async def _stream(
+    state: AppState,
+    channel: str,
+    reply_to: int,
+    asker: uuid.UUID,
+    stream_id: str,
+    prompt: Any,
+    context: dict[str, Any],
+) -> str:
+    settings = state.settings
+    interval = settings.ai_delta_interval_ms / 1000
+    stream = StreamState(stream_id=stream_id, channel=channel, user_id=str(asker), reply_to=reply_to)
+    key, cancel = streams_key(state, channel), cancel_key(state, stream_id)
+    await state.redis.hset(key, stream_id, msgspec.json.encode(stream))
+    await state.redis.expire(key, 3600)
+    await broadcast_ephemeral(state, channel, {"type": "ai.start", "stream_id": stream_id, "reply_to": reply_to})
+
+    text: list[str] = []
+    pending: list[str] = []
+    provider_name, model = "none", "none"
+    usage = Usage(input_tokens=0, output_tokens=0)
+    status, error_code = MessageStatus.complete, ""
+
+    async def consume() -> None:
+        nonlocal provider_name, model, usage
+        async with contextlib.aclosing(stream_reply(build_providers(settings), prompt)) as events:
+            async for provider, event in events:
+                provider_name, model = provider.name, provider.model
+                if isinstance(event, TextDelta):
+                    text.append(event.text)
+                    pending.append(event.text)
+                elif isinstance(event, Usage):
+                    usage = event
+
+    async def flush() -> None:
+        if not pending:
+            return
+        stream.seq += 1
+        delta = "".join(pending)
+        pending.clear()
+        stream.text = "".join(text)
+        await state.redis.hset(key, stream_id, msgspec.json.encode(stream))
+        await broadcast_ephemeral(
+            state, channel, {"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta}
+        )
+
+    generation = asyncio.create_task(consume())
+    try:
+        # One tick per interval: coalesced deltas out, the cancel flag checked even
+        # while the provider is silent between tokens.
+        while not generation.done():
+            await asyncio.wait({generation}, timeout=interval)
+            await flush()
+            if not generation.done() and await state.redis.exists(cancel):
+                status = MessageStatus.cancelled
+                generation.cancel()
+        if status != MessageStatus.cancelled:
+            generation.result()
+    except asyncio.CancelledError:
+        if status != MessageStatus.cancelled:
+            status, error_code = MessageStatus.failed, "interrupted"
+            generation.cancel()
+            raise
+    except ProviderError as exc:
+        status, error_code = MessageStatus.failed, exc.code
+        if exc.usage is not None:
+            usage = exc.usage
+        if exc.provider:
+            provider_name = exc.provider
+        log.warning("coach reply failed", extra={"stream_id": stream_id, "code": exc.code, "error": str(exc)})
+    finally:
+        await flush()
+        full_text = "".join(text)
+        if usage.output_tokens == 0 and full_text:
+            usage = Usage(
+                input_tokens=usage.input_tokens or estimate_input_tokens(prompt),
+                output_tokens=estimate_text_tokens(full_text),
+            )
+        publication, message_id = await do_store_ai_reply(
+            state,
+            channel=channel,
+            reply_to=reply_to,
+            stream_id=stream_id,
+            text=full_text,
+            status=status,
+            provider=provider_name,
+            model=model,
+            usage=usage,
+            meta={"citations": context.get("citations", []), "provider": provider_name, "error": error_code or None},
+        )
+        await AIUsage.insert(
+            AIUsage(
+                user=asker,
+                lounge=context.get("lounge_id"),
+                thread=context.get("thread_id"),
+                message=message_id,
+                provider=provider_name,
+                model=model,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                outcome=str(status),
+            )
+        )
+        await state.redis.hdel(key, stream_id)
+        await state.redis.delete(cancel)
+        await broadcast(state, [publication])
+    if status == MessageStatus.complete and channel.startswith("thread:"):
+        title = await title_thread(state, channel, context.get("question", ""), "".join(text))
+        if title is not None:
+            await broadcast_ephemeral(state, channel, {"type": "thread.title", "title": title})
+    return str(status)
