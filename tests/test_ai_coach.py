@@ -12,10 +12,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
+from centrifuge import ReplyError
 
 from server.ai.tables import AIUsage
 from server.chat.tables import Message, SenderType
+from server.knowledge.tables import KnowledgeChunk
 from server.settings import Settings
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
@@ -269,3 +272,102 @@ async def _wait_ai_messages(channel: str, count: int, timeout: float = 20.0) -> 
             if len(rows) >= count:
                 return rows
             await asyncio.sleep(0.1)
+
+
+async def test_a_note_is_retrieved_cited_and_sent_to_the_model(stack, community: Community, client) -> None:
+    _node, llm = stack
+    owner = await community.user("noted@example.com", verified=False)
+    other = await community.user("stranger-notes@example.com", verified=False)
+    for who, title, content in (
+        (owner, "Marathon plan", "Long run every Sunday at a conversational pace, then 20 minutes of stretching."),
+        (other, "Secret marathon plan", "Never share: run hills on Sunday with a heart-rate strap."),
+    ):
+        created = await client.post("/api/v1/notes", json={"title": title, "content": content}, headers=who.headers)
+        assert created.status_code == 201, created.text
+    note_id = (await client.get("/api/v1/notes", headers=owner.headers)).json()["items"][0]["id"]
+    async with asyncio.timeout(20):  # the worker process indexes notes after they are saved
+        while await KnowledgeChunk.count().where(KnowledgeChunk.source_type == "note") < 2:
+            await asyncio.sleep(0.1)
+
+    thread = (await client.post("/api/v1/chat/threads", json={}, headers=owner.headers)).json()
+    await community.post(owner, f"/api/v1/chat/threads/{thread['id']}", "How should I do my Sunday long run?")
+    [reply] = await _wait_ai_messages(thread["channel"], 1)
+    citations = (
+        msgspec.json.decode(reply["meta"])["citations"]
+        if isinstance(reply["meta"], str)
+        else reply["meta"]["citations"]
+    )
+    assert [c["source_id"] for c in citations] == [note_id]
+    assert citations[0]["source"] == "note" and citations[0]["title"] == "Marathon plan"
+    sent = llm.requests[0].body["messages"][0]["content"]
+    assert "conversational pace" in sent and "heart-rate strap" not in sent
+
+
+async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, community: Community) -> None:
+    node, llm = stack
+    llm.reset(reply=REPLY, api_key=KEY, chunk_size=4, chunk_delay=0.05)  # ~5 s per reply
+    lounge, (_mentor, asker, bystander, _) = await _room(community)
+    client, _ = sdk_client(node.ws_url, asker.access_token)
+    watcher, _ = sdk_client(node.ws_url, bystander.access_token)
+    await client.connect()
+    await watcher.connect()
+    try:
+        sub, seen = subscription(client, lounge["channel"])
+        await sub.subscribe()
+        await sub.ready()
+        for i in range(3):  # at most two replies per user at once (AI_MAX_CONCURRENT_PER_USER)
+            await sub.publish({"text": f"question {i}", "client_id": str(uuid.uuid4())})
+        await seen.wait_for(lambda r: any(d.get("code") == "ai_busy" for d in r.of_type("ai.error")), timeout=20)
+
+        stream_id = seen.of_type("ai.start")[0]["stream_id"]
+        watch_sub, _ = subscription(watcher, lounge["channel"])
+        await watch_sub.subscribe()
+        with pytest.raises(ReplyError) as refused:
+            await watcher.rpc("ai.cancel", {"channel": lounge["channel"], "stream_id": stream_id})
+        assert refused.value.code == 103
+        await seen.wait_for(lambda r: len([d for d in r.of_type("ai.end")]) == 2, timeout=30)
+
+        await AIUsage.insert(
+            AIUsage(
+                user=uuid.UUID(asker.id),
+                provider="openai",
+                model="m",
+                input_tokens=200_000,
+                output_tokens=0,
+                outcome="complete",
+            )
+        )
+        await sub.publish({"text": "one more?", "client_id": str(uuid.uuid4())})
+        await seen.wait_for(
+            lambda r: any(d.get("code") == "ai_budget_exceeded" for d in r.of_type("ai.error")), timeout=20
+        )
+    finally:
+        await client.disconnect()
+        await watcher.disconnect()
+
+
+async def test_the_mentor_may_cancel_anyones_reply(stack, community: Community) -> None:
+    node, llm = stack
+    llm.reset(reply=" ".join(f"w{i}" for i in range(400)), api_key=KEY, chunk_size=4, chunk_delay=0.05)
+    lounge, (mentor, asker, *_) = await _room(community)
+    asking, _ = sdk_client(node.ws_url, asker.access_token)
+    moderating, _ = sdk_client(node.ws_url, mentor.access_token)
+    await asking.connect()
+    await moderating.connect()
+    try:
+        sub, seen = subscription(asking, lounge["channel"])
+        await sub.subscribe()
+        await sub.ready()
+        await sub.publish({"text": "talk a lot please", "client_id": str(uuid.uuid4())})
+        await seen.wait_for(lambda r: bool(r.of_type("ai.delta")), timeout=20)
+        mentor_sub, _ = subscription(moderating, lounge["channel"])
+        await mentor_sub.subscribe()
+        await mentor_sub.ready()
+        await moderating.rpc(
+            "ai.cancel", {"channel": lounge["channel"], "stream_id": seen.of_type("ai.start")[0]["stream_id"]}
+        )
+        await seen.wait_for(lambda r: ended(r) is not None, timeout=5)
+    finally:
+        await asking.disconnect()
+        await moderating.disconnect()
+    assert ended(seen)["message"]["status"] == "cancelled"
