@@ -6,8 +6,6 @@ comes from ``message_start`` (input) and ``message_delta`` (cumulative output).
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +26,7 @@ from server.ai.providers import (
     failure,
     system_text,
 )
+from server.ai.sdk_provider import SDKProvider
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -64,34 +63,15 @@ def anthropic_messages(turns: list[ChatTurn]) -> list[dict[str, str]]:
     return messages
 
 
-class AnthropicProvider:
+class AnthropicProvider(SDKProvider):
     """Streams ``messages.create(..., stream=True)`` as :class:`TextDelta` then one :class:`Usage`."""
 
+    client_class = anthropic.AsyncAnthropic
+
     def __init__(
-        self,
-        *,
-        api_key: str,
-        model: str = "claude-3-5-haiku-latest",
-        base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 30.0,
-        max_retries: int = 1,
-        max_output_tokens: int = 800,
-        name: str = "anthropic",
+        self, *, api_key: str, model: str = "claude-3-5-haiku-latest", base_url: str = DEFAULT_BASE_URL, **options: Any
     ) -> None:
-        self.name = name
-        self.model = model
-        self.base_url = base_url
-        self.max_output_tokens = max_output_tokens
-        self._options: dict[str, Any] = {
-            "api_key": api_key,
-            "base_url": base_url,
-            "timeout": timeout,
-            "max_retries": max_retries,
-        }
-        # One client (one connection pool) per event loop: pools cannot cross loops.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anthropic.AsyncAnthropic] = (
-            weakref.WeakKeyDictionary()
-        )
+        super().__init__(api_key=api_key, model=model, base_url=base_url, **{"name": "anthropic", **options})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnthropicProvider:
@@ -103,22 +83,6 @@ class AnthropicProvider:
             max_retries=settings.ai_max_retries,
             max_output_tokens=settings.ai_max_output_tokens,
         )
-
-    def __repr__(self) -> str:
-        return f"AnthropicProvider(model={self.model!r}, base_url={self.base_url!r})"
-
-    def client(self) -> anthropic.AsyncAnthropic:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = anthropic.AsyncAnthropic(**self._options)
-        return client
-
-    async def aclose(self) -> None:
-        """Close this event loop's client (a later :meth:`stream` opens a new one)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
 
     async def stream(self, prompt: Prompt) -> AsyncIterator[StreamEvent]:
         parts: list[str] = []

@@ -6,8 +6,6 @@ Any OpenAI-compatible server (Ollama, vLLM, llama.cpp, ...) works through
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +24,7 @@ from server.ai.providers import (
     failure,
     system_text,
 )
+from server.ai.sdk_provider import SDKProvider
 
 if TYPE_CHECKING:
     from server.settings import Settings
@@ -45,34 +44,15 @@ def error_code(exc: BaseException) -> tuple[str, int | None]:
     return PROVIDER_UNAVAILABLE, None
 
 
-class OpenAIProvider:
+class OpenAIProvider(SDKProvider):
     """Streams ``chat.completions.create(..., stream=True)`` as :class:`TextDelta` then one :class:`Usage`."""
 
+    client_class = openai.AsyncOpenAI
+
     def __init__(
-        self,
-        *,
-        api_key: str,
-        model: str = "gpt-4o-mini",
-        base_url: str = DEFAULT_BASE_URL,
-        timeout: float = 30.0,
-        max_retries: int = 1,
-        max_output_tokens: int = 800,
-        name: str = "openai",
+        self, *, api_key: str, model: str = "gpt-4o-mini", base_url: str = DEFAULT_BASE_URL, **options: Any
     ) -> None:
-        self.name = name
-        self.model = model
-        self.base_url = base_url
-        self.max_output_tokens = max_output_tokens
-        self._options: dict[str, Any] = {
-            "api_key": api_key,
-            "base_url": base_url,
-            "timeout": timeout,
-            "max_retries": max_retries,
-        }
-        # One client (one connection pool) per event loop: pools cannot cross loops.
-        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = (
-            weakref.WeakKeyDictionary()
-        )
+        super().__init__(api_key=api_key, model=model, base_url=base_url, **{"name": "openai", **options})
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OpenAIProvider:
@@ -84,22 +64,6 @@ class OpenAIProvider:
             max_retries=settings.ai_max_retries,
             max_output_tokens=settings.ai_max_output_tokens,
         )
-
-    def __repr__(self) -> str:
-        return f"OpenAIProvider(model={self.model!r}, base_url={self.base_url!r})"
-
-    def client(self) -> openai.AsyncOpenAI:
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            client = self._clients[loop] = openai.AsyncOpenAI(**self._options)
-        return client
-
-    async def aclose(self) -> None:
-        """Close this event loop's client (a later :meth:`stream` opens a new one)."""
-        client = self._clients.pop(asyncio.get_running_loop(), None)
-        if client is not None:
-            await client.close()
 
     def messages(self, prompt: Prompt) -> list[dict[str, str]]:
         system = system_text(prompt)
