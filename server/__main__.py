@@ -88,6 +88,14 @@ def create_admin(args: argparse.Namespace) -> None:
     print(f"lounges: {outcome}")
 
 
+def seed_plans(args: argparse.Namespace) -> None:
+    from server.billing.services import seed_plans as seed
+
+    settings = _settings("database_url")
+    for line in asyncio.run(seed(settings, pro_price=args.pro_price, team_price=args.team_price)):
+        print(f"lounges: {line}")
+
+
 def dev(args: argparse.Namespace) -> None:
     from server.devstack import run_dev_stack
 
@@ -114,6 +122,12 @@ def main(argv: list[str] | None = None) -> None:
     admin_parser.add_argument("--email", required=True)
     admin_parser.add_argument("--full-name", default="Administrator")
     admin_parser.set_defaults(handler=create_admin)
+    plans_parser = commands.add_parser(
+        "seed-plans", help="create the free/pro/team plans if missing (idempotent, by code)"
+    )
+    plans_parser.add_argument("--pro-price", help="Stripe price id of pro (default: STRIPE_PRICE_PRO)")
+    plans_parser.add_argument("--team-price", help="Stripe price id of team (default: STRIPE_PRICE_TEAM)")
+    plans_parser.set_defaults(handler=seed_plans)
     args = parser.parse_args(argv)
     args.handler(args)
 

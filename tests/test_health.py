@@ -20,7 +20,7 @@ async def test_health_is_live(client: httpx.AsyncClient) -> None:
 async def test_ready_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert response.json()["checks"] == {"postgres": "ok", "redis": "ok", "storage": "ok"}
 
 
 async def test_ready_names_what_is_down(settings: Settings) -> None:

@@ -250,3 +250,26 @@ async def test_message_validation(client: httpx.AsyncClient, community: Communit
         assert response.status_code == 422 and response.json()["code"] == code, (body, response.text)
     assert await Message.count() == 0
     assert (await client.get(f"{LOUNGES}/{lounge['id']}/messages", headers=member.headers)).json()["last_offset"] == 0
+
+
+async def test_posting_is_rate_limited_per_user_across_apps(app, settings, community: Community) -> None:
+    """PUBLISH_RATE_LIMIT counts every post of a user, over REST or the socket, on every node."""
+    from server.app import create_app
+    from tests.support.lifespan import running_lifespan
+
+    lounge, _, [member] = await _lounge_with_members(community, "chatty@example.com")
+    strict = msgspec.structs.replace(settings, publish_rate_limit="3/30")
+    first, second = create_app(strict), create_app(strict)
+    async with running_lifespan(first), running_lifespan(second):
+        statuses = []
+        for application in (first, second, first, second):
+            transport = httpx.ASGITransport(app=application)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+                response = await http.post(
+                    f"{LOUNGES}/{lounge['id']}/messages",
+                    json={"client_id": str(uuid.uuid4()), "text": "again"},
+                    headers=member.headers,
+                )
+                statuses.append(response.status_code)
+    assert statuses == [201, 201, 201, 429]
+    assert await Message.count().where(Message.channel == lounge["channel"]) == 3

@@ -39,7 +39,7 @@ ASYNCAPI_JSON = ROOT / "docs" / "asyncapi.json"
 WEBSOCKET_CHANNEL = "/connection/websocket"
 
 # Not emitted by the code yet (or not as a literal), documented as reserved.
-RESERVED_PUBLICATION_TYPES = {"notification"}
+RESERVED_PUBLICATION_TYPES: set[str] = set()
 RESERVED_RPC_METHODS: set[str] = set()
 # Core types the scan must find, so that a broken scan cannot pass vacuously.
 KNOWN_EMITTED_TYPES = {
@@ -54,6 +54,7 @@ KNOWN_EMITTED_TYPES = {
     "ai.snapshot",
     "ai.error",
     "thread.title",
+    "notification",
 }  # ai.end is chosen by an expression (ai.end / ai.error), so the literal scan cannot see it
 ASGI_EVENT_PREFIXES = ("websocket.", "http.", "lifespan.")
 COMPONENT_NAME = re.compile(r"^[\w.\-]+$")

@@ -10,6 +10,7 @@ from typing import Any
 from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
 from server.capsules.tables import TimeCapsule
 from server.chat.tables import ChatThread, Message
+from server.compliance.services import erase_owned_data, purge_erased_files
 from server.compliance.tables import ComplianceRequest
 from server.core.state import AppState
 from server.notes.tables import Note
@@ -23,7 +24,9 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
 
     Lounge messages stay for the other members, with their author scrubbed to
     "Deleted user"; one-to-one AI threads, notes, capsules, notifications,
-    sessions, identities and the security log go.
+    sessions, identities and the security log go; so do the user's files (rows
+    and objects) and knowledge chunks, while payments stay, anonymised
+    (:mod:`server.compliance.services`).
     """
     state: AppState = ctx["state"]
     uid, rid = uuid.UUID(user_id), uuid.UUID(request_id)
@@ -31,6 +34,7 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
         await ComplianceRequest.update({ComplianceRequest.status: "processing"}).where(
             ComplianceRequest.id == rid, ComplianceRequest.status == "pending"
         )
+        erased_files = await erase_owned_data(uid)
         threads = await ChatThread.select(ChatThread.channel).where(ChatThread.user == uid)
         if threads:
             await Message.delete().where(Message.channel.is_in([t["channel"] for t in threads]))
@@ -58,5 +62,6 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
         await ComplianceRequest.update(
             {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(UTC)}
         ).where(ComplianceRequest.id == rid)
+    await purge_erased_files(state, erased_files)
     log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
     return "erased"

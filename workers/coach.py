@@ -36,10 +36,12 @@ from server.ai.providers import (
 )
 from server.ai.tables import AIUsage
 from server.ai.titles import title_thread
+from server.billing.entitlements import ai_token_allowance, ai_tokens_used_this_month
 from server.chat.messages import do_store_ai_reply
 from server.chat.tables import MessageStatus
 from server.core.errors import AppError
 from server.core.state import AppState
+from server.notifications.services import notify_budget_nearly_used
 from server.realtime.channels import broadcast, broadcast_ephemeral
 
 log = logging.getLogger("lounges.coach")
@@ -178,6 +180,9 @@ async def _stream(
         await state.redis.hdel(key, stream_id)
         await state.redis.delete(cancel)
         await broadcast(state, [publication])
+        if usage.input_tokens or usage.output_tokens:  # once a month, past AI_BUDGET_WARNING_PERCENT
+            used, allowance = await ai_tokens_used_this_month(asker), await ai_token_allowance(state, asker)
+            await notify_budget_nearly_used(state, asker, used, allowance)
     if status == MessageStatus.complete and channel.startswith("thread:"):
         title = await title_thread(state, channel, context.get("question", ""), "".join(text))
         if title is not None:

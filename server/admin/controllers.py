@@ -1,16 +1,20 @@
-"""HTTP transport for ``/api/v1/admin``: mentor review and category editing. Administrators only."""
+"""HTTP transport for ``/api/v1/admin``: stats, users and roles, the audit log, mentor review
+and category editing. Administrators only (CMS editing lives in ``server/cms/controllers.py``)."""
 
 from __future__ import annotations
 
 import uuid
 from typing import Annotated
 
-from litestar import Controller, HttpMethod, delete, get, post, put, route
+from litestar import Controller, HttpMethod, delete, get, patch, post, put, route
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from server.accounts.services import ClientInfo, Principal
+from server.accounts.tables import Role
+from server.admin import services as admin
+from server.admin.schemas import AdminUserOut, AdminUserPage, AuditPage, RoleChange, StatsOut
 from server.core.errors import problem_responses
 from server.core.state import AppState
 from server.mentors import services as mentors
@@ -106,3 +110,99 @@ class AdminCategoryController(Controller):
     ) -> None:
         """Delete a category; mentors lose it and its lounges become uncategorised."""
         await mentors.do_delete_category(app_state, admin_principal, category_id, client)
+
+
+Limit = Annotated[int, QueryParameter(ge=1, le=admin.MAX_PAGE_SIZE, description="page size")]
+Cursor = Annotated[str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")]
+
+
+class AdminStatsController(Controller):
+    """Platform figures for the admin dashboard."""
+
+    path = "/admin/stats"
+    tags = ["admin"]
+    security = [{"BearerToken": []}]
+
+    @get("", responses=problem_responses(401, 403, 422))
+    async def stats(
+        self,
+        app_state: State,
+        admin_principal: Admin,
+        days: Annotated[
+            int, QueryParameter(ge=1, le=admin.MAX_STAT_DAYS, description="UTC days of daily figures, today included")
+        ] = admin.DEFAULT_STAT_DAYS,
+    ) -> StatsOut:
+        """Users (total, verified, active, by role, new in 7 days), live WebSocket connections summed
+        over every web node, messages and AI tokens per UTC day, and paid revenue per currency."""
+        return await admin.get_stats(app_state, admin_principal, days=days)
+
+
+class AdminUserController(Controller):
+    """Find users and change their role."""
+
+    path = "/admin/users"
+    tags = ["admin"]
+    security = [{"BearerToken": []}]
+
+    @get("", responses=problem_responses(401, 403, 422))
+    async def search_users(
+        self,
+        admin_principal: Admin,
+        q: Annotated[str | None, QueryParameter(max_length=100, description="part of the email or full name")] = None,
+        role: FromQuery[Role | None] = None,
+        limit: Limit = admin.DEFAULT_PAGE_SIZE,
+        cursor: Cursor = None,
+    ) -> AdminUserPage:
+        """Users matching ``q`` (email or full name, case-insensitive) and ``role``, newest first."""
+        return await admin.search_users(admin_principal, q=q, role=role, limit=limit, cursor=cursor)
+
+    @get("/{user_id:uuid}", responses=problem_responses(401, 403, 404))
+    async def get_user(self, user_id: FromPath[uuid.UUID], admin_principal: Admin) -> AdminUserOut:
+        return await admin.get_user(admin_principal, user_id)
+
+    @patch("/{user_id:uuid}/role", responses=problem_responses(401, 403, 404, 409, 422))
+    async def change_role(
+        self,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[RoleChange],
+        app_state: State,
+        admin_principal: Admin,
+        client: Client,
+    ) -> AdminUserOut:
+        """Set the user's role (``user``, ``mentor``, ``admin``); audited, and the user is notified.
+
+        ``mentor`` approves the user's mentor application (409 ``mentor_profile_required`` if
+        they never applied); ``user`` withdraws an approved mentor profile. Your own role is
+        not changeable here (403 ``cannot_demote_self``).
+        """
+        return await admin.do_change_role(app_state, admin_principal, user_id, data.role, client)
+
+
+class AdminAuditLogController(Controller):
+    """Every administrative action: who did what to which object, from where."""
+
+    path = "/admin/audit-log"
+    tags = ["admin"]
+    security = [{"BearerToken": []}]
+
+    @get("", responses=problem_responses(401, 403, 422))
+    async def audit_log(
+        self,
+        admin_principal: Admin,
+        actor: FromQuery[uuid.UUID | None] = None,
+        action: Annotated[str | None, QueryParameter(max_length=100, description="e.g. user.role_change")] = None,
+        target_type: Annotated[str | None, QueryParameter(max_length=50, description="e.g. user, faq")] = None,
+        target_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        limit: Limit = admin.DEFAULT_PAGE_SIZE,
+        cursor: Cursor = None,
+    ) -> AuditPage:
+        """Newest first, optionally filtered by actor, action or target."""
+        return await admin.list_audit_log(
+            admin_principal,
+            actor=actor,
+            action=action,
+            target_type=target_type,
+            target_id=target_id,
+            limit=limit,
+            cursor=cursor,
+        )

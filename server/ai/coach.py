@@ -12,26 +12,18 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
-from server.ai.tables import AIUsage
-from server.billing.entitlements import ai_token_allowance
-from server.core.errors import AppError, Forbidden, NotFound
+from server.billing.entitlements import SpendAITokens, require
+from server.core.errors import Forbidden, NotFound
 from server.core.state import AppState
 from server.lounges.tables import AIReplyPolicy
 
 MENTION = re.compile(r"(?<![\w@])@coach\b", re.IGNORECASE)
-
-
-class AIUnavailable(AppError):
-    """The coach cannot answer now (budget spent, too many replies running)."""
-
-    status, code, title = 429, "ai_unavailable", "The coach cannot answer now"
 
 
 class StreamState(msgspec.Struct):
@@ -67,25 +59,9 @@ def wants_reply(kind: str, lounge: dict[str, Any] | None, text: str) -> bool:
     return policy == AIReplyPolicy.always or (policy == AIReplyPolicy.mention and bool(MENTION.search(text)))
 
 
-async def tokens_used_this_month(user_id: uuid.UUID) -> int:
-    start = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-    rows = await AIUsage.raw(
-        'SELECT coalesce(sum(input_tokens + output_tokens), 0) AS n FROM ai_usage WHERE "user" = {} AND created_at >= {}',
-        user_id,
-        start,
-    )
-    return int(rows[0]["n"])
-
-
 async def check_budget(state: AppState, user_id: uuid.UUID, prompt_tokens: int) -> None:
     """Refuse before calling a model when prompt + maximum output would pass the plan's allowance."""
-    allowance = await ai_token_allowance(state, user_id)
-    needed = prompt_tokens + state.settings.ai_max_output_tokens
-    used = await tokens_used_this_month(user_id)
-    if used + needed > allowance:
-        raise AIUnavailable(
-            f"this month's AI allowance is spent ({used} of {allowance} tokens)", code="ai_budget_exceeded"
-        )
+    await require(state, user_id, SpendAITokens(prompt_tokens + state.settings.ai_max_output_tokens))
 
 
 async def maybe_answer(

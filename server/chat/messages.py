@@ -21,6 +21,7 @@ from server.accounts.services import Principal
 from server.accounts.tables import Role
 from server.ai.coach import maybe_answer
 from server.ai.providers import Usage
+from server.capsules.services import sealed_file_ids
 from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction, MessageStatus, SenderType
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
@@ -28,8 +29,10 @@ from server.core.state import AppState
 from server.files.tables import File
 from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.lounges.tables import LoungeMembership
+from server.notifications.services import notify_mentions
 from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset
 from server.realtime.tables import Channel
+from server.settings import parse_rate
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
@@ -182,6 +185,10 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
     existing = await _existing_post(principal.user_id, data.client_id, name)
     if existing is not None:
         return PostResult(message=existing, created=False, publication=None)
+    # One budget per user for every way of posting (socket or REST), shared by all nodes.
+    await state.limiter.hit(
+        f"publish:{principal.user_id}", *parse_rate("PUBLISH_RATE_LIMIT", state.settings.publish_rate_limit)
+    )
     text = data.text.strip()
     if not text and not data.attachments:
         raise ValidationFailed("a message needs text or an attachment", code="empty_message")
@@ -201,7 +208,7 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
                 owned = await File.count().where(
                     File.id.is_in(attachments), File.owner == principal.user_id, File.status == "ready"
                 )
-                if owned != len(attachments):
+                if owned != len(attachments) or await sealed_file_ids(attachments):
                     raise ValidationFailed("attachments must be your own uploaded files", code="invalid_attachment")
             message_id = uuid.uuid4()
             await Message.insert(
@@ -231,6 +238,7 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
             raise
         return PostResult(message=existing, created=False, publication=None)
     await broadcast(state, [publication])
+    await notify_mentions(state, name, message)
     await maybe_answer(
         state,
         channel=name,

@@ -28,13 +28,24 @@ class HealthController(Controller):
     async def health(self) -> HealthStatus:
         return HealthStatus(status="ok")
 
-    @get("/ready", summary="Readiness: PostgreSQL and Redis answer", responses=problem_responses(503))
+    @get(
+        "/ready",
+        summary="Readiness: PostgreSQL, Redis and the object store answer",
+        description="The object store is checked when S3_ENDPOINT is set; without it the check reads "
+        '"not configured", which fails readiness only in production.',
+        responses=problem_responses(503),
+    )
     async def ready(self, app_state: NamedDependency[AppState], state: State) -> HealthStatus:
         node = getattr(state, "node", None)
         if node is not None and node.draining:  # a load balancer must stop sending clients here
             raise Unavailable("draining: this node is shutting down", code="draining")
         checks: dict[str, str] = {}
-        for name, probe in (("postgres", check_database(app_state.engine)), ("redis", check_redis(app_state.redis))):
+        probes = [("postgres", check_database(app_state.engine)), ("redis", check_redis(app_state.redis))]
+        if app_state.storage.configured:
+            probes.append(("storage", app_state.storage.ping()))
+        elif app_state.settings.is_production:
+            checks["storage"] = "down: not configured"
+        for name, probe in probes:
             try:
                 await probe
                 checks[name] = "ok"

@@ -1,10 +1,22 @@
-"""Fixed-window rate limits kept in Redis, so every process shares one count."""
+"""Fixed-window rate limits kept in Redis, so every process shares one count.
+
+The limiter fails open: when Redis does not answer within half a second the
+attempt is allowed (and logged). A Redis outage must not stop people from
+signing in or posting, which PostgreSQL alone can serve.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from server.core.errors import RateLimited
+
+log = logging.getLogger("lounges.ratelimit")
+TIMEOUT = 0.5
 
 # INCR the window's counter; start its expiry on first hit. Returns {count, ttl_ms}.
 _HIT = """
@@ -23,7 +35,12 @@ class RateLimiter:
         self._script = redis.register_script(_HIT)
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> None:
-        count, ttl_ms = await self._script(keys=[self._prefix + key], args=[window_seconds * 1000])
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                count, ttl_ms = await self._script(keys=[self._prefix + key], args=[window_seconds * 1000])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("rate limiter unavailable; allowing", extra={"key": key, "error": repr(exc)})
+            return
         if count > limit:
             raise RateLimited(
                 retry_after=-(-max(ttl_ms, 1) // 1000),

@@ -1,4 +1,4 @@
-"""What one process holds for its lifetime: settings, the database engine, Redis."""
+"""What one process holds for its lifetime: settings, the database engine, Redis, the object store."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from piccolo.engine.postgres import PostgresEngine
 
 from server.accounts.tokens import TokenKeys
 from server.core.ratelimit import RateLimiter
+from server.core.storage import Storage
 from server.settings import Settings
 
 
@@ -21,7 +22,10 @@ class AppState:
     redis: ArqRedis
     token_keys: TokenKeys = field(init=False)
     limiter: RateLimiter = field(init=False)
+    # Opens its HTTP session on first use; the lifespan closes it (``await storage.close()``).
+    storage: Storage = field(init=False)
 
     def __post_init__(self) -> None:
         self.token_keys = TokenKeys(self.settings)
         self.limiter = RateLimiter(self.redis, self.settings.redis_prefix)
+        self.storage = Storage(self.settings)

@@ -25,7 +25,7 @@ import msgspec
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role, User
-from server.billing.entitlements import check_paid_lounge_access
+from server.billing.entitlements import CreateLounge, JoinPaidLounge, require
 from server.core.control import ControlEvent, publish_control
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.core.state import AppState
@@ -41,7 +41,7 @@ from server.lounges.schemas import (
 )
 from server.lounges.tables import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
 from server.mentors.tables import Category, Mentor, MentorStatus
-from server.notifications.services import create_notification
+from server.notifications.services import create_notification, deliver_notification
 from server.realtime.channels import create_channel, delete_channel, has_history
 
 _LOUNGE_SELECT = """
@@ -187,6 +187,8 @@ async def do_create_lounge(state: AppState, principal: Principal, data: LoungeCr
     lounge_id = uuid.uuid4()
     channel = f"lounge:{lounge_id}"
     async with state.engine.transaction():
+        if principal.role != Role.admin:  # the mentor's plan caps their open lounges (admins are not capped)
+            await require(state, mentor["user"], CreateLounge())
         await create_channel(channel)
         await Lounge.insert(
             Lounge(
@@ -348,7 +350,7 @@ async def do_join(state: AppState, principal: Principal, lounge_id: uuid.UUID) -
             outcome = "requested"
         else:
             if context.lounge["access"] == LoungeAccess.paid and not context.is_admin:
-                await check_paid_lounge_access(principal.user_id)
+                await require(state, principal.user_id, JoinPaidLounge())
             await _activate(context, principal.user_id)
             outcome = "active"
     return JoinResult(status=outcome, lounge=await get_lounge(principal, lounge_id))
@@ -417,9 +419,10 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
                     )
                 )
             kind, title = "lounge.invite", f"You are invited to {context.lounge['title']}"
-        await create_notification(
+        notification_id = await create_notification(
             user_id, kind=kind, title=title, body="", data={"lounge_id": str(lounge_id), "by": str(principal.user_id)}
         )
+    await deliver_notification(state, notification_id)
     return await _member(lounge_id, user_id)
 
 

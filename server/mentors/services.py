@@ -35,7 +35,7 @@ from server.mentors.schemas import (
     UpdateCategoryRequest,
 )
 from server.mentors.tables import Category, Mentor, MentorCategory, MentorStatus
-from server.notifications.services import create_notification
+from server.notifications.services import create_notification, deliver_notification
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -544,7 +544,7 @@ async def do_approve(
         user_id = await _review(admin, mentor_id, MentorStatus.approved, None)
         # An admin who applied keeps the admin role (it includes the mentor's rights).
         await User.update({User.role: Role.mentor}).where(User.id == user_id, User.role == Role.user)
-        await create_notification(
+        notification_id = await create_notification(
             user_id,
             kind="mentor.approved",
             title="You are now a mentor",
@@ -559,6 +559,7 @@ async def do_approve(
             client=client,
             detail={"user_id": str(user_id)},
         )
+    await deliver_notification(state, notification_id)
     return await _application(mentor_id)
 
 
@@ -572,7 +573,7 @@ async def do_reject(
         raise ValidationFailed("give the applicant a reason", code="reason_required")
     async with state.engine.transaction():
         user_id = await _review(admin, mentor_id, MentorStatus.rejected, reason)
-        await create_notification(
+        notification_id = await create_notification(
             user_id,
             kind="mentor.rejected",
             title="Your mentor application was not approved",
@@ -587,4 +588,5 @@ async def do_reject(
             client=client,
             detail={"user_id": str(user_id), "reason": reason},
         )
+    await deliver_notification(state, notification_id)
     return await _application(mentor_id)

@@ -24,7 +24,6 @@ from server.realtime.connection import Connection, Subscription
 from server.realtime.node import Node
 from server.realtime.protocol import Command, ProtocolError, ReplyError
 from server.realtime.rpc import RPC_METHODS
-from server.settings import parse_rate
 
 log = logging.getLogger("lounges.realtime")
 
@@ -85,7 +84,7 @@ async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -
 
 async def _run(node: Node, connection: Connection, command: Command) -> None:
     method = command.method()
-    if method is None:  # pong
+    if method is None and not command.id:  # an empty command is a pong
         connection.pong_due = 0.0
         return
     if not connection.connected and method != "connect":
@@ -93,10 +92,11 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         return
     if method in ("send",):
         return  # asynchronous messages carry no meaning here
-    handler = _HANDLERS.get(method)
+    handler = _HANDLERS.get(method) if method is not None else None
     try:
         if handler is None:
-            raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method} is not supported")
+            # Also a command with an id but no request this server knows (a pong has no id).
+            raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method or 'unknown'} is not supported")
         result = await handler(node, connection, command)
         if result is not None and command.id:
             connection.enqueue(protocol.reply(command.id, method, result))
@@ -274,9 +274,6 @@ async def _publish(node: Node, connection: Connection, command: Command) -> dict
         message = msgspec.json.decode(request.data, type=MessageIn)
     except msgspec.ValidationError as exc:
         raise ProtocolError(protocol.ERROR_BAD_REQUEST, f"validation_failed: {exc}") from None
-    await node.state.limiter.hit(
-        f"publish:{connection.principal.user_id}", *parse_rate("PUBLISH_RATE_LIMIT", node.settings.publish_rate_limit)
-    )
     await do_post_message(node.state, connection.principal, request.channel, message)
     return {}
 

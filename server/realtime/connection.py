@@ -93,10 +93,13 @@ class Connection:
         """Queue a frame for this client; a client too far behind is disconnected."""
         if self.closed:
             return
-        self.queued_bytes += len(frame)
+        # What already waits unsent tells a slow consumer. One frame larger than the
+        # limit on its own (a subscribe reply carrying a recovery, a long history page)
+        # still goes to a client that keeps up: memory stays under the limit + one frame.
         if self.queued_bytes > self.node.settings.ws_outbound_max_bytes:
             self.abort(protocol.DISCONNECT_SLOW, "slow consumer")
             return
+        self.queued_bytes += len(frame)
         self.queue.append(frame)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
@@ -148,6 +151,10 @@ class Connection:
         if self._writer is not None:
             self._writer.cancel()
         self.node.spawn(self._close(code, reason))
+        # Gone for everyone else now (presence, leave pushes, deliveries), even if the peer
+        # never reads again and the close frame waits behind a full socket; the endpoint's
+        # own remove() when the socket finally ends finds nothing left to do.
+        self.node.spawn(self.node.remove(self))
 
     async def _close(self, code: int, reason: str) -> None:
         try:

@@ -409,7 +409,7 @@ class Node:
                 continue
             if connection.pong_due and now > connection.pong_due:
                 connection.abort(protocol.DISCONNECT_NO_PONG, "no pong")
-            elif connection.expires_at and time.time() > connection.expires_at:
+            elif connection.expires_at and time.time() > connection.expires_at + settings.ws_expired_close_delay:
                 connection.abort(protocol.DISCONNECT_EXPIRED, "connection expired")
             elif now >= connection.next_ping:
                 connection.enqueue(protocol.PING)

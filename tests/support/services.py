@@ -1,4 +1,4 @@
-"""Real services for the test run: PostgreSQL with pgvector and Redis.
+"""Real services for the test run: PostgreSQL with pgvector, Redis and S3 (tests/support/s3.py).
 
 The pytest controller process decides once per run where each service is and
 exports it to the xdist workers through environment variables:
@@ -27,6 +27,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+
+from tests.support.s3 import start_s3
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PG_ENV = "LOUNGES_TEST_PG_URL"
@@ -76,6 +78,7 @@ class TestServices:
             os.environ[PG_ENV] = os.environ.get("DATABASE_URL") or self._start_pgserver()
         if REDIS_ENV not in os.environ:
             os.environ[REDIS_ENV] = os.environ.get("REDIS_URL") or self._find_or_start_redis()
+        start_s3(self._cleanups)
         self._create_template()
 
     def close(self) -> None:
