@@ -1,5 +1,6 @@
 # Sourced by scripts/dev and scripts/test: make .venv current with pyproject.toml.
-# Reinstalls only when pyproject.toml changed since the last install.
+# LOUNGES_EXTRAS picks the extras ("" for the server alone, "dev" for the tests);
+# reinstalls only when pyproject.toml or the extras changed since the last install.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -11,11 +12,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
-stamp=".venv/.lounges-installed"
+extras="${LOUNGES_EXTRAS:-}"
+stamp=".venv/.lounges-installed${extras:+-$extras}"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  .venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
   echo "$want" > "$stamp"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"
