@@ -249,6 +249,7 @@ def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 15.0) ->
 def run_dev_stack(settings: Settings) -> int:
     """Run until interrupted; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s devstack %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("pgserver").setLevel(logging.WARNING)  # its start-up chatter, not ours
     data_dir = Path(settings.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
