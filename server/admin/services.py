@@ -8,8 +8,6 @@ same transaction as the change.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import uuid
 from datetime import UTC, datetime, time, timedelta
 from typing import Any
@@ -32,7 +30,8 @@ from server.admin.schemas import (
 from server.admin.tables import AdminAuditLog
 from server.billing.tables import Payment, PaymentStatus
 from server.chat.tables import Message
-from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.core.errors import Conflict, Forbidden, NotFound
+from server.core.pagination import decode_cursor, encode_cursor, like_pattern
 from server.core.state import AppState
 from server.mentors.tables import Mentor, MentorStatus
 from server.notifications.services import create_notification, deliver_notification
@@ -209,28 +208,6 @@ async def get_stats(state: AppState, admin: Principal, *, days: int = DEFAULT_ST
 # -- users -------------------------------------------------------------------------------------
 
 
-def _encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{moment.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, row_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor") from None
-
-
-def _like_pattern(text: str) -> str:
-    """A case-insensitive substring pattern with LIKE's wildcards taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
 _USER_SELECT = """
     SELECT u.id, u.email, u.full_name, u.role, u.email_verified_at, u.is_active, u.disabled_at,
            u.last_login_at, u.created_at, m.status AS mentor_status
@@ -275,13 +252,13 @@ async def search_users(
     args: list[Any] = []
     if q and q.strip():
         sql += " AND (u.email ILIKE {} OR u.full_name ILIKE {})"
-        pattern = _like_pattern(q.strip())
+        pattern = like_pattern(q.strip())
         args += [pattern, pattern]
     if role is not None:
         sql += " AND u.role = {}"
         args.append(role.value)
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (u.created_at, u.id) < ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY u.created_at DESC, u.id DESC LIMIT {}"
@@ -290,7 +267,7 @@ async def search_users(
     page, more = rows[:limit], len(rows) > limit
     return AdminUserPage(
         items=[_user_out(row) for row in page],
-        next_cursor=_encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
     )
 
 
@@ -401,7 +378,7 @@ async def list_audit_log(
             sql += f" AND a.{column} = {{}}"
             args.append(value)
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (a.created_at, a.id) < ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY a.created_at DESC, a.id DESC LIMIT {}"
@@ -423,7 +400,7 @@ async def list_audit_log(
             )
             for row in page
         ],
-        next_cursor=_encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
     )
 
 

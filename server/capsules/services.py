@@ -26,8 +26,6 @@ those again (mail is claimed per notification, so it is never sent twice).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from server.accounts.services import Principal
 from server.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage, CapsuleSummary
 from server.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.core.pagination import decode_cursor, encode_cursor
 from server.core.state import AppState
 from server.notifications.services import NotificationKind, create_notification, deliver_notification
 
@@ -186,7 +185,7 @@ async def list_capsules(
         sql += " AND t.status = {}"
         args.append(str(status))
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (t.unlock_at, t.id) > ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY t.unlock_at, t.id LIMIT {}"
@@ -195,7 +194,7 @@ async def list_capsules(
     page, more = rows[:limit], len(rows) > limit
     return CapsulePage(
         items=[_summary(row) for row in page],
-        next_cursor=_encode_cursor(page[-1]["unlock_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["unlock_at"], page[-1]["id"]) if more else None,
     )
 
 
@@ -357,22 +356,3 @@ async def redeliver_unlock_notifications(state: AppState) -> int:
     items = [Unlocked(row["id"], row["notification_id"]) for row in rows if row["notification_id"] is not None]
     await _announce(state, items)
     return len(items)
-
-
-# -- cursors -----------------------------------------------------------------------------------
-
-
-def _encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{moment.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, row_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor") from None

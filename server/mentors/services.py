@@ -7,10 +7,7 @@ transaction, together with its notification and its admin audit row.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -20,6 +17,7 @@ from server.accounts.services import ClientInfo, Principal
 from server.accounts.tables import Role, User
 from server.admin.services import check_admin, record_admin_action
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.core.pagination import decode_cursor, encode_cursor, like_pattern
 from server.core.state import AppState
 from server.mentors.schemas import (
     ApplyRequest,
@@ -102,28 +100,6 @@ def _check_verified(principal: Principal) -> None:
 def _can_see_any_status(mentor_user_id: uuid.UUID, viewer: Principal | None) -> bool:
     """The applicant sees their own application in every status; admins see every application."""
     return viewer is not None and (viewer.user_id == mentor_user_id or viewer.role == Role.admin)
-
-
-def _encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{moment.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, row_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor") from None
-
-
-def _like_pattern(text: str) -> str:
-    """A case-insensitive substring pattern with LIKE's wildcards taken literally."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
 
 
 def _category_out(row: dict[str, Any]) -> CategoryOut:
@@ -417,10 +393,10 @@ async def list_mentors(
         args.append(category)
     if q and q.strip():
         sql += " AND (u.full_name ILIKE {} OR m.headline ILIKE {})"
-        pattern = _like_pattern(q.strip())
+        pattern = like_pattern(q.strip())
         args += [pattern, pattern]
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (m.reviewed_at, m.id) < ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY m.reviewed_at DESC, m.id DESC LIMIT {}"
@@ -430,7 +406,7 @@ async def list_mentors(
     categories = await _categories_of([row["id"] for row in page])
     return MentorPage(
         items=[_public_out(row, categories[row["id"]]) for row in page],
-        next_cursor=_encode_cursor(page[-1]["reviewed_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["reviewed_at"], page[-1]["id"]) if more else None,
     )
 
 
@@ -483,7 +459,7 @@ async def list_pending(
     sql = _MENTOR_SELECT + " WHERE m.status = 'pending' AND u.is_active"
     args: list[Any] = []
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (m.created_at, m.id) > ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY m.created_at, m.id LIMIT {}"
@@ -506,7 +482,7 @@ async def list_pending(
             )
             for row in page
         ],
-        next_cursor=_encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
     )
 
 

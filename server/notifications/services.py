@@ -29,8 +29,6 @@ mentioned active members of that lounge, except the author, at most
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import logging
 import re
@@ -41,8 +39,9 @@ from typing import Any
 import msgspec
 
 from server.accounts.services import Principal
-from server.core.errors import NotFound, ValidationFailed
+from server.core.errors import NotFound
 from server.core.mail import Mail, queue_mail
+from server.core.pagination import decode_cursor, encode_cursor
 from server.core.state import AppState
 from server.notifications.schemas import NotificationOut, NotificationPage, ReadResult
 from server.notifications.tables import Notification
@@ -331,22 +330,6 @@ async def notify_budget_nearly_used(state: AppState, user_id: uuid.UUID, used: i
 # -- reading -----------------------------------------------------------------------------------
 
 
-def _encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(f"{moment.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        moment, _, row_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, uuid.UUID(row_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor") from None
-
-
 async def list_notifications(
     principal: Principal, *, unread_only: bool = False, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
 ) -> NotificationPage:
@@ -357,7 +340,7 @@ async def list_notifications(
     if unread_only:
         sql += " AND read_at IS NULL"
     if cursor:
-        moment, last_id = _decode_cursor(cursor)
+        moment, last_id = decode_cursor(cursor)
         sql += " AND (created_at, id) < ({}::timestamptz, {}::uuid)"
         args += [moment, last_id]
     sql += " ORDER BY created_at DESC, id DESC LIMIT {}"
@@ -366,7 +349,7 @@ async def list_notifications(
     page, more = rows[:limit], len(rows) > limit
     return NotificationPage(
         items=[notification_out(row) for row in page],
-        next_cursor=_encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
         unread_count=await unread_count(principal.user_id),
     )
 
