@@ -13,11 +13,14 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import http_baseline
+from bench import coach_stream, http_baseline, rag, ws_baseline
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "http": http_baseline.run,
+    "ws": ws_baseline.run,
+    "rag": rag.run,
+    "coach": coach_stream.run,
 }
 
 QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
@@ -27,6 +30,16 @@ FULL = {"repeats": 3, "warmup": 1.0, "duration": 5.0}
 def _terminate(signum: int, _frame: object) -> None:
     # Unwind like Ctrl-C, so every ``with`` block stops what it started.
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _rates(text: str) -> list[float]:
+    try:
+        rates = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated numbers, e.g. 25,50,100") from None
+    if not rates or any(rate <= 0 for rate in rates):
+        raise argparse.ArgumentTypeError("rates must be > 0")
+    return rates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the temporary data dir (server logs) for debugging"
+    )
+    ws = parser.add_argument_group("ws benchmark")
+    ws.add_argument("--ws-idle", type=int, metavar="N", help="idle sockets per server (default 10000; --quick 2000)")
+    ws.add_argument("--ws-hold", type=float, metavar="S", help="seconds idle sockets are held (default 30; --quick 5)")
+    ws.add_argument(
+        "--ws-subscribers", type=int, metavar="N", help="subscribers for broadcast and storm (default 1000)"
+    )
+    ws.add_argument(
+        "--ws-rates",
+        type=_rates,
+        metavar="R,R,...",
+        help="publications/s for broadcast (default 25,50,75,100; --quick 50,100)",
+    )
+    ws.add_argument("--ws-missed", type=int, metavar="N", help="publications missed in the storm (default 50)")
+    ws.add_argument(
+        "--ws-publishers", type=int, metavar="N", help="publisher connections, one member each (default 16)"
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]

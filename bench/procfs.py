@@ -12,15 +12,40 @@ def available_cpus() -> set[int]:
     return set(os.sched_getaffinity(0))
 
 
-def pin_preexec(cpu: int | None) -> Callable[[], None] | None:
-    """A ``preexec_fn`` pinning the child to one CPU (``None``: leave it unpinned)."""
-    if cpu is None:
+def pin_preexec(cpu: int | None, nofile: int | None = None) -> Callable[[], None] | None:
+    """A ``preexec_fn`` pinning the child to one CPU (``None``: leave it unpinned) and, with
+    ``nofile``, raising its open-file limit to that many (capped at the hard limit)."""
+    if cpu is None and nofile is None:
         return None
 
     def pin() -> None:
-        os.sched_setaffinity(0, {cpu})
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})
+        if nofile is not None:
+            raise_nofile(nofile)
 
     return pin
+
+
+def raise_nofile(wanted: int | None = None) -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to ``wanted`` (default: the hard limit),
+    never above the hard limit; returns the soft limit now in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if wanted is None else wanted
+    if hard != resource.RLIM_INFINITY:
+        target = min(target, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def nofile_limits() -> tuple[int, int]:
+    """(soft, hard) ``RLIMIT_NOFILE`` of this process."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_NOFILE)
 
 
 def rss_kib(pid: int) -> int | None:

@@ -207,8 +207,12 @@ class BenchStack:
         env: dict[str, str] | None = None,
         ready_path: str = "/health",
         timeout: float = 30.0,
+        nofile: int | None = None,
     ) -> Server:
-        """Start ``argv`` (``{port}`` is replaced by a free port) pinned to ``cpu``; wait for ``ready_path``."""
+        """Start ``argv`` (``{port}`` is replaced by a free port) pinned to ``cpu``; wait for ``ready_path``.
+
+        ``nofile`` raises the child's open-file limit (up to the hard limit), for many sockets.
+        """
         port = free_port()
         argv = [arg.replace("{port}", str(port)) for arg in argv]
         log_path = self.data_dir / f"{name}.log"
@@ -220,7 +224,7 @@ class BenchStack:
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
-                preexec_fn=pin_preexec(cpu),
+                preexec_fn=pin_preexec(cpu, nofile),
                 start_new_session=True,
             )
         self._exit.callback(stop_process, process, name)
@@ -242,16 +246,28 @@ class BenchStack:
         log.info("%s ready on %s (pid %s, cpu %s)", name, server.base_url, process.pid, cpu)
         return server
 
-    def start_ours(self, *, cpu: int | None, name: str = "ours") -> Server:
-        """``python -m server serve``: one uvicorn worker with the real app, PostgreSQL and Redis."""
+    def start_ours(
+        self,
+        *,
+        cpu: int | None,
+        name: str = "ours",
+        extra_env: dict[str, str] | None = None,
+        nofile: int | None = None,
+    ) -> Server:
+        """``python -m server serve``: one uvicorn worker with the real app, PostgreSQL and Redis.
+
+        ``extra_env`` overrides settings for this server only (e.g. raised rate limits).
+        """
         if self.env is None:
             self.start_services()
+        assert self.env is not None
         return self.start_server(
             name,
             [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", "{port}"],
             cpu=cpu,
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             ready_path="/ready",
+            nofile=nofile,
         )
 
     def start_peer(self, *, cpu: int | None, name: str = "peer") -> Server:

@@ -1,0 +1,731 @@
+"""WebSocket gateway benchmark: our ``/connection/websocket`` against a raw ASGI broadcast peer.
+
+Scenarios (``bench.ws_load`` runs each in its own process, pinned to the load-generator CPU):
+
+- **idle**      — N authenticated connections held (pings answered): server RSS per socket;
+- **broadcast** — 1,000 subscribers of one lounge, a publisher at a steady rate R for D s:
+  delivered messages/s and publish→deliver latency, for each R in ``--ws-rates``;
+- **storm**     — 1,000 subscribers disconnect, 50 messages are published, all reconnect
+  at once with ``recover``: time until every one has exactly the 50 it missed.
+  ``warm``: another subscriber keeps the node's hub (and its in-memory ring)
+  alive; ``cold``: nobody does, the hub is recreated and recovery reads Redis.
+
+Both servers run one uvicorn worker pinned to the server CPU (ours is ``python
+-m server serve`` with the real app, PostgreSQL and Valkey; the peer is
+``bench.ws_peer`` with the same WebSocket options). Their open-file limits are
+raised to the hard limit. Publishing is rate limited per user in production;
+the benchmark raises ``PUBLISH_RATE_LIMIT`` (and ``ACCESS_TOKEN_TTL``, so the
+minted tokens outlive a full run) for our server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench import ws_setup
+from bench.http_baseline import BUSY_WARNING, _pin_plan
+from bench.procfs import machine_busy_percent, nofile_limits, raise_nofile, wait_for_quiet
+from bench.results import (
+    bar_panel,
+    fmt,
+    fmt_ratio,
+    format_table,
+    machine_info,
+    median,
+    output_paths,
+    paired_ratio,
+    pyplot,
+    save_json,
+)
+from bench.stack import HOST, REPO_ROOT, BenchStack, Server, run_pinned_json
+from bench.ws_load import command as ws_command
+
+log = logging.getLogger("bench")
+
+# The issue's targets, per web process.
+TARGET_IDLE_KIB = 24.0
+TARGET_DELIVERED_PER_S = 50_000
+TARGET_P99_MS = 100.0
+TARGET_STORM_S = 10.0
+
+OURS_ENV = {
+    "PUBLISH_RATE_LIMIT": "100000000/10",  # the publisher is one user per connection; no 111 errors
+    "AUTH_RATE_LIMIT_IP": "100000/60",
+    "AUTH_RATE_LIMIT_ACCOUNT": "100000/60",
+    "ACCESS_TOKEN_TTL": "7200",  # tokens are minted once, at setup
+}
+PEER, OURS = "peer", "ours"
+STORM_MODES = [("peer", PEER, False), ("ours warm", OURS, False), ("ours cold", OURS, True)]
+
+
+@dataclass
+class Cell:
+    """Runs of one (scenario, target, parameter) combination."""
+
+    label: str
+    target: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def stat(self, *keys: str) -> list[Any]:
+        values = []
+        for run in self.runs:
+            value: Any = run
+            for key in keys:
+                value = value.get(key) if isinstance(value, dict) else None
+            values.append(value)
+        return values
+
+    def median(self, *keys: str) -> float | None:
+        return median(v for v in self.stat(*keys) if isinstance(v, int | float))
+
+    def total(self, *keys: str) -> int:
+        return sum(v for v in self.stat(*keys) if isinstance(v, int | float))
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether ``server/`` differs from it (work in progress is common)."""
+
+    def git(*argv: str) -> str:
+        try:
+            done = subprocess.run(["git", *argv], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "server").splitlines()
+    return {"git_head": git("rev-parse", "--short", "HEAD") or None, "server_files_changed": len(changed)}
+
+
+def defaults(args: argparse.Namespace) -> dict[str, Any]:
+    quick = getattr(args, "quick", False)
+    rates = getattr(args, "ws_rates", None) or ([50.0, 100.0] if quick else [25.0, 50.0, 75.0, 100.0])
+    return {
+        "idle": getattr(args, "ws_idle", None) or (2000 if quick else 10_000),
+        "hold": getattr(args, "ws_hold", None) or (5.0 if quick else 30.0),
+        "subscribers": getattr(args, "ws_subscribers", None) or 1000,
+        "rates": rates,
+        "missed": getattr(args, "ws_missed", None) or 50,
+        "publishers": getattr(args, "ws_publishers", None) or 16,
+        "drain": 10.0,
+    }
+
+
+def _quiet(args: argparse.Namespace) -> float | None:
+    if args.quiet_wait <= 0:
+        time.sleep(0.3)
+        return None
+    busy = wait_for_quiet(args.quiet_wait, BUSY_WARNING)
+    if busy >= BUSY_WARNING:
+        log.warning("machine still busy (%.0f%% of one CPU) after %.0f s; running anyway", busy, args.quiet_wait)
+    return busy
+
+
+def _run(argv: list[str], cpu: int | None, timeout: float, busy: float | None) -> dict[str, Any]:
+    try:
+        result = run_pinned_json(argv, cpu, timeout=timeout)
+    except (RuntimeError, ValueError, TimeoutError) as exc:  # one failed run must not lose the others
+        log.error("run failed: %s", str(exc)[-1500:])
+        result = {"failed": str(exc)[-1500:]}
+    except Exception as exc:  # subprocess.TimeoutExpired and friends
+        log.error("run failed: %r", exc)
+        result = {"failed": repr(exc)}
+    result["machine_busy_before_percent"] = busy
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    plan = defaults(args)
+    server_cpu, loadgen_cpu = _pin_plan(args.server_cpu, args.loadgen_cpu)
+    json_path, png_path = output_paths("ws")
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    soft, hard = nofile_limits()
+    own_limit = raise_nofile()
+    needed = plan["idle"] + 200 + 64  # + the warm-up batch + slack
+    if hard < needed:
+        log.warning("RLIMIT_NOFILE hard limit is %d: idle sockets lowered from %d", hard, plan["idle"])
+        plan["idle"] = max(100, hard - 264)
+    log.info("open-file limit: soft %d, hard %d (raised to %d for every bench process)", soft, hard, own_limit)
+
+    idle_cells = {PEER: Cell("peer", PEER), OURS: Cell("ours", OURS)}
+    bcast_cells = {(rate, t): Cell(f"{t} {rate:g}/s", t) for rate in plan["rates"] for t in (PEER, OURS)}
+    storm_cells = {name: Cell(name, target) for name, target, _ in STORM_MODES}
+
+    with BenchStack(keep_logs=args.keep_logs) as stack:
+        env = stack.start_services()
+        peer = stack.start_server(
+            "ws-peer",
+            [sys.executable, "-m", "bench.ws_peer", "--host", HOST, "--port", "{port}"],
+            cpu=server_cpu,
+            nofile=hard,
+        )
+        ours = stack.start_ours(cpu=server_cpu, extra_env=OURS_ENV, nofile=hard)
+        servers: dict[str, Server] = {PEER: peer, OURS: ours}
+        setup = ws_setup.prepare(
+            {**env, **OURS_ENV},
+            ours,
+            stack.data_dir,
+            idle=plan["idle"] + 200,
+            subscribers=plan["subscribers"],
+            publishers=plan["publishers"],
+        )
+        rss_start = {name: s.rss_kib() for name, s in servers.items()}
+        busy_before = machine_busy_percent(1.0)
+        if busy_before > BUSY_WARNING:
+            log.warning("the machine is busy (%.0f%% of one CPU in use): expect noisy numbers", busy_before)
+        total = 2 + args.repeats * (len(plan["rates"]) * 2 + len(STORM_MODES))
+        done = 0
+
+        def progress(what: str) -> None:
+            nonlocal done
+            done += 1
+            print(f"[{done}/{total}] {what} ...", file=sys.stderr, flush=True)
+
+        # 1. idle: once per server, on fresh processes (RSS deltas of a second run on the same
+        #    process would reuse memory the first one freed).
+        for target in (OURS, PEER):
+            server = servers[target]
+            progress(f"idle {target}: {plan['idle']:,} sockets held {plan['hold']:g} s")
+            busy = _quiet(args)
+            argv = ws_command(
+                "idle",
+                target,
+                server.port,
+                setup=setup.path,
+                sockets=plan["idle"],
+                warmup_sockets=200,
+                hold=plan["hold"],
+                watch_pid=server.pid,
+            )
+            idle_cells[target].runs.append(_run(argv, loadgen_cpu, plan["idle"] / 20 + plan["hold"] + 180, busy))
+
+        # 2. broadcast, interleaved by repeat so drift hits peer and ours alike.
+        for repeat in range(args.repeats):
+            for rate in plan["rates"]:
+                for target in (PEER, OURS):
+                    server = servers[target]
+                    progress(f"broadcast {target} {rate:g}/s x {plan['subscribers']} (run {repeat + 1})")
+                    busy = _quiet(args)
+                    argv = ws_command(
+                        "broadcast",
+                        target,
+                        server.port,
+                        setup=setup.path,
+                        sockets=plan["subscribers"],
+                        rate=rate,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                        drain=plan["drain"],
+                        publishers=plan["publishers"],
+                        watch_pid=server.pid,
+                    )
+                    result = _run(argv, loadgen_cpu, args.warmup + args.duration + plan["drain"] + 240, busy)
+                    result["repeat"] = repeat
+                    bcast_cells[(rate, target)].runs.append(result)
+
+        # 3. reconnect storm.
+        for repeat in range(args.repeats):
+            for name, target, cold in STORM_MODES:
+                server = servers[target]
+                progress(f"storm {name}: {plan['subscribers']} clients missing {plan['missed']} (run {repeat + 1})")
+                busy = _quiet(args)
+                argv = ws_command(
+                    "storm",
+                    target,
+                    server.port,
+                    setup=setup.path,
+                    sockets=plan["subscribers"],
+                    missed=plan["missed"],
+                    cold=cold,
+                    watch_pid=server.pid,
+                )
+                result = _run(argv, loadgen_cpu, 300, busy)
+                result["repeat"] = repeat
+                storm_cells[name].runs.append(result)
+        rss_end = {name: s.rss_kib() for name, s in servers.items()}
+
+    config = {
+        "repeats": args.repeats,
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "server_cpu": server_cpu,
+        "loadgen_cpu": loadgen_cpu,
+        "uvicorn_workers": 1,
+        "machine_busy_before_percent": round(busy_before, 1),
+        "quiet_wait_s": args.quiet_wait,
+        "nofile": {"soft": soft, "hard": hard},
+        "ours_env": OURS_ENV,
+        "setup_s": round(setup.seconds, 1),
+        "users": setup.users,
+        "code": code_version(),
+        **plan,
+    }
+    summary = {
+        "idle": summarize_idle(idle_cells),
+        "broadcast": summarize_broadcast(bcast_cells, plan["rates"]),
+        "storm": summarize_storm(storm_cells),
+    }
+    summary["targets"] = verdicts(summary, plan)
+    print()
+    print(render(summary, config))
+    payload = {
+        "benchmark": "ws",
+        "started_at": started_at,
+        "config": config,
+        "machine": machine_info(),
+        "rss_kib": {"start": rss_start, "end": rss_end},
+        "summary": summary,
+        "runs": {
+            "idle": {c.target: c.runs for c in idle_cells.values()},
+            "broadcast": [{"rate": rate, "target": t, "runs": c.runs} for (rate, t), c in bcast_cells.items()],
+            "storm": [{"mode": name, "runs": c.runs} for name, c in storm_cells.items()],
+        },
+    }
+    for kind in payload["runs"]["broadcast"]:  # the full latency quantiles stay; drop nothing else
+        for r in kind["runs"]:
+            r.pop("cpu_affinity", None)
+    save_json(json_path, payload)
+    plot(png_path, summary, config, payload["machine"])
+    print(f"\nraw results: {json_path}\nplot:        {png_path}")
+    failed = [
+        r for c in [*idle_cells.values(), *bcast_cells.values(), *storm_cells.values()] for r in c.runs if "failed" in r
+    ]
+    if failed:
+        print(f"WARNING: {len(failed)} run(s) failed; see the JSON", file=sys.stderr)
+    return 0
+
+
+# -- summaries -------------------------------------------------------------------------------
+
+
+def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
+    rows = []
+    peer_kib = cells[PEER].median("per_socket_kib")
+    for cell in (cells[OURS], cells[PEER]):
+        run = cell.runs[0] if cell.runs else {}
+        kib = run.get("per_socket_kib")
+        rows.append(
+            {
+                "target": cell.target,
+                "failed": run.get("failed"),
+                "sockets_requested": run.get("sockets_requested"),
+                "sockets_open": run.get("sockets_open"),
+                "errors": run.get("errors"),
+                "open_s": run.get("open_s"),
+                "connects_per_s": run.get("connects_per_s"),
+                "connect_p99_ms": (run.get("connect_ms") or {}).get("p99"),
+                "rss_before_kib": run.get("rss_before_kib"),
+                "rss_held_kib": run.get("rss_held_kib"),
+                "rss_held_max_kib": run.get("rss_held_max_kib"),
+                "rss_after_close_kib": run.get("rss_after_close_kib"),
+                "per_socket_kib": kib,
+                "per_socket_kib_max": run.get("per_socket_kib_max"),
+                "vs_peer": kib / peer_kib if kib and peer_kib else None,
+                "pings_answered": run.get("pings_answered"),
+                "dropped_while_held": run.get("dropped_while_held"),
+                "hold_server_cpu_percent": (run.get("holding") or {}).get("server_cpu_percent"),
+                "open_server_cpu_percent": (run.get("opening") or {}).get("server_cpu_percent"),
+                "open_loadgen_cpu_percent": (run.get("opening") or {}).get("loadgen_cpu_percent"),
+                "other_cpu_percent": (run.get("holding") or {}).get("other_cpu_percent"),
+                "open_other_cpu_percent": (run.get("opening") or {}).get("other_cpu_percent"),
+            }
+        )
+    return rows
+
+
+def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]) -> list[dict[str, Any]]:
+    rows = []
+    for rate in rates:
+        peer = cells[(rate, PEER)]
+        for target in (PEER, OURS):
+            cell = cells[(rate, target)]
+            ok = [r for r in cell.runs if "failed" not in r]
+            delivered = [r["delivered_per_s"] for r in ok]
+            row = {
+                "rate": rate,
+                "target": target,
+                "runs": len(cell.runs),
+                "failed_runs": len(cell.runs) - len(ok),
+                "subscribers": cell.median("subscribers"),
+                "offered_per_s": cell.median("offered_per_s"),
+                "delivered_per_s": cell.median("delivered_per_s"),
+                "delivered_min": min(delivered) if delivered else None,
+                "delivered_max": max(delivered) if delivered else None,
+                "p50_ms": cell.median("latency_ms", "p50"),
+                "p90_ms": cell.median("latency_ms", "p90"),
+                "p99_ms": cell.median("latency_ms", "p99"),
+                "p999_ms": cell.median("latency_ms", "p999"),
+                "max_ms": cell.median("latency_ms", "max"),
+                "ack_p50_ms": cell.median("publisher", "ack_ms", "p50"),
+                "ack_p99_ms": cell.median("publisher", "ack_ms", "p99"),
+                "publish_errors": sum(sum((r.get("publisher") or {}).get("errors", {}).values()) for r in ok),
+                "missing": cell.total("missing_after_drain"),
+                "drained_after_s": cell.median("drained_after_s"),
+                "gaps": cell.total("gaps"),
+                "duplicates": cell.total("duplicates"),
+                "dropped_subscribers": cell.total("dropped_subscribers"),
+                "server_cpu_percent": cell.median("server_cpu_percent"),
+                "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
+                "publisher_cpu_percent": cell.median("publisher", "cpu_percent"),
+                "other_cpu_percent": cell.median("other_cpu_percent"),
+                "steal_cpu_percent": cell.median("steal_cpu_percent"),
+                "server_rss_kib_max": cell.median("server_rss_kib_max"),
+                "delivered_vs_peer": paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")),
+                "p99_vs_peer": paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")),
+                "delivered_runs": delivered,
+                "p99_runs": [r["latency_ms"]["p99"] for r in ok],
+                "other_cpu_runs": [r.get("other_cpu_percent") for r in ok],
+            }
+            offered = row["offered_per_s"] or 0
+            row["keeps_up"] = bool(
+                ok
+                and row["missing"] == 0
+                and row["dropped_subscribers"] == 0
+                and (row["delivered_per_s"] or 0) >= 0.95 * offered
+                and (row["drained_after_s"] or 0) <= 1.0
+            )
+            rows.append(row)
+    return rows
+
+
+def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
+    rows = []
+    peer = cells["peer"]
+    for name, _, _ in STORM_MODES:
+        cell = cells[name]
+        ok_runs = [r for r in cell.runs if "failed" not in r]
+        times = [r.get("all_recovered_s") for r in ok_runs]
+        rows.append(
+            {
+                "mode": name,
+                "runs": len(cell.runs),
+                "failed_runs": len(cell.runs) - len(ok_runs),
+                "clients": cell.median("clients"),
+                "missed": cell.median("missed"),
+                "all_recovered_s": median(t for t in times if t is not None),
+                "all_recovered_runs": times,
+                "last_reply_s": cell.median("last_reply_s"),
+                "client_p50_ms": cell.median("client_s", "p50"),
+                "client_p99_ms": cell.median("client_s", "p99"),
+                "recovered_ok_min": min((r.get("recovered_ok", 0) for r in ok_runs), default=None),
+                "errors": [r.get("errors") for r in ok_runs],
+                "server_cpu_percent": cell.median("server_cpu_percent"),
+                "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
+                "other_cpu_percent": cell.median("other_cpu_percent"),
+                "vs_peer": paired_ratio(cell.stat("all_recovered_s"), peer.stat("all_recovered_s")),
+            }
+        )
+    return rows
+
+
+def verdicts(summary: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+    idle = next(r for r in summary["idle"] if r["target"] == OURS)
+    idle_met = bool(
+        idle["per_socket_kib"] is not None
+        and idle["per_socket_kib"] <= TARGET_IDLE_KIB
+        and idle["sockets_open"] == idle["sockets_requested"]
+        and idle["sockets_requested"] >= 10_000
+        and not idle["dropped_while_held"]
+    )
+    ours_b = [r for r in summary["broadcast"] if r["target"] == OURS]
+    good = [
+        r
+        for r in ours_b
+        if r["keeps_up"]
+        and (r["delivered_per_s"] or 0) >= TARGET_DELIVERED_PER_S
+        and (r["p99_ms"] or float("inf")) <= TARGET_P99_MS
+    ]
+    kept = [r for r in ours_b if r["keeps_up"]]
+    storm = {r["mode"]: r for r in summary["storm"]}
+    storm_met = {
+        mode: bool(
+            storm[mode]["all_recovered_s"] is not None
+            and storm[mode]["all_recovered_s"] <= TARGET_STORM_S
+            and storm[mode]["recovered_ok_min"] == storm[mode]["clients"]
+        )
+        for mode in ("ours warm", "ours cold")
+    }
+    return {
+        "idle": {
+            "target": f"{plan['idle']:,} authenticated idle sockets at <= {TARGET_IDLE_KIB:g} KiB each",
+            "measured_kib": idle["per_socket_kib"],
+            "sockets": idle["sockets_open"],
+            "met": idle_met,
+        },
+        "broadcast": {
+            "target": f">= {TARGET_DELIVERED_PER_S:,} deliveries/s to 1,000 subscribers, p99 <= {TARGET_P99_MS:g} ms",
+            "best_rate_meeting_target": max((r["rate"] for r in good), default=None),
+            "highest_rate_kept_up": max((r["rate"] for r in kept), default=None),
+            "max_delivered_per_s": max((r["delivered_per_s"] or 0 for r in ours_b), default=None),
+            "met": bool(good),
+        },
+        "storm": {
+            "target": f"1,000 clients missing {plan['missed']} each all recovered within {TARGET_STORM_S:g} s",
+            "warm_s": storm["ours warm"]["all_recovered_s"],
+            "cold_s": storm["ours cold"]["all_recovered_s"],
+            "met": storm_met,
+        },
+    }
+
+
+# -- text ------------------------------------------------------------------------------------
+
+
+def _mib(kib: float | None) -> float | None:
+    return kib / 1024 if kib is not None else None
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "NO"
+
+
+def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
+    out = [
+        f"WebSocket gateway: 1 uvicorn worker on CPU {config['server_cpu']}, load generator on CPU "
+        f"{config['loadgen_cpu']}; medians of {config['repeats']} run(s) of {config['duration_s']:g} s "
+        f"(+{config['warmup_s']:g} s warm-up) for broadcast and storm; idle once per server; code "
+        f"{config['code']['git_head']} + {config['code']['server_files_changed']} changed file(s) in server/",
+        "",
+        f"1. idle: {config['idle']:,} sockets held {config['hold']:g} s (ours: connect with a token each, pings answered)",
+    ]
+    rows = []
+    for r in summary["idle"]:
+        rows.append(
+            [
+                r["target"],
+                f"{r['sockets_open'] or 0:,}/{r['sockets_requested'] or 0:,}",
+                fmt(r["open_s"], 1),
+                fmt(r["connects_per_s"], 0),
+                fmt(r["connect_p99_ms"], 1),
+                fmt(_mib(r["rss_before_kib"]), 1),
+                fmt(_mib(r["rss_held_kib"]), 1),
+                fmt(r["per_socket_kib"], 1),
+                fmt(r["per_socket_kib_max"], 1),
+                fmt_ratio(r["vs_peer"]),
+                str(r["pings_answered"]),
+                str(r["dropped_while_held"]),
+                fmt(r["open_server_cpu_percent"], 0, "%"),
+                fmt(r["open_other_cpu_percent"], 0, "%"),
+                fmt(r["hold_server_cpu_percent"], 1, "%"),
+            ]
+        )
+    out.append(
+        format_table(
+            [
+                "server",
+                "open/asked",
+                "open s",
+                "conn/s",
+                "conn p99 ms",
+                "RSS before MiB",
+                "RSS held MiB",
+                "KiB/socket",
+                "KiB/socket (peak)",
+                "vs peer",
+                "pings",
+                "dropped",
+                "srv CPU opening",
+                "other CPU opening",
+                "srv CPU held",
+            ],
+            rows,
+        )
+    )
+    out += ["", "2. broadcast: 1 channel, steady publish rate, every delivery timed (publish -> subscriber's read)"]
+    rows = []
+    for r in summary["broadcast"]:
+        rows.append(
+            [
+                f"{r['target']} {r['rate']:g}/s",
+                fmt(r["offered_per_s"], 0),
+                fmt(r["delivered_per_s"], 0),
+                f"{fmt(r['delivered_min'], 0)}-{fmt(r['delivered_max'], 0)}",
+                fmt(r["p50_ms"], 1),
+                fmt(r["p99_ms"], 1),
+                fmt(r["max_ms"], 1),
+                fmt(r["ack_p99_ms"], 1),
+                str(r["missing"]),
+                f"{r['gaps']}/{r['duplicates']}",
+                str(r["dropped_subscribers"]),
+                _yes(r["keeps_up"]),
+                fmt_ratio(r["delivered_vs_peer"]),
+                fmt_ratio(r["p99_vs_peer"]),
+                fmt(r["server_cpu_percent"], 0, "%"),
+                fmt(r["loadgen_cpu_percent"], 0, "%"),
+                fmt(r["other_cpu_percent"], 0, "%"),
+            ]
+        )
+    out.append(
+        format_table(
+            [
+                "server rate",
+                "offered/s",
+                "delivered/s",
+                "range",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "ack p99",
+                "missing",
+                "gap/dup",
+                "dropped",
+                "keeps up",
+                "deliv vs peer",
+                "p99 vs peer",
+                "server CPU",
+                "loadgen CPU",
+                "other CPU",
+            ],
+            rows,
+        )
+    )
+    out += ["", "3. reconnect storm: all clients reconnect at once and recover what they missed"]
+    rows = []
+    for r in summary["storm"]:
+        runs = [t for t in r["all_recovered_runs"] if t is not None]
+        rows.append(
+            [
+                r["mode"],
+                f"{r['clients'] or 0:,.0f}",
+                f"{r['missed'] or 0:.0f}",
+                fmt(r["all_recovered_s"], 2),
+                f"{fmt(min(runs), 2)}-{fmt(max(runs), 2)}" if runs else "-",
+                fmt(r["client_p50_ms"], 0),
+                fmt(r["client_p99_ms"], 0),
+                f"{r['recovered_ok_min']}/{r['clients'] or 0:.0f}",
+                fmt_ratio(r["vs_peer"]),
+                fmt(r["server_cpu_percent"], 0, "%"),
+                fmt(r["loadgen_cpu_percent"], 0, "%"),
+                fmt(r["other_cpu_percent"], 0, "%"),
+            ]
+        )
+    out.append(
+        format_table(
+            [
+                "mode",
+                "clients",
+                "missed",
+                "all done s",
+                "range",
+                "client p50 ms",
+                "client p99 ms",
+                "exact (min)",
+                "vs peer",
+                "server CPU",
+                "loadgen CPU",
+                "other CPU",
+            ],
+            rows,
+        )
+    )
+    t = summary["targets"]
+    out += [
+        "",
+        "Targets (per web process):",
+        f"  idle      {t['idle']['target']}: {fmt(t['idle']['measured_kib'], 1)} KiB -> {_yes(t['idle']['met'])}",
+        f"  broadcast {t['broadcast']['target']}: highest rate kept up "
+        f"{fmt(t['broadcast']['highest_rate_kept_up'], 0)}/s, max delivered "
+        f"{fmt(t['broadcast']['max_delivered_per_s'], 0)}/s -> {_yes(t['broadcast']['met'])}",
+        f"  storm     {t['storm']['target']}: warm {fmt(t['storm']['warm_s'], 2)} s "
+        f"({_yes(t['storm']['met']['ours warm'])}), cold {fmt(t['storm']['cold_s'], 2)} s "
+        f"({_yes(t['storm']['met']['ours cold'])})",
+        "",
+        "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "
+        "(PostgreSQL, Valkey, the publisher, other jobs).",
+        "'keeps up': >= 95% of the offered deliveries/s inside the window, nothing missing, the backlog drained "
+        "within 1 s of the window's end.",
+    ]
+    return "\n".join(out)
+
+
+# -- plot ------------------------------------------------------------------------------------
+
+
+def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[str, Any]) -> None:
+    plt = pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(15, 10))
+    (ax_idle, ax_rate), (ax_lat, ax_storm) = axes
+    idle = {r["target"]: r for r in summary["idle"]}
+    bar_panel(
+        ax_idle,
+        [f"{t}\n{(idle[t]['sockets_open'] or 0):,} sockets" for t in (OURS, PEER)],
+        {"KiB per idle socket": [idle[t]["per_socket_kib"] for t in (OURS, PEER)]},
+        title="Server RSS per idle socket",
+        ylabel="KiB",
+        value_format="{:.1f}",
+    )
+    ax_idle.axhline(TARGET_IDLE_KIB, color="red", linestyle="--", linewidth=1)
+    ax_idle.annotate(
+        f"target {TARGET_IDLE_KIB:g} KiB",
+        (0.98, TARGET_IDLE_KIB),
+        xycoords=("axes fraction", "data"),
+        ha="right",
+        va="bottom",
+        fontsize=8,
+        color="red",
+    )
+
+    rows = summary["broadcast"]
+    for target, marker, color in ((PEER, "s", "C0"), (OURS, "o", "C1")):
+        mine = [r for r in rows if r["target"] == target]
+        offered = [r["offered_per_s"] or r["rate"] * 1000 for r in mine]
+        ax_rate.plot(offered, [r["delivered_per_s"] for r in mine], marker=marker, color=color, label=target)
+        for x, r in zip(offered, mine, strict=True):
+            ax_rate.scatter([x] * len(r["delivered_runs"]), r["delivered_runs"], s=10, color="black", zorder=3)
+        p50 = [r["p50_ms"] for r in mine]
+        p99 = [r["p99_ms"] for r in mine]
+        rates = [r["rate"] for r in mine]
+        ax_lat.plot(rates, p50, marker=marker, color=color, linestyle=":", label=f"{target} p50")
+        ax_lat.plot(rates, p99, marker=marker, color=color, label=f"{target} p99")
+        for rate, r in zip(rates, mine, strict=True):
+            ax_lat.scatter([rate] * len(r["p99_runs"]), r["p99_runs"], s=8, color="black", zorder=3)
+    top = max([r["offered_per_s"] or 0 for r in rows] + [TARGET_DELIVERED_PER_S])
+    ax_rate.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":", label="delivered = offered")
+    ax_rate.axhline(TARGET_DELIVERED_PER_S, color="red", linestyle="--", linewidth=1, label="target")
+    ax_rate.set_title(f"Broadcast to {config['subscribers']:,} subscribers (median; dots = runs)", fontsize=11)
+    ax_rate.set_xlabel("offered deliveries / s (publish rate x subscribers)")
+    ax_rate.set_ylabel("delivered / s")
+    ax_rate.grid(alpha=0.3)
+    ax_rate.legend(fontsize=8)
+    ax_lat.axhline(TARGET_P99_MS, color="red", linestyle="--", linewidth=1, label="p99 target")
+    ax_lat.set_yscale("log")
+    ax_lat.set_title("Publish -> deliver latency (median of runs; log scale)", fontsize=11)
+    ax_lat.set_xlabel("publications / s")
+    ax_lat.set_ylabel("ms")
+    ax_lat.grid(alpha=0.3, which="both")
+    ax_lat.legend(fontsize=8)
+
+    storm = summary["storm"]
+    # A mode where some run left a client unrecovered shows its last reply time, marked.
+    bars = [r["all_recovered_s"] if r["all_recovered_s"] is not None else r["last_reply_s"] for r in storm]
+    notes = []
+    for index, r in enumerate(storm):
+        note = f"{fmt_ratio(r['vs_peer'])} peer" if index and r["vs_peer"] is not None else ""
+        if r["recovered_ok_min"] != r["clients"]:
+            note = f"{note}\nonly {r['recovered_ok_min']}/{r['clients']:.0f} exact".strip()
+        notes.append(note or None)
+    bar_panel(
+        ax_storm,
+        [r["mode"] for r in storm],
+        {"all recovered": bars},
+        points={"all recovered": [[t for t in r["all_recovered_runs"] if t is not None] for r in storm]},
+        notes={"all recovered": notes},
+        title=f"Reconnect storm: {config['subscribers']:,} clients, {config['missed']} missed each",
+        ylabel="seconds until the last client has recovered",
+        value_format="{:.2f}",
+    )
+    ax_storm.axhline(TARGET_STORM_S, color="red", linestyle="--", linewidth=1)
+    fig.suptitle(
+        f"WebSocket gateway vs raw ASGI broadcast peer - 1 uvicorn worker on CPU {config['server_cpu']}, "
+        f"load generator on CPU {config['loadgen_cpu']}, {config['repeats']} run(s)\n"
+        f"{machine.get('cpu_model', '')}, {machine.get('cpus')} CPUs, Python {machine.get('python')}",
+        fontsize=11,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

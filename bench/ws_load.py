@@ -1,0 +1,924 @@
+"""WebSocket load generator: a separate process, raw asyncio sockets (:mod:`bench.wsclient`).
+
+``python -m bench.ws_load SCENARIO --target {ours,peer} --port P --setup FILE [...]``
+prints one JSON object on stdout. Scenarios:
+
+- ``idle``      — open N sockets (ours: each sends ``connect`` with its own
+  user's token and waits for the reply), hold them ``--hold`` s answering the
+  server's pings, close them. Samples the server's RSS (``--watch-pid``)
+  before (after a warm-up batch that is opened and closed first), while held
+  and after.
+- ``broadcast`` — S subscribers in one channel (ours: ``connect`` then
+  ``subscribe`` to the lounge); a publisher child process
+  (``publish``, inheriting this process's CPU) sends ``--rate`` messages/s for
+  warm-up + duration, each carrying its send time (``CLOCK_MONOTONIC``) in
+  its text. Every delivery is counted and timed at the ``data_received``
+  call that brought it: delivered/s over the measured window, and
+  publish→deliver latency of *every* delivery of every message sent in the
+  window (no sampling). Per-subscriber offsets are checked for gaps and
+  duplicates.
+- ``storm``     — S subscribers with known positions disconnect, ``--missed``
+  messages are published, then all S reconnect at once and resubscribe with
+  ``recover: true`` + offset/epoch (peer: ``/ws?since=K``); measures the time
+  until the last one has its missed publications and checks each got exactly
+  offsets pos+1..pos+M. ``--cold`` leaves no other subscriber of the lounge on
+  the node (its hub and in-memory ring are gone: recovery reads Redis);
+  otherwise the publisher's socket stays subscribed (the ring serves it).
+- ``publish``   — the publisher child of ``broadcast``.
+
+Every wait is bounded (``--timeout``); sockets that fail are counted, not
+retried. Exit status 0 with the JSON even when sockets failed; 1 when the
+scenario could not run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import array
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from bench.loadgen import percentile
+from bench.procfs import cpu_seconds, machine_cpu_seconds, raise_nofile, rss_kib
+from bench.wsclient import RawWebSocket, clock, open_socket
+
+OURS_PATH = "/connection/websocket"
+QUANTILES = [*range(0, 100), 99.5, 99.9, 100]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+# -- decoding only what we need ------------------------------------------------------------------
+
+
+class _Text(msgspec.Struct):
+    text: str = ""
+
+
+class _Data(msgspec.Struct):
+    message: _Text | None = None
+
+
+class _Pub(msgspec.Struct):
+    data: _Data | None = None
+    offset: int = 0
+
+
+class _PushBody(msgspec.Struct):
+    channel: str = ""
+    pub: _Pub | None = None
+
+
+class _Push(msgspec.Struct):
+    push: _PushBody | None = None
+
+
+class _PeerMessage(msgspec.Struct):
+    seq: int
+    ts: float
+
+
+_push_decoder = msgspec.json.Decoder(_Push)
+_peer_decoder = msgspec.json.Decoder(_PeerMessage)
+
+
+def message_text(seq: int, sent: float) -> str:
+    """A publication's text: its send time first (parsed back by subscribers)."""
+    return f"{sent:.6f} bench #{seq}"
+
+
+class Tally:
+    """Deliveries counted by every subscriber socket of this process."""
+
+    def __init__(self) -> None:
+        self.window = (float("inf"), float("-inf"))  # receive times counted as "in the window"
+        self.in_window = 0  # deliveries received inside the window
+        self.total = 0
+        self.latencies = array.array("d")  # seconds, every delivery of a message sent in the window
+        self.gaps = 0
+        self.duplicates = 0
+        self.max_seq = 0  # highest seq (peer) seen
+
+    def set_window(self, start: float, end: float) -> None:
+        self.window = (start, end)
+
+
+# -- sockets ------------------------------------------------------------------------------------
+
+
+class CentrifugeSocket(RawWebSocket):
+    """A client of our gateway: commands with ids, pongs, publication pushes tallied."""
+
+    def __init__(self, host: str, port: int, path: str, tally: Tally | None = None) -> None:
+        super().__init__(host, port, path)
+        self.tally = tally
+        self.pending: dict[int, asyncio.Future] = {}
+        self._ids = itertools.count(1)
+        self.pings = 0
+        self.offset = 0  # last publication offset received on the subscribed channel
+        self.pushes = 0
+        self.first_push: asyncio.Future | None = None
+        self.wait_offset: tuple[int, asyncio.Future] | None = None
+
+    def request(self, **command: Any) -> asyncio.Future:
+        """Send one command; the future resolves with ``(reply dict, receive time)``."""
+        command_id = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self.pending[command_id] = future
+        self.send_text(_encode({"id": command_id, **command}))
+        return future
+
+    async def call(self, timeout: float, **command: Any) -> tuple[dict, float]:
+        reply, at = await asyncio.wait_for(self.request(**command), timeout)
+        if "error" in reply:
+            raise CommandError(reply["error"])
+        return reply, at
+
+    def on_message(self, payload: bytes, now: float) -> None:
+        # The hot path (one call per WebSocket message, pushes handled inline): at 100,000
+        # deliveries/s every Python call counts.
+        lines = payload.split(b"\n") if b"\n" in payload else (payload,)
+        tally = self.tally
+        for line in lines:
+            if not line.startswith(b'{"push"'):
+                if line:
+                    self.on_line(line, now)
+                continue
+            pub = _push_decoder.decode(line).push.pub  # type: ignore[union-attr]
+            if pub is None:
+                continue
+            offset = pub.offset
+            self.pushes += 1
+            if offset:
+                last = self.offset
+                if last and offset != last + 1 and tally is not None:
+                    if offset <= last:
+                        tally.duplicates += 1
+                    else:
+                        tally.gaps += offset - last - 1
+                if offset > last:
+                    self.offset = offset
+                waiting = self.wait_offset
+                if waiting is not None and offset >= waiting[0] and not waiting[1].done():
+                    waiting[1].set_result(now)
+            if tally is not None and pub.data is not None and pub.data.message is not None:
+                tally.total += 1
+                start, end = tally.window
+                if start <= now <= end:
+                    tally.in_window += 1
+                text = pub.data.message.text
+                sent = float(text[: text.find(" ")])
+                if start <= sent <= end:
+                    tally.latencies.append(now - sent)
+
+    def on_line(self, line: bytes, now: float) -> None:
+        """Anything but a push: a ping (answered) or a reply (matched by id)."""
+        if line == b"{}":
+            self.pings += 1
+            self.send_text(b"{}")
+            return
+        reply = _decode(line)
+        future = self.pending.pop(reply.get("id", 0), None)
+        if future is not None and not future.done():
+            future.set_result((reply, now))
+
+    def until_offset(self, offset: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.offset >= offset:
+            future.set_result(clock())
+        else:
+            self.wait_offset = (offset, future)
+        return future
+
+    def on_closed(self) -> None:
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(ConnectionResetError(f"closed with {self.close_code} {self.close_reason}"))
+        self.pending.clear()
+
+
+class PeerSocket(RawWebSocket):
+    """A subscriber of the raw peer: every message is ``{"seq":N,"ts":T}``."""
+
+    def __init__(self, host: str, port: int, path: str, tally: Tally | None = None, record: bool = False) -> None:
+        super().__init__(host, port, path)
+        self.tally = tally
+        self.seq = 0
+        # Recorded during a storm (from the start: the replay may arrive with the 101 answer).
+        self.seqs: list[int] | None = [] if record else None
+        self.wait_seq: tuple[int, asyncio.Future] | None = None
+
+    def on_line(self, line: bytes, now: float) -> None:
+        message = _peer_decoder.decode(line)
+        seq = message.seq
+        tally = self.tally
+        if tally is not None:
+            last = self.seq
+            if last and seq != last + 1:
+                if seq <= last:
+                    tally.duplicates += 1
+                else:
+                    tally.gaps += seq - last - 1
+            tally.total += 1
+            start, end = tally.window
+            if start <= now <= end:
+                tally.in_window += 1
+            if start <= message.ts <= end:
+                tally.latencies.append(now - message.ts)
+        if self.seqs is not None:
+            self.seqs.append(seq)
+        if seq > self.seq:
+            self.seq = seq
+        waiting = self.wait_seq
+        if waiting is not None and seq >= waiting[0] and not waiting[1].done():
+            waiting[1].set_result(now)
+
+    def until_seq(self, seq: int) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if self.seq >= seq:
+            future.set_result(clock())
+        else:
+            self.wait_seq = (seq, future)
+        return future
+
+
+class CommandError(RuntimeError):
+    pass
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+class Watch:
+    """CPU of the watched server, of this process and of the machine between ``start`` and ``stop``;
+    RSS samples of the server every ``interval`` s meanwhile."""
+
+    def __init__(self, pid: int | None, interval: float = 0.25) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[int] = []
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> Watch:
+        self.t0 = time.perf_counter()
+        self.server0 = cpu_seconds(self.pid) if self.pid else None
+        self.own0 = time.process_time()
+        self.machine0, self.steal0 = machine_cpu_seconds()
+        if self.pid:
+            self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def _sample(self) -> None:
+        while True:
+            value = rss_kib(self.pid) if self.pid else None
+            if value is not None:
+                self.samples.append(value)
+            await asyncio.sleep(self.interval)
+
+    async def stop(self) -> dict[str, Any]:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        elapsed = time.perf_counter() - self.t0
+        server1 = cpu_seconds(self.pid) if self.pid else None
+        own1 = time.process_time()
+        machine1, steal1 = machine_cpu_seconds()
+        out: dict[str, Any] = {
+            "elapsed_s": elapsed,
+            "loadgen_cpu_percent": 100 * (own1 - self.own0) / elapsed,
+            "machine_cpu_percent": 100 * (machine1 - self.machine0) / elapsed,
+            "steal_cpu_percent": 100 * (steal1 - self.steal0) / elapsed,
+            "server_cpu_percent": None,
+            "other_cpu_percent": None,
+        }
+        if self.server0 is not None and server1 is not None:
+            out["server_cpu_percent"] = 100 * (server1 - self.server0) / elapsed
+            out["other_cpu_percent"] = (
+                out["machine_cpu_percent"] - out["server_cpu_percent"] - out["loadgen_cpu_percent"]
+            )
+        if self.samples:
+            out["server_rss_kib_max"] = max(self.samples)
+            out["server_rss_kib_last"] = self.samples[-1]
+        return out
+
+
+def ms_summary(seconds: list[float] | array.array) -> dict[str, float]:
+    values = sorted(seconds)
+    ms = [v * 1000 for v in values]
+    return {
+        "count": len(ms),
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "p999": percentile(ms, 99.9),
+        "max": ms[-1] if ms else float("nan"),
+        "mean": statistics.fmean(ms) if ms else float("nan"),
+    }
+
+
+async def settled_rss(pid: int | None, seconds: float = 1.0) -> int | None:
+    """The median of a few RSS readings after a pause (lets freed buffers and the GC settle)."""
+    if not pid:
+        return None
+    await asyncio.sleep(seconds)
+    readings = []
+    for _ in range(5):
+        value = rss_kib(pid)
+        if value is not None:
+            readings.append(value)
+        await asyncio.sleep(0.1)
+    return int(statistics.median(readings)) if readings else None
+
+
+async def pool(count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``job(0..count-1)`` with at most ``concurrency`` in flight."""
+    indexes = iter(range(count))
+
+    async def worker() -> None:
+        for index in indexes:
+            await job(index)
+
+    await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
+
+
+def load_setup(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+class Opener:
+    """Opens sockets (ours: + ``connect``, optionally + ``subscribe``), counting failures."""
+
+    def __init__(self, args: argparse.Namespace, tally: Tally | None = None) -> None:
+        self.args = args
+        self.tally = tally
+        self.errors: Counter = Counter()
+        self.connect_times: list[float] = []
+
+    async def ours(self, token: str, channel: str | None = None) -> tuple[CentrifugeSocket, dict | None] | None:
+        args = self.args
+        started = clock()
+        sock = None
+        try:
+            sock = await open_socket(CentrifugeSocket, args.host, args.port, OURS_PATH, args.timeout, tally=self.tally)
+            await sock.call(args.timeout, connect={"token": token, "name": "bench"})
+            self.connect_times.append(clock() - started)
+            subscribed = None
+            if channel is not None:
+                subscribed, _ = await sock.call(args.timeout, subscribe={"channel": channel})
+                sock.offset = subscribed["subscribe"].get("offset", 0)
+            return sock, subscribed
+        except (OSError, TimeoutError, CommandError) as exc:
+            self.errors[type(exc).__name__ + (f": {exc}" if isinstance(exc, CommandError) else "")] += 1
+            if sock is not None:
+                sock.abort()
+            return None
+
+    async def peer(self, path: str = "/ws", cls: type[RawWebSocket] = PeerSocket) -> RawWebSocket | None:
+        args = self.args
+        started = clock()
+        try:
+            extra = {"tally": self.tally} if issubclass(cls, PeerSocket) else {}
+            sock = await open_socket(cls, args.host, args.port, path, args.timeout, **extra)
+        except (OSError, TimeoutError) as exc:
+            self.errors[type(exc).__name__] += 1
+            return None
+        self.connect_times.append(clock() - started)
+        return sock
+
+
+async def close_all(sockets: list[RawWebSocket], timeout: float) -> int:
+    """Closing handshake for every socket; abort what is still open after ``timeout``. Returns aborted."""
+    for sock in sockets:
+        sock.close()
+    pending = [sock.done for sock in sockets if not sock.done.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=timeout)
+    aborted = 0
+    for sock in sockets:
+        if not sock.done.done():
+            sock.abort()
+            aborted += 1
+    return aborted
+
+
+# -- idle ---------------------------------------------------------------------------------------
+
+
+async def idle(args: argparse.Namespace) -> dict[str, Any]:
+    setup = load_setup(args.setup)
+    tokens: list[str] = setup.get("idle_tokens", [])
+    count = args.sockets
+    if args.target == "ours" and len(tokens) < count + args.warmup_sockets:
+        raise SystemExit(f"need {count + args.warmup_sockets} tokens, the setup has {len(tokens)}")
+    opener = Opener(args)
+
+    async def open_one(index: int, into: list[RawWebSocket]) -> None:
+        if args.target == "ours":
+            opened = await opener.ours(tokens[index])
+            if opened is not None:
+                into.append(opened[0])
+        else:
+            sock = await opener.peer("/ws")
+            if sock is not None:
+                into.append(sock)
+
+    # Warm-up: open and close a batch, so first-use costs (DB pool growth, caches, code paths)
+    # are not charged to the measured sockets.
+    warm: list[RawWebSocket] = []
+    await pool(args.warmup_sockets, args.concurrency, lambda i: open_one(count + i, warm))
+    await close_all(warm, args.timeout)
+    opener.errors.clear()
+    opener.connect_times.clear()
+    rss_before = await settled_rss(args.watch_pid, 2.0)
+
+    sockets: list[RawWebSocket] = []
+    watch_open = Watch(args.watch_pid).start()
+    opened_at = clock()
+    await pool(count, args.concurrency, lambda i: open_one(i, sockets))
+    open_seconds = clock() - opened_at
+    opening = await watch_open.stop()
+
+    watch = Watch(args.watch_pid, interval=0.5).start()
+    deadline = clock() + args.hold
+    while clock() < deadline:
+        await asyncio.sleep(min(0.5, max(0.0, deadline - clock())))
+    dropped = sum(1 for s in sockets if s.done.done())
+    holding = await watch.stop()
+    rss_held = await settled_rss(args.watch_pid, 0.5)
+    pings = sum(getattr(s, "pings", 0) for s in sockets)
+    aborted = await close_all(sockets, args.timeout)
+    rss_after = await settled_rss(args.watch_pid, 2.0)
+    opened = len(sockets)
+    return {
+        "scenario": "idle",
+        "target": args.target,
+        "sockets_requested": count,
+        "sockets_open": opened,
+        "errors": dict(opener.errors),
+        "open_s": open_seconds,
+        "connects_per_s": opened / open_seconds if open_seconds else None,
+        "connect_ms": ms_summary(opener.connect_times),
+        "opening": opening,
+        "hold_s": args.hold,
+        "holding": holding,
+        "pings_answered": pings,
+        "dropped_while_held": dropped,
+        "aborted_on_close": aborted,
+        "rss_before_kib": rss_before,
+        "rss_held_kib": rss_held,
+        "rss_held_max_kib": max(holding.get("server_rss_kib_max") or 0, rss_held or 0) or None,
+        "rss_after_close_kib": rss_after,
+        "per_socket_kib": (rss_held - rss_before) / opened if opened and rss_held and rss_before else None,
+        "per_socket_kib_max": (
+            (max(holding.get("server_rss_kib_max") or 0, rss_held or 0) - rss_before) / opened
+            if opened and rss_before
+            else None
+        ),
+    }
+
+
+# -- broadcast ----------------------------------------------------------------------------------
+
+
+async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
+    setup = load_setup(args.setup)
+    tally = Tally()
+    opener = Opener(args, tally)
+    subscribers: list[RawWebSocket] = []
+    channel = setup.get("channel")
+
+    async def open_one(index: int) -> None:
+        if args.target == "ours":
+            opened = await opener.ours(setup["subscriber_tokens"][index], channel)
+            if opened is not None:
+                subscribers.append(opened[0])
+        else:
+            sock = await opener.peer("/ws")
+            if sock is not None:
+                subscribers.append(sock)
+
+    await pool(args.sockets, args.concurrency, open_one)
+    if not subscribers:
+        raise SystemExit(f"no subscriber could connect: {dict(opener.errors)}")
+    await asyncio.sleep(1.0)  # join announcements settle
+    start = clock() + 2.0  # the publisher starts sending then (its own start-up is not timed)
+    measure_from = start + args.warmup
+    until = measure_from + args.duration
+    tally.set_window(measure_from, until)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.ws_load",
+        "publish",
+        "--target",
+        args.target,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+        "--setup",
+        args.setup or "",
+        "--rate",
+        str(args.rate),
+        "--start",
+        repr(start),
+        "--duration",
+        str(args.warmup + args.duration),
+        "--window",
+        repr(measure_from),
+        repr(until),
+        "--publishers",
+        str(args.publishers),
+        "--timeout",
+        str(args.timeout),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        await asyncio.sleep(max(0.0, measure_from - clock()))
+        watch = Watch(args.watch_pid, interval=0.1).start()
+        await asyncio.sleep(max(0.0, until - clock()))
+        measured = await watch.stop()
+        stdout, stderr = await asyncio.wait_for(child.communicate(), args.timeout + 30)
+    except BaseException:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+        raise
+    if child.returncode != 0:
+        raise SystemExit(f"publisher exited with {child.returncode}: {stderr.decode(errors='replace')[-2000:]}")
+    published = json.loads(stdout)
+    # Drain: wait (bounded) until every subscriber has the last publication.
+    expected_total = published["sent"] * len(subscribers)
+    drain_deadline = clock() + args.drain
+    while tally.total < expected_total and clock() < drain_deadline:
+        await asyncio.sleep(0.05)
+    drained_after = max(0.0, clock() - until)
+    in_window_sent = published["sent_in_window"]
+    expected_window = in_window_sent * len(subscribers)
+    dropped = sum(1 for s in subscribers if s.done.done())
+    close_codes = Counter(str(s.close_code) for s in subscribers if s.done.done())
+    await close_all(subscribers, args.timeout)
+    latencies = sorted(tally.latencies)
+    latencies_ms = [v * 1000 for v in latencies]
+    return {
+        "scenario": "broadcast",
+        "target": args.target,
+        "rate": args.rate,
+        "subscribers": len(subscribers),
+        "subscriber_errors": dict(opener.errors),
+        "warmup_s": args.warmup,
+        "duration_s": args.duration,
+        "publisher": published,
+        "delivered": tally.in_window,
+        "delivered_per_s": tally.in_window / args.duration,
+        "offered_per_s": in_window_sent * len(subscribers) / args.duration,
+        "deliveries_total": tally.total,
+        "deliveries_expected_total": expected_total,
+        "window_deliveries_timed": len(latencies),
+        "window_deliveries_expected": expected_window,
+        "missing_after_drain": max(0, expected_total - tally.total),
+        "drained_after_s": drained_after,
+        "gaps": tally.gaps,
+        "duplicates": tally.duplicates,
+        "dropped_subscribers": dropped,
+        "close_codes": dict(close_codes),
+        "latency_ms": ms_summary(latencies),
+        "quantiles_ms": {str(q): round(percentile(latencies_ms, q), 3) for q in QUANTILES},
+        **measured,
+    }
+
+
+async def publish(args: argparse.Namespace) -> dict[str, Any]:
+    """The publisher child: ``--rate`` messages/s from ``--start`` for ``--duration`` s, open loop."""
+    setup = load_setup(args.setup)
+    measure_from, until = args.window
+    opener = Opener(args)
+    sockets: list[Any] = []
+    if args.target == "ours":
+        for token in setup["publisher_tokens"][: args.publishers]:
+            opened = await opener.ours(token)
+            if opened is not None:
+                sockets.append(opened[0])
+    else:
+        sock = await opener.peer("/pub", cls=RawWebSocket)
+        if sock is not None:
+            sockets.append(sock)
+    if not sockets:
+        raise SystemExit(f"no publisher could connect: {dict(opener.errors)}")
+    total = max(1, round(args.rate * args.duration))
+    interval = 1.0 / args.rate
+    acks: list[float] = []
+    errors: Counter = Counter()
+    pending: list[asyncio.Future] = []
+    sent_in_window = 0
+    lag: list[float] = []
+    own0 = time.process_time()
+    late_start = clock() - args.start  # > 0: connecting took longer than the margin given
+
+    def on_ack(sent: float, future: asyncio.Future) -> None:
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None:
+            errors[type(exc).__name__] += 1
+            return
+        reply, at = future.result()
+        if "error" in reply:
+            errors[f"error {reply['error'].get('code')}: {reply['error'].get('message', '')[:60]}"] += 1
+        else:
+            acks.append(at - sent)
+
+    for seq in range(1, total + 1):
+        target = args.start + (seq - 1) * interval
+        delay = target - clock()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        sent = clock()
+        lag.append(sent - target)
+        if measure_from <= sent <= until:
+            sent_in_window += 1
+        sock = sockets[seq % len(sockets)]
+        if args.target == "ours":
+            data = {"text": message_text(seq, sent), "client_id": str(uuid.uuid4())}
+            future = sock.request(publish={"channel": setup["channel"], "data": data})
+            future.add_done_callback(lambda f, s=sent: on_ack(s, f))
+            pending.append(future)
+        else:
+            sock.send_text(_encode({"seq": seq, "ts": sent}))
+    last_sent = clock()
+    if pending:
+        await asyncio.wait(pending, timeout=args.timeout)
+    unanswered = sum(1 for f in pending if not f.done())
+    own_cpu = time.process_time() - own0
+    await close_all(sockets, 2.0)
+    return {
+        "sent": total,
+        "sent_in_window": sent_in_window,
+        "late_start_s": max(0.0, late_start),
+        "send_span_s": last_sent - args.start,
+        "schedule_lag_ms": ms_summary(lag),
+        "ack_ms": ms_summary(acks) if args.target == "ours" else None,
+        "errors": dict(errors),
+        "unanswered": unanswered,
+        "connections": len(sockets),
+        "cpu_percent": 100 * own_cpu / max(1e-9, last_sent - args.start),
+    }
+
+
+# -- storm --------------------------------------------------------------------------------------
+
+
+async def storm(args: argparse.Namespace) -> dict[str, Any]:
+    setup = load_setup(args.setup)
+    if args.target == "ours":
+        return await _storm_ours(args, setup)
+    return await _storm_peer(args)
+
+
+async def _publish_and_wait(pub: CentrifugeSocket, channel: str, count: int, timeout: float) -> int:
+    """Publish ``count`` messages (acknowledged one by one); returns errors."""
+    errors = 0
+    for seq in range(count):
+        data = {"text": message_text(seq, clock()), "client_id": str(uuid.uuid4())}
+        try:
+            await pub.call(timeout, publish={"channel": channel, "data": data})
+        except (CommandError, TimeoutError, OSError):
+            errors += 1
+    return errors
+
+
+async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
+    channel = setup["channel"]
+    opener = Opener(args)
+    anchor = await opener.ours(setup["publisher_tokens"][0], None if args.cold else channel)
+    if anchor is None:
+        raise SystemExit(f"the publisher could not connect: {dict(opener.errors)}")
+    publisher: CentrifugeSocket = anchor[0]  # type: ignore[assignment]
+    tokens = setup["subscriber_tokens"][: args.sockets]
+    subscribers: list[CentrifugeSocket | None] = [None] * len(tokens)
+    epoch = ""
+
+    async def first(index: int) -> None:
+        nonlocal epoch
+        opened = await opener.ours(tokens[index], channel)
+        if opened is not None:
+            sock, reply = opened
+            subscribers[index] = sock  # type: ignore[assignment]
+            epoch = reply["subscribe"].get("epoch", "") if reply else epoch
+
+    await pool(len(tokens), args.concurrency, first)
+    live = [s for s in subscribers if s is not None]
+    # A few live publications first: positions are then what each client last received.
+    pre_errors = await _publish_and_wait(publisher, channel, args.live, args.timeout)
+    top = max((s.offset for s in live), default=0)
+    waits = [s.until_offset(top) for s in live]
+    if waits:
+        await asyncio.wait(waits, timeout=args.timeout)
+    positions = {i: s.offset for i, s in enumerate(subscribers) if s is not None}
+    await close_all(live, args.timeout)
+    await asyncio.sleep(1.0)  # the server unsubscribes and announces the leaves
+    missed_errors = await _publish_and_wait(publisher, channel, args.missed, args.timeout)
+    if not args.cold:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(publisher.until_offset(max(positions.values()) + args.missed), args.timeout)
+    await asyncio.sleep(0.5)
+    results: dict[int, dict[str, Any]] = {}
+    errors: Counter = Counter()
+    reconnected: list[CentrifugeSocket] = []
+    watch = Watch(args.watch_pid, interval=0.1).start()
+    t0 = clock()
+
+    async def again(index: int) -> None:
+        position = positions[index]
+        try:
+            sock = await open_socket(CentrifugeSocket, args.host, args.port, OURS_PATH, args.timeout)
+        except (OSError, TimeoutError) as exc:
+            errors[f"open: {type(exc).__name__}"] += 1
+            return
+        reconnected.append(sock)  # type: ignore[arg-type]
+        try:
+            await sock.call(args.timeout, connect={"token": tokens[index], "name": "bench"})  # type: ignore[attr-defined]
+            reply, at = await sock.call(  # type: ignore[attr-defined]
+                args.timeout, subscribe={"channel": channel, "recover": True, "offset": position, "epoch": epoch}
+            )
+        except (CommandError, TimeoutError, OSError) as exc:
+            errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+            return
+        result = reply["subscribe"]
+        offsets = [p.get("offset", 0) for p in result.get("publications", [])]
+        ok = result.get("recovered") is True and offsets == list(range(position + 1, position + args.missed + 1))
+        if not ok:
+            errors["wrong recovery"] += 1
+        results[index] = {"seconds": at - t0, "ok": ok, "count": len(offsets)}
+
+    await asyncio.wait_for(asyncio.gather(*(again(i) for i in positions)), args.timeout + 30)
+    measured = await watch.stop()
+    times = [r["seconds"] for r in results.values()]
+    ok = sum(1 for r in results.values() if r["ok"])
+    await close_all([*reconnected, publisher], args.timeout)
+    return {
+        "scenario": "storm",
+        "target": "ours",
+        "mode": "cold" if args.cold else "warm",
+        "clients": len(positions),
+        "setup_errors": dict(opener.errors),
+        "publish_errors": pre_errors + missed_errors,
+        "missed": args.missed,
+        "recovered_ok": ok,
+        "errors": dict(errors),
+        "all_recovered_s": max(times) if times and ok == len(positions) else None,
+        "last_reply_s": max(times) if times else None,
+        "client_s": ms_summary(times),
+        **measured,
+    }
+
+
+async def _storm_peer(args: argparse.Namespace) -> dict[str, Any]:
+    opener = Opener(args)
+    publisher = await opener.peer("/pub?reset=1", cls=RawWebSocket)
+    if publisher is None:
+        raise SystemExit(f"the publisher could not connect: {dict(opener.errors)}")
+    live: list[PeerSocket] = []
+
+    async def first(_: int) -> None:
+        sock = await opener.peer("/ws")
+        if sock is not None:
+            live.append(sock)  # type: ignore[arg-type]
+
+    await pool(args.sockets, args.concurrency, first)
+    seq = 0
+    for _ in range(args.live):
+        seq += 1
+        publisher.send_text(_encode({"seq": seq, "ts": clock()}))
+    waits = [s.until_seq(seq) for s in live]
+    if waits:
+        await asyncio.wait(waits, timeout=args.timeout)
+    positions = [s.seq for s in live]
+    await close_all(live, args.timeout)
+    await asyncio.sleep(1.0)
+    for _ in range(args.missed):
+        seq += 1
+        publisher.send_text(_encode({"seq": seq, "ts": clock()}))
+    await asyncio.sleep(0.5)
+    results: list[dict[str, Any]] = []
+    errors: Counter = Counter()
+    reconnected: list[PeerSocket] = []
+    watch = Watch(args.watch_pid, interval=0.1).start()
+    t0 = clock()
+
+    async def again(position: int) -> None:
+        try:
+            sock: PeerSocket = await open_socket(  # type: ignore[assignment]
+                PeerSocket, args.host, args.port, f"/ws?since={position}", args.timeout, record=True
+            )
+        except (OSError, TimeoutError) as exc:
+            errors[f"open: {type(exc).__name__}"] += 1
+            return
+        reconnected.append(sock)
+        try:
+            at = await asyncio.wait_for(sock.until_seq(position + args.missed), args.timeout)
+        except TimeoutError:
+            errors["timeout"] += 1
+            return
+        ok = sock.seqs == list(range(position + 1, position + args.missed + 1))
+        if not ok:
+            errors["wrong replay"] += 1
+        results.append({"seconds": at - t0, "ok": ok})
+
+    await asyncio.wait_for(asyncio.gather(*(again(p) for p in positions)), args.timeout + 30)
+    measured = await watch.stop()
+    times = [r["seconds"] for r in results]
+    ok = sum(1 for r in results if r["ok"])
+    await close_all([*reconnected, publisher], args.timeout)
+    return {
+        "scenario": "storm",
+        "target": "peer",
+        "mode": "ring",
+        "clients": len(positions),
+        "missed": args.missed,
+        "recovered_ok": ok,
+        "errors": dict(errors),
+        "all_recovered_s": max(times) if times and ok == len(positions) else None,
+        "last_reply_s": max(times) if times else None,
+        "client_s": ms_summary(times),
+        **measured,
+    }
+
+
+# -- command line -------------------------------------------------------------------------------
+
+SCENARIOS = {"idle": idle, "broadcast": broadcast, "publish": publish, "storm": storm}
+
+
+def command(scenario: str, target: str, port: int, **options: Any) -> list[str]:
+    """The argv that runs this generator (see :func:`bench.stack.run_pinned_json`)."""
+    argv = [sys.executable, "-m", "bench.ws_load", scenario, "--target", target, "--port", str(port)]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        argv += [flag] if value is True else [flag, str(value)]
+    return argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ws_load", description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=SCENARIOS)
+    parser.add_argument("--target", choices=("ours", "peer"), required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--setup", help="JSON file with tokens and the channel (ours)")
+    parser.add_argument("--sockets", type=int, default=1000)
+    parser.add_argument("--warmup-sockets", type=int, default=200, help="idle: opened and closed before measuring")
+    parser.add_argument("--concurrency", type=int, default=100, help="sockets being opened at once")
+    parser.add_argument("--hold", type=float, default=30.0, help="idle: seconds the sockets are held")
+    parser.add_argument("--rate", type=float, default=50.0, help="broadcast: publications per second")
+    parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--drain", type=float, default=10.0, help="broadcast: max seconds to wait for stragglers")
+    parser.add_argument("--publishers", type=int, default=16, help="broadcast: publisher connections (ours)")
+    parser.add_argument("--start", type=float, help="publish: CLOCK_MONOTONIC time of the first message")
+    parser.add_argument("--window", type=float, nargs=2, default=(0.0, 0.0), help="publish: measured window")
+    parser.add_argument("--missed", type=int, default=50, help="storm: publications missed while away")
+    parser.add_argument("--live", type=int, default=5, help="storm: publications received before leaving")
+    parser.add_argument("--cold", action="store_true", help="storm: no subscriber keeps the hub alive")
+    parser.add_argument("--timeout", type=float, default=20.0, help="bound on every single wait")
+    parser.add_argument("--watch-pid", type=int, help="the server process to sample (RSS, CPU)")
+    args = parser.parse_args(argv)
+    if args.scenario == "publish" and args.start is None:
+        parser.error("publish needs --start")
+    raise_nofile()
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        result = runner.run(SCENARIOS[args.scenario](args))
+    result["cpu_affinity"] = sorted(os.sched_getaffinity(0))
+    result["loop"] = "uvloop" if loop_factory else "asyncio"
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

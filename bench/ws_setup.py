@@ -1,0 +1,144 @@
+"""Users, tokens and a lounge for the WebSocket benchmark, written to a JSON file for the load generator.
+
+Registering 10,000 users through the API would take minutes (argon2 hashes
+each password on purpose), so users and their login sessions are inserted in
+SQL in one statement each, and their access tokens are minted with the
+server's own :class:`server.accounts.tokens.TokenKeys` and the same
+``JWT_KEYS``. The server still verifies every token on ``connect``: the
+signature, the claims, and that the session row exists, is neither revoked nor
+expired and that the user is active. The lounge itself is created through the
+API by an approved mentor (mentor row + role set in SQL, as the test helpers
+do), and its members join through ``POST /api/v1/lounges/{id}/join``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.stack import Server, http_json
+
+log = logging.getLogger("bench")
+
+
+@dataclass
+class WsSetup:
+    path: Path  # the JSON file handed to the load generator
+    channel: str
+    lounge_id: str
+    users: int
+    seconds: float
+
+
+async def _insert_users(database_url: str, count: int, tag: str) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """``count`` verified, active users with one live session each; returns (user id, session id)."""
+    import asyncpg
+
+    users = [uuid.uuid4() for _ in range(count)]
+    sessions = [uuid.uuid4() for _ in range(count)]
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            await connection.execute(
+                """
+                INSERT INTO users (id, email, full_name, email_verified_at)
+                SELECT u, 'bench-' || $2 || '-' || n || '@example.com', 'Bench User ' || n, now()
+                FROM unnest($1::uuid[]) WITH ORDINALITY AS t(u, n)
+                """,
+                users,
+                tag,
+            )
+            await connection.execute(
+                """
+                INSERT INTO user_sessions (id, "user", expires_at, user_agent, ip)
+                SELECT s, u, now() + interval '1 day', 'lounges-bench', '127.0.0.1'
+                FROM unnest($1::uuid[], $2::uuid[]) AS t(s, u)
+                """,
+                sessions,
+                users,
+            )
+    finally:
+        await connection.close()
+    return list(zip(users, sessions, strict=True))
+
+
+async def _make_mentor(database_url: str, user_id: uuid.UUID) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        async with connection.transaction():
+            await connection.execute(
+                "INSERT INTO mentors (\"user\", headline, bio, status) VALUES ($1, 'Bench coach', '', 'approved')",
+                user_id,
+            )
+            await connection.execute("UPDATE users SET role = 'mentor' WHERE id = $1", user_id)
+    finally:
+        await connection.close()
+
+
+def prepare(
+    env: dict[str, str],
+    server: Server,
+    out_dir: Path,
+    *,
+    idle: int,
+    subscribers: int,
+    publishers: int,
+    join_concurrency: int = 8,
+) -> WsSetup:
+    """Create ``max(idle, subscribers + publishers) + 1`` users; the first ``subscribers +
+    publishers`` join one lounge of the last (the mentor). Writes ``ws-setup.json``."""
+    from server.accounts.tokens import TokenKeys
+    from server.settings import load_settings
+
+    started = time.monotonic()
+    members = subscribers + publishers
+    count = max(idle, members) + 1
+    tag = uuid.uuid4().hex[:8]
+    pairs = asyncio.run(_insert_users(env["DATABASE_URL"], count, tag))
+    keys = TokenKeys(load_settings(env))  # the server's JWT_KEYS, issuer, audience and token TTL
+    tokens = [keys.issue(user, session)[0] for user, session in pairs]
+    mentor_user, _ = pairs[-1]
+    asyncio.run(_make_mentor(env["DATABASE_URL"], mentor_user))
+    status, lounge = http_json(
+        "POST",
+        f"{server.base_url}/api/v1/lounges",
+        {"title": "Benchmark lounge", "description": "python -m bench ws"},
+        token=tokens[-1],
+    )
+    if status != 201:
+        raise RuntimeError(f"creating the lounge answered {status}: {lounge}")
+
+    def join(token: str) -> int:
+        status, body = http_json("POST", f"{server.base_url}/api/v1/lounges/{lounge['id']}/join", token=token)
+        if status != 200 or body.get("status") != "active":
+            raise RuntimeError(f"join answered {status}: {body}")
+        return status
+
+    with ThreadPoolExecutor(join_concurrency) as executor:
+        list(executor.map(join, tokens[:members]))
+    payload = {
+        "channel": lounge["channel"],
+        "lounge_id": lounge["id"],
+        "subscriber_tokens": tokens[:subscribers],
+        "publisher_tokens": tokens[subscribers:members],
+        "idle_tokens": tokens[: count - 1],
+    }
+    path = out_dir / "ws-setup.json"
+    path.write_text(json.dumps(payload))
+    seconds = time.monotonic() - started
+    log.info(
+        "setup: %d users with sessions and tokens, lounge %s with %d members, in %.1f s",
+        count,
+        lounge["channel"],
+        members,
+        seconds,
+    )
+    return WsSetup(path=path, channel=lounge["channel"], lounge_id=lounge["id"], users=count, seconds=seconds)
