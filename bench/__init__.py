@@ -8,7 +8,12 @@ Reusable pieces, so that each benchmark is a short orchestration script:
 - :mod:`bench.loadgen` — the HTTP load-generator process (raw asyncio sockets);
 - :mod:`bench.results` — medians, ratios, the text table, JSON and PNG output;
 - :mod:`bench.peer` — the raw ASGI peer app every scenario is compared with;
-- :mod:`bench.http_baseline` — the HTTP baseline benchmark.
+- :mod:`bench.http_baseline` — the HTTP baseline benchmark;
+- :mod:`bench.wsclient` — a lean WebSocket client (one ``asyncio.Protocol`` per socket);
+- :mod:`bench.ws_peer` — the raw ASGI broadcast peer of the WebSocket benchmark;
+- :mod:`bench.ws_setup` — users, sessions, tokens and a lounge for it (SQL + API);
+- :mod:`bench.ws_load` — its load-generator process (idle, broadcast, publish, storm);
+- :mod:`bench.ws_baseline` — the WebSocket gateway benchmark (``python -m bench ws``).
 
 Benchmarks report numbers; they never assert on timings (that is not a test).
 """

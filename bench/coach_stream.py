@@ -634,17 +634,18 @@ def profile_job_prefix(
 # -- GC pauses (optional, --gc-trace) ---------------------------------------------------------------
 
 
-def read_gc_log(prefix: Path) -> list[tuple[float, int, float]]:
-    """``(start, generation, ms)`` of every logged collection of the processes writing ``prefix.<pid>``."""
+def read_gc_log(prefix: Path) -> list[tuple[float, int, float, int, int]]:
+    """``(start, generation, ms, objects in gen 2, frozen)`` of every logged collection of the
+    processes writing ``prefix.<pid>`` (see bench/gctrace/sitecustomize.py)."""
     pauses = []
     for path in prefix.parent.glob(prefix.name + ".*"):
         for line in path.read_text().splitlines():
-            start, generation, ms, _ = line.split()
-            pauses.append((float(start), int(generation), float(ms)))
+            start, generation, ms, _, old, frozen = line.split()
+            pauses.append((float(start), int(generation), float(ms), int(old), int(frozen)))
     return sorted(pauses)
 
 
-def gc_in_window(pauses: list[tuple[float, int, float]] | None, window: list[float] | None) -> dict[str, Any] | None:
+def gc_in_window(pauses: list[tuple] | None, window: list[float] | None) -> dict[str, Any] | None:
     if pauses is None or not window:
         return None
     inside = [p for p in pauses if window[0] <= p[0] <= window[1]]
@@ -655,6 +656,8 @@ def gc_in_window(pauses: list[tuple[float, int, float]] | None, window: list[flo
         "max_ms": round(worst[2], 1) if worst else 0.0,
         "max_generation": worst[1] if worst else None,
         "max_at_ms": round(1000 * (worst[0] - window[0]), 1) if worst else None,  # after the first token
+        "max_gen2_objects": worst[3] if worst else None,
+        "frozen": worst[4] if worst else None,
     }
 
 

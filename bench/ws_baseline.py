@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         "broadcast": summarize_broadcast(bcast_cells, plan["rates"]),
         "storm": summarize_storm(storm_cells),
     }
-    summary["targets"] = verdicts(summary, plan)
+    summary["targets"] = verdicts(summary, plan, bcast_cells)
     print()
     print(render(summary, config))
     payload = {
@@ -423,7 +423,9 @@ def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
     return rows
 
 
-def verdicts(summary: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+def verdicts(
+    summary: dict[str, Any], plan: dict[str, Any], bcast_cells: dict[tuple[float, str], Cell]
+) -> dict[str, Any]:
     idle = next(r for r in summary["idle"] if r["target"] == OURS)
     idle_met = bool(
         idle["per_socket_kib"] is not None
@@ -441,6 +443,25 @@ def verdicts(summary: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
         and (r["p99_ms"] or float("inf")) <= TARGET_P99_MS
     ]
     kept = [r for r in ours_b if r["keeps_up"]]
+    # Single runs meeting the target, with the CPU other jobs took meanwhile: on a shared
+    # machine a median can miss only because of the runs that had to share the server's CPU.
+    single = [
+        {
+            "rate": rate,
+            "repeat": run.get("repeat"),
+            "delivered_per_s": run["delivered_per_s"],
+            "p99_ms": run["latency_ms"]["p99"],
+            "other_cpu_percent": run.get("other_cpu_percent"),
+        }
+        for (rate, target), cell in bcast_cells.items()
+        if target == OURS
+        for run in cell.runs
+        if "failed" not in run
+        and run["delivered_per_s"] >= TARGET_DELIVERED_PER_S
+        and run["latency_ms"]["p99"] <= TARGET_P99_MS
+        and not run["missing_after_drain"]
+    ]
+    runs_total = sum(len(cell.runs) for (_, target), cell in bcast_cells.items() if target == OURS)
     storm = {r["mode"]: r for r in summary["storm"]}
     storm_met = {
         mode: bool(
@@ -462,6 +483,8 @@ def verdicts(summary: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
             "best_rate_meeting_target": max((r["rate"] for r in good), default=None),
             "highest_rate_kept_up": max((r["rate"] for r in kept), default=None),
             "max_delivered_per_s": max((r["delivered_per_s"] or 0 for r in ours_b), default=None),
+            "runs_meeting_target": single,
+            "runs": runs_total,
             "met": bool(good),
         },
         "storm": {
@@ -630,7 +653,13 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         f"  idle      {t['idle']['target']}: {fmt(t['idle']['measured_kib'], 1)} KiB -> {_yes(t['idle']['met'])}",
         f"  broadcast {t['broadcast']['target']}: highest rate kept up "
         f"{fmt(t['broadcast']['highest_rate_kept_up'], 0)}/s, max delivered "
-        f"{fmt(t['broadcast']['max_delivered_per_s'], 0)}/s -> {_yes(t['broadcast']['met'])}",
+        f"{fmt(t['broadcast']['max_delivered_per_s'], 0)}/s -> {_yes(t['broadcast']['met'])} (medians); "
+        f"single runs meeting it: {len(t['broadcast']['runs_meeting_target'])} of {t['broadcast']['runs']}"
+        + "".join(
+            f"\n              {r['rate']:g}/s run {(r['repeat'] or 0) + 1}: {r['delivered_per_s']:,.0f}/s, "
+            f"p99 {r['p99_ms']:.0f} ms, other CPU {fmt(r['other_cpu_percent'], 0, '%')}"
+            for r in t["broadcast"]["runs_meeting_target"]
+        ),
         f"  storm     {t['storm']['target']}: warm {fmt(t['storm']['warm_s'], 2)} s "
         f"({_yes(t['storm']['met']['ours warm'])}), cold {fmt(t['storm']['cold_s'], 2)} s "
         f"({_yes(t['storm']['met']['ours cold'])})",
