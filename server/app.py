@@ -40,7 +40,7 @@ from server.mentors.controllers import CategoryController, MentorController
 from server.notes.controllers import NotesController
 from server.notifications.controllers import NotificationController
 from server.realtime.asyncapi import asyncapi_document
-from server.realtime.endpoint import websocket_endpoint
+from server.realtime.endpoint import gateway_dispatch, websocket_endpoint
 from server.realtime.node import Node
 from server.settings import Settings, load_settings
 
@@ -125,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
         logging_config=None,  # configure_logging() owns the root logger
     )
-    # Outermost, so that router-level answers (404, 405) carry a request id too.
-    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
+    # Outermost, so that router-level answers (404, 405) carry a request id too; gateway
+    # sockets bypass both (see server.realtime.endpoint).
+    app.asgi_handler = gateway_dispatch(RequestContextMiddleware(app.asgi_handler), app.state)
     return app

@@ -142,8 +142,12 @@ async def broadcast(state: AppState, publications: list[Publication]) -> None:
         await pipe.execute()
 
 
+def ephemeral_wire(data: dict[str, Any]) -> bytes:
+    """``data`` as an ephemeral publication on the wire (no offset, not stored)."""
+    return encode_wire(WIRE_PUBLICATION, 0, "", _encoder.encode(data))
+
+
 async def broadcast_ephemeral(state: AppState, channel: str, data: dict[str, Any]) -> None:
     """Send ``data`` to the channel's current subscribers only: no offset, not stored
     (typing indicators, read receipts, AI deltas, personal notifications)."""
-    payload = encode_wire(WIRE_PUBLICATION, 0, "", _encoder.encode(data))
-    await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), payload)
+    await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), ephemeral_wire(data))

@@ -8,6 +8,7 @@ Every failure of a command becomes an error reply; only protocol violations
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -21,7 +22,7 @@ from server.core.errors import AppError
 from server.realtime import history, protocol
 from server.realtime.channels import ChannelName
 from server.realtime.connection import Connection, Subscription
-from server.realtime.node import Node
+from server.realtime.node import Node, personal_channel
 from server.realtime.protocol import Command, ProtocolError, ReplyError
 from server.realtime.rpc import RPC_METHODS
 
@@ -29,11 +30,6 @@ log = logging.getLogger("lounges.realtime")
 
 VERSION = "lounges 0.1"
 _pub_encoder = msgspec.json.Encoder()
-
-
-def user_channel(connection: Connection) -> str:
-    assert connection.principal is not None
-    return f"user#{connection.principal.user_id}"
 
 
 def app_error_reply(exc: AppError) -> ReplyError:
@@ -141,6 +137,18 @@ async def _connect(node: Node, connection: Connection, command: Command) -> None
         raise ProtocolError(protocol.ERROR_BAD_REQUEST, "already connected")
     if not command.connect.token:
         raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, "token required")
+    # WS_CONNECT_TIMEOUT bounds the client's time to send connect, not our answer to it
+    # (under a reconnect storm authenticating can take longer than the timeout).
+    deadline, connection.deadline = connection.deadline, math.inf
+    try:
+        await _authenticate_connection(node, connection, command)
+    finally:
+        if not connection.connected:
+            connection.deadline = deadline
+
+
+async def _authenticate_connection(node: Node, connection: Connection, command: Command) -> None:
+    assert command.connect is not None
     try:
         principal = await authenticate(node.state, command.connect.token)
     except AppError as exc:
@@ -150,12 +158,11 @@ async def _connect(node: Node, connection: Connection, command: Command) -> None
     connection.principal = principal
     connection.expires_at = float(node.state.token_keys.verify(command.connect.token).expires_at)
     await node.load_name(connection)
-    node.register_principal(connection)
-    personal = user_channel(connection)
-    connection.subs[personal] = Subscription(join_leave=False)
-    hub = await node.hub(personal, stream=False)
-    hub.subscribers.add(connection)
-    connection.subs[personal].recovering = False
+    personal = personal_channel(principal.user_id)
+    subscription = Subscription(join_leave=False)
+    subscription.recovering = False
+    connection.subs[personal] = subscription
+    await node.join_personal(connection)
     connection.connected = True
     connection.next_ping = time.monotonic() + node.settings.ws_ping_interval
     result = {
@@ -176,9 +183,9 @@ async def _refresh(node: Node, connection: Connection, command: Command) -> dict
     principal = await authenticate(node.state, command.refresh.token)
     if principal.user_id != connection.principal.user_id:
         raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, "token of another user")
-    node.forget_principal(connection)
+    old_session = connection.principal.session_id
     connection.principal = principal
-    node.register_principal(connection)
+    node.move_session(connection, old_session)
     connection.expires_at = float(node.state.token_keys.verify(command.refresh.token).expires_at)
     return {
         "client": connection.client_id,
@@ -205,7 +212,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
     sub = Subscription(join_leave=request.join_leave)
     connection.subs[name] = sub  # from now on live publications are buffered
     try:
-        hub = await node.hub(name, stream=True)
+        hub = await node.hub(name)
         hub.subscribers.add(connection)
         if request.recover and request.epoch == hub.epoch and request.offset > hub.offset:
             # The client saw more than this node has delivered yet (it comes from a node
@@ -256,9 +263,9 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
 
 
 async def _unsubscribe(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
-    assert command.unsubscribe is not None
+    assert command.unsubscribe is not None and connection.principal is not None
     name = command.unsubscribe.channel
-    if name == user_channel(connection):
+    if name == personal_channel(connection.principal.user_id):
         raise ProtocolError(protocol.ERROR_PERMISSION_DENIED, "the personal channel cannot be left")
     await node.unsubscribe(connection, name)
     return {}

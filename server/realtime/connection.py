@@ -2,9 +2,11 @@
 
 Frames for a socket are queued and written by one writer task that joins all
 queued frames into a single WebSocket text frame (newline-separated, as the
-protocol allows). A client that does not read falls behind; once
-``WS_OUTBOUND_MAX_BYTES`` are queued it is disconnected as a slow consumer
-(3008), so one stuck phone cannot make the server's memory grow.
+protocol allows). The node wakes writers in batches (``Node.wake_writer``), so
+frames queued for one socket between two wake-ups leave together. A client
+that does not read falls behind; once ``WS_OUTBOUND_MAX_BYTES`` are queued it
+is disconnected as a slow consumer (3008), so one stuck phone cannot make the
+server's memory grow.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from typing import TYPE_CHECKING
 
 from litestar.types import Send
@@ -46,6 +47,7 @@ class Connection:
 
     __slots__ = (
         "_send",
+        "_wake_pending",
         "_wakeup",
         "_writer",
         "client_id",
@@ -71,10 +73,11 @@ class Connection:
         self.principal: Principal | None = None
         self.full_name = ""
         self.subs: dict[str, Subscription] = {}
-        self.queue: deque[bytes] = deque()
+        self.queue: list[bytes] = []
         self.queued_bytes = 0
         self._writer: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None  # set while the writer waits
+        self._wake_pending = False
         self.closed = False
         self.connected = False
         self.close_code = 0
@@ -101,6 +104,13 @@ class Connection:
             return
         self.queued_bytes += len(frame)
         self.queue.append(frame)
+        if self._wakeup is not None and not self._wake_pending:
+            self._wake_pending = True
+            self.node.wake_writer(self)
+
+    def wake(self) -> None:
+        """Let the writer send what is queued (called by the node, batched per loop turn)."""
+        self._wake_pending = False
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -111,15 +121,16 @@ class Connection:
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        queue = self.queue
         try:
             while not self.closed:
-                if not queue:
+                if not self.queue:
                     self._wakeup = loop.create_future()
-                    await self._wakeup
+                    try:
+                        await self._wakeup
+                    finally:
+                        self._wakeup = None
                     continue
-                frames = list(queue)
-                queue.clear()
+                frames, self.queue = self.queue, []
                 self.queued_bytes = 0
                 await self._send({"type": "websocket.send", "text": b"\n".join(frames).decode()})
         except asyncio.CancelledError:

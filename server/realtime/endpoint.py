@@ -1,16 +1,20 @@
-"""``GET /connection/websocket``: the raw ASGI WebSocket endpoint of the gateway.
+"""``/connection/websocket``: the gateway's WebSocket endpoint.
 
-Raw ASGI rather than Litestar's WebSocket handler: no per-message dependency
-resolution or wrapping on the hot path, and every failure is answered as a
-protocol frame instead of closing the socket with 4500.
+Sockets on this path are served as raw ASGI straight from the application's
+entry point (:func:`gateway_dispatch`), ahead of Litestar's routing and the
+request-context middleware: nothing per socket but the protocol state stays
+alive for the socket's lifetime, uvicorn's own ``send`` is used per frame, and
+every failure is answered as a protocol frame instead of closing with 4500.
+A plain HTTP request to the path reaches the Litestar route and gets 426.
 """
 
 from __future__ import annotations
 
 import logging
 
+from litestar.datastructures import State
 from litestar.handlers import asgi
-from litestar.types import Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from server.realtime import protocol
 from server.realtime.commands import handle_frame
@@ -24,12 +28,29 @@ WEBSOCKET_PATH = "/connection/websocket"
 
 @asgi(WEBSOCKET_PATH, include_in_schema=False, copy_scope=False)
 async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """Speak the Centrifuge client protocol v2 (JSON) with one client."""
-    if scope["type"] != "websocket":
-        await send({"type": "http.response.start", "status": 426, "headers": [(b"upgrade", b"websocket")]})
-        await send({"type": "http.response.body", "body": b"use a WebSocket"})
+    """Answer HTTP requests to the WebSocket path with 426 Upgrade Required."""
+    if scope["type"] == "websocket":  # only when mounted without gateway_dispatch
+        await serve_websocket(scope["app"].state.node, receive, send)
         return
-    node: Node = scope["app"].state.node
+    await send({"type": "http.response.start", "status": 426, "headers": [(b"upgrade", b"websocket")]})
+    await send({"type": "http.response.body", "body": b"use a WebSocket"})
+
+
+def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
+    """Wrap ``app`` so that WebSockets on :data:`WEBSOCKET_PATH` go straight to the gateway
+    (``state`` is the application's; its ``node`` exists once the lifespan has run)."""
+
+    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
+            await serve_websocket(state.node, receive, send)
+            return
+        await app(scope, receive, send)
+
+    return dispatch
+
+
+async def serve_websocket(node: Node, receive: Receive, send: Send) -> None:
+    """Speak the Centrifuge client protocol v2 (JSON) with one client."""
     await receive()  # websocket.connect
     if node.draining:
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})

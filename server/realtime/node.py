@@ -8,6 +8,16 @@ waits in ``pending`` while the missing ones either arrive or are read from the
 log (they are committed: a later offset is only taken after the earlier
 writer's commit). Duplicates (offset ≤ delivered) are dropped. After a Redis
 outage the node resubscribes and reads from the log what it missed.
+
+Personal channels (``user#<id>``) carry ephemeral pushes only: they have no hub;
+the node subscribes to a user's channel on Redis while it holds a socket of
+that user and hands each push to ``by_user``.
+
+Fan-out. A publication is encoded once per hub and queued on every subscriber;
+writers are woken at most ``WAKE_BATCH`` per event-loop iteration, so a broadcast
+to a large room never holds the loop for one long iteration (the publish path's
+database and Redis replies interleave with it) and frames that queue meanwhile
+leave in one WebSocket frame.
 """
 
 from __future__ import annotations
@@ -44,25 +54,57 @@ log = logging.getLogger("lounges.realtime")
 
 RING_SIZE = 256  # recent publications kept per hub for instant recovery
 GAP_GRACE = 0.05  # seconds to wait for an out-of-order publication before reading the log
+WAKE_BATCH = 16  # socket writers woken per event-loop iteration
+PERSONAL_PREFIX = "user#"
 _wire_decoder = msgspec.json.Decoder(Wire)
 
 
 class Hub:
-    """One channel on this node: its local subscribers and delivery position."""
+    """One stream channel (lounge or thread) on this node: its local subscribers
+    and delivery position. ``ready`` once positioned at the channel's top."""
 
-    __slots__ = ("epoch", "filling", "frames", "name", "offset", "pending", "ready", "ring", "stream", "subscribers")
+    __slots__ = (
+        "_ready_waiter",
+        "epoch",
+        "filling",
+        "frames",
+        "name",
+        "offset",
+        "pending",
+        "ready",
+        "ring",
+        "subscribers",
+    )
 
-    def __init__(self, name: str, stream: bool) -> None:
+    def __init__(self, name: str) -> None:
         self.name = name
-        self.stream = stream  # has offsets (lounge/thread); user# channels are ephemeral only
         self.frames = protocol.PushFrames(name)
         self.subscribers: set[Connection] = set()
         self.offset = 0
         self.epoch = ""
-        self.ready = asyncio.Event()
+        self.ready = False
+        self._ready_waiter: asyncio.Future[None] | None = None  # only while someone waits
         self.pending: dict[int, bytes] = {}
         self.filling = False
-        self.ring: deque[tuple[int, bytes]] = deque(maxlen=RING_SIZE)
+        self.ring: deque[tuple[int, bytes]] | None = None  # created at the first publication
+
+    def set_ready(self) -> None:
+        self.ready = True
+        if self._ready_waiter is not None and not self._ready_waiter.done():
+            self._ready_waiter.set_result(None)
+        self._ready_waiter = None
+
+    async def wait_ready(self) -> None:
+        if self.ready:
+            return
+        if self._ready_waiter is None:
+            self._ready_waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._ready_waiter)
+
+    def remember(self, offset: int, data: bytes) -> None:
+        if self.ring is None:
+            self.ring = deque(maxlen=RING_SIZE)
+        self.ring.append((offset, data))
 
     def ring_after(self, after: int) -> list[tuple[int, bytes]] | None:
         """Publications after ``after`` from memory, if the ring still holds them all."""
@@ -93,6 +135,8 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self._control = control_channel(self.prefix)
         self._subscribed_ok = asyncio.Event()
+        self._to_wake: deque[Connection] = deque()
+        self._waking = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -142,39 +186,83 @@ class Node:
     def add(self, connection: Connection) -> None:
         self.connections.add(connection)
 
-    def register_principal(self, connection: Connection) -> None:
+    def wake_writer(self, connection: Connection) -> None:
+        """Wake ``connection``'s writer soon, at most ``WAKE_BATCH`` per loop iteration."""
+        self._to_wake.append(connection)
+        if not self._waking:
+            self._waking = True
+            asyncio.get_running_loop().call_soon(self._wake_writers)
+
+    def _wake_writers(self) -> None:
+        to_wake = self._to_wake
+        for _ in range(min(WAKE_BATCH, len(to_wake))):
+            to_wake.popleft().wake()
+        if to_wake:
+            asyncio.get_running_loop().call_soon(self._wake_writers)
+        else:
+            self._waking = False
+
+    async def join_personal(self, connection: Connection) -> None:
+        """Index an authenticated socket by user and session; the user's first socket
+        on this node subscribes the node to their personal channel."""
         principal = connection.principal
         assert principal is not None
-        self.by_user.setdefault(principal.user_id, set()).add(connection)
         self.by_session.setdefault(principal.session_id, set()).add(connection)
+        group = self.by_user.get(principal.user_id)
+        if group is not None:
+            group.add(connection)
+            return
+        self.by_user[principal.user_id] = {connection}
+        if self._pubsub is not None:
+            await self._pubsub.subscribe(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
 
-    def forget_principal(self, connection: Connection) -> None:
+    def move_session(self, connection: Connection, old_session: uuid.UUID) -> None:
+        """A refreshed token may belong to another session of the same user."""
+        assert connection.principal is not None
+        self._discard(self.by_session, old_session, connection)
+        self.by_session.setdefault(connection.principal.session_id, set()).add(connection)
+
+    async def _leave_personal(self, connection: Connection) -> None:
         principal = connection.principal
         if principal is None:
             return
-        for index, key in ((self.by_user, principal.user_id), (self.by_session, principal.session_id)):
-            group = index.get(key)
-            if group is not None:
-                group.discard(connection)
-                if not group:
-                    del index[key]
+        self._discard(self.by_session, principal.session_id, connection)
+        if self._discard(self.by_user, principal.user_id, connection) and self._pubsub is not None:
+            try:
+                await self._pubsub.unsubscribe(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
+            except RedisError as exc:
+                log.warning("unsubscribe from Redis failed", extra={"user": str(principal.user_id), "error": repr(exc)})
+
+    @staticmethod
+    def _discard(index: dict[uuid.UUID, set[Connection]], key: uuid.UUID, connection: Connection) -> bool:
+        """Remove ``connection`` from ``index[key]``; True when that emptied the group."""
+        group = index.get(key)
+        if group is None or connection not in group:
+            return False
+        group.discard(connection)
+        if group:
+            return False
+        del index[key]
+        return True
 
     async def remove(self, connection: Connection) -> None:
         """The socket is gone: leave every channel and forget it."""
         connection.closed = True
+        if connection not in self.connections:
+            return  # already removed (an abort and the endpoint's own end both land here)
         self.connections.discard(connection)
-        self.forget_principal(connection)
+        await self._leave_personal(connection)
         for channel in list(connection.subs):
             await self.unsubscribe(connection, channel)
         await connection.stop_writer()
 
     # -- hubs --------------------------------------------------------------------------------
 
-    async def hub(self, name: str, *, stream: bool) -> Hub:
+    async def hub(self, name: str) -> Hub:
         """This node's hub for ``name``, subscribing to it on Redis first if needed."""
         hub = self.hubs.get(name)
         if hub is None:
-            hub = Hub(name, stream)
+            hub = Hub(name)
             self.hubs[name] = hub
             try:
                 if self._pubsub is not None:
@@ -183,17 +271,16 @@ class Node:
             except BaseException:
                 self.hubs.pop(name, None)
                 raise
-            hub.ready.set()
+            hub.set_ready()
             self._advance(hub)
         else:
-            await hub.ready.wait()
+            await hub.wait_ready()
         return hub
 
     async def _position(self, hub: Hub) -> None:
-        if hub.stream:
-            top = await history.stream_top(hub.name)
-            if top is not None:
-                hub.offset, hub.epoch = top
+        top = await history.stream_top(hub.name)
+        if top is not None:
+            hub.offset, hub.epoch = top
         # Anything that arrived while positioning and is already covered is dropped.
         for offset in [o for o in hub.pending if o <= hub.offset]:
             del hub.pending[offset]
@@ -212,7 +299,7 @@ class Node:
         if sub is None or hub is None:
             return
         hub.subscribers.discard(connection)
-        if hub.stream and connection.principal is not None:
+        if connection.principal is not None:
             info = self.presence.client_info(connection)
             await self.presence.remove(channel, connection.client_id)
             await self._publish_presence(channel, WIRE_LEAVE, info)
@@ -245,11 +332,23 @@ class Node:
             for connection in hub.subscribers:
                 connection.push(hub.name, 0, frame)
             return
-        if wire.offset <= hub.offset and hub.ready.is_set():
+        if wire.offset <= hub.offset and hub.ready:
             return  # duplicate
         hub.pending.setdefault(wire.offset, bytes(wire.data))
-        if hub.ready.is_set():
+        if hub.ready:
             self._advance(hub)
+
+    def _on_personal(self, name: str, wire: Wire) -> None:
+        try:
+            user_id = uuid.UUID(name[len(PERSONAL_PREFIX) :])
+        except ValueError:
+            return
+        connections = self.by_user.get(user_id)
+        if not connections or wire.kind != WIRE_PUBLICATION:
+            return
+        frame = protocol.PushFrames(name).publication(wire.data, 0)
+        for connection in connections:
+            connection.push(name, 0, frame)
 
     def _advance(self, hub: Hub) -> None:
         """Deliver every pending publication that is next in line; start a gap fill
@@ -263,7 +362,7 @@ class Node:
             self.spawn(self._fill_gap(hub))
 
     def _deliver(self, hub: Hub, offset: int, data: bytes) -> None:
-        hub.ring.append((offset, data))
+        hub.remember(offset, data)
         frame = hub.frames.publication(data, offset)
         name = hub.name
         for connection in hub.subscribers:
@@ -293,7 +392,7 @@ class Node:
     async def catch_up(self, hubs: list[Hub]) -> None:
         """Read from the log whatever was committed beyond what these hubs delivered
         (after a Redis outage, or a publisher that died between commit and publish)."""
-        hubs = [hub for hub in hubs if hub.stream and hub.ready.is_set()]
+        hubs = [hub for hub in hubs if hub.ready]
         if not hubs:
             return
         tops = await history.stream_tops([hub.name for hub in hubs])
@@ -320,7 +419,8 @@ class Node:
         while True:
             try:
                 self._pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
-                await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in self.hubs))
+                channels = [*self.hubs, *(personal_channel(user_id) for user_id in self.by_user)]
+                await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in channels))
                 await self.catch_up(list(self.hubs.values()))
                 self._subscribed_ok.set()
                 delay = 0.1
@@ -349,9 +449,12 @@ class Node:
             if channel == control:
                 self._on_control(message["data"])
             elif channel.startswith(prefix):
-                hub = self.hubs.get(channel[len(prefix) :].decode())
+                name = channel[len(prefix) :].decode()
+                hub = self.hubs.get(name)
                 if hub is not None:
                     self._on_wire(hub, _wire_decoder.decode(message["data"]))
+                elif name.startswith(PERSONAL_PREFIX):
+                    self._on_personal(name, _wire_decoder.decode(message["data"]))
 
     def _on_control(self, payload: bytes) -> None:
         try:
@@ -432,3 +535,8 @@ class Node:
         assert connection.principal is not None
         row = await User.select(User.full_name).where(User.id == connection.principal.user_id).first()
         connection.full_name = row["full_name"] if row else ""
+
+
+def personal_channel(user_id: uuid.UUID) -> str:
+    """The ``user#<id>`` channel every socket of a user is subscribed to by the server."""
+    return f"{PERSONAL_PREFIX}{user_id}"

@@ -77,7 +77,7 @@ class Presence:
         async with self._redis.pipeline(transaction=False) as pipe:
             queued = False
             for hub in node.hubs.values():
-                if not hub.stream or not hub.subscribers:
+                if not hub.subscribers:
                     continue
                 info_key, expiry_key = self._keys(hub.name)
                 pipe.zadd(expiry_key, {c.client_id: expiry for c in hub.subscribers}, xx=True)
