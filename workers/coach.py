@@ -42,7 +42,7 @@ from server.chat.tables import MessageStatus
 from server.core.errors import AppError
 from server.core.state import AppState
 from server.notifications.services import notify_budget_nearly_used
-from server.realtime.channels import broadcast, broadcast_ephemeral
+from server.realtime.channels import broadcast, broadcast_ephemeral, ephemeral_wire, pubsub_channel
 
 log = logging.getLogger("lounges.coach")
 
@@ -87,15 +87,15 @@ async def _stream(
     interval = settings.ai_delta_interval_ms / 1000
     stream = StreamState(stream_id=stream_id, channel=channel, user_id=str(asker), reply_to=reply_to)
     key, cancel = streams_key(state, channel), cancel_key(state, stream_id)
-    await state.redis.hset(key, stream_id, msgspec.json.encode(stream))
-    await state.redis.expire(key, 3600)
-    await broadcast_ephemeral(state, channel, {"type": "ai.start", "stream_id": stream_id, "reply_to": reply_to})
+    wire = pubsub_channel(settings.redis_prefix, channel)
 
     text: list[str] = []
     pending: list[str] = []
     provider_name, model = "none", "none"
     usage = Usage(input_tokens=0, output_tokens=0)
     status, error_code = MessageStatus.complete, ""
+
+    first_text = asyncio.Event()
 
     async def consume() -> None:
         nonlocal provider_name, model, usage
@@ -105,6 +105,7 @@ async def _stream(
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                     pending.append(event.text)
+                    first_text.set()
                 elif isinstance(event, Usage):
                     usage = event
 
@@ -115,21 +116,38 @@ async def _stream(
         delta = "".join(pending)
         pending.clear()
         stream.text = "".join(text)
-        await state.redis.hset(key, stream_id, msgspec.json.encode(stream))
-        await broadcast_ephemeral(
-            state, channel, {"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta}
-        )
+        # The snapshot first, then the delta, in one round trip: a late subscriber's
+        # snapshot never lacks a delta it will not receive.
+        async with state.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, stream_id, msgspec.json.encode(stream))
+            pipe.publish(
+                wire,
+                ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta}),
+            )
+            await pipe.execute()
 
+    # The provider's request goes out while the stream is announced.
     generation = asyncio.create_task(consume())
     try:
-        # One tick per interval: coalesced deltas out, the cancel flag checked even
-        # while the provider is silent between tokens.
-        while not generation.done():
-            await asyncio.wait({generation}, timeout=interval)
-            await flush()
-            if not generation.done() and await state.redis.exists(cancel):
-                status = MessageStatus.cancelled
-                generation.cancel()
+        async with state.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, stream_id, msgspec.json.encode(stream))
+            pipe.expire(key, 3600)
+            pipe.publish(wire, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": reply_to}))
+            await pipe.execute()
+        # The first text goes out the moment it arrives (time to first token is what
+        # the room feels); then one tick per interval: coalesced deltas out, the cancel
+        # flag checked even while the provider is silent between tokens.
+        first = asyncio.create_task(first_text.wait())
+        try:
+            while not generation.done():
+                waiting = {generation} if stream.seq else {generation, first}
+                await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                await flush()
+                if not generation.done() and await state.redis.exists(cancel):
+                    status = MessageStatus.cancelled
+                    generation.cancel()
+        finally:
+            first.cancel()
         if status != MessageStatus.cancelled:
             generation.result()
     except asyncio.CancelledError:
@@ -144,6 +162,10 @@ async def _stream(
         if exc.provider:
             provider_name = exc.provider
         log.warning("coach reply failed", extra={"stream_id": stream_id, "code": exc.code, "error": str(exc)})
+    except Exception:  # Redis gone mid-stream, say: store what there is as failed
+        status, error_code = MessageStatus.failed, "internal"
+        generation.cancel()
+        raise
     finally:
         await flush()
         full_text = "".join(text)

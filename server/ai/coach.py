@@ -20,6 +20,7 @@ from server.accounts.services import Principal
 from server.accounts.tables import Role
 from server.billing.entitlements import SpendAITokens, require
 from server.core.errors import Forbidden, NotFound
+from server.core.redis import ring_doorbell
 from server.core.state import AppState
 from server.lounges.tables import AIReplyPolicy
 
@@ -74,6 +75,7 @@ async def maybe_answer(
     await state.redis.enqueue_job(
         "generate_reply", channel, offset, str(asker), stream_id, _job_id=f"coach:{stream_id}"
     )
+    await ring_doorbell(state.redis, state.settings)  # the asker is waiting for the first token
     return stream_id
 
 

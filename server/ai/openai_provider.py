@@ -80,7 +80,11 @@ class OpenAIProvider(SDKProvider):
         try:
             stream = await self.client().chat.completions.create(
                 model=self.model,
-                messages=self.messages(prompt),  # type: ignore[arg-type]
+                # The messages travel in extra_body, which the SDK sends as given: its
+                # per-message TypedDict transform took 9-13 ms for a full prompt (on the
+                # time to first token), for text that is plain strings already.
+                messages=[],
+                extra_body={"messages": self.messages(prompt)},
                 max_tokens=min(prompt.max_output_tokens, self.max_output_tokens),
                 stream=True,
                 stream_options={"include_usage": True},

@@ -28,6 +28,16 @@ def queue_name(settings: Settings) -> str:
     return f"{settings.redis_prefix}:arq:queue"
 
 
+def doorbell_channel(settings: Settings) -> str:
+    """Pub/sub channel that wakes idle workers as soon as an urgent job is queued."""
+    return f"{queue_name(settings)}:doorbell"
+
+
+async def ring_doorbell(redis: ArqRedis, settings: Settings) -> None:
+    """Tell the workers a job is waiting, so they need not wait for their next poll."""
+    await redis.publish(doorbell_channel(settings), b"")
+
+
 def create_redis(settings: Settings) -> ArqRedis:
     """A lazily-connecting client that retries dropped connections by itself."""
     if not settings.redis_url:

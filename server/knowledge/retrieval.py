@@ -17,9 +17,10 @@ not the nearest ones. Two paths avoid it:
   owner/lounge indexes and ranked by exact cosine distance (a few thousand
   384-dim distances take a few milliseconds). Recall is 1.
 - **ANN** (a very large eligible set): the model's HNSW index is scanned without
-  the filter, over-fetching ``LIMIT`` ``max(100, 40·k)`` candidates with
-  ``hnsw.ef_search`` as large, then 1000 (pgvector's maximum), the filter is
-  applied to those, and if fewer than k survive the exact path runs anyway.
+  the filter, over-fetching ``LIMIT`` ``max(100, 40·k)`` candidates (at most
+  1000, pgvector's maximum ``hnsw.ef_search``) with ``hnsw.ef_search`` as large;
+  the filter is applied to those, and if fewer than k survive the exact path
+  runs anyway. The eligibility count stops at the exact path's limit.
 
 Either way the answer has exactly ``min(k, eligible)`` chunks. The model's name
 is written into the SQL as a literal (from the fixed set of known models), as
@@ -87,15 +88,18 @@ ORDER BY h.distance, h.id
 
 def exact_sql(model: str) -> str:
     literal, dim = _model_sql(model)
+    # OFFSET 0 fences the subquery so the planner picks eligible rows through the
+    # owner/lounge indexes instead of the HNSW index; unlike a MATERIALIZED CTE the
+    # rows stream into a top-k sort instead of being stored (and spilled) first.
     hits = f"""
-        WITH eligible AS MATERIALIZED (
+        SELECT e.id, e.source_type, e.note, e.file, e.chunk_index, e.content,
+               e.embedding::vector({dim}) <=> $3 AS distance
+        FROM (
             SELECT c.id, c.source_type, c.note, c.file, c.chunk_index, c.content, c.embedding
             FROM knowledge_chunks c
             WHERE c.embedding_model = {literal} AND {_ELIGIBLE}
-        )
-        SELECT e.id, e.source_type, e.note, e.file, e.chunk_index, e.content,
-               e.embedding::vector({dim}) <=> $3 AS distance
-        FROM eligible e
+            OFFSET 0
+        ) e
         ORDER BY distance, e.id
         LIMIT $4
     """
@@ -136,12 +140,18 @@ def _hits(rows: list[Any]) -> list[ChunkHit]:
     ]
 
 
-async def count_eligible(connection: Any, *, user_id: uuid.UUID, lounge_id: uuid.UUID | None, model: str) -> int:
+async def count_eligible(
+    connection: Any, *, user_id: uuid.UUID, lounge_id: uuid.UUID | None, model: str, up_to: int
+) -> int:
+    """How many chunks the asker may read, counted no further than ``up_to``."""
     literal, _ = _model_sql(model)
     return await connection.fetchval(
-        f"SELECT count(*) FROM knowledge_chunks c WHERE c.embedding_model = {literal} AND {_ELIGIBLE}",
+        f"""SELECT count(*) FROM (
+                SELECT 1 FROM knowledge_chunks c WHERE c.embedding_model = {literal} AND {_ELIGIBLE} LIMIT $3
+            ) eligible""",
         user_id,
         lounge_id,
+        up_to,
     )
 
 
@@ -164,18 +174,18 @@ async def nearest_chunks(
         exact_max_chunks = environment_settings().retrieval_exact_max_chunks
     vector = np.asarray(vector, dtype=np.float32)
     async with KnowledgeChunk._meta.db.pool.acquire() as connection:
-        eligible = await count_eligible(connection, user_id=user_id, lounge_id=lounge_id, model=model)
+        up_to = max(exact_max_chunks, k) + 1
+        eligible = await count_eligible(connection, user_id=user_id, lounge_id=lounge_id, model=model, up_to=up_to)
         if eligible == 0:
             return []
-        if eligible > exact_max_chunks:
-            wanted = min(k, eligible)
-            for inner in sorted({min(HNSW_MAX_EF_SEARCH, max(100, 40 * k)), HNSW_MAX_EF_SEARCH}):
-                async with connection.transaction():
-                    # The ANN path exists to use the index; a large table is assumed.
-                    await connection.execute(f"SET LOCAL hnsw.ef_search = {int(inner)}; SET LOCAL enable_seqscan = off")
-                    rows = await connection.fetch(ann_sql(model, inner), user_id, lounge_id, vector, k)
-                if len(rows) >= wanted:
-                    return _hits(rows)
+        if eligible >= up_to:  # more than the exact path should rank: over-fetch from the index once
+            inner = min(HNSW_MAX_EF_SEARCH, max(100, 40 * k))
+            async with connection.transaction():
+                # The ANN path exists to use the index; a large table is assumed.
+                await connection.execute(f"SET LOCAL hnsw.ef_search = {int(inner)}; SET LOCAL enable_seqscan = off")
+                rows = await connection.fetch(ann_sql(model, inner), user_id, lounge_id, vector, k)
+            if len(rows) >= k:
+                return _hits(rows)
         rows = await connection.fetch(exact_sql(model), user_id, lounge_id, vector, k)
     return _hits(rows)
 
