@@ -23,7 +23,7 @@ from server.ai.coach import maybe_answer
 from server.ai.providers import Usage
 from server.capsules.services import sealed_file_ids
 from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
-from server.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction, MessageStatus, SenderType
+from server.chat.tables import ChatThread, Message, MessageReaction, MessageStatus, SenderType
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.core.state import AppState
 from server.files.tables import File
@@ -33,6 +33,8 @@ from server.notifications.services import notify_mentions
 from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset
 from server.realtime.tables import Channel
 from server.settings import parse_rate
+
+_json = msgspec.json.Encoder()
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
@@ -179,6 +181,40 @@ async def _existing_post(sender: uuid.UUID, client_id: uuid.UUID, channel: str) 
     return message_out(rows[0])
 
 
+# A post in one statement: take the channel's next offset, store the message, its
+# attachments and its publication, touch the thread. The channel row is locked only
+# for this statement (which commits at once), so concurrent posters on every node
+# wait for each other for well under a millisecond; a later offset is still only
+# taken after the earlier one committed (guarantee 2). The publication is built in
+# Python; the statement fills in its offset and the sender's name.
+_POST_SQL = """
+WITH taken AS (
+    UPDATE channels SET last_offset = last_offset + 1 WHERE name = $1 RETURNING last_offset, epoch
+), author AS (
+    SELECT coalesce((SELECT full_name FROM users WHERE id = $3), '') AS full_name
+), stored AS (
+    INSERT INTO messages (id, channel, "offset", sender_type, sender, client_id, text, reply_to, status, meta, created_at)
+    SELECT $2, $1, taken.last_offset, $4, $3, $5, $6, $7, 'complete', jsonb_build_object(), $8 FROM taken
+    RETURNING "offset"
+), attached AS (
+    INSERT INTO message_attachments (id, message, file, created_at)
+    SELECT gen_random_uuid(), $2, a.file, $8 + a.n * interval '1 microsecond'
+    FROM stored, unnest($9::uuid[]) WITH ORDINALITY AS a(file, n)
+), logged AS (
+    INSERT INTO channel_publications (id, channel, "offset", data, created_at)
+    SELECT gen_random_uuid(), $1, stored."offset",
+           jsonb_set(jsonb_set($10::jsonb, ARRAY['message', 'offset'], to_jsonb(stored."offset")),
+                     ARRAY['message', 'sender', 'full_name'], to_jsonb(author.full_name)),
+           $8
+    FROM stored, author
+    RETURNING "offset"
+), touched AS (
+    UPDATE chat_threads SET updated_at = $8 WHERE id = $11 AND EXISTS (SELECT 1 FROM stored)
+)
+SELECT logged."offset", taken.epoch, author.full_name FROM logged, taken, author
+"""
+
+
 async def do_post_message(state: AppState, principal: Principal, channel: str, data: MessageIn) -> PostResult:
     access = await channel_access(principal, channel, write=True)
     name = str(access.name)
@@ -197,46 +233,68 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
             f"text is longer than {state.settings.message_max_length} characters", code="message_too_long"
         )
     attachments = list(dict.fromkeys(data.attachments))
+    # Checked before the offset is taken: an earlier message never vanishes (deletion
+    # leaves a tombstone), and only its owner removes a file.
+    if data.reply_to is not None and not await Message.exists().where(
+        Message.channel == name, Message.offset == data.reply_to
+    ):
+        raise ValidationFailed("reply_to is not a message of this channel", code="invalid_reply_to")
+    if attachments:
+        owned = await File.count().where(
+            File.id.is_in(attachments), File.owner == principal.user_id, File.status == "ready"
+        )
+        if owned != len(attachments) or await sealed_file_ids(attachments):
+            raise ValidationFailed("attachments must be your own uploaded files", code="invalid_attachment")
+    draft = MessageOut(
+        id=uuid.uuid4(),
+        channel=name,
+        offset=0,  # the offset and the sender's name come from the statement
+        sender=SenderOut(id=principal.user_id, full_name="", type=access.sender_type),
+        client_id=data.client_id,
+        text=text,
+        reply_to=data.reply_to,
+        attachments=attachments,
+        reactions={},
+        status=MessageStatus.complete,
+        meta={},
+        edited_at=None,
+        deleted=False,
+        created_at=now(),
+    )
     try:
-        async with state.engine.transaction():
-            offset, epoch = await next_offset(name)
-            if data.reply_to is not None and not await Message.exists().where(
-                Message.channel == name, Message.offset == data.reply_to
-            ):
-                raise ValidationFailed("reply_to is not a message of this channel", code="invalid_reply_to")
-            if attachments:
-                owned = await File.count().where(
-                    File.id.is_in(attachments), File.owner == principal.user_id, File.status == "ready"
-                )
-                if owned != len(attachments) or await sealed_file_ids(attachments):
-                    raise ValidationFailed("attachments must be your own uploaded files", code="invalid_attachment")
-            message_id = uuid.uuid4()
-            await Message.insert(
-                Message(
-                    id=message_id,
-                    channel=name,
-                    offset=offset,
-                    sender_type=access.sender_type,
-                    sender=principal.user_id,
-                    client_id=data.client_id,
-                    text=text,
-                    reply_to=data.reply_to,
-                    status=MessageStatus.complete,
-                )
+        async with state.engine.pool.acquire() as connection:
+            row = await connection.fetchrow(
+                _POST_SQL,
+                name,
+                draft.id,
+                principal.user_id,
+                access.sender_type.value,
+                data.client_id,
+                text,
+                data.reply_to,
+                draft.created_at,
+                attachments,
+                _json.encode({"type": "message", "message": draft}).decode(),
+                access.thread["id"] if access.thread is not None else None,
             )
-            if attachments:
-                await MessageAttachment.insert(*(MessageAttachment(message=message_id, file=f) for f in attachments))
-            message = await get_message(name, offset)
-            publication = await append(
-                name, {"type": "message", "message": msgspec.to_builtins(message)}, offset=offset, epoch=epoch
-            )
-            await _touch_thread(access)
     except asyncpg.UniqueViolationError:
         # A concurrent retry with the same client_id won the race; answer with its message.
         existing = await _existing_post(principal.user_id, data.client_id, name)
         if existing is None:
             raise
         return PostResult(message=existing, created=False, publication=None)
+    if row is None:
+        raise LookupError(f"no channel {name}")
+    offset: int = row["offset"]
+    message = msgspec.structs.replace(
+        draft, offset=offset, sender=msgspec.structs.replace(draft.sender, full_name=row["full_name"])
+    )
+    publication = Publication(
+        channel=name,
+        offset=offset,
+        epoch=row["epoch"],
+        data={"type": "message", "message": msgspec.to_builtins(message)},
+    )
     await broadcast(state, [publication])
     await notify_mentions(state, name, message)
     await maybe_answer(
