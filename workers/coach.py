@@ -36,7 +36,7 @@ from server.ai.providers import (
 )
 from server.ai.tables import AIUsage
 from server.ai.titles import title_thread
-from server.billing.entitlements import ai_token_allowance, ai_tokens_used_this_month
+from server.billing.entitlements import ai_budget
 from server.chat.messages import do_store_ai_reply
 from server.chat.tables import MessageStatus
 from server.core.errors import AppError
@@ -55,9 +55,11 @@ async def generate_reply(ctx: dict[str, Any], channel: str, reply_to: int, asker
         await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
         return "refused"
     try:
-        prompt, context = await build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id)
+        (prompt, context), budget = await asyncio.gather(
+            build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id), ai_budget(state, asker_id)
+        )
         try:
-            await check_budget(state, asker_id, estimate_input_tokens(prompt))
+            check_budget(state, budget, estimate_input_tokens(prompt))
         except AppError as exc:
             await _refuse(state, channel, stream_id, reply_to, exc.code, exc.detail)
             return "refused"
@@ -203,8 +205,8 @@ async def _stream(
         await state.redis.delete(cancel)
         await broadcast(state, [publication])
         if usage.input_tokens or usage.output_tokens:  # once a month, past AI_BUDGET_WARNING_PERCENT
-            used, allowance = await ai_tokens_used_this_month(asker), await ai_token_allowance(state, asker)
-            await notify_budget_nearly_used(state, asker, used, allowance)
+            budget = await ai_budget(state, asker)
+            await notify_budget_nearly_used(state, asker, budget.used, budget.allowance)
     if status == MessageStatus.complete and channel.startswith("thread:"):
         title = await title_thread(state, channel, context.get("question", ""), "".join(text))
         if title is not None:

@@ -55,6 +55,8 @@ class Principal:
     role: str
     email_verified: bool
     issued_at: int
+    expires_at: int  # of the access token that authenticated this caller
+    full_name: str = ""
 
 
 def normalize_email(email: str) -> str:
@@ -162,7 +164,7 @@ async def authenticate(state: AppState, token: str) -> Principal:
     claims = state.token_keys.verify(token)
     rows = await UserSession.raw(
         """
-        SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active,
+        SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active, u.full_name,
                s.revoked_at, s.expires_at
         FROM user_sessions s JOIN users u ON u.id = s."user"
         WHERE s.id = {} AND u.id = {}
@@ -183,6 +185,8 @@ async def authenticate(state: AppState, token: str) -> Principal:
         role=row["role"],
         email_verified=row["verified"],
         issued_at=claims.issued_at,
+        expires_at=claims.expires_at,
+        full_name=row["full_name"],
     )
 
 

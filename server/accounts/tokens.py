@@ -8,6 +8,7 @@ SHA-256.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import secrets
@@ -45,9 +46,13 @@ class TokenKeys:
             log.warning("JWT_KEYS is empty: using an ephemeral signing key; tokens end with this process")
             entries = [f"ephemeral:{secrets.token_urlsafe(48)}"]
         self.keys: dict[str, bytes] = {}
+        self._verifying: dict[str, jwt.PyJWK] = {}  # prepared once, not on every decode
         for entry in entries:
             kid, _, secret = entry.partition(":")
             self.keys[kid] = secret.encode()
+            self._verifying[kid] = jwt.PyJWK(
+                {"kty": "oct", "k": base64.urlsafe_b64encode(secret.encode()).rstrip(b"=").decode()}, ALGORITHM
+            )
         self.signing_kid = entries[0].partition(":")[0]
         self.issuer = settings.jwt_issuer
         self.audience = settings.jwt_audience
@@ -72,7 +77,7 @@ class TokenKeys:
         """Check signature, algorithm, key id, issuer, audience and expiry."""
         try:
             header = jwt.get_unverified_header(token)
-            key = self.keys.get(header.get("kid", ""))
+            key = self._verifying.get(header.get("kid", ""))
             if key is None or header.get("alg") != ALGORITHM:
                 raise jwt.InvalidTokenError("unknown key or algorithm")
             claims = jwt.decode(

@@ -18,7 +18,7 @@ import msgspec
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
-from server.billing.entitlements import SpendAITokens, require
+from server.billing.entitlements import AIBudget, enforce
 from server.core.errors import Forbidden, NotFound
 from server.core.redis import ring_doorbell
 from server.core.state import AppState
@@ -60,9 +60,9 @@ def wants_reply(kind: str, lounge: dict[str, Any] | None, text: str) -> bool:
     return policy == AIReplyPolicy.always or (policy == AIReplyPolicy.mention and bool(MENTION.search(text)))
 
 
-async def check_budget(state: AppState, user_id: uuid.UUID, prompt_tokens: int) -> None:
+def check_budget(state: AppState, budget: AIBudget, prompt_tokens: int) -> None:
     """Refuse before calling a model when prompt + maximum output would pass the plan's allowance."""
-    await require(state, user_id, SpendAITokens(prompt_tokens + state.settings.ai_max_output_tokens))
+    enforce(budget.decide(prompt_tokens + state.settings.ai_max_output_tokens))
 
 
 async def maybe_answer(

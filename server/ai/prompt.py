@@ -4,11 +4,12 @@ and pinned notes always stay)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
-from server.chat.tables import ChatThread, Message, SenderType
+from server.chat.tables import Message, SenderType
 from server.core.state import AppState
 from server.knowledge.embeddings import get_embedder
 from server.knowledge.retrieval import retrieve
@@ -30,33 +31,22 @@ async def build_prompt(
     state: AppState, *, channel: str, reply_to: int, asker: uuid.UUID
 ) -> tuple[Prompt, dict[str, Any]]:
     """The prompt answering the message at ``reply_to``, and the reply's context
-    (``lounge_id``, ``thread_id``, ``citations``)."""
+    (``lounge_id``, ``thread_id``, ``question``, ``citations``).
+
+    Runs on the time to first token, outside any transaction: the conversation,
+    the pinned notes and the lounge are read side by side, then the passages
+    are retrieved for the question.
+    """
     name = ChannelName.parse(channel)
     assert name is not None
-    context: dict[str, Any] = {"lounge_id": None, "thread_id": None, "citations": []}
-    persona = ""
-    lounge_id: uuid.UUID | None = None
-    if name.kind == "lounge":
-        lounge_id = name.id
-    else:
-        context["thread_id"] = name.id
-        thread = await ChatThread.select(ChatThread.lounge).where(ChatThread.id == name.id).first()
-        lounge_id = thread["lounge"] if thread else None
-    if lounge_id is not None:
-        lounge = await Lounge.select(Lounge.ai_persona, Lounge.title).where(Lounge.id == lounge_id).first()
-        if lounge:
-            context["lounge_id"] = lounge_id
-            persona = f'You coach in the lounge "{lounge["title"]}". The mentor\'s instructions: {lounge["ai_persona"]}'
-
-    rows = await Message.raw(
-        """SELECT m.sender_type, m.text, coalesce(u.full_name, '') AS name FROM messages m
-           LEFT JOIN users u ON u.id = m.sender
-           WHERE m.channel = {} AND m."offset" <= {} AND m.deleted_at IS NULL AND m.status <> 'failed'
-           ORDER BY m."offset" DESC LIMIT {}""",
-        channel,
-        reply_to,
-        RECENT_MESSAGES,
+    rows, pinned, lounge = await asyncio.gather(
+        _recent_messages(channel, reply_to), _pinned_notes(asker), _lounge_of(name)
     )
+    context: dict[str, Any] = {
+        "lounge_id": lounge["id"] if lounge else None,
+        "thread_id": name.id if name.kind == "thread" else None,
+        "citations": [],
+    }
     turns = [
         ChatTurn(role="assistant", content=row["text"])
         if row["sender_type"] == SenderType.ai
@@ -66,12 +56,10 @@ async def build_prompt(
     ]
     question = rows[0]["text"] if rows else ""
     context["question"] = question
-
-    pinned = (
-        await Note.select(Note.title, Note.content)
-        .where(Note.user == asker, Note.pinned.eq(True))
-        .order_by(Note.updated_at, ascending=False)
-        .limit(PINNED_NOTES)
+    persona = (
+        f'You coach in the lounge "{lounge["title"]}". The mentor\'s instructions: {lounge["ai_persona"]}'
+        if lounge
+        else ""
     )
     system = "\n\n".join(
         part
@@ -100,6 +88,40 @@ async def build_prompt(
         system=system, turns=turns, passages=passages, max_output_tokens=state.settings.ai_max_output_tokens
     )
     return trim(prompt, state.settings.ai_context_tokens), context
+
+
+async def _recent_messages(channel: str, reply_to: int) -> list[dict[str, Any]]:
+    """The last ``RECENT_MESSAGES`` up to ``reply_to``, newest first."""
+    return await Message.raw(
+        """SELECT m.sender_type, m.text, coalesce(u.full_name, '') AS name FROM messages m
+           LEFT JOIN users u ON u.id = m.sender
+           WHERE m.channel = {} AND m."offset" <= {} AND m.deleted_at IS NULL AND m.status <> 'failed'
+           ORDER BY m."offset" DESC LIMIT {}""",
+        channel,
+        reply_to,
+        RECENT_MESSAGES,
+    )
+
+
+async def _pinned_notes(asker: uuid.UUID) -> list[dict[str, Any]]:
+    return (
+        await Note.select(Note.title, Note.content)
+        .where(Note.user == asker, Note.pinned.eq(True))
+        .order_by(Note.updated_at, ascending=False)
+        .limit(PINNED_NOTES)
+    )
+
+
+async def _lounge_of(name: ChannelName) -> dict[str, Any] | None:
+    """The lounge of a lounge channel, or of the lounge a thread was opened from."""
+    if name.kind == "lounge":
+        rows = await Lounge.raw("SELECT id, title, ai_persona FROM lounges WHERE id = {}", name.id)
+    else:
+        rows = await Lounge.raw(
+            "SELECT l.id, l.title, l.ai_persona FROM chat_threads t JOIN lounges l ON l.id = t.lounge WHERE t.id = {}",
+            name.id,
+        )
+    return rows[0] if rows else None
 
 
 def trim(prompt: Prompt, budget: int) -> Prompt:

@@ -3,7 +3,7 @@
 :func:`decide` takes an action — :class:`JoinPaidLounge`, :class:`SpendAITokens`
 or :class:`CreateLounge` — and answers a :class:`Decision`; :func:`require`
 raises the matching 402 problem. Everything else here is a thin wrapper
-(``may_join_paid_lounge``, ``check_paid_lounge_access``, ``ai_token_allowance``)
+(``may_join_paid_lounge``, ``check_paid_lounge_access``, :func:`ai_budget`)
 or a building block of those answers.
 
 Where the limits come from:
@@ -38,6 +38,7 @@ lets them straight back in once they pay again (until then it answers 402
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -132,16 +133,8 @@ async def decide(state: AppState, user_id: uuid.UUID, action: Action) -> Decisio
         return Decision(False, "subscription_required", "this lounge needs a plan with paid-lounge access")
     limits = await limits_for(state, user_id)
     if isinstance(action, SpendAITokens):
-        left = max(0, limits.ai_tokens_per_month - await ai_tokens_used_this_month(user_id))
-        if action.tokens <= left:
-            return Decision(True, remaining=left)
-        return Decision(
-            False,
-            "ai_budget_exceeded",
-            f"this month's AI allowance is spent ({limits.ai_tokens_per_month - left} of "
-            f"{limits.ai_tokens_per_month} tokens used)",
-            remaining=left,
-        )
+        used = await ai_tokens_used_this_month(user_id)
+        return AIBudget(allowance=limits.ai_tokens_per_month, used=used).decide(action.tokens)
     if isinstance(action, CreateLounge):
         if not billing_configured(state):
             return Decision(True)
@@ -159,7 +152,11 @@ async def decide(state: AppState, user_id: uuid.UUID, action: Action) -> Decisio
 
 async def require(state: AppState, user_id: uuid.UUID, action: Action) -> None:
     """Raise the 402 problem matching :func:`decide`'s refusal."""
-    decision = await decide(state, user_id, action)
+    enforce(await decide(state, user_id, action))
+
+
+def enforce(decision: Decision) -> None:
+    """Raise the 402 problem of a refusal (nothing for an allowed decision)."""
     if decision.allowed:
         return
     error = {
@@ -171,6 +168,33 @@ async def require(state: AppState, user_id: uuid.UUID, action: Action) -> None:
 
 
 # -- building blocks -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AIBudget:
+    """A user's AI tokens this month: the allowance and what the ledger says is used."""
+
+    allowance: int
+    used: int
+
+    def decide(self, tokens: int) -> Decision:
+        """May ``tokens`` more be spent? (:class:`SpendAITokens`)"""
+        left = max(0, self.allowance - self.used)
+        if tokens <= left:
+            return Decision(True, remaining=left)
+        return Decision(
+            False,
+            "ai_budget_exceeded",
+            f"this month's AI allowance is spent ({self.allowance - left} of {self.allowance} tokens used)",
+            remaining=left,
+        )
+
+
+async def ai_budget(state: AppState, user_id: uuid.UUID) -> AIBudget:
+    """The allowance and the usage, read concurrently: call it outside a transaction
+    (the coach does, beside building its prompt)."""
+    limits, used = await asyncio.gather(limits_for(state, user_id), ai_tokens_used_this_month(user_id))
+    return AIBudget(allowance=limits.ai_tokens_per_month, used=used)
 
 
 def billing_configured(state: AppState) -> bool:
@@ -254,11 +278,6 @@ async def may_join_paid_lounge(user_id: uuid.UUID) -> bool:
 async def check_paid_lounge_access(user_id: uuid.UUID) -> None:
     if not await _has_paid_lounge_access(user_id):
         raise SubscriptionRequired("this lounge needs a plan with paid-lounge access")
-
-
-async def ai_token_allowance(state: AppState, user_id: uuid.UUID) -> int:
-    """Tokens the user may spend on the coach this month (free tier or their best plan)."""
-    return (await limits_for(state, user_id)).ai_tokens_per_month
 
 
 # -- losing access -----------------------------------------------------------------------------

@@ -25,6 +25,14 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await register_vector(connection)
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """Pool ``reset``: nothing to undo. asyncpg's default sends ``SELECT
+    pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL`` on every release,
+    one more round trip per query; this code keeps no session state (only ``SET
+    LOCAL`` and transaction-level advisory locks, no ``LISTEN``, no held cursors).
+    An open transaction is still rolled back by asyncpg before this is called."""
+
+
 async def acquire_engine(settings: Settings) -> PostgresEngine:
     """The process's engine for ``settings.database_url``, started on first use."""
     global _shared, _users
@@ -46,6 +54,7 @@ async def acquire_engine(settings: Settings) -> PostgresEngine:
         min_size=settings.db_pool_min_size,
         max_size=settings.db_pool_max_size,
         init=_init_connection,
+        reset=_keep_session,
     )
     for table in ALL_TABLES:
         table._meta.db = engine

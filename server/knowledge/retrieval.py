@@ -29,6 +29,7 @@ the partial HNSW indexes require.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -202,6 +203,15 @@ async def readable_lounge(user_id: uuid.UUID, lounge_id: uuid.UUID | None) -> uu
     return lounge_id if member else None
 
 
+async def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
+    try:
+        [vector] = await embedder.embed([query])
+    except EmbeddingError as exc:
+        log.warning("retrieval skipped: %s", exc, extra={"model": embedder.model})
+        return None
+    return vector
+
+
 async def retrieve(
     *,
     user_id: uuid.UUID,
@@ -218,19 +228,15 @@ async def retrieve(
     ``embedder`` defaults to the process environment's (``EMBEDDINGS_PROVIDER``);
     callers holding an ``AppState`` pass ``get_embedder(state.settings)``. When the
     embedder fails (a provider outage) the answer is empty and a warning is logged:
-    the coach answers without passages rather than not at all.
+    the coach answers without passages rather than not at all. The membership check
+    and the embedding run side by side, so call it outside a transaction.
     """
     k = min(k, MAX_K)
     if k <= 0 or not query.strip():
         return []
     embedder = embedder or default_embedder()
-    lounge = await readable_lounge(user_id, lounge_id)
-    try:
-        [vector] = await embedder.embed([query])
-    except EmbeddingError as exc:
-        log.warning("retrieval skipped: %s", exc, extra={"model": embedder.model})
-        return []
-    if not np.any(vector):
+    lounge, vector = await asyncio.gather(readable_lounge(user_id, lounge_id), _embed_query(embedder, query))
+    if vector is None or not np.any(vector):
         return []  # nothing the model can represent (e.g. only stop words for the hashing model)
     hits = await nearest_chunks(
         user_id=user_id,

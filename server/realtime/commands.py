@@ -156,8 +156,8 @@ async def _authenticate_connection(node: Node, connection: Connection, command: 
             raise ProtocolError(protocol.ERROR_TOKEN_EXPIRED, "token expired") from None
         raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, exc.code) from None
     connection.principal = principal
-    connection.expires_at = float(node.state.token_keys.verify(command.connect.token).expires_at)
-    await node.load_name(connection)
+    connection.expires_at = float(principal.expires_at)
+    connection.full_name = principal.full_name
     personal = personal_channel(principal.user_id)
     subscription = Subscription(join_leave=False)
     subscription.recovering = False
@@ -186,7 +186,7 @@ async def _refresh(node: Node, connection: Connection, command: Command) -> dict
     old_session = connection.principal.session_id
     connection.principal = principal
     node.move_session(connection, old_session)
-    connection.expires_at = float(node.state.token_keys.verify(command.refresh.token).expires_at)
+    connection.expires_at = float(principal.expires_at)
     return {
         "client": connection.client_id,
         "version": VERSION,

@@ -35,7 +35,7 @@ import msgspec
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from server.accounts.tables import User, UserSession
+from server.accounts.tables import UserSession
 from server.core.control import control_channel, decode_control
 from server.core.state import AppState
 from server.realtime import history, protocol
@@ -92,6 +92,12 @@ class Hub:
         self.ready = True
         if self._ready_waiter is not None and not self._ready_waiter.done():
             self._ready_waiter.set_result(None)
+        self._ready_waiter = None
+
+    def abandon(self) -> None:
+        """Positioning failed and the hub is dropped: whoever waits gets the error."""
+        if self._ready_waiter is not None and not self._ready_waiter.done():
+            self._ready_waiter.set_exception(ConnectionError(f"channel {self.name} could not be opened"))
         self._ready_waiter = None
 
     async def wait_ready(self) -> None:
@@ -270,6 +276,7 @@ class Node:
                 await self._position(hub)
             except BaseException:
                 self.hubs.pop(name, None)
+                hub.abandon()
                 raise
             hub.set_ready()
             self._advance(hub)
@@ -530,11 +537,6 @@ class Node:
         for row in rows:
             for connection in list(self.by_session.get(row["id"], ())):
                 connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
-
-    async def load_name(self, connection: Connection) -> None:
-        assert connection.principal is not None
-        row = await User.select(User.full_name).where(User.id == connection.principal.user_id).first()
-        connection.full_name = row["full_name"] if row else ""
 
 
 def personal_channel(user_id: uuid.UUID) -> str:
