@@ -581,7 +581,8 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
             (prompt, _), _ = await timed(
                 "build_prompt (SQL + retrieval) beside ai_budget (SQL)",
                 asyncio.gather(
-                    build_prompt(state, channel=channel, reply_to=reply_to, asker=asker), ai_budget(state, asker)
+                    build_prompt(state, channel=channel, reply_to=reply_to, asker=asker, question=question),
+                    ai_budget(state, asker),
                 ),
             )
             key = f"{settings.redis_prefix}:bench:streams:{scratch}"

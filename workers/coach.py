@@ -47,8 +47,11 @@ from server.realtime.channels import broadcast, broadcast_ephemeral, ephemeral_w
 log = logging.getLogger("lounges.coach")
 
 
-async def generate_reply(ctx: dict[str, Any], channel: str, reply_to: int, asker: str, stream_id: str) -> str:
-    """Answer the message at ``reply_to`` in ``channel``; returns the outcome."""
+async def generate_reply(
+    ctx: dict[str, Any], channel: str, reply_to: int, asker: str, stream_id: str, question: str | None = None
+) -> str:
+    """Answer the message at ``reply_to`` in ``channel`` (whose text is ``question``,
+    when the caller had it at hand); returns the outcome."""
     state: AppState = ctx["state"]
     asker_id = uuid.UUID(asker)
     if not await acquire_slot(state, asker_id):
@@ -56,7 +59,8 @@ async def generate_reply(ctx: dict[str, Any], channel: str, reply_to: int, asker
         return "refused"
     try:
         (prompt, context), budget = await asyncio.gather(
-            build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id), ai_budget(state, asker_id)
+            build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
+            ai_budget(state, asker_id),
         )
         try:
             check_budget(state, budget, estimate_input_tokens(prompt))

@@ -73,7 +73,7 @@ async def maybe_answer(
         return None
     stream_id = uuid.uuid4().hex
     await state.redis.enqueue_job(
-        "generate_reply", channel, offset, str(asker), stream_id, _job_id=f"coach:{stream_id}"
+        "generate_reply", channel, offset, str(asker), stream_id, text, _job_id=f"coach:{stream_id}"
     )
     await ring_doorbell(state.redis, state.settings)  # the asker is waiting for the first token
     return stream_id

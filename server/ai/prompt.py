@@ -12,7 +12,7 @@ from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.chat.tables import Message, SenderType
 from server.core.state import AppState
 from server.knowledge.embeddings import get_embedder
-from server.knowledge.retrieval import retrieve
+from server.knowledge.retrieval import embed_query, retrieve
 from server.lounges.tables import Lounge
 from server.notes.tables import Note
 from server.realtime.channels import ChannelName
@@ -28,20 +28,29 @@ PINNED_NOTE_CHARS = 600
 
 
 async def build_prompt(
-    state: AppState, *, channel: str, reply_to: int, asker: uuid.UUID
+    state: AppState, *, channel: str, reply_to: int, asker: uuid.UUID, question: str | None = None
 ) -> tuple[Prompt, dict[str, Any]]:
-    """The prompt answering the message at ``reply_to``, and the reply's context
-    (``lounge_id``, ``thread_id``, ``question``, ``citations``).
+    """The prompt answering the message at ``reply_to`` (its text is ``question``, read
+    from the channel when not given), and the reply's context (``lounge_id``,
+    ``thread_id``, ``question``, ``citations``).
 
-    Runs on the time to first token, outside any transaction: the conversation,
-    the pinned notes and the lounge are read side by side, then the passages
-    are retrieved for the question.
+    Runs on the time to first token, outside any transaction: the question's
+    embedding (the slow part with a local model) starts at once, the conversation,
+    the pinned notes and the lounge are read meanwhile, then the passages are
+    retrieved.
     """
     name = ChannelName.parse(channel)
     assert name is not None
-    rows, pinned, lounge = await asyncio.gather(
-        _recent_messages(channel, reply_to), _pinned_notes(asker), _lounge_of(name)
-    )
+    embedder = get_embedder(state.settings)
+    embedding = asyncio.ensure_future(embed_query(embedder, question)) if question else None
+    try:
+        rows, pinned, lounge = await asyncio.gather(
+            _recent_messages(channel, reply_to), _pinned_notes(asker), _lounge_of(name)
+        )
+        vector = await embedding if embedding is not None else None
+    finally:
+        if embedding is not None and not embedding.done():
+            embedding.cancel()
     context: dict[str, Any] = {
         "lounge_id": lounge["id"] if lounge else None,
         "thread_id": name.id if name.kind == "thread" else None,
@@ -54,7 +63,8 @@ async def build_prompt(
         for row in reversed(rows)
         if row["text"]
     ]
-    question = rows[0]["text"] if rows else ""
+    if question is None:
+        question = rows[0]["text"] if rows else ""
     context["question"] = question
     persona = (
         f'You coach in the lounge "{lounge["title"]}". The mentor\'s instructions: {lounge["ai_persona"]}'
@@ -73,12 +83,17 @@ async def build_prompt(
         )
         if part
     )
-    passages = await retrieve(
-        user_id=asker,
-        lounge_id=context["lounge_id"],
-        query=question,
-        k=state.settings.ai_rag_passages,
-        embedder=get_embedder(state.settings),
+    passages = (
+        []  # the embedder failed (logged): answer without passages
+        if embedding is not None and vector is None
+        else await retrieve(
+            user_id=asker,
+            lounge_id=context["lounge_id"],
+            query=question,
+            k=state.settings.ai_rag_passages,
+            embedder=embedder,
+            vector=vector,
+        )
     )
     context["citations"] = [
         {"n": i + 1, "source": p.source, "source_id": p.source_id, "title": p.title, "chunk": p.chunk}

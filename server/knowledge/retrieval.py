@@ -203,7 +203,8 @@ async def readable_lounge(user_id: uuid.UUID, lounge_id: uuid.UUID | None) -> uu
     return lounge_id if member else None
 
 
-async def _embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
+async def embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
+    """``query``'s embedding, or None when the embedder fails (logged)."""
     try:
         [vector] = await embedder.embed([query])
     except EmbeddingError as exc:
@@ -220,6 +221,7 @@ async def retrieve(
     k: int,
     embedder: Embedder | None = None,
     exact_max_chunks: int | None = None,
+    vector: np.ndarray | None = None,
 ) -> list[Passage]:
     """The ``k`` passages nearest to ``query`` that ``user_id`` may read: their own
     notes, and ``lounge_id``'s knowledge files when they are an active member of it
@@ -229,13 +231,17 @@ async def retrieve(
     callers holding an ``AppState`` pass ``get_embedder(state.settings)``. When the
     embedder fails (a provider outage) the answer is empty and a warning is logged:
     the coach answers without passages rather than not at all. The membership check
-    and the embedding run side by side, so call it outside a transaction.
+    and the embedding run side by side, so call it outside a transaction; a caller
+    that already embedded ``query`` with ``embedder`` passes it as ``vector``.
     """
     k = min(k, MAX_K)
     if k <= 0 or not query.strip():
         return []
     embedder = embedder or default_embedder()
-    lounge, vector = await asyncio.gather(readable_lounge(user_id, lounge_id), _embed_query(embedder, query))
+    if vector is None:
+        lounge, vector = await asyncio.gather(readable_lounge(user_id, lounge_id), embed_query(embedder, query))
+    else:
+        lounge = await readable_lounge(user_id, lounge_id)
     if vector is None or not np.any(vector):
         return []  # nothing the model can represent (e.g. only stop words for the hashing model)
     hits = await nearest_chunks(
