@@ -28,10 +28,8 @@ WEBSOCKET_PATH = "/connection/websocket"
 
 @asgi(WEBSOCKET_PATH, include_in_schema=False, copy_scope=False)
 async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-    """Answer HTTP requests to the WebSocket path with 426 Upgrade Required."""
-    if scope["type"] == "websocket":  # only when mounted without gateway_dispatch
-        await serve_websocket(scope["app"].state.node, receive, send)
-        return
+    """Answer HTTP requests to the WebSocket path with 426 Upgrade Required (sockets
+    never get here: :func:`gateway_dispatch` takes them first)."""
     await send({"type": "http.response.start", "status": 426, "headers": [(b"upgrade", b"websocket")]})
     await send({"type": "http.response.body", "body": b"use a WebSocket"})
 
