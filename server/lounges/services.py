@@ -58,6 +58,15 @@ JOIN mentors m ON m.id = l.mentor
 LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
 """
 
+# What a permission check needs (every post and subscribe runs one): no counts.
+_CONTEXT_SELECT = """
+SELECT l.*, m."user" AS mentor_user_id, me.status AS my_status
+FROM lounges l
+JOIN mentors m ON m.id = l.mentor
+LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
+WHERE l.id = {}
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class LoungeContext:
@@ -120,24 +129,28 @@ def lounge_out(row: dict[str, Any]) -> LoungeOut:
     )
 
 
-async def _load(lounge_id: uuid.UUID, viewer: uuid.UUID | None, *, lock: bool = False) -> dict[str, Any] | None:
-    sql = _LOUNGE_SELECT + " WHERE l.id = {}" + (" FOR UPDATE OF l" if lock else "")
-    rows = await Lounge.raw(sql, viewer, lounge_id)
+async def _load(lounge_id: uuid.UUID, viewer: uuid.UUID | None) -> dict[str, Any] | None:
+    """The lounge with its member count and the viewer's status and unread count."""
+    rows = await Lounge.raw(_LOUNGE_SELECT + " WHERE l.id = {}", viewer, lounge_id)
     return rows[0] if rows else None
 
 
 async def lounge_context(principal: Principal | None, lounge_id: uuid.UUID, *, lock: bool = False) -> LoungeContext:
-    """The lounge as the caller may see it; 404 when it does not exist or is hidden from them."""
-    row = await _load(lounge_id, principal.user_id if principal else None, lock=lock)
-    if row is None:
+    """The lounge and the caller's membership, for permission checks (the lounge row
+    has no member or unread counts: :func:`get_lounge` has them); 404 when it does
+    not exist."""
+    rows = await Lounge.raw(
+        _CONTEXT_SELECT + (" FOR UPDATE OF l" if lock else ""), principal.user_id if principal else None, lounge_id
+    )
+    if not rows:
         raise NotFound("no such lounge", code="lounge_not_found")
+    row = rows[0]
     membership = None
     if principal is not None and row["my_status"] is not None:
-        membership = (
-            await LoungeMembership.select()
-            .where(LoungeMembership.lounge == lounge_id, LoungeMembership.user == principal.user_id)
-            .first()
+        found = await LoungeMembership.raw(
+            'SELECT * FROM lounge_memberships WHERE lounge = {} AND "user" = {}', lounge_id, principal.user_id
         )
+        membership = found[0] if found else None
     return LoungeContext(lounge=row, membership=membership, principal=principal)
 
 
@@ -266,7 +279,10 @@ async def list_lounges(
 
 
 async def get_lounge(principal: Principal | None, lounge_id: uuid.UUID) -> LoungeOut:
-    return lounge_out((await lounge_context(principal, lounge_id)).lounge)
+    row = await _load(lounge_id, principal.user_id if principal else None)
+    if row is None:
+        raise NotFound("no such lounge", code="lounge_not_found")
+    return lounge_out(row)
 
 
 async def do_update_lounge(principal: Principal, lounge_id: uuid.UUID, data: LoungeUpdate) -> LoungeOut:
