@@ -89,6 +89,8 @@ class DoorbellWorker(Worker):
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("worker doorbell lost; polling meanwhile", extra={"error": repr(exc), "retry_in": delay})
+            except Exception:  # a failed early pick-up must not silence the doorbell for good
+                log.exception("worker doorbell failed; polling meanwhile")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
