@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
 import msgspec
 from piccolo.query import OrderByRaw
+from piccolo.table import Table
 
 from server.accounts.services import ClientInfo, Principal
 from server.admin.services import check_admin, record_admin_action
@@ -44,6 +45,7 @@ MAX_SLUG_LENGTH = 120
 _SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")  # PageSlug's pattern (server/cms/schemas.py)
 # Uncategorised FAQs first, then by category, each in position order.
 _FAQ_ORDER = OrderByRaw("category NULLS FIRST, position, created_at, id")
+_AUDIT_TARGET: dict[type[Table], str] = {StaticPage: "static_page", FAQ: "faq"}  # audit log target_type
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -59,6 +61,87 @@ def _not_blank(value: str, code: str, field: str) -> str:
     if not value:
         raise ValidationFailed(f"{field} must not be blank", code=code)
     return value
+
+
+async def _row_or_404(table: type[Table], row_id: uuid.UUID, not_found: Callable[[], NotFound]) -> dict[str, Any]:
+    row = await table.select().where(table.id == row_id).first()
+    if row is None:
+        raise not_found()
+    return row
+
+
+async def _save_changes(
+    table: type[Table],
+    before: dict[str, Any],
+    values: dict[Any, Any],
+    *,
+    admin: Principal,
+    client: ClientInfo,
+    action: str,
+    long_field: str,
+    stamp: dict[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """In the caller's transaction: write the ``values`` that differ from ``before`` (with
+    ``stamp`` when anything does) and audit them; the row as it is afterwards."""
+    changed = {column: value for column, value in values.items() if before[column._meta.name] != value}
+    if not changed:
+        return before
+    [row] = (
+        await table.update({**changed, **(stamp or {})}).where(table.id == before["id"]).returning(*table.all_columns())
+    )
+    await record_admin_action(
+        admin,
+        action,
+        target_type=_AUDIT_TARGET[table],
+        target_id=before["id"],
+        client=client,
+        detail=_change_detail(changed, before, long_field=long_field),
+    )
+    return row
+
+
+async def _delete_audited(
+    state: AppState,
+    table: type[Table],
+    row_id: uuid.UUID,
+    columns: tuple[str, ...],
+    *,
+    not_found: Callable[[], NotFound],
+    admin: Principal,
+    client: ClientInfo,
+    action: str,
+    long_field: str,
+) -> None:
+    """Delete the row and audit what it held (``long_field`` as a digest), in one transaction."""
+    async with state.engine.transaction():
+        rows = await table.raw(
+            f"DELETE FROM {table._meta.tablename} WHERE id = {{}} RETURNING {', '.join((*columns, long_field))}",
+            row_id,
+        )
+        if not rows:
+            raise not_found()
+        row = rows[0]
+        await record_admin_action(
+            admin,
+            action,
+            target_type=_AUDIT_TARGET[table],
+            target_id=row_id,
+            client=client,
+            detail={**{name: row[name] for name in columns}, long_field: _digest(row[long_field])},
+        )
+
+
+def _change_detail(changed: dict[Any, Any], before: dict[str, Any], *, long_field: str) -> dict[str, Any]:
+    """``{"changes": {...}, "before": {...}}`` of the columns that changed; the long text as digests."""
+    after_values: dict[str, Any] = {}
+    before_values: dict[str, Any] = {}
+    for column, value in changed.items():
+        name = column._meta.name
+        if name == long_field:
+            after_values[name], before_values[name] = _digest(value), _digest(before[name])
+        else:
+            after_values[name], before_values[name] = value, before[name]
+    return {"changes": after_values, "before": before_values}
 
 
 def _page_not_found() -> NotFound:
@@ -160,10 +243,7 @@ async def list_pages(
 
 async def get_page(admin: Principal, page_id: uuid.UUID) -> AdminPageOut:
     check_admin(admin)
-    row = await StaticPage.select().where(StaticPage.id == page_id).first()
-    if row is None:
-        raise _page_not_found()
-    return _admin_page_out(row)
+    return _admin_page_out(await _row_or_404(StaticPage, page_id, _page_not_found))
 
 
 async def do_create_page(state: AppState, admin: Principal, data: PageCreate, client: ClientInfo) -> AdminPageOut:
@@ -216,27 +296,20 @@ async def do_update_page(
         values[StaticPage.published] = changes.published
     try:
         async with state.engine.transaction():
-            before = await StaticPage.select().where(StaticPage.id == page_id).first()
-            if before is None:
-                raise _page_not_found()
+            before = await _row_or_404(StaticPage, page_id, _page_not_found)
             if changes.slug is not msgspec.UNSET and await StaticPage.exists().where(
                 StaticPage.slug == changes.slug, StaticPage.id != page_id
             ):
                 raise _slug_taken(changes.slug)
-            changed = {column: value for column, value in values.items() if before[column._meta.name] != value}
-            if not changed:
-                return _admin_page_out(before)
-            changed[StaticPage.updated_by] = admin.user_id
-            [row] = (
-                await StaticPage.update(changed).where(StaticPage.id == page_id).returning(*StaticPage.all_columns())
-            )
-            await record_admin_action(
-                admin,
-                "cms_page.update",
-                target_type="static_page",
-                target_id=page_id,
+            row = await _save_changes(
+                StaticPage,
+                before,
+                values,
+                admin=admin,
                 client=client,
-                detail=_change_detail(changed, before, long_fields={"body_markdown"}, skip={"updated_by"}),
+                action="cms_page.update",
+                long_field="body_markdown",
+                stamp={StaticPage.updated_by: admin.user_id},
             )
     except asyncpg.UniqueViolationError:
         raise _slug_taken(str(changes.slug)) from None
@@ -245,43 +318,17 @@ async def do_update_page(
 
 async def do_delete_page(state: AppState, admin: Principal, page_id: uuid.UUID, client: ClientInfo) -> None:
     check_admin(admin)
-    async with state.engine.transaction():
-        rows = await StaticPage.raw(
-            "DELETE FROM static_pages WHERE id = {} RETURNING slug, title, published, body_markdown", page_id
-        )
-        if not rows:
-            raise _page_not_found()
-        row = rows[0]
-        await record_admin_action(
-            admin,
-            "cms_page.delete",
-            target_type="static_page",
-            target_id=page_id,
-            client=client,
-            detail={
-                "slug": row["slug"],
-                "title": row["title"],
-                "published": row["published"],
-                "body_markdown": _digest(row["body_markdown"]),
-            },
-        )
-
-
-def _change_detail(
-    changed: dict[Any, Any], before: dict[str, Any], *, long_fields: Collection[str], skip: Collection[str] = ()
-) -> dict[str, Any]:
-    """``{"changes": {...}, "before": {...}}`` of the columns that changed; long texts as digests."""
-    after_values: dict[str, Any] = {}
-    before_values: dict[str, Any] = {}
-    for column, value in changed.items():
-        name = column._meta.name
-        if name in skip:
-            continue
-        if name in long_fields:
-            after_values[name], before_values[name] = _digest(value), _digest(before[name])
-        else:
-            after_values[name], before_values[name] = value, before[name]
-    return {"changes": after_values, "before": before_values}
+    await _delete_audited(
+        state,
+        StaticPage,
+        page_id,
+        ("slug", "title", "published"),
+        not_found=_page_not_found,
+        admin=admin,
+        client=client,
+        action="cms_page.delete",
+        long_field="body_markdown",
+    )
 
 
 # -- admin: FAQs -------------------------------------------------------------------------------
@@ -312,10 +359,7 @@ async def list_faqs(
 
 async def get_faq(admin: Principal, faq_id: uuid.UUID) -> AdminFaqOut:
     check_admin(admin)
-    row = await FAQ.select().where(FAQ.id == faq_id).first()
-    if row is None:
-        raise _faq_not_found()
-    return _admin_faq_out(row)
+    return _admin_faq_out(await _row_or_404(FAQ, faq_id, _faq_not_found))
 
 
 async def do_create_faq(state: AppState, admin: Principal, data: FaqCreate, client: ClientInfo) -> AdminFaqOut:
@@ -379,43 +423,23 @@ async def do_update_faq(
     if changes.published is not msgspec.UNSET:
         values[FAQ.published] = changes.published
     async with state.engine.transaction():
-        before = await FAQ.select().where(FAQ.id == faq_id).first()
-        if before is None:
-            raise _faq_not_found()
-        changed = {column: value for column, value in values.items() if before[column._meta.name] != value}
-        if not changed:
-            return _admin_faq_out(before)
-        [row] = await FAQ.update(changed).where(FAQ.id == faq_id).returning(*FAQ.all_columns())
-        await record_admin_action(
-            admin,
-            "faq.update",
-            target_type="faq",
-            target_id=faq_id,
-            client=client,
-            detail=_change_detail(changed, before, long_fields={"answer_markdown"}),
+        before = await _row_or_404(FAQ, faq_id, _faq_not_found)
+        row = await _save_changes(
+            FAQ, before, values, admin=admin, client=client, action="faq.update", long_field="answer_markdown"
         )
     return _admin_faq_out(row)
 
 
 async def do_delete_faq(state: AppState, admin: Principal, faq_id: uuid.UUID, client: ClientInfo) -> None:
     check_admin(admin)
-    async with state.engine.transaction():
-        rows = await FAQ.raw(
-            "DELETE FROM faqs WHERE id = {} RETURNING question, category, published, answer_markdown", faq_id
-        )
-        if not rows:
-            raise _faq_not_found()
-        row = rows[0]
-        await record_admin_action(
-            admin,
-            "faq.delete",
-            target_type="faq",
-            target_id=faq_id,
-            client=client,
-            detail={
-                "question": row["question"],
-                "category": row["category"],
-                "published": row["published"],
-                "answer_markdown": _digest(row["answer_markdown"]),
-            },
-        )
+    await _delete_audited(
+        state,
+        FAQ,
+        faq_id,
+        ("question", "category", "published"),
+        not_found=_faq_not_found,
+        admin=admin,
+        client=client,
+        action="faq.delete",
+        long_field="answer_markdown",
+    )
