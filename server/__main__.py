@@ -29,6 +29,7 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.realtime.frame_writer import GatewayWebSocketProtocol
     from server.realtime.shutdown import DrainingServer
 
     settings = _settings("database_url", "redis_url")
@@ -40,6 +41,9 @@ def serve(args: argparse.Namespace) -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames
+        # (server/realtime/frame_writer.py); "uvicorn" runs the stock one.
+        ws=GatewayWebSocketProtocol if args.ws_protocol == "gateway" else "websockets-sansio",
         ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
         ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
         ws_per_message_deflate=False,  # a zlib context per socket costs far more than the bytes it saves here
@@ -119,6 +123,12 @@ def main(argv: list[str] | None = None) -> None:
     serve_parser = commands.add_parser("serve", help="run the web server (uvicorn)")
     serve_parser.add_argument("--host")
     serve_parser.add_argument("--port", type=int)
+    serve_parser.add_argument(
+        "--ws-protocol",
+        choices=("gateway", "uvicorn"),
+        default="gateway",
+        help="WebSocket protocol: uvicorn's plus direct frame writes (default), or uvicorn's stock one",
+    )
     serve_parser.set_defaults(handler=serve)
     worker_parser = commands.add_parser("worker", help="run the arq worker")
     worker_parser.add_argument("--check", action="store_true", help="exit 0 only if a worker is alive")

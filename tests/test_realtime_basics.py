@@ -14,9 +14,10 @@ from tests.support.nodes import WebNode
 from tests.support.sdk import sdk_client, subscription
 
 
-@pytest.fixture
-async def node(app, settings: Settings) -> AsyncIterator[WebNode]:
-    web = await WebNode(settings).start()
+@pytest.fixture(params=["gateway", "uvicorn"])
+async def node(app, settings: Settings, request: pytest.FixtureRequest) -> AsyncIterator[WebNode]:
+    """A web process writing frames itself, and one sending them through uvicorn's stock ASGI protocol."""
+    web = await WebNode(settings, ws_protocol=request.param).start()
     yield web
     await web.stop()
 

@@ -50,9 +50,9 @@ async def node(settings: Settings) -> AsyncIterator[WebNode]:
 
 
 @asynccontextmanager
-async def dedicated_node(settings: Settings, **env: str) -> AsyncIterator[WebNode]:
+async def dedicated_node(settings: Settings, ws_protocol: str = "gateway", **env: str) -> AsyncIterator[WebNode]:
     """A web process of the test's own, with its own settings."""
-    web = WebNode(settings, DRAIN_SECONDS="0", **env)
+    web = WebNode(settings, ws_protocol, DRAIN_SECONDS="0", **env)
     try:
         yield await web.start()
     finally:
@@ -465,8 +465,9 @@ def rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.parametrize("ws_protocol", ["gateway", "uvicorn"])
 async def test_a_slow_consumer_is_disconnected_with_3008_and_memory_stays_bounded(
-    settings: Settings, community: Community
+    settings: Settings, community: Community, ws_protocol: str
 ) -> None:
     mentor, member, lounge = await lounge_with_member(community)
     stuck_user = await community.user("stuck@example.com")
@@ -474,14 +475,17 @@ async def test_a_slow_consumer_is_disconnected_with_3008_and_memory_stays_bounde
     channel = lounge["channel"]
     """A subscriber that stops reading while a lounge is flooded is disconnected as a slow
     consumer (3008) once WS_OUTBOUND_MAX_BYTES wait for it; the node's memory stays flat
-    and the other subscribers get everything, in order.
+    and the other subscribers get everything, in order. Both ways of writing frames: the
+    gateway's own (the transport's buffer is the backlog) and ASGI sends (the queue is).
 
     The stuck client uses a small receive buffer and MSS so the kernels hold little for
     it (on loopback the MSS is ~64 KiB and the server's send buffer autotunes to MiBs)."""
     publishers, per_publisher, text = 4, 100, "flood " * 600  # 400 messages of ~3.9 kB: ~1.6 MB
     total = publishers * per_publisher
 
-    async with dedicated_node(settings, WS_OUTBOUND_MAX_BYTES="65536", PUBLISH_RATE_LIMIT="100000/1") as web:
+    async with dedicated_node(
+        settings, ws_protocol, WS_OUTBOUND_MAX_BYTES="65536", PUBLISH_RATE_LIMIT="100000/1"
+    ) as web:
         assert web.process is not None
         pid = web.process.pid
         async with (

@@ -1,12 +1,14 @@
 """One client socket: its identity, subscriptions and bounded outbound queue.
 
-Frames for a socket are queued and written by one writer task that joins all
-queued frames into a single WebSocket text frame (newline-separated, as the
-protocol allows). The node wakes writers in batches (``Node.wake_writer``), so
-frames queued for one socket between two wake-ups leave together. A client
-that does not read falls behind; once ``WS_OUTBOUND_MAX_BYTES`` are queued it
-is disconnected as a slow consumer (3008), so one stuck phone cannot make the
-server's memory grow.
+Frames for a socket are queued and flushed by the node once per event-loop turn
+(``Node.schedule_flush``): all frames queued for one socket since its last flush
+leave in a single WebSocket text frame (newline-separated, as the protocol
+allows). Under uvicorn with the gateway's protocol the frame is written straight
+to the socket (:mod:`server.realtime.frame_writer`; a broadcast's frame is built
+once for all its sockets); elsewhere a writer task sends it through ASGI. A client
+that does not read falls behind; once more than ``WS_OUTBOUND_MAX_BYTES`` wait
+unsent it is disconnected as a slow consumer (3008), so one stuck phone cannot make
+the server's memory grow.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from litestar.types import Send
 
 from server.accounts.services import Principal
 from server.realtime import protocol
+from server.realtime.frame_writer import GatewayWebSocketProtocol, text_frame
 
 if TYPE_CHECKING:
     from server.realtime.node import Node
@@ -46,8 +49,10 @@ class Connection:
     """A WebSocket client speaking the Centrifuge protocol."""
 
     __slots__ = (
+        "_flush_pending",
+        "_frames",
         "_send",
-        "_wake_pending",
+        "_started",
         "_wakeup",
         "_writer",
         "client_id",
@@ -66,18 +71,20 @@ class Connection:
         "subs",
     )
 
-    def __init__(self, node: Node, send: Send) -> None:
+    def __init__(self, node: Node, send: Send, frames: GatewayWebSocketProtocol | None = None) -> None:
         self.node = node
         self._send = send
+        self._frames = frames  # writes frames synchronously; None: send through ASGI
         self.client_id = uuid.uuid4().hex
         self.principal: Principal | None = None
         self.full_name = ""
         self.subs: dict[str, Subscription] = {}
         self.queue: list[bytes] = []
         self.queued_bytes = 0
-        self._writer: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] | None = None  # set while the writer waits
-        self._wake_pending = False
+        self._started = False  # frames are flushed once the connect reply went out
+        self._flush_pending = False
+        self._writer: asyncio.Task[None] | None = None  # ASGI only
+        self._wakeup: asyncio.Future[None] | None = None  # set while the ASGI writer waits
         self.closed = False
         self.connected = False
         self.close_code = 0
@@ -90,7 +97,12 @@ class Connection:
     # -- writing -----------------------------------------------------------------------------
 
     def start_writer(self) -> None:
-        self._writer = asyncio.create_task(self._write_loop())
+        """Start flushing queued frames (after the connect reply was sent)."""
+        self._started = True
+        if self._frames is None:
+            self._writer = asyncio.create_task(self._write_loop())
+        elif self.queue:
+            self._request_flush()
 
     def enqueue(self, frame: bytes) -> None:
         """Queue a frame for this client; a client too far behind is disconnected."""
@@ -104,19 +116,43 @@ class Connection:
             return
         self.queued_bytes += len(frame)
         self.queue.append(frame)
-        if self._wakeup is not None and not self._wake_pending:
-            self._wake_pending = True
-            self.node.wake_writer(self)
+        if self._started and not self._flush_pending:
+            self._request_flush()
 
-    def wake(self) -> None:
-        """Let the writer send what is queued (called by the node, batched per loop turn)."""
-        self._wake_pending = False
-        wakeup = self._wakeup
-        if wakeup is not None and not wakeup.done():
-            wakeup.set_result(None)
+    def _request_flush(self) -> None:
+        self._flush_pending = True
+        self.node.schedule_flush(self)
+
+    def flush(self) -> None:
+        """Send what is queued as one frame (called by the node, once per loop turn)."""
+        self._flush_pending = False
+        if self.closed or not self.queue:
+            return
+        if self._frames is None:  # ASGI: the writer task sends it
+            wakeup = self._wakeup
+            if wakeup is not None and not wakeup.done():
+                wakeup.set_result(None)
+            return
+        frames, self.queue = self.queue, []
+        # A frame queued alone (a broadcast's, usually) is framed once for all its sockets.
+        frame = self.node.wire_frame(frames[0]) if len(frames) == 1 else text_frame(b"\n".join(frames))
+        unsent = self._frames.write_frame(frame)
+        if unsent < 0:  # the socket is closing; the reader sees the disconnect
+            self.closed = True
+            self.queue.clear()
+            self.queued_bytes = 0
+            return
+        # The transport keeps what the peer has not taken yet: that is this client's backlog.
+        self.queued_bytes = unsent
+        if unsent > self.node.settings.ws_outbound_max_bytes:
+            self.abort(protocol.DISCONNECT_SLOW, "slow consumer")
 
     async def send_now(self, frame: bytes) -> None:
-        """Write a frame directly (before the writer runs, e.g. the connect reply)."""
+        """Write a frame directly, ahead of the queue (the connect reply, a goodbye)."""
+        if self._frames is not None:
+            if self._frames.write_frame(text_frame(frame)) < 0:
+                raise ConnectionError("the socket is closed")
+            return
         await self._send({"type": "websocket.send", "text": frame.decode()})
 
     async def _write_loop(self) -> None:

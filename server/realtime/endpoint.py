@@ -3,8 +3,10 @@
 Sockets on this path are served as raw ASGI straight from the application's
 entry point (:func:`gateway_dispatch`), ahead of Litestar's routing and the
 request-context middleware: nothing per socket but the protocol state stays
-alive for the socket's lifetime, uvicorn's own ``send`` is used per frame, and
-every failure is answered as a protocol frame instead of closing with 4500.
+alive for the socket's lifetime, frames go out through the scope's frame writer
+when the server offers one (:mod:`server.realtime.frame_writer`) or else ASGI
+``send``, and every failure is answered as a protocol frame instead of closing
+with 4500.
 A plain HTTP request to the path reaches the Litestar route and gets 426.
 """
 
@@ -19,6 +21,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from server.realtime import protocol
 from server.realtime.commands import handle_frame
 from server.realtime.connection import Connection
+from server.realtime.frame_writer import EXTENSION
 from server.realtime.node import Node
 
 log = logging.getLogger("lounges.realtime")
@@ -40,21 +43,21 @@ def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
-            await serve_websocket(state.node, receive, send)
+            await serve_websocket(state.node, scope, receive, send)
             return
         await app(scope, receive, send)
 
     return dispatch
 
 
-async def serve_websocket(node: Node, receive: Receive, send: Send) -> None:
+async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send) -> None:
     """Speak the Centrifuge client protocol v2 (JSON) with one client."""
     await receive()  # websocket.connect
     if node.draining:
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
         return
     await send({"type": "websocket.accept"})
-    connection = Connection(node, send)
+    connection = Connection(node, send, scope.get("extensions", {}).get(EXTENSION))
     node.add(connection)
     try:
         while True:

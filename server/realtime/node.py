@@ -14,10 +14,12 @@ the node subscribes to a user's channel on Redis while it holds a socket of
 that user and hands each push to ``by_user``.
 
 Fan-out. A publication is encoded once per hub and queued on every subscriber;
-writers are woken at most ``WAKE_BATCH`` per event-loop iteration, so a broadcast
-to a large room never holds the loop for one long iteration (the publish path's
-database and Redis replies interleave with it) and frames that queue meanwhile
-leave in one WebSocket frame.
+the node flushes the sockets that have frames queued, at most ``FLUSH_BATCH``
+per event-loop turn, so a broadcast to a large room never holds the
+loop for one long iteration (the publish path's database and Redis replies
+interleave with it) and frames that queue meanwhile leave in one WebSocket frame.
+A frame queued alone (the common case of a broadcast) is framed once for all the
+sockets it goes to (:meth:`Node.wire_frame`).
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ from server.realtime.channels import (
     pubsub_channel,
 )
 from server.realtime.connection import Connection
+from server.realtime.frame_writer import text_frame
 from server.realtime.presence import Presence
 
 log = logging.getLogger("lounges.realtime")
 
 RING_SIZE = 256  # recent publications kept per hub for instant recovery
 GAP_GRACE = 0.05  # seconds to wait for an out-of-order publication before reading the log
-WAKE_BATCH = 16  # socket writers woken per event-loop iteration
+FLUSH_BATCH = 16  # sockets flushed per event-loop iteration
 PERSONAL_PREFIX = "user#"
 _wire_decoder = msgspec.json.Decoder(Wire)
 
@@ -141,8 +144,10 @@ class Node:
         self._ticker: asyncio.Task[None] | None = None
         self._control = control_channel(self.prefix)
         self._subscribed_ok = asyncio.Event()
-        self._to_wake: deque[Connection] = deque()
-        self._waking = False
+        self._to_flush: deque[Connection] = deque()
+        self._flushing = False
+        # id(payload) -> (payload, frame) until the sockets waiting for a flush are done
+        self._wire_frames: dict[int, tuple[bytes, bytes]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -192,21 +197,33 @@ class Node:
     def add(self, connection: Connection) -> None:
         self.connections.add(connection)
 
-    def wake_writer(self, connection: Connection) -> None:
-        """Wake ``connection``'s writer soon, at most ``WAKE_BATCH`` per loop iteration."""
-        self._to_wake.append(connection)
-        if not self._waking:
-            self._waking = True
-            asyncio.get_running_loop().call_soon(self._wake_writers)
+    def schedule_flush(self, connection: Connection) -> None:
+        """Flush ``connection``'s queued frames soon, at most ``FLUSH_BATCH`` sockets per loop iteration."""
+        self._to_flush.append(connection)
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().call_soon(self._flush)
 
-    def _wake_writers(self) -> None:
-        to_wake = self._to_wake
-        for _ in range(min(WAKE_BATCH, len(to_wake))):
-            to_wake.popleft().wake()
-        if to_wake:
-            asyncio.get_running_loop().call_soon(self._wake_writers)
-        else:
-            self._waking = False
+    def _flush(self) -> None:
+        to_flush = self._to_flush
+        try:
+            for _ in range(min(FLUSH_BATCH, len(to_flush))):
+                to_flush.popleft().flush()
+        finally:
+            if to_flush:
+                asyncio.get_running_loop().call_soon(self._flush)
+            else:
+                self._flushing = False
+                self._wire_frames.clear()
+
+    def wire_frame(self, payload: bytes) -> bytes:
+        """``payload`` as a WebSocket frame, built once for every socket it goes to in this round of flushes."""
+        cached = self._wire_frames.get(id(payload))
+        if cached is not None and cached[0] is payload:
+            return cached[1]
+        frame = text_frame(payload)
+        self._wire_frames[id(payload)] = (payload, frame)  # holding payload keeps its id unique
+        return frame
 
     async def join_personal(self, connection: Connection) -> None:
         """Index an authenticated socket by user and session; the user's first socket

@@ -46,10 +46,12 @@ def node_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 
 class WebNode:
-    """One ``python -m server serve`` process on a free port."""
+    """One ``python -m server serve`` process on a free port (``ws_protocol``: its
+    ``--ws-protocol``, the gateway's frame-writing one by default)."""
 
-    def __init__(self, settings: Settings, **env: str) -> None:
+    def __init__(self, settings: Settings, ws_protocol: str = "gateway", **env: str) -> None:
         self.port = free_port()
+        self.ws_protocol = ws_protocol
         self.env = node_env(settings, **env)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +65,9 @@ class WebNode:
 
     async def start(self, timeout: float = 30.0) -> WebNode:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env
+            [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--ws-protocol", self.ws_protocol],
+            cwd=ROOT,
+            env=self.env,
         )
         async with httpx.AsyncClient() as http:
             deadline = asyncio.get_running_loop().time() + timeout
