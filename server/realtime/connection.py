@@ -1,6 +1,6 @@
 """One client socket: its identity, subscriptions and bounded outbound queue.
 
-Frames for a socket are queued and flushed by the node once per event-loop turn
+Frames for a socket are queued and flushed by the node on a later event-loop turn
 (``Node.schedule_flush``): all frames queued for one socket since its last flush
 leave in a single WebSocket text frame (newline-separated, as the protocol
 allows). Under uvicorn with the gateway's protocol the frame is written straight
@@ -124,7 +124,7 @@ class Connection:
         self.node.schedule_flush(self)
 
     def flush(self) -> None:
-        """Send what is queued as one frame (called by the node, once per loop turn)."""
+        """Send what is queued as one frame (called by the node)."""
         self._flush_pending = False
         if self.closed or not self.queue:
             return

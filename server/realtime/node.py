@@ -58,6 +58,7 @@ log = logging.getLogger("lounges.realtime")
 RING_SIZE = 256  # recent publications kept per hub for instant recovery
 GAP_GRACE = 0.05  # seconds to wait for an out-of-order publication before reading the log
 FLUSH_BATCH = 16  # sockets flushed per event-loop iteration
+WIRE_FRAMES_KEPT = 64  # broadcast frames remembered while sockets wait for a flush
 PERSONAL_PREFIX = "user#"
 _wire_decoder = msgspec.json.Decoder(Wire)
 
@@ -222,6 +223,8 @@ class Node:
         if cached is not None and cached[0] is payload:
             return cached[1]
         frame = text_frame(payload)
+        if len(self._wire_frames) >= WIRE_FRAMES_KEPT:  # flushes that never run dry keep no history
+            self._wire_frames.clear()
         self._wire_frames[id(payload)] = (payload, frame)  # holding payload keeps its id unique
         return frame
 
