@@ -28,24 +28,26 @@ For each corpus size (default 20,000 and 100,000 chunks) the harness
 
 Variants per query (their order rotates from query to query):
 
-- ``default``  — ``retrieve()`` as the coach calls it (exact scan up to
-  ``RETRIEVAL_EXACT_MAX_CHUNKS`` eligible chunks, HNSW over-fetch above);
+- ``default``  — ``retrieve()`` as the coach calls it (each part — the
+  asker's notes, the lounge's files — searched exactly up to
+  ``RETRIEVAL_EXACT_MAX_CHUNKS`` chunks, by an HNSW over-fetch sized by its
+  selectivity above);
 - ``hnsw``     — ``retrieve(..., exact_max_chunks=0)``: the HNSW over-fetch
-  path forced for everyone (it still falls back to the exact scan when fewer
+  path forced for every part (it still falls back to the exact scan when fewer
   than k candidates survive the filter; those fall-backs are counted);
 - ``exact``    — ``retrieve(..., exact_max_chunks=10**9)``: the exact scan
   forced for everyone (latency reference);
-- ``naive``    — the filtered HNSW query a developer would write
-  (``WHERE <eligible> ORDER BY embedding <=> q LIMIT k``; sequential and bitmap
-  scans off so the planner takes the HNSW index, as it does on a big table;
-  ``hnsw.ef_search`` at its default 40), for contrast: pgvector 0.6 filters the
-  40 candidates the index returns.
+- ``naive``    — the filtered HNSW queries a developer would write on the same
+  indexes (per source type ``WHERE <eligible> ORDER BY embedding <=> q LIMIT
+  k``, merged; sequential and bitmap scans off so the planner takes the HNSW
+  indexes, as it does on a big table; ``hnsw.ef_search`` at its default 40),
+  for contrast: pgvector 0.6 filters the 40 candidates an index returns.
 
 Reported per size and variant: recall@k (mean, min), answers with exactly
 ``min(k, eligible)`` results, chunks returned that the asker may not read (must
 be 0), latency p50/p95/p99 (wall time of the call, one query at a time), which
-path answered (``exact``, ``ann``, ``ann x2`` for the second over-fetch,
-``>exact`` for a fall-back), the same by asker, by where the query lies and by
+path answered per part (``note exact``, ``file ann``, ``>exact`` for a
+fall-back), the same by asker, by where the query lies and by
 path, and how much worse the answer's k-th hit is than the exact k-th (cosine
 similarity). A profile times each step of ``nearest_chunks`` alone for one
 asker of each kind (wall time here, and PostgreSQL's execution time from
@@ -322,12 +324,14 @@ async def load(connection: Any, corpus: Corpus, *, bulk_index: bool, batch: int 
     )
     index_ddl = None
     if bulk_index:
-        # Bulk build: drop the model's HNSW index, COPY, recreate it with the very same DDL
+        # Bulk build: drop the model's HNSW indexes, COPY, recreate them with the very same DDL
         # (pg_indexes.indexdef) and enough maintenance_work_mem for an in-memory build.
-        index_ddl = await connection.fetchval(
-            "SELECT indexdef FROM pg_indexes WHERE indexname = $1", hnsw_index_name(corpus.model)
-        )
-        await connection.execute(f"DROP INDEX {hnsw_index_name(corpus.model)}")
+        index_ddl = [
+            await connection.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = $1", name)
+            for name in hnsw_index_names(corpus.model)
+        ]
+        for name in hnsw_index_names(corpus.model):
+            await connection.execute(f"DROP INDEX {name}")
     owner_of_note = {n: u for n, u, _ in corpus.notes}
     file_ids = {f for f, _, _ in corpus.files}
     inserted = 0
@@ -378,11 +382,14 @@ async def load(connection: Any, corpus: Corpus, *, bulk_index: bool, batch: int 
     if index_ddl is not None:
         index_started = time.perf_counter()
         await connection.execute("SET maintenance_work_mem = '1GB'")
-        await connection.execute(index_ddl, timeout=3600)  # the pool's command timeout is 30 s
+        for ddl in index_ddl:
+            await connection.execute(ddl, timeout=3600)  # the pool's command timeout is 30 s
         await connection.execute("RESET maintenance_work_mem")
         index_seconds = time.perf_counter() - index_started
     chunk_seconds = time.perf_counter() - chunk_started
-    await connection.execute("ANALYZE", timeout=600)
+    # The steady state autovacuum keeps: statistics (and the HNSW indexes' row estimates, which
+    # size retrieval's over-fetch) current, the visibility map set for index-only counts.
+    await connection.execute("VACUUM ANALYZE", timeout=600)
     return {
         "load_s": round(time.perf_counter() - started, 2),
         "chunk_insert_s": round(chunk_seconds, 2),
@@ -392,11 +399,11 @@ async def load(connection: Any, corpus: Corpus, *, bulk_index: bool, batch: int 
     }
 
 
-def hnsw_index_name(model: str) -> str:
-    return {
-        "all-minilm-l6-v2": "knowledge_chunks_embedding_minilm_hnsw",
-        "hashing-384": "knowledge_chunks_embedding_hashing_hnsw",
-    }[model]
+def hnsw_index_names(model: str) -> list[str]:
+    """The model's partial HNSW indexes, one per source type."""
+    from server.knowledge.tables import EmbeddingModel, KnowledgeSourceType, hnsw_index
+
+    return [hnsw_index(EmbeddingModel(model), source) for source in KnowledgeSourceType]
 
 
 async def wipe(connection: Any) -> None:
@@ -484,13 +491,13 @@ class SqlCounter:
         self._exact, self._ann = retrieval.exact_sql, retrieval.ann_sql
 
     def __enter__(self) -> SqlCounter:
-        def exact(model: str) -> str:
-            self.counts["exact"] += 1
-            return self._exact(model)
+        def exact(model: str, source: Any) -> str:
+            self.counts[(source.value, "exact")] += 1
+            return self._exact(model, source)
 
-        def ann(model: str, inner: int) -> str:
-            self.counts[f"ann{inner}"] += 1
-            return self._ann(model, inner)
+        def ann(model: str, source: Any, inner: int) -> str:
+            self.counts[(source.value, "ann")] += 1
+            return self._ann(model, source, inner)
 
         self.module.exact_sql, self.module.ann_sql = exact, ann
         return self
@@ -499,24 +506,33 @@ class SqlCounter:
         self.module.exact_sql, self.module.ann_sql = self._exact, self._ann
 
     def take(self) -> str:
-        """The path of the last call: ``exact``, ``ann`` (how many attempts) or ``ann>exact`` (fall-back)."""
+        """The paths of the last call per part, e.g. ``note exact + file ann``; ``ann>exact`` is a fall-back."""
         counts, self.counts = self.counts, Counter()
-        attempts = sum(v for k, v in counts.items() if k.startswith("ann"))
-        if not attempts:
-            return "exact" if counts["exact"] else "none"
-        path = "ann" if attempts == 1 else f"ann x{attempts}"
-        return path + (">exact" if counts["exact"] else "")
+        paths = []
+        for source in ("note", "file"):
+            if counts[(source, "ann")]:
+                paths.append(f"{source} ann" + (">exact" if counts[(source, "exact")] else ""))
+            elif counts[(source, "exact")]:
+                paths.append(f"{source} exact")
+        return " + ".join(paths) or "none"
 
 
 def naive_sql(model: str) -> str:
+    """Each source type's filtered HNSW scan (its partial index), merged."""
     return f"""
-        SELECT coalesce(c.note, c.file) AS source_id, c.chunk_index
-        FROM knowledge_chunks c
-        WHERE c.embedding_model = '{model}' AND (
-            (c.source_type = 'note' AND c.owner = $1)
-            OR (c.source_type = 'file' AND c.lounge = $2
-                AND EXISTS (SELECT 1 FROM files f WHERE f.id = c.file AND f.status <> 'deleted')))
-        ORDER BY c.embedding::vector({DIM}) <=> $3
+        SELECT source_id, chunk_index FROM (
+            (SELECT coalesce(c.note, c.file) AS source_id, c.chunk_index, c.embedding::vector({DIM}) <=> $3 AS d
+             FROM knowledge_chunks c
+             WHERE c.embedding_model = '{model}' AND c.source_type = 'note' AND c.owner = $1
+             ORDER BY c.embedding::vector({DIM}) <=> $3 LIMIT $4)
+            UNION ALL
+            (SELECT coalesce(c.note, c.file) AS source_id, c.chunk_index, c.embedding::vector({DIM}) <=> $3 AS d
+             FROM knowledge_chunks c
+             WHERE c.embedding_model = '{model}' AND c.source_type = 'file' AND c.lounge = $2
+               AND EXISTS (SELECT 1 FROM files f WHERE f.id = c.file AND f.status <> 'deleted')
+             ORDER BY c.embedding::vector({DIM}) <=> $3 LIMIT $4)
+        ) both_parts
+        ORDER BY d
         LIMIT $4
     """
 
@@ -614,8 +630,6 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
     from server.knowledge.tables import KnowledgeChunk
 
     pool = KnowledgeChunk._meta.db.pool
-    literal = f"'{corpus.model}'"
-    count_sql = f"SELECT count(*) FROM knowledge_chunks c WHERE c.embedding_model = {literal} AND {retrieval._ELIGIBLE}"
     picks: dict[str, Query] = {}
     for query in queries:
         name = query.group + (
@@ -625,22 +639,18 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
     out = []
     for name, query in sorted(picks.items()):
         lounge = query.lounge if query.user.membership == "active" else None
-        steps: list[tuple[str, str | None, tuple, int | None]] = [
-            ("count eligible", count_sql, (query.user.id, lounge), None),
-            (
-                "HNSW over-fetch 400",
-                retrieval.ann_sql(corpus.model, 400),
-                (query.user.id, lounge, query.vector, K),
-                400,
-            ),
-            (
-                "HNSW over-fetch 1000",
-                retrieval.ann_sql(corpus.model, 1000),
-                (query.user.id, lounge, query.vector, K),
-                1000,
-            ),
-            ("exact scan", retrieval.exact_sql(corpus.model), (query.user.id, lounge, query.vector, K), None),
-        ]
+        scopes = [(retrieval.NOTE, query.user.id)] + ([(retrieval.FILE, lounge)] if lounge else [])
+        steps: list[tuple[str, str, tuple, int | None]] = []
+        for source, scope in scopes:
+            async with pool.acquire() as connection:
+                part = await retrieval.count_part(connection, source, scope, model=corpus.model)
+            arguments = (*part.arguments, query.vector, K)
+            inner = part.overfetch(K)
+            steps.append(
+                (f"{source} count", retrieval.count_sql(corpus.model, source), (scope, retrieval.COUNT_CAP), None)
+            )
+            steps.append((f"{source} exact", retrieval.exact_sql(corpus.model, source), arguments, None))
+            steps.append((f"{source} HNSW", retrieval.ann_sql(corpus.model, source, inner), arguments, inner))
         row: dict[str, Any] = {"asker": name, "eligible": query.eligible, "steps": {}}
         wall = []
         for _ in range(repeats):
@@ -660,7 +670,7 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
                         started = time.perf_counter()
                         rows = await connection.fetch(sql, *params)
                         wall.append(time.perf_counter() - started)
-                        returned = rows[0][0] if label == "count eligible" else len(rows)
+                        returned = rows[0]["count"] if label.endswith("count") else len(rows)
                         plan = [r[0] for r in await connection.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *params)]
                     for line in plan:
                         if line.startswith("Execution Time"):
@@ -671,6 +681,7 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
                     "pg_execution_ms": statistics.median(executed) if executed else None,
                     "buffers": buffers,
                     "returned": returned,
+                    "ef_search": inner,
                 }
         out.append(row)
     return out
@@ -776,8 +787,10 @@ async def run_sizes(env: dict[str, str], options: argparse.Namespace) -> list[di
                     loading["chunks_per_s"],
                 )
                 table_mib = await connection.fetchval("SELECT pg_total_relation_size('knowledge_chunks') / 1048576.0")
-                index = hnsw_index_name(corpus.model)
-                index_mib = await connection.fetchval(f"SELECT pg_relation_size('{index}') / 1048576.0")
+                indexes = hnsw_index_names(corpus.model)
+                index_mib = await connection.fetchval(
+                    "SELECT sum(pg_relation_size(name::regclass)) / 1048576.0 FROM unnest($1::text[]) name", indexes
+                )
             plan = await explain_naive(engine.pool, corpus)
             queries = plan_queries(corpus, options.queries, options.seed + number)
             busy = wait_for_quiet(options.quiet_wait, BUSY_WARNING) if options.quiet_wait > 0 else None
@@ -795,9 +808,9 @@ async def run_sizes(env: dict[str, str], options: argparse.Namespace) -> list[di
                     "corpus": corpus_stats(corpus, exact_max),
                     "load": {**loading, "generate_s": round(generated, 2)},
                     "table_mib": float(table_mib),
-                    "hnsw_index": index,
+                    "hnsw_indexes": indexes,
                     "hnsw_index_mib": float(index_mib),
-                    "naive_plan_uses_hnsw": index in plan,
+                    "naive_plan_uses_hnsw": all(index in plan for index in indexes),
                     "naive_plan": plan,
                     "machine_busy_before_percent": busy,
                     "measure_s": round(seconds, 1),
@@ -1035,7 +1048,7 @@ def render(sizes: list[dict[str, Any]], config: dict[str, Any], verdict: dict[st
     paths = format_table(
         ["chunks", "variant", "path", "queries", "recall@10", "p50 ms", "p95 ms", "max ms"], path_rows, align="rllrrrrr"
     )
-    step_names = ["membership check", "count eligible", "HNSW over-fetch 400", "HNSW over-fetch 1000", "exact scan"]
+    step_names = ["membership check", "note count", "note exact", "note HNSW", "file count", "file exact", "file HNSW"]
     profile_rows = []
     for s in sizes:
         for asker in s["profile"]:
@@ -1043,13 +1056,19 @@ def render(sizes: list[dict[str, Any]], config: dict[str, Any], verdict: dict[st
             for step in step_names:
                 st = asker["steps"].get(step, {})
                 pg = st.get("pg_execution_ms")
-                cells.append(fmt(st.get("wall_ms"), 1) + (f" ({pg:.1f})" if pg is not None else ""))
+                ef = st.get("ef_search")
+                cells.append(
+                    fmt(st.get("wall_ms"), 1)
+                    + (f" ({pg:.1f})" if pg is not None else "")
+                    + (f" ef {ef}" if ef is not None else "")
+                )
             profile_rows.append(cells)
-    profile = format_table(["chunks", "asker", "eligible", *step_names], profile_rows, align="rlrrrrrr")
+    profile = format_table(["chunks", "asker", "eligible", *step_names], profile_rows, align="rlrrrrrrrr")
     return (
         f"{head}\n\n{corpus}\n\n{table}\n{note}\n\nby asker:\n{groups}\n\nby query (answer's k-th hit vs the exact "
         f"k-th, cosine similarity):\n{kinds}\n\nby path taken:\n{paths}\n\nprofile: each step of nearest_chunks() "
-        f"alone, median ms in this process (PostgreSQL's execution time):\n{profile}\n\ntargets:\n{verdict_table}"
+        f"alone (retrieve() runs the two parts side by side), median ms in this process (PostgreSQL's "
+        f"execution time):\n{profile}\n\ntargets:\n{verdict_table}"
     )
 
 

@@ -138,8 +138,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Chunks: at most this many characters, the next repeating this many of the last.
     embeddings_chunk_chars: Annotated[int, msgspec.Meta(ge=200, le=8000)] = 800
     embeddings_chunk_overlap: Annotated[int, msgspec.Meta(ge=0, le=2000)] = 120
-    # Retrieval scans the asker's eligible chunks exactly up to this many, else uses HNSW.
-    retrieval_exact_max_chunks: PositiveInt = 5000
+    # Retrieval ranks each part (own notes, the lounge's files) exactly up to this many chunks, else HNSW.
+    retrieval_exact_max_chunks: PositiveInt = 10000
 
     # Time capsules and notifications.
     # Furthest ahead a capsule may be sealed, in days (25 years), and capsules per user.

@@ -38,8 +38,8 @@ from server.knowledge.embeddings import (
     get_embedder,
     resolve_provider,
 )
-from server.knowledge.retrieval import ann_sql, nearest_chunks, retrieve
-from server.knowledge.tables import KnowledgeChunk
+from server.knowledge.retrieval import FILE, NOTE, ann_sql, nearest_chunks, retrieve
+from server.knowledge.tables import EmbeddingModel, KnowledgeChunk, hnsw_index
 from server.notes.tables import Note
 from server.settings import Settings
 from tests.support.community import Community
@@ -483,7 +483,8 @@ async def _naive_filtered_hnsw(connection: Any, user: dict[str, Any], query: np.
         rows = await connection.fetch(
             f"""SELECT note, chunk_index FROM (
                     SELECT note, owner, chunk_index, embedding::vector({DIM}) <=> $1 AS d FROM knowledge_chunks
-                    WHERE embedding_model = '{MODEL}' ORDER BY embedding::vector({DIM}) <=> $1 LIMIT 40
+                    WHERE embedding_model = '{MODEL}' AND source_type = 'note'
+                    ORDER BY embedding::vector({DIM}) <=> $1 LIMIT 40
                 ) c WHERE owner = $2 ORDER BY d LIMIT {K}""",
             query,
             user["id"],
@@ -499,15 +500,17 @@ async def test_filtered_search_recall_against_an_exact_scan(app: Litestar, commu
         await connection.execute("ANALYZE knowledge_chunks")
         assert await connection.fetchval("SELECT count(*) FROM knowledge_chunks") > 3000
 
-        async with connection.transaction():
-            await connection.execute("SET LOCAL enable_seqscan = off")
-            plan = "\n".join(
-                r[0]
-                for r in await connection.fetch(
-                    "EXPLAIN " + ann_sql(MODEL, 400), uuid.uuid4(), None, np.zeros(DIM, np.float32), K
+        # The ANN path really scans each part's own HNSW index.
+        for source, arguments in ((NOTE, (uuid.uuid4(),)), (FILE, (data["lounge"], []))):
+            async with connection.transaction():
+                await connection.execute("SET LOCAL enable_seqscan = off")
+                plan = "\n".join(
+                    r[0]
+                    for r in await connection.fetch(
+                        "EXPLAIN " + ann_sql(MODEL, source, 40), *arguments, np.zeros(DIM, np.float32), K
+                    )
                 )
-            )
-        assert "knowledge_chunks_embedding_minilm_hnsw" in plan  # the ANN path really scans HNSW
+            assert hnsw_index(EmbeddingModel(MODEL), source) in plan, plan
 
         measured: dict[str, list[float]] = {"exact": [], "ann": [], "naive": []}
         short: dict[str, int] = {"exact": 0, "ann": 0, "naive": 0}

@@ -36,7 +36,7 @@ from piccolo.table import Table, create_table_class
 from server.accounts.tables import User
 from server.chat.tables import Message
 from server.core.db_columns import Vector
-from server.knowledge.tables import EMBEDDING_DIMENSIONS
+from server.knowledge.tables import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
 from server.piccolo_app import ALL_TABLES, APP_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -55,8 +55,14 @@ RAW_INDEXES = {
     "knowledge_chunks_note_chunk_key",
     "knowledge_chunks_file_chunk_key",
     "knowledge_chunks_fts_idx",
-    "knowledge_chunks_embedding_minilm_hnsw",
-    "knowledge_chunks_embedding_te3small_hnsw",
+    "knowledge_chunks_minilm_note_hnsw",
+    "knowledge_chunks_minilm_file_hnsw",
+    "knowledge_chunks_te3small_note_hnsw",
+    "knowledge_chunks_te3small_file_hnsw",
+    "knowledge_chunks_hashing_note_hnsw",
+    "knowledge_chunks_hashing_file_hnsw",
+    "knowledge_chunks_note_owner_idx",
+    "knowledge_chunks_file_lounge_idx",
     "time_capsules_status_unlock_at_idx",
     "subscriptions_user_status_idx",
     "payments_user_created_at_idx",
@@ -228,12 +234,13 @@ async def test_migrations_build_the_declared_schema(empty_database_url: str) -> 
     indexes = {row["indexname"]: row["indexdef"] for row in index_rows}
     assert set(indexes) >= RAW_INDEXES, RAW_INDEXES - set(indexes)
     hnsw = {name: definition for name, definition in indexes.items() if "USING hnsw" in definition}
-    assert len(hnsw) == len(EMBEDDING_DIMENSIONS)
+    # One partial HNSW index per model and source type: retrieval searches notes and files apart.
+    assert len(hnsw) == len(EMBEDDING_DIMENSIONS) * len(KnowledgeSourceType)
     for model, dimensions in EMBEDDING_DIMENSIONS.items():
-        assert any(
-            f"vector({dimensions})) vector_cosine_ops" in definition and f"'{model}'" in definition
-            for definition in hnsw.values()
-        ), model
+        for source_type in KnowledgeSourceType:
+            definition = hnsw[hnsw_index(model, source_type)]
+            assert f"vector({dimensions})) vector_cosine_ops" in definition, definition
+            assert f"'{model}'" in definition and f"'{source_type}'" in definition, definition
 
 
 async def test_migrations_roll_back_to_an_empty_database(empty_database_url: str) -> None:
@@ -320,7 +327,7 @@ async def test_vector_column_round_trips(empty_database_url: str) -> None:
     vectors = [[rng.uniform(-1.0, 1.0) for _ in range(384)] for _ in range(3)]
     nearest_query = """
         SELECT id, embedding FROM knowledge_chunks
-        WHERE embedding_model = 'all-minilm-l6-v2'
+        WHERE embedding_model = 'all-minilm-l6-v2' AND source_type = 'note'
         ORDER BY embedding::vector(384) <=> $1
         LIMIT 1
     """
@@ -364,7 +371,7 @@ async def test_vector_column_round_trips(empty_database_url: str) -> None:
 
             await conn.execute("SET LOCAL enable_seqscan = off")
             plan = "\n".join(row[0] for row in await conn.fetch("EXPLAIN " + nearest_query, vectors[1]))
-            assert "knowledge_chunks_embedding_minilm_hnsw" in plan
+            assert "knowledge_chunks_minilm_note_hnsw" in plan
         finally:
             await transaction.rollback()
     finally:

@@ -1,36 +1,46 @@
 """Retrieval: the chunks nearest to a question among those the asker may read.
 
-Eligible chunks are the current embedding model's chunks of
+Eligible chunks are the current embedding model's chunks of two **parts**:
 
-- the asker's own notes, and
-- the knowledge files of ``lounge_id``, when the asker is an **active member**
-  of that lounge (checked here; for a non-member the lounge's files are simply
-  not searched) and the file is not deleted.
+- ``note``: the asker's own notes;
+- ``file``: the knowledge files of ``lounge_id`` that are not deleted, when the
+  asker is an **active member** of that lounge (checked here; for a non-member
+  the lounge's files are simply not searched).
+
+Each part is counted and searched on its own connection, the two side by side,
+and the two top-k lists are merged (the top k of a union is among the top k of
+its parts). Every model has a partial HNSW index per source type, and each part
+a partial btree that finds (and counts, index-only) its chunks (the
+per-source-type index migration).
 
 The filtered-HNSW pitfall: pgvector 0.6 has no iterative index scan, so an HNSW
 scan with a WHERE clause looks at ``hnsw.ef_search`` candidates (40 by default)
 and filters those; with a selective filter it returns fewer than k rows, or
-not the nearest ones. Two paths avoid it:
+not the nearest ones. So, per part, once counted (no further than ``COUNT_CAP``):
 
-- **exact** (the usual case): when the asker has at most
-  ``RETRIEVAL_EXACT_MAX_CHUNKS`` eligible chunks, they are picked through the
-  owner/lounge indexes and ranked by exact cosine distance (a few thousand
-  384-dim distances take a few milliseconds). Recall is 1.
-- **ANN** (a very large eligible set): the model's HNSW index is scanned without
-  the filter, over-fetching ``LIMIT`` ``max(100, 40·k)`` candidates (at most
-  1000, pgvector's maximum ``hnsw.ef_search``) with ``hnsw.ef_search`` as large;
-  the filter is applied to those, and if fewer than k survive the exact path
-  runs anyway. The eligibility count stops at the exact path's limit.
+- **exact** when the part has at most ``RETRIEVAL_EXACT_MAX_CHUNKS`` chunks:
+  they are picked through the part's btree and ranked by exact cosine distance
+  (~0.7 µs a chunk on the benchmark host). Recall is 1.
+- **ANN** above that: the part's HNSW index is scanned without the filter,
+  over-fetching ``inner`` candidates (also ``hnsw.ef_search``) sized by the
+  part's **selectivity**: ``OVERFETCH · k · population / count``, where the
+  population is the index's row estimate (``pg_class.reltuples``, kept by
+  ANALYZE), within ``[HNSW_MIN_EF_SEARCH, 1000]`` (1000 is pgvector's maximum
+  ``ef_search``): a part that is most of its index asks for the floor, a part
+  that is a few percent of it for a few hundred. The filter is applied to
+  those; if fewer than ``min(k, count)`` survive, the part is searched exactly
+  after all.
 
 Either way the answer has exactly ``min(k, eligible)`` chunks. The model's name
-is written into the SQL as a literal (from the fixed set of known models), as
-the partial HNSW indexes require.
+and the source type are written into the SQL as literals (from the fixed sets
+of known values), as the partial indexes require.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -39,17 +49,30 @@ import numpy as np
 
 from server.ai.providers import Passage
 from server.knowledge.embeddings import Embedder, EmbeddingError, default_embedder, environment_settings
-from server.knowledge.tables import EMBEDDING_DIMENSIONS, EmbeddingModel, KnowledgeChunk
+from server.knowledge.tables import (
+    EMBEDDING_DIMENSIONS,
+    EmbeddingModel,
+    KnowledgeChunk,
+    KnowledgeSourceType,
+    hnsw_index,
+)
 from server.lounges.tables import LoungeMembership, MembershipStatus
 
 log = logging.getLogger("lounges.retrieval")
 
 MAX_K = 100
+HNSW_MIN_EF_SEARCH = 100  # below it the graph search misses neighbours of queries far from the part
 HNSW_MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search
+OVERFETCH = 3  # candidates asked for per eligible chunk expected among them
+COUNT_CAP = 20_000  # a part counted this far is known to be at least this big: enough to size the over-fetch
+
+NOTE = KnowledgeSourceType.note
+FILE = KnowledgeSourceType.file
 
 
 @dataclass(frozen=True, slots=True)
 class ChunkHit:
+    id: uuid.UUID
     source: str
     source_id: uuid.UUID
     title: str
@@ -63,22 +86,36 @@ class ChunkHit:
         return 1.0 - self.distance
 
 
-def _model_sql(model: str) -> tuple[str, int]:
-    """The model as a SQL literal and its dimension; only known models get here."""
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of the eligible chunks: its source type, size and the SQL arguments that select it."""
+
+    source: KnowledgeSourceType
+    count: int  # no further than COUNT_CAP
+    population: float  # the part's HNSW index's row estimate (0 when unknown)
+    arguments: tuple[Any, ...]  # note: (owner,); file: (lounge, live file ids)
+
+    def overfetch(self, k: int) -> int:
+        """How many candidates an HNSW over-fetch asks for to find ``k`` of this part's chunks."""
+        population = max(self.population, self.count)
+        wanted = math.ceil(OVERFETCH * k * population / max(self.count, 1))
+        return max(min(k, HNSW_MAX_EF_SEARCH), HNSW_MIN_EF_SEARCH, min(wanted, HNSW_MAX_EF_SEARCH))
+
+
+def _model_sql(model: str) -> tuple[EmbeddingModel, str, int]:
+    """The model, as a SQL literal and its dimension; only known models get here."""
     known = EmbeddingModel(model)  # ValueError for anything else
-    return f"'{known.value}'", EMBEDDING_DIMENSIONS[known]
+    return known, f"'{known.value}'", EMBEDDING_DIMENSIONS[known]
 
 
-# Eligibility of a chunk row aliased ``c``: $1 the asker, $2 the lounge whose files
-# they may read (NULL: none).
-_ELIGIBLE = """(
-    (c.source_type = 'note' AND c.owner = $1)
-    OR (c.source_type = 'file' AND c.lounge = $2
-        AND EXISTS (SELECT 1 FROM files f WHERE f.id = c.file AND f.status <> 'deleted'))
-)"""
+# What selects a part's chunks (rows aliased ``c``), and how many arguments it takes.
+_FILTERS: dict[KnowledgeSourceType, tuple[str, int]] = {
+    NOTE: ("c.owner = $1", 1),
+    FILE: ("c.lounge = $1 AND c.file = ANY($2::uuid[])", 2),
+}
 
 _TITLED = """
-SELECT h.source_type, coalesce(h.note, h.file) AS source_id, h.chunk_index, h.content, h.distance,
+SELECT h.id, h.source_type, coalesce(h.note, h.file) AS source_id, h.chunk_index, h.content, h.distance,
        coalesce(n.title, fl.filename, '') AS title
 FROM ({hits}) h
 LEFT JOIN notes n ON n.id = h.note
@@ -87,49 +124,115 @@ ORDER BY h.distance, h.id
 """
 
 
-def exact_sql(model: str) -> str:
-    literal, dim = _model_sql(model)
-    # OFFSET 0 fences the subquery so the planner picks eligible rows through the
-    # owner/lounge indexes instead of the HNSW index; unlike a MATERIALIZED CTE the
-    # rows stream into a top-k sort instead of being stored (and spilled) first.
+def _part_sql(model: str, source: KnowledgeSourceType) -> tuple[str, str, str, str, str]:
+    """``model`` as a literal, the vector type, the part's filter and the placeholders of the vector and k."""
+    _, literal, dim = _model_sql(model)
+    where, arguments = _FILTERS[source]
+    return literal, f"vector({dim})", where, f"${arguments + 1}", f"${arguments + 2}"
+
+
+def exact_sql(model: str, source: KnowledgeSourceType) -> str:
+    """The part's k nearest chunks by exact distance; arguments: the part's, the vector, k."""
+    literal, vector, where, query, k = _part_sql(model, source)
+    # OFFSET 0 fences the subquery so the planner picks the part's rows through its btree
+    # instead of the HNSW index; unlike a MATERIALIZED CTE the rows stream into a top-k sort.
     hits = f"""
         SELECT e.id, e.source_type, e.note, e.file, e.chunk_index, e.content,
-               e.embedding::vector({dim}) <=> $3 AS distance
+               e.embedding::{vector} <=> {query} AS distance
         FROM (
             SELECT c.id, c.source_type, c.note, c.file, c.chunk_index, c.content, c.embedding
             FROM knowledge_chunks c
-            WHERE c.embedding_model = {literal} AND {_ELIGIBLE}
+            WHERE c.embedding_model = {literal} AND c.source_type = '{source.value}' AND {where}
             OFFSET 0
         ) e
         ORDER BY distance, e.id
-        LIMIT $4
+        LIMIT {k}
     """
     return _TITLED.format(hits=hits)
 
 
-def ann_sql(model: str, inner_limit: int) -> str:
-    literal, dim = _model_sql(model)
+def ann_sql(model: str, source: KnowledgeSourceType, inner: int) -> str:
+    """The part's k nearest among the ``inner`` nearest chunks of its source type (HNSW)."""
+    literal, vector, where, query, k = _part_sql(model, source)
     hits = f"""
         WITH candidates AS MATERIALIZED (
             SELECT c.id, c.source_type, c.note, c.file, c.owner, c.lounge, c.chunk_index, c.content,
-                   c.embedding::vector({dim}) <=> $3 AS distance
+                   c.embedding::{vector} <=> {query} AS distance
             FROM knowledge_chunks c
-            WHERE c.embedding_model = {literal}
-            ORDER BY c.embedding::vector({dim}) <=> $3
-            LIMIT {int(inner_limit)}
+            WHERE c.embedding_model = {literal} AND c.source_type = '{source.value}'
+            ORDER BY c.embedding::{vector} <=> {query}
+            LIMIT {int(inner)}
         )
         SELECT c.id, c.source_type, c.note, c.file, c.chunk_index, c.content, c.distance
         FROM candidates c
-        WHERE {_ELIGIBLE}
+        WHERE {where}
         ORDER BY c.distance, c.id
-        LIMIT $4
+        LIMIT {k}
     """
     return _TITLED.format(hits=hits)
+
+
+def count_sql(model: str, source: KnowledgeSourceType) -> str:
+    """The part's size (up to $2), its HNSW index's row estimate and, for files, the lounge's live files.
+
+    Arguments: the asker (notes) or the lounge (files), the cap.
+    """
+    known, literal, _ = _model_sql(model)
+    population = f"(SELECT reltuples FROM pg_class WHERE oid = '{hnsw_index(known, source)}'::regclass)"
+    if source is NOTE:
+        return f"""
+            SELECT NULL::uuid[] AS files, {population} AS population, (
+                SELECT count(*) FROM (
+                    SELECT 1 FROM knowledge_chunks c
+                    WHERE c.embedding_model = {literal} AND c.source_type = 'note' AND c.owner = $1 LIMIT $2
+                ) n
+            ) AS count
+        """
+    return f"""
+        WITH live AS (
+            SELECT coalesce(array_agg(f.id), '{{}}'::uuid[]) AS ids
+            FROM files f WHERE f.lounge = $1 AND f.status <> 'deleted'
+        )
+        SELECT live.ids AS files, {population} AS population, (
+            SELECT count(*) FROM (
+                SELECT 1 FROM knowledge_chunks c
+                WHERE c.embedding_model = {literal} AND c.source_type = 'file' AND c.lounge = $1
+                  AND c.file = ANY(live.ids) LIMIT $2
+            ) f
+        ) AS count
+        FROM live
+    """
+
+
+async def count_part(connection: Any, source: KnowledgeSourceType, scope: uuid.UUID, *, model: str) -> Part:
+    """The part of ``source`` for ``scope`` (the asker for notes, the lounge for files), counted
+    no further than COUNT_CAP."""
+    row = await connection.fetchrow(count_sql(model, source), scope, COUNT_CAP)
+    arguments = (scope,) if source is NOTE else (scope, row["files"])
+    return Part(source, row["count"], max(row["population"], 0.0), arguments)
+
+
+async def search_part(
+    connection: Any, part: Part, *, vector: np.ndarray, model: str, k: int, exact_max_chunks: int
+) -> list[ChunkHit]:
+    """The ``min(k, part.count)`` chunks of ``part`` nearest to ``vector`` (see the module doc)."""
+    if part.count == 0:
+        return []
+    if part.count > exact_max_chunks:
+        inner = part.overfetch(k)
+        async with connection.transaction():
+            # The ANN path exists to use the index; a large table is assumed.
+            await connection.execute(f"SET LOCAL hnsw.ef_search = {inner}; SET LOCAL enable_seqscan = off")
+            rows = await connection.fetch(ann_sql(model, part.source, inner), *part.arguments, vector, k)
+        if len(rows) >= min(k, part.count):
+            return _hits(rows)
+    return _hits(await connection.fetch(exact_sql(model, part.source), *part.arguments, vector, k))
 
 
 def _hits(rows: list[Any]) -> list[ChunkHit]:
     return [
         ChunkHit(
+            id=row["id"],
             source=row["source_type"],
             source_id=row["source_id"],
             title=row["title"],
@@ -139,21 +242,6 @@ def _hits(rows: list[Any]) -> list[ChunkHit]:
         )
         for row in rows
     ]
-
-
-async def count_eligible(
-    connection: Any, *, user_id: uuid.UUID, lounge_id: uuid.UUID | None, model: str, up_to: int
-) -> int:
-    """How many chunks the asker may read, counted no further than ``up_to``."""
-    literal, _ = _model_sql(model)
-    return await connection.fetchval(
-        f"""SELECT count(*) FROM (
-                SELECT 1 FROM knowledge_chunks c WHERE c.embedding_model = {literal} AND {_ELIGIBLE} LIMIT $3
-            ) eligible""",
-        user_id,
-        lounge_id,
-        up_to,
-    )
 
 
 async def nearest_chunks(
@@ -174,21 +262,20 @@ async def nearest_chunks(
     if exact_max_chunks is None:
         exact_max_chunks = environment_settings().retrieval_exact_max_chunks
     vector = np.asarray(vector, dtype=np.float32)
-    async with KnowledgeChunk._meta.db.pool.acquire() as connection:
-        up_to = max(exact_max_chunks, k) + 1
-        eligible = await count_eligible(connection, user_id=user_id, lounge_id=lounge_id, model=model, up_to=up_to)
-        if eligible == 0:
-            return []
-        if eligible >= up_to:  # more than the exact path should rank: over-fetch from the index once
-            inner = min(HNSW_MAX_EF_SEARCH, max(100, 40 * k))
-            async with connection.transaction():
-                # The ANN path exists to use the index; a large table is assumed.
-                await connection.execute(f"SET LOCAL hnsw.ef_search = {int(inner)}; SET LOCAL enable_seqscan = off")
-                rows = await connection.fetch(ann_sql(model, inner), user_id, lounge_id, vector, k)
-            if len(rows) >= k:
-                return _hits(rows)
-        rows = await connection.fetch(exact_sql(model), user_id, lounge_id, vector, k)
-    return _hits(rows)
+    pool = KnowledgeChunk._meta.db.pool
+
+    async def search(source: KnowledgeSourceType, scope: uuid.UUID) -> list[ChunkHit]:
+        async with pool.acquire() as connection:
+            part = await count_part(connection, source, scope, model=model)
+            return await search_part(
+                connection, part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks
+            )
+
+    # The parts run side by side, each on its own connection (so not inside a transaction).
+    searches = [search(NOTE, user_id)] + ([search(FILE, lounge_id)] if lounge_id is not None else [])
+    hits = [hit for part_hits in await asyncio.gather(*searches) for hit in part_hits]
+    hits.sort(key=lambda hit: (hit.distance, hit.id))
+    return hits[:k]
 
 
 async def readable_lounge(user_id: uuid.UUID, lounge_id: uuid.UUID | None) -> uuid.UUID | None:

@@ -31,7 +31,7 @@ class KnowledgeSourceType(enum.StrEnum):
 
 
 class EmbeddingModel(enum.StrEnum):
-    """Embedding models that have an HNSW index (see the index migration)."""
+    """Embedding models that have HNSW indexes (see the per-source-type index migration)."""
 
     all_minilm_l6_v2 = "all-minilm-l6-v2"
     text_embedding_3_small = "text-embedding-3-small"
@@ -44,6 +44,18 @@ EMBEDDING_DIMENSIONS: dict[EmbeddingModel, int] = {
     EmbeddingModel.text_embedding_3_small: 1536,
     EmbeddingModel.hashing_384: 384,
 }
+
+# The models' short names in their index names (see the per-source-type index migration).
+_INDEX_NAMES: dict[EmbeddingModel, str] = {
+    EmbeddingModel.all_minilm_l6_v2: "minilm",
+    EmbeddingModel.text_embedding_3_small: "te3small",
+    EmbeddingModel.hashing_384: "hashing",
+}
+
+
+def hnsw_index(model: EmbeddingModel, source_type: KnowledgeSourceType) -> str:
+    """The partial HNSW index over ``model``'s chunks of ``source_type``."""
+    return f"knowledge_chunks_{_INDEX_NAMES[model]}_{source_type.value}_hnsw"
 
 
 class KnowledgeChunk(Table, tablename="knowledge_chunks"):
