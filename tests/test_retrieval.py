@@ -209,6 +209,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
         self.failures = 0
         self.port = 0
+        self.hold: asyncio.Event | None = None  # when set: requests wait for it
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b""
@@ -217,6 +218,8 @@ class FakeOpenAI:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
+        if self.hold is not None:
+            await self.hold.wait()
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         payload = json.loads(body)
         self.requests.append({"path": scope["path"], "auth": headers.get("authorization"), **payload})
@@ -308,6 +311,18 @@ async def test_openai_embeddings_through_the_sdk(
     # Retrieval during a provider outage answers without passages rather than failing.
     fake_openai.failures = 1
     assert await retrieve(user_id=uuid.UUID(me.id), lounge_id=None, query="x", k=1, embedder=embedder) == []
+    assert fake_openai.failures == 0  # the question was sent (and failed)
+    # An asker with nothing to search gets no passages without waiting for the embedding:
+    # the embeddings server holds every request, and the answer comes anyway.
+    newcomer = await community.user("no-notes@example.com")
+    fake_openai.hold = asyncio.Event()
+    try:
+        answer = await asyncio.wait_for(
+            retrieve(user_id=uuid.UUID(newcomer.id), lounge_id=None, query="x", k=1, embedder=embedder), 30
+        )
+        assert answer == []
+    finally:
+        fake_openai.hold.set()
 
 
 async def test_minilm_is_the_real_model() -> None:

@@ -8,11 +8,13 @@ import asyncio
 import uuid
 from typing import Any
 
+import numpy as np
+
 from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.chat.tables import Message, SenderType
 from server.core.state import AppState
 from server.knowledge.embeddings import get_embedder
-from server.knowledge.retrieval import embed_query, retrieve
+from server.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
 from server.lounges.tables import Lounge
 from server.notes.tables import Note
 from server.realtime.channels import ChannelName
@@ -35,19 +37,30 @@ async def build_prompt(
     ``thread_id``, ``question``, ``citations``).
 
     Runs on the time to first token, outside any transaction: the question's
-    embedding (the slow part with a local model) starts at once, the conversation,
-    the pinned notes and the lounge are read meanwhile, then the passages are
-    retrieved.
+    embedding (the slow part with a local model) starts at once; the conversation,
+    the pinned notes, the lounge and the parts the asker may search are read
+    meanwhile, and only the vector search itself waits for the embedding. With
+    nothing to search, the embedding is not waited for.
     """
     name = ChannelName.parse(channel)
     assert name is not None
     embedder = get_embedder(state.settings)
     embedding = asyncio.ensure_future(embed_query(embedder, question)) if question else None
+
+    async def lounge_and_parts() -> tuple[dict[str, Any] | None, list[Part]]:
+        lounge = await _lounge_of(name)
+        parts = await eligible_parts(user_id=asker, lounge_id=lounge["id"] if lounge else None, model=embedder.model)
+        return lounge, parts
+
     try:
-        rows, pinned, lounge = await asyncio.gather(
-            _recent_messages(channel, reply_to), _pinned_notes(asker), _lounge_of(name)
+        rows, pinned, (lounge, parts) = await asyncio.gather(
+            _recent_messages(channel, reply_to), _pinned_notes(asker), lounge_and_parts()
         )
-        vector = await embedding if embedding is not None else None
+        if question is None:
+            question = rows[0]["text"] if rows else ""
+            if question.strip() and parts:
+                embedding = asyncio.ensure_future(embed_query(embedder, question))
+        vector = await embedding if embedding is not None and parts else None
     finally:
         if embedding is not None and not embedding.done():
             embedding.cancel()
@@ -63,8 +76,6 @@ async def build_prompt(
         for row in reversed(rows)
         if row["text"]
     ]
-    if question is None:
-        question = rows[0]["text"] if rows else ""
     context["question"] = question
     persona = (
         f'You coach in the lounge "{lounge["title"]}". The mentor\'s instructions: {lounge["ai_persona"]}'
@@ -84,16 +95,17 @@ async def build_prompt(
         if part
     )
     passages = (
-        []  # the embedder failed (logged): answer without passages
-        if embedding is not None and vector is None
-        else await retrieve(
-            user_id=asker,
-            lounge_id=context["lounge_id"],
-            query=question,
-            k=state.settings.ai_rag_passages,
-            embedder=embedder,
-            vector=vector,
+        as_passages(
+            await search_parts(
+                parts,
+                vector=vector,
+                model=embedder.model,
+                k=state.settings.ai_rag_passages,
+                exact_max_chunks=state.settings.retrieval_exact_max_chunks,
+            )
         )
+        if vector is not None and np.any(vector)  # None: nothing to search, or the embedder failed (logged)
+        else []
     )
     context["citations"] = [
         {"n": i + 1, "source": p.source, "source_id": p.source_id, "title": p.title, "chunk": p.chunk}

@@ -244,6 +244,46 @@ def _hits(rows: list[Any]) -> list[ChunkHit]:
     ]
 
 
+async def _part(source: KnowledgeSourceType, scope: uuid.UUID, model: str) -> Part:
+    async with KnowledgeChunk._meta.db.pool.acquire() as connection:
+        return await count_part(connection, source, scope, model=model)
+
+
+async def _search(part: Part, *, vector: np.ndarray, model: str, k: int, exact_max_chunks: int) -> list[ChunkHit]:
+    async with KnowledgeChunk._meta.db.pool.acquire() as connection:
+        return await search_part(connection, part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks)
+
+
+async def eligible_parts(*, user_id: uuid.UUID, lounge_id: uuid.UUID | None, model: str) -> list[Part]:
+    """The non-empty parts ``user_id`` may search: their notes, and ``lounge_id``'s files when
+    they are an active member of it (checked here). Needs no vector: it can run while the
+    question is embedded. Each part is counted on its own connection, side by side."""
+
+    async def files() -> Part | None:
+        lounge = await readable_lounge(user_id, lounge_id)
+        return await _part(FILE, lounge, model) if lounge is not None else None
+
+    parts = await asyncio.gather(_part(NOTE, user_id, model), files())
+    return [part for part in parts if part is not None and part.count]
+
+
+async def search_parts(
+    parts: list[Part], *, vector: np.ndarray, model: str, k: int, exact_max_chunks: int | None = None
+) -> list[ChunkHit]:
+    """The ``k`` chunks of ``parts`` nearest to ``vector``: each part searched on its own
+    connection, side by side (so not inside a transaction), the lists merged."""
+    if k <= 0 or not parts:
+        return []
+    if exact_max_chunks is None:
+        exact_max_chunks = environment_settings().retrieval_exact_max_chunks
+    vector = np.asarray(vector, dtype=np.float32)
+    found = await asyncio.gather(
+        *(_search(part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks) for part in parts)
+    )
+    hits = sorted((hit for part_hits in found for hit in part_hits), key=lambda hit: (hit.distance, hit.id))
+    return hits[:k]
+
+
 async def nearest_chunks(
     *,
     user_id: uuid.UUID,
@@ -253,29 +293,12 @@ async def nearest_chunks(
     k: int,
     exact_max_chunks: int | None = None,
 ) -> list[ChunkHit]:
-    """The ``k`` eligible chunks of ``model`` nearest to ``vector`` (see the module doc).
-
-    ``lounge_id`` must already be checked: its files are searched as given.
-    """
+    """The ``k`` chunks of ``model`` nearest to ``vector`` among the asker's notes and, when
+    they are an active member, ``lounge_id``'s files (see the module doc)."""
     if k <= 0:
         return []
-    if exact_max_chunks is None:
-        exact_max_chunks = environment_settings().retrieval_exact_max_chunks
-    vector = np.asarray(vector, dtype=np.float32)
-    pool = KnowledgeChunk._meta.db.pool
-
-    async def search(source: KnowledgeSourceType, scope: uuid.UUID) -> list[ChunkHit]:
-        async with pool.acquire() as connection:
-            part = await count_part(connection, source, scope, model=model)
-            return await search_part(
-                connection, part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks
-            )
-
-    # The parts run side by side, each on its own connection (so not inside a transaction).
-    searches = [search(NOTE, user_id)] + ([search(FILE, lounge_id)] if lounge_id is not None else [])
-    hits = [hit for part_hits in await asyncio.gather(*searches) for hit in part_hits]
-    hits.sort(key=lambda hit: (hit.distance, hit.id))
-    return hits[:k]
+    parts = await eligible_parts(user_id=user_id, lounge_id=lounge_id, model=model)
+    return await search_parts(parts, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks)
 
 
 async def readable_lounge(user_id: uuid.UUID, lounge_id: uuid.UUID | None) -> uuid.UUID | None:
@@ -300,45 +323,8 @@ async def embed_query(embedder: Embedder, query: str) -> np.ndarray | None:
     return vector
 
 
-async def retrieve(
-    *,
-    user_id: uuid.UUID,
-    lounge_id: uuid.UUID | None,
-    query: str,
-    k: int,
-    embedder: Embedder | None = None,
-    exact_max_chunks: int | None = None,
-    vector: np.ndarray | None = None,
-) -> list[Passage]:
-    """The ``k`` passages nearest to ``query`` that ``user_id`` may read: their own
-    notes, and ``lounge_id``'s knowledge files when they are an active member of it
-    (checked here). Best first; ``score`` is the cosine similarity.
-
-    ``embedder`` defaults to the process environment's (``EMBEDDINGS_PROVIDER``);
-    callers holding an ``AppState`` pass ``get_embedder(state.settings)``. When the
-    embedder fails (a provider outage) the answer is empty and a warning is logged:
-    the coach answers without passages rather than not at all. The membership check
-    and the embedding run side by side, so call it outside a transaction; a caller
-    that already embedded ``query`` with ``embedder`` passes it as ``vector``.
-    """
-    k = min(k, MAX_K)
-    if k <= 0 or not query.strip():
-        return []
-    embedder = embedder or default_embedder()
-    if vector is None:
-        lounge, vector = await asyncio.gather(readable_lounge(user_id, lounge_id), embed_query(embedder, query))
-    else:
-        lounge = await readable_lounge(user_id, lounge_id)
-    if vector is None or not np.any(vector):
-        return []  # nothing the model can represent (e.g. only stop words for the hashing model)
-    hits = await nearest_chunks(
-        user_id=user_id,
-        lounge_id=lounge,
-        vector=vector,
-        model=embedder.model,
-        k=k,
-        exact_max_chunks=exact_max_chunks,
-    )
+def as_passages(hits: list[ChunkHit]) -> list[Passage]:
+    """Hits as the prompt's passages (``score`` = cosine similarity), best first."""
     return [
         Passage(
             source="note" if hit.source == "note" else "file",
@@ -350,3 +336,41 @@ async def retrieve(
         )
         for hit in hits
     ]
+
+
+async def retrieve(
+    *,
+    user_id: uuid.UUID,
+    lounge_id: uuid.UUID | None,
+    query: str,
+    k: int,
+    embedder: Embedder | None = None,
+    exact_max_chunks: int | None = None,
+) -> list[Passage]:
+    """The ``k`` passages nearest to ``query`` that ``user_id`` may read: their own
+    notes, and ``lounge_id``'s knowledge files when they are an active member of it
+    (checked here). Best first.
+
+    ``embedder`` defaults to the process environment's (``EMBEDDINGS_PROVIDER``);
+    callers holding an ``AppState`` pass ``get_embedder(state.settings)``. The
+    question is embedded while the parts are counted; with nothing to search the
+    embedding is not waited for. When the embedder fails (a provider outage) the
+    answer is empty and a warning is logged: the coach answers without passages
+    rather than not at all. Call it outside a transaction.
+    """
+    k = min(k, MAX_K)
+    if k <= 0 or not query.strip():
+        return []
+    embedder = embedder or default_embedder()
+    embedding = asyncio.ensure_future(embed_query(embedder, query))
+    try:
+        parts = await eligible_parts(user_id=user_id, lounge_id=lounge_id, model=embedder.model)
+        vector = await embedding if parts else None
+    finally:
+        if not embedding.done():
+            embedding.cancel()
+    if vector is None or not np.any(vector):
+        return []  # nothing to search, the embedder failed, or nothing the model can represent
+    return as_passages(
+        await search_parts(parts, vector=vector, model=embedder.model, k=k, exact_max_chunks=exact_max_chunks)
+    )
