@@ -126,7 +126,7 @@ def worker_process(env: dict[str, str], cpu: int | None, log_path: Path):
 
 
 async def _setup_database(
-    database_url: str, members: int, model: str | None, seed: int
+    database_url: str, members: int, model: str | None, dim: int, seed: int
 ) -> tuple[list[tuple[uuid.UUID, uuid.UUID]], uuid.UUID]:
     """``members + 1`` users with a live session each (the last is the mentor, approved); the
     first gets notes with embedded chunks under ``model`` for the retrieval to search."""
@@ -166,11 +166,11 @@ async def _setup_database(
                     """INSERT INTO notes (id, "user", title, content, tags) VALUES ($1, $2, $3, 'synthetic', '{}')""",
                     [(n, users[0], f"Running note {i}") for i, n in enumerate(notes)],
                 )
-                vectors = rng.normal(size=(300, 384))
+                vectors = rng.normal(size=(300, dim))
                 vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
                 await connection.executemany(
                     """INSERT INTO knowledge_chunks (id, source_type, note, owner, chunk_index, content, content_hash,
-                       embedding, embedding_model, embedding_dim) VALUES ($1, 'note', $2, $3, $4, $5, 'h', $6, $7, 384)""",
+                       embedding, embedding_model, embedding_dim) VALUES ($1, 'note', $2, $3, $4, $5, 'h', $6, $7, $8)""",
                     [
                         (
                             uuid.uuid4(),
@@ -180,6 +180,7 @@ async def _setup_database(
                             f"Keep an easy pace on long runs ({i}).",
                             v,
                             model,
+                            dim,
                         )
                         for i, v in enumerate(vectors)
                     ],
@@ -199,8 +200,9 @@ def prepare(env: dict[str, str], web: Server, out_dir: Path, members: int, seed:
     started = time.monotonic()
     settings = load_settings(env)
     provider = resolve_provider(settings)
-    model = {"minilm": "all-minilm-l6-v2", "hashing": "hashing-384"}.get(provider)
-    pairs, _ = asyncio.run(_setup_database(env["DATABASE_URL"], members, model, seed))
+    model = {"minilm": "all-minilm-l6-v2", "hashing": "hashing-384", "openai": "text-embedding-3-small"}.get(provider)
+    dim = 1536 if provider == "openai" else 384
+    pairs, _ = asyncio.run(_setup_database(env["DATABASE_URL"], members, model, dim, seed))
     keys = TokenKeys(settings)
     tokens = [keys.issue(user, session)[0] for user, session in pairs]
     status, lounge = http_json(
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         headers_ms=getattr(args, "coach_headers_ms", None) or 200.0,
         chunk_ms=getattr(args, "coach_chunk_ms", None) or 20.0,
         embeddings=getattr(args, "coach_embeddings", None) or "auto",
+        embedding_ms=getattr(args, "coach_embedding_ms", None) or 30.0,
         delta_ms=getattr(args, "coach_delta_ms", None),
         profile=getattr(args, "coach_profile", False),
         gc_trace=getattr(args, "coach_gc_trace", False),
@@ -316,7 +319,9 @@ def run(args: argparse.Namespace) -> int:
     with BenchStack(keep_logs=args.keep_logs) as stack, contextlib.ExitStack() as children:
         env = stack.start_services()
         standin = stack.start_server(
-            "standin", [sys.executable, "-m", "bench.coach_standin", "--port", "{port}"], cpu=client_cpu
+            "standin",
+            [sys.executable, "-m", "bench.coach_standin", "--port", "{port}", "--embedding-ms", str(o.embedding_ms)],
+            cpu=client_cpu,
         )
         env = {
             **env,
@@ -329,6 +334,8 @@ def run(args: argparse.Namespace) -> int:
             "PUBLISH_RATE_LIMIT": "1000/10",
             "EMBEDDINGS_PROVIDER": o.embeddings,
         }
+        if o.embeddings == "openai":  # the stand-in's /v1/embeddings, a provider with a fixed latency
+            env["EMBEDDINGS_OPENAI_BASE_URL"] = standin.base_url + "/v1"
         if o.delta_ms:
             env["AI_DELTA_INTERVAL_MS"] = str(int(o.delta_ms))
         gc_logs = {}
@@ -357,6 +364,9 @@ def run(args: argparse.Namespace) -> int:
 
         # (a) time to first token: rounds of (peer calls, our replies), pooled.
         fixed_s = (o.headers_ms + o.chunk_ms) / 1000
+        # With the OpenAI embeddings stand-in, the question's embedding is a provider call with a
+        # fixed latency too: subtracted from our overhead (the peer makes no such call).
+        embedding_s = o.embedding_ms / 1000 if setup["embeddings"] == "openai" else 0.0
         set_knobs(
             standin,
             reply=reply_text(24),
@@ -421,7 +431,7 @@ def run(args: argparse.Namespace) -> int:
                 chunk_delay=o.chunk_ms / 1000,
                 headers_delay=o.headers_ms / 1000,
             )
-        ttft = summarize_ttft(peer_runs, ours_runs, fixed_s)
+        ttft = summarize_ttft(peer_runs, ours_runs, fixed_s, embedding_s)
         print("[ttft] in-process profile of the job before the provider call ...", file=sys.stderr, flush=True)
         set_knobs(
             standin,
@@ -477,6 +487,7 @@ def run(args: argparse.Namespace) -> int:
         "headers_delay_ms": o.headers_ms,
         "first_chunk_delay_ms": o.chunk_ms,
         "fixed_latency_ms": fixed_s * 1000,
+        "embedding_latency_ms": embedding_s * 1000,
         "ttft_reply_tokens": 24,
         "rates": o.rates,
         "stream_s": o.stream_s,
@@ -744,7 +755,10 @@ def _ms(values: list[float]) -> dict[str, float | None]:
     }
 
 
-def summarize_ttft(peer_runs: list[dict], ours_runs: list[dict], fixed_s: float) -> dict[str, Any]:
+def summarize_ttft(
+    peer_runs: list[dict], ours_runs: list[dict], fixed_s: float, embedding_s: float = 0.0
+) -> dict[str, Any]:
+    """TTFT and our overhead over the fixed latency (the chat's, plus the embeddings provider's when set)."""
     peer = [t for run in peer_runs for t in run["ttft_s"]]
     peer_standin = []
     for run in peer_runs:
@@ -762,6 +776,7 @@ def summarize_ttft(peer_runs: list[dict], ours_runs: list[dict], fixed_s: float)
         "standin_lateness": [],
         "first_token_to_delta": [],
         "stored_to_ai_start": [],
+        "embedding_call": [],
     }
     ttft_post, ttft_stored, overhead, overhead_post = [], [], [], []
     first_delta_chars = []
@@ -779,8 +794,8 @@ def summarize_ttft(peer_runs: list[dict], ours_runs: list[dict], fixed_s: float)
             first_token = timeline["events"][1] if len(timeline["events"]) > 1 else None
             ttft_post.append(reply["first_delta"] - reply["sent"])
             ttft_stored.append(reply["first_delta"] - reply["stored"])
-            overhead.append(reply["first_delta"] - reply["stored"] - fixed_s)
-            overhead_post.append(reply["first_delta"] - reply["sent"] - fixed_s)
+            overhead.append(reply["first_delta"] - reply["stored"] - fixed_s - embedding_s)
+            overhead_post.append(reply["first_delta"] - reply["sent"] - fixed_s - embedding_s)
             first_delta_chars.append(reply["first_delta_chars"])
             parts["post_to_stored"].append(reply["stored"] - reply["sent"])
             parts["stored_to_request"].append(timeline["arrived"] - reply["stored"])
@@ -796,6 +811,8 @@ def summarize_ttft(peer_runs: list[dict], ours_runs: list[dict], fixed_s: float)
                 parts["queue_wait"].append(job["started"] - job["enqueued"])
                 parts["stored_to_job_start"].append(start_mono - reply["stored"])
                 parts["job_start_to_request"].append(timeline["arrived"] - start_mono)
+        for call in run["standin"].get("embeddings", []):
+            parts["embedding_call"].append(call["answered"] - call["arrived"])
     return {
         "fixed_latency_ms": fixed_s * 1000,
         "peer_ttft_ms": _ms(peer),
@@ -892,6 +909,11 @@ def _yes(value: bool | None) -> str:
     return "-" if value is None else ("yes" if value else "NO")
 
 
+def _embedding_latency(config: dict[str, Any]) -> str:
+    ms = config.get("embedding_latency_ms") or 0
+    return f" + the question's embedding {ms:.0f}" if ms else ""
+
+
 def render(ttft: dict[str, Any], fan: list[dict[str, Any]], config: dict[str, Any], verdict: dict[str, Any]) -> str:
     def row(name: str, s: dict[str, Any]) -> list[str]:
         return [name, str(s["count"]), fmt(s["p50"], 1), fmt(s["p90"], 1), fmt(s["p99"], 1), fmt(s["max"], 1)]
@@ -899,7 +921,7 @@ def render(ttft: dict[str, Any], fan: list[dict[str, Any]], config: dict[str, An
     head = (
         f"AI coach, time to first token: {ttft['replies']} replies (+ warm-up), stand-in fixed latency "
         f"{config['fixed_latency_ms']:.0f} ms (headers {config['headers_delay_ms']:.0f} + first chunk "
-        f"{config['first_chunk_delay_ms']:.0f}); web node on CPU {config['web_cpu']}, worker, stand-in and clients "
+        f"{config['first_chunk_delay_ms']:.0f}{_embedding_latency(config)}); web node on CPU {config['web_cpu']}, worker, stand-in and clients "
         f"on CPU {config['worker_cpu']}; embeddings {config['embeddings']}, AI_DELTA_INTERVAL_MS "
         f"{config['ai_delta_interval_ms']}"
     )
@@ -916,6 +938,7 @@ def render(ttft: dict[str, Any], fan: list[dict[str, Any]], config: dict[str, An
             row("  stored -> job start (arq poll)", p["stored_to_job_start"]),
             row("     arq enqueue -> start (its clock)", p["queue_wait"]),
             row("  job start -> request at stand-in", p["job_start_to_request"]),
+            row("     the embeddings call at its stand-in", p["embedding_call"]),
             row("  stand-in: request -> first token - fixed", p["standin_lateness"]),
             row("  first token sent -> first ai.delta", p["first_token_to_delta"]),
             row("  (stored -> ai.start at subscriber)", p["stored_to_ai_start"]),
@@ -1092,8 +1115,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--embeddings",
         dest="coach_embeddings",
-        choices=("auto", "minilm", "hashing"),
-        help="EMBEDDINGS_PROVIDER (default auto)",
+        choices=("auto", "minilm", "hashing", "openai"),
+        help="EMBEDDINGS_PROVIDER (default auto); openai: the stand-in's /v1/embeddings with --embedding-ms latency",
+    )
+    parser.add_argument(
+        "--embedding-ms",
+        dest="coach_embedding_ms",
+        type=float,
+        help="latency of the stand-in's /v1/embeddings, subtracted like the chat's (default 30)",
     )
     parser.add_argument(
         "--delta-ms", dest="coach_delta_ms", type=float, help="AI_DELTA_INTERVAL_MS (default: the setting's, 50)"

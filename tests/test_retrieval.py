@@ -6,6 +6,7 @@ the filtered search against an exact scan."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import json
 import os
@@ -210,6 +211,7 @@ class FakeOpenAI:
         self.failures = 0
         self.port = 0
         self.hold: asyncio.Event | None = None  # when set: requests wait for it
+        self.floats_only = False  # play a server that ignores encoding_format
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b""
@@ -234,7 +236,7 @@ class FakeOpenAI:
                     "object": "list",
                     "model": payload["model"],
                     "data": [
-                        {"object": "embedding", "index": i, "embedding": lexical_vector(text, 1536)}
+                        {"object": "embedding", "index": i, "embedding": self.encode(text, payload)}
                         for i, text in reversed(list(enumerate(inputs)))  # any order: the index says which
                     ],
                     "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
@@ -245,6 +247,12 @@ class FakeOpenAI:
             {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
         )
         await send({"type": "http.response.body", "body": raw})
+
+    def encode(self, text: str, payload: dict[str, Any]) -> list[float] | str:
+        vector = lexical_vector(text, 1536)
+        if payload.get("encoding_format", "float") == "base64" and not self.floats_only:
+            return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        return vector
 
 
 @pytest.fixture
@@ -288,13 +296,21 @@ async def test_openai_embeddings_through_the_sdk(
         ("text-embedding-3-small", 1536)
     }
     calls = fake_openai.requests
-    assert {(r["path"], r["auth"], r["model"]) for r in calls} == {
-        ("/v1/embeddings", "Bearer test-key", "text-embedding-3-small")
+    assert {(r["path"], r["auth"], r["model"], r["encoding_format"]) for r in calls} == {
+        ("/v1/embeddings", "Bearer test-key", "text-embedding-3-small", "base64")
     }
     assert max(len(r["input"]) for r in calls) == 2  # EMBEDDINGS_BATCH_SIZE
 
     [top] = await retrieve(user_id=uuid.UUID(me.id), lounge_id=None, query="long run sundays", k=1, embedder=embedder)
     assert (top.source_id, top.chunk) == (str(note_id), 0)
+
+    # The vectors arrive as base64; a server that ignores encoding_format and sends floats works too.
+    [packed] = await embedder.embed(["long run sundays"])
+    fake_openai.floats_only = True
+    [listed] = await embedder.embed(["long run sundays"])
+    fake_openai.floats_only = False
+    assert packed.dtype == listed.dtype == np.float32 and np.allclose(packed, listed, atol=1e-7)
+    assert np.allclose(packed, lexical_vector("long run sundays", 1536), atol=1e-6)
 
     # A provider error is an EmbeddingError; the job turns it into an arq retry with backoff.
     fake_openai.failures = 1

@@ -22,6 +22,7 @@ Vectors are L2-normalised float32 numpy arrays (cosine distance = 1 - dot).
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import importlib.util
 import itertools
@@ -198,14 +199,28 @@ class OpenAIEmbedder:
             # The API refuses empty strings.
             batch = [text if text.strip() else " " for text in texts[start : start + self.batch_size]]
             try:
-                response = await self.client.embeddings.create(model=self.model, input=batch, encoding_format="float")
+                # base64 (little-endian float32, as the SDK itself asks by default): a fraction of the
+                # bytes of a JSON float list, decoded without a Python float per value.
+                response = await self.client.embeddings.create(model=self.model, input=batch, encoding_format="base64")
             except openai.OpenAIError as exc:
                 raise EmbeddingError(f"embedding request failed: {exc}") from exc
             data = sorted(response.data, key=lambda item: item.index)
-            if len(data) != len(batch) or any(len(item.embedding) != self.dim for item in data):
+            matrix = [_decode(item.embedding) for item in data]
+            if len(matrix) != len(batch) or any(vector.shape != (self.dim,) for vector in matrix):
                 raise EmbeddingError(f"the embeddings endpoint answered an unexpected shape for {self.model}")
-            vectors.extend(_normalise(np.array([item.embedding for item in data], dtype=np.float32)))
+            vectors.extend(_normalise(np.stack(matrix)))
         return vectors
+
+
+def _decode(embedding: str | list[float]) -> np.ndarray:
+    """One embedding as the endpoint sent it: base64 of little-endian float32, or (from a
+    server that ignores ``encoding_format``) a list of floats."""
+    if isinstance(embedding, str):
+        try:
+            return np.frombuffer(base64.b64decode(embedding, validate=True), dtype="<f4")
+        except ValueError as exc:  # binascii.Error, or a length that is no whole float32
+            raise EmbeddingError(f"the embeddings endpoint answered undecodable base64: {exc}") from exc
+    return np.asarray(embedding, dtype=np.float32)
 
 
 # -- choice ---------------------------------------------------------------------------------
