@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -21,6 +22,7 @@ import jwt
 import pytest
 from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext, SubscriptionState
 
+from server.accounts.tables import Role, User, UserSession
 from server.realtime.channels import broadcast_ephemeral
 from server.settings import Settings
 from tests.support.accounts import PASSWORD, Account, login
@@ -282,6 +284,72 @@ async def test_member_removed_by_the_mentor_is_unsubscribed_and_cannot_publish(
         with pytest.raises(ReplyError) as again:
             await client.presence_stats(channel)
         assert again.value.code == 103
+
+
+async def test_demoted_admin_loses_what_only_the_role_allowed_on_open_sockets(
+    node: WebNode, community: Community
+) -> None:
+    _mentor, member, lounge = await lounge_with_member(community)
+    channel = lounge["channel"]
+    root = await community.user("root-admin@example.com")
+    reader = await community.user("demoted-admin@example.com")
+    await User.update({User.role: Role.admin}).where(User.id.is_in([uuid.UUID(root.id), uuid.UUID(reader.id)]))
+    async with (
+        sdk(node.ws_url, reader.access_token) as (client, events),
+        sdk(node.ws_url, member.access_token) as (poster, _),
+    ):
+        # As an admin, the reader follows a lounge they never joined.
+        sub, seen = subscription(client, channel)
+        member_sub, member_seen = subscription(poster, channel)
+        for s in (sub, member_sub):
+            await s.subscribe()
+            await s.ready(timeout=10)
+        await member_sub.publish(message("seen by the admin"))
+        await seen.wait_for(lambda r: r.stored == [1])
+
+        response = await community.client.patch(
+            f"/api/v1/admin/users/{reader.id}/role", headers=root.headers, json={"role": "user"}
+        )
+        assert response.status_code == 200, response.text
+        # The open socket (its token still valid) loses the lounge at once, and stays connected.
+        await seen.wait_for(lambda r: r.unsubscribed, timeout=5)
+        assert seen.unsubscribed[0].code == 2000, seen.unsubscribed
+        await member_sub.publish(message("members only"))
+        await member_seen.wait_for(lambda r: r.stored == [1, 2])
+        await asyncio.sleep(0.3)
+        assert seen.stored == [1]
+        with pytest.raises(ReplyError) as refused:
+            await client.presence_stats(channel)
+        assert refused.value.code == 103
+        assert client.state == ClientState.CONNECTED and not events.disconnected
+
+
+async def test_the_periodic_sweep_applies_what_a_missed_control_event_would_have(
+    node: WebNode, community: Community
+) -> None:
+    """Changes written without an event (as if the node missed it) still reach open sockets
+    by the node's sweep: a changed role within ~10 s, a revoked session too."""
+    _mentor, _member, lounge = await lounge_with_member(community)
+    channel = lounge["channel"]
+    reader = await community.user("swept-admin@example.com")
+    revoked = await community.user("swept-session@example.com")
+    await User.update({User.role: Role.admin}).where(User.id == uuid.UUID(reader.id))
+    async with (
+        sdk(node.ws_url, reader.access_token) as (client, events),
+        sdk(node.ws_url, revoked.access_token) as (_doomed, doomed_events),
+    ):
+        sub, seen = subscription(client, channel)
+        await sub.subscribe()
+        await sub.ready(timeout=10)
+        await User.update({User.role: Role.user}).where(User.id == uuid.UUID(reader.id))
+        await UserSession.update({UserSession.revoked_at: datetime.now(UTC)}).where(
+            UserSession.user == uuid.UUID(revoked.id)
+        )
+        await seen.wait_for(lambda r: r.unsubscribed, timeout=15)
+        assert seen.unsubscribed[0].code == 2000, seen.unsubscribed
+        await doomed_events.wait_for(lambda r: r.disconnected, timeout=15)
+        assert doomed_events.disconnected[0].code == 3500, doomed_events.disconnected
+        assert client.state == ClientState.CONNECTED and not events.disconnected
 
 
 async def test_deleted_account_is_disconnected(node: WebNode, community: Community) -> None:

@@ -30,6 +30,7 @@ from server.admin.schemas import (
 from server.admin.tables import AdminAuditLog
 from server.billing.tables import Payment, PaymentStatus
 from server.chat.tables import Message
+from server.core.control import ControlEvent, publish_control
 from server.core.errors import Conflict, Forbidden, NotFound
 from server.core.pagination import decode_cursor, encode_cursor, like_pattern
 from server.core.state import AppState
@@ -346,6 +347,10 @@ async def do_change_role(
         await record_admin_action(
             admin, "user.role_change", target_type="user", target_id=user_id, client=client, detail=detail
         )
+    # Once committed: the user's open sockets act with the new role at once (every node).
+    await publish_control(
+        state.redis, state.settings.redis_prefix, ControlEvent(kind="user.role_changed", user_id=user_id)
+    )
     await deliver_notification(state, notification_id)  # pushed (and mailed if wanted) only once committed
     return await _user(user_id)
 

@@ -14,7 +14,7 @@ from typing import Literal
 import msgspec
 from redis.asyncio import Redis
 
-ControlKind = Literal["session.revoked", "user.disabled", "channel.access_lost"]
+ControlKind = Literal["session.revoked", "user.disabled", "user.role_changed", "channel.access_lost"]
 
 
 class ControlEvent(msgspec.Struct, frozen=True):

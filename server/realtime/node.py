@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -37,8 +38,10 @@ import msgspec
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
-from server.accounts.tables import UserSession
+from server.accounts.tables import User, UserSession
+from server.chat.messages import channel_access
 from server.core.control import control_channel, decode_control
+from server.core.errors import AppError
 from server.core.state import AppState
 from server.realtime import history, protocol
 from server.realtime.channels import (
@@ -496,15 +499,39 @@ class Node:
         elif event.kind == "user.disabled":
             for connection in list(self.by_user.get(event.user_id, ())):
                 connection.abort(protocol.DISCONNECT_FORCE_NO_RECONNECT, "account disabled")
+        elif event.kind == "user.role_changed":
+            if event.user_id in self.by_user:
+                self.spawn(self._refresh_role(event.user_id))
         elif event.kind == "channel.access_lost" and event.channel:
             for connection in list(self.by_user.get(event.user_id, ())):
                 if event.channel in connection.subs:
-                    connection.enqueue(
-                        protocol.unsubscribe_push(
-                            event.channel, protocol.UNSUBSCRIBE_SERVER, event.reason or "access lost"
-                        )
-                    )
-                    self.spawn(self.unsubscribe(connection, event.channel))
+                    self._take_away(connection, event.channel, event.reason or "access lost")
+
+    def _take_away(self, connection: Connection, channel: str, reason: str) -> None:
+        """Unsubscribe ``connection`` from ``channel`` on the server's order (the socket stays)."""
+        connection.enqueue(protocol.unsubscribe_push(channel, protocol.UNSUBSCRIBE_SERVER, reason))
+        self.spawn(self.unsubscribe(connection, channel))
+
+    async def _refresh_role(self, user_id: uuid.UUID) -> None:
+        """The user's role changed: their sockets act with the new one at once, and lose the
+        channels only the old one could read (an admin reading a lounge they never joined)."""
+        rows = await User.raw("SELECT role FROM users WHERE id = {}", user_id)
+        if not rows:
+            return
+        role = rows[0]["role"]
+        for connection in list(self.by_user.get(user_id, ())):
+            principal = connection.principal
+            if principal is None or principal.role == role:
+                continue
+            connection.principal = dataclasses.replace(principal, role=role)
+            for channel in list(connection.subs):
+                if channel.startswith(PERSONAL_PREFIX):
+                    continue
+                try:
+                    await channel_access(connection.principal, channel, write=False)
+                except AppError:
+                    if channel in connection.subs:
+                        self._take_away(connection, channel, "access lost")
 
     # -- housekeeping ------------------------------------------------------------------------
 
@@ -547,16 +574,30 @@ class Node:
                 connection.pong_due = now + settings.ws_pong_timeout
 
     async def _sweep_revoked(self) -> None:
-        if not self.by_session:
+        """Revoked sessions closed, changed roles applied: in case a control event was missed."""
+        sessions, roles = [], []
+        for session_id, group in self.by_session.items():
+            for connection in group:
+                if connection.principal is not None:
+                    sessions.append(session_id)
+                    roles.append(connection.principal.role)
+                    break
+        if not sessions:
             return
         rows = await UserSession.raw(
-            """SELECT s.id FROM user_sessions s JOIN users u ON u.id = s."user"
-               WHERE s.id = ANY({}::uuid[]) AND (s.revoked_at IS NOT NULL OR NOT u.is_active)""",
-            list(self.by_session),
+            """SELECT s.id, s."user", s.revoked_at IS NOT NULL OR NOT u.is_active AS revoked
+               FROM unnest({}::uuid[], {}::text[]) AS c(session, role)
+               JOIN user_sessions s ON s.id = c.session JOIN users u ON u.id = s."user"
+               WHERE s.revoked_at IS NOT NULL OR NOT u.is_active OR u.role <> c.role""",
+            sessions,
+            roles,
         )
         for row in rows:
-            for connection in list(self.by_session.get(row["id"], ())):
-                connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
+            if row["revoked"]:
+                for connection in list(self.by_session.get(row["id"], ())):
+                    connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
+            else:
+                await self._refresh_role(row["user"])
 
 
 def personal_channel(user_id: uuid.UUID) -> str:
