@@ -352,6 +352,9 @@ async def test_minilm_is_the_real_model() -> None:
     assert abs(float(np.linalg.norm(question)) - 1) < 1e-5
     assert float(question @ related) > 0.5 > 0.2 > float(question @ unrelated)  # meaning, not shared words
     assert MiniLMEmbedder._model is MiniLMEmbedder.load()  # loaded once per process
+    import torch
+
+    assert torch.get_num_threads() == 1  # encodes stay on one core beside the event loop
     print(f"minilm: 3 texts in {elapsed:.2f}s")
 
 

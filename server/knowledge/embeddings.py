@@ -123,8 +123,8 @@ class MiniLMEmbedder:
     dim = EMBEDDING_DIMENSIONS[EmbeddingModel.all_minilm_l6_v2]
     semantic = True
 
-    # One model per process, shared by every instance; one encode at a time (it
-    # already uses every core, and concurrent encodes would only thrash).
+    # One model per process, shared by every instance; one encode at a time, on one
+    # thread (concurrent encodes would only thrash).
     _model: Any = None
     _load_lock = threading.Lock()
     _encode_lock = threading.Lock()
@@ -151,6 +151,13 @@ class MiniLMEmbedder:
 
                 transformers_logging.disable_progress_bar()
 
+                import torch
+
+                # One intra-op thread: encodes run one at a time beside the event loop, and
+                # torch's default (a thread per core) makes them fight it and the other
+                # processes for the same cores (seen: 242 ms per question with 2 threads on a
+                # busy 2-core host, ~50 ms with 1).
+                torch.set_num_threads(1)
                 cls._model = SentenceTransformer(str(get_model_path()), device="cpu", local_files_only=True)
                 log.info("embedding model loaded", extra={"model": cls.model})
         return cls._model
