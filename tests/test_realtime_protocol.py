@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext, SubscriptionState
+from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext, Subscription, SubscriptionState
 
 from server.accounts.tables import Role, User, UserSession
 from server.realtime.channels import broadcast_ephemeral
@@ -29,7 +29,7 @@ from tests.support.accounts import PASSWORD, Account, login
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.rawws import RawClient
-from tests.support.sdk import ClientRecorder, sdk_client, subscription
+from tests.support.sdk import ClientRecorder, Recorder, sdk_client, subscription
 
 # The shared node runs with small limits so the limit paths are cheap to reach.
 MAX_FRAME = 4096
@@ -255,35 +255,54 @@ async def test_member_removed_by_the_mentor_is_unsubscribed_and_cannot_publish(
         sdk(node.ws_url, member.access_token) as (client, events),
         sdk(node.ws_url, mentor.access_token) as (staff, _),
     ):
-        sub, seen = subscription(client, channel)
-        staff_sub, staff_seen = subscription(staff, channel)
-        for s in (sub, staff_sub):
-            await s.subscribe()
-            await s.ready(timeout=10)
-        await sub.publish(message("before"))
-        await seen.wait_for(lambda r: r.stored == [1])
-
+        (sub, seen), (staff_sub, staff_seen) = await both_subscribed(client, staff, channel)
         response = await community.client.delete(
             f"/api/v1/lounges/{lounge['id']}/members/{member.id}", headers=mentor.headers
         )
         assert response.status_code == 204, response.text
-        await seen.wait_for(lambda r: r.unsubscribed, timeout=5)
-        assert seen.unsubscribed[0].code == 2000, seen.unsubscribed
-        assert sub.state == SubscriptionState.UNSUBSCRIBED
+        await assert_channel_taken_away(client, events, sub, seen, staff_sub, staff_seen)
 
-        with pytest.raises(ReplyError) as refused:
-            await client.publish(channel, message("after"))
-        assert refused.value.code == 103, refused.value
-        # The server no longer delivers the lounge to the removed member ...
-        await staff_sub.publish(message("members only"))
-        await staff_seen.wait_for(lambda r: r.stored == [1, 2])
-        await asyncio.sleep(0.3)
-        assert seen.stored == [1]
-        # ... who stays connected (only the channel was taken away) and cannot come back.
-        assert client.state == ClientState.CONNECTED and not events.disconnected
-        with pytest.raises(ReplyError) as again:
-            await client.presence_stats(channel)
-        assert again.value.code == 103
+
+async def both_subscribed(
+    client: Client, other: Client, channel: str
+) -> tuple[tuple[Subscription, Recorder], tuple[Subscription, Recorder]]:
+    """``client`` and ``other`` subscribed to ``channel``; ``other`` posted one message both saw."""
+    sub, seen = subscription(client, channel)
+    other_sub, other_seen = subscription(other, channel)
+    for s in (sub, other_sub):
+        await s.subscribe()
+        await s.ready(timeout=10)
+    await other_sub.publish(message("before"))
+    for recorder in (seen, other_seen):
+        await recorder.wait_for(lambda r: r.stored == [1])
+    return (sub, seen), (other_sub, other_seen)
+
+
+async def assert_channel_taken_away(
+    client: Client,
+    events: ClientRecorder,
+    sub: Subscription,
+    seen: Recorder,
+    other_sub: Subscription,
+    other_seen: Recorder,
+) -> None:
+    """The server took the channel away from ``client`` (unsubscribed with code 2000): nothing
+    more is delivered to it, it cannot post or look back in, and its socket stays connected."""
+    await seen.wait_for(lambda r: r.unsubscribed, timeout=5)
+    assert seen.unsubscribed[0].code == 2000, seen.unsubscribed
+    assert sub.state == SubscriptionState.UNSUBSCRIBED
+    channel = sub.channel
+    with pytest.raises(ReplyError) as refused:
+        await client.publish(channel, message("after"))
+    assert refused.value.code == 103, refused.value
+    await other_sub.publish(message("the others only"))
+    await other_seen.wait_for(lambda r: r.stored == [1, 2])
+    await asyncio.sleep(0.3)
+    assert seen.stored == [1]
+    with pytest.raises(ReplyError) as again:
+        await client.presence_stats(channel)
+    assert again.value.code == 103
+    assert client.state == ClientState.CONNECTED and not events.disconnected
 
 
 async def test_demoted_admin_loses_what_only_the_role_allowed_on_open_sockets(
@@ -299,29 +318,13 @@ async def test_demoted_admin_loses_what_only_the_role_allowed_on_open_sockets(
         sdk(node.ws_url, member.access_token) as (poster, _),
     ):
         # As an admin, the reader follows a lounge they never joined.
-        sub, seen = subscription(client, channel)
-        member_sub, member_seen = subscription(poster, channel)
-        for s in (sub, member_sub):
-            await s.subscribe()
-            await s.ready(timeout=10)
-        await member_sub.publish(message("seen by the admin"))
-        await seen.wait_for(lambda r: r.stored == [1])
-
+        (sub, seen), (member_sub, member_seen) = await both_subscribed(client, poster, channel)
         response = await community.client.patch(
             f"/api/v1/admin/users/{reader.id}/role", headers=root.headers, json={"role": "user"}
         )
         assert response.status_code == 200, response.text
-        # The open socket (its token still valid) loses the lounge at once, and stays connected.
-        await seen.wait_for(lambda r: r.unsubscribed, timeout=5)
-        assert seen.unsubscribed[0].code == 2000, seen.unsubscribed
-        await member_sub.publish(message("members only"))
-        await member_seen.wait_for(lambda r: r.stored == [1, 2])
-        await asyncio.sleep(0.3)
-        assert seen.stored == [1]
-        with pytest.raises(ReplyError) as refused:
-            await client.presence_stats(channel)
-        assert refused.value.code == 103
-        assert client.state == ClientState.CONNECTED and not events.disconnected
+        # The open socket (its token still valid) loses the lounge at once.
+        await assert_channel_taken_away(client, events, sub, seen, member_sub, member_seen)
 
 
 async def test_the_periodic_sweep_applies_what_a_missed_control_event_would_have(
