@@ -212,6 +212,7 @@ class FakeOpenAI:
         self.port = 0
         self.hold: asyncio.Event | None = None  # when set: requests wait for it
         self.floats_only = False  # play a server that ignores encoding_format
+        self.garbled = False  # answer base64 that decodes to no whole float32 vector
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         body = b""
@@ -250,6 +251,8 @@ class FakeOpenAI:
 
     def encode(self, text: str, payload: dict[str, Any]) -> list[float] | str:
         vector = lexical_vector(text, 1536)
+        if self.garbled:
+            return base64.b64encode(b"\x00\x01\x02").decode()
         if payload.get("encoding_format", "float") == "base64" and not self.floats_only:
             return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
         return vector
@@ -311,6 +314,10 @@ async def test_openai_embeddings_through_the_sdk(
     fake_openai.floats_only = False
     assert packed.dtype == listed.dtype == np.float32 and np.allclose(packed, listed, atol=1e-7)
     assert np.allclose(packed, lexical_vector("long run sundays", 1536), atol=1e-6)
+    fake_openai.garbled = True
+    with pytest.raises(EmbeddingError, match="undecodable base64"):
+        await embedder.embed(["long run sundays"])
+    fake_openai.garbled = False
 
     # A provider error is an EmbeddingError; the job turns it into an arq retry with backoff.
     fake_openai.failures = 1
