@@ -2,7 +2,7 @@
 
 ``python -m bench.coach_standin --port P`` serves :class:`tests.support.llm_standins.OpenAIStandin`
 (the real wire format: ``POST /v1/chat/completions`` streamed as SSE chunks) under
-uvicorn, with three changes for measuring:
+uvicorn, with these changes for measuring:
 
 - latency follows a **schedule**: the first content chunk leaves ``headers_delay +
   chunk_delay`` after the request arrived and chunk *i* at ``i x chunk_delay`` after

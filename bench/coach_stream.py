@@ -19,6 +19,8 @@ posts a message over the socket; the coach answers every message (policy
 first content chunk ``--chunk-ms`` (20) later: that fixed latency is subtracted.
 Server overhead = first ``ai.delta`` at the subscriber - the stored message at
 the subscriber (the server broadcasts it right after the commit) - fixed latency.
+``--embeddings openai`` embeds the question through the stand-in's ``/v1/embeddings``
+(answered ``--embedding-ms`` after arrival): that latency is fixed too and subtracted.
 The **peer** is the official ``openai`` SDK calling the same stand-in from a
 process pinned to the worker's CPU: its time to the first content chunk minus
 the same fixed latency is what any SDK client pays. The stand-in's and arq's
