@@ -512,13 +512,15 @@ class Node:
         connection.enqueue(protocol.unsubscribe_push(channel, protocol.UNSUBSCRIBE_SERVER, reason))
         self.spawn(self.unsubscribe(connection, channel))
 
-    async def _refresh_role(self, user_id: uuid.UUID) -> None:
-        """The user's role changed: their sockets act with the new one at once, and lose the
-        channels only the old one could read (an admin reading a lounge they never joined)."""
-        rows = await User.raw("SELECT role FROM users WHERE id = {}", user_id)
-        if not rows:
-            return
-        role = rows[0]["role"]
+    async def _refresh_role(self, user_id: uuid.UUID, role: str | None = None) -> None:
+        """The user's role changed (to ``role``, read here when not given): their sockets act
+        with the new one at once, and lose the channels only the old one could read (an admin
+        reading a lounge they never joined)."""
+        if role is None:
+            rows = await User.raw("SELECT role FROM users WHERE id = {}", user_id)
+            if not rows:
+                return
+            role = rows[0]["role"]
         for connection in list(self.by_user.get(user_id, ())):
             principal = connection.principal
             if principal is None or principal.role == role:
@@ -585,7 +587,7 @@ class Node:
         if not sessions:
             return
         rows = await UserSession.raw(
-            """SELECT s.id, s."user", s.revoked_at IS NOT NULL OR NOT u.is_active AS revoked
+            """SELECT s.id, s."user", u.role, s.revoked_at IS NOT NULL OR NOT u.is_active AS revoked
                FROM unnest({}::uuid[], {}::text[]) AS c(session, role)
                JOIN user_sessions s ON s.id = c.session JOIN users u ON u.id = s."user"
                WHERE s.revoked_at IS NOT NULL OR NOT u.is_active OR u.role <> c.role""",
@@ -597,7 +599,7 @@ class Node:
                 for connection in list(self.by_session.get(row["id"], ())):
                     connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
             else:
-                await self._refresh_role(row["user"])
+                await self._refresh_role(row["user"], row["role"])
 
 
 def personal_channel(user_id: uuid.UUID) -> str:
