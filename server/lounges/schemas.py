@@ -47,7 +47,8 @@ class LoungeOut(msgspec.Struct):
     category_id: uuid.UUID | None
     access: str
     capacity: int | None
-    ai_persona: str
+    # The coach's instructions: only the lounge's mentor and admins see them (null for others).
+    ai_persona: str | None
     ai_reply_policy: str
     ai_paused: bool
     mentor_id: uuid.UUID

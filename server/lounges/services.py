@@ -3,8 +3,11 @@
 Who may do what (checked here, so REST and the socket gateway share it):
 
 - anyone may list and read public and paid lounges; private lounges are
-  unlisted (listed only to their members and admins) but readable by id, so a
-  shared link lets someone ask to join;
+  unlisted (listed, on every route that lists lounges, only to their active and
+  invited members, their mentor and admins) but readable by id, so a shared link
+  lets someone ask to join;
+- the persona prompt (``ai_persona``) is the mentor's work: only the lounge's
+  mentor and admins see it, everyone else gets ``null``;
 - joining needs a verified email; public: at once (capacity permitting);
   private: by invitation, or a request the staff approves; paid: the billing
   entitlement;
@@ -58,6 +61,12 @@ JOIN mentors m ON m.id = l.mentor
 LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
 """
 
+# Whether a listing may show lounge ``l``: not private, or the viewer is an active or invited
+# member (``me``: their membership row), its mentor (``m``: the lounge's mentors row) or an
+# admin. Placeholders: the viewer's user id (or None), whether the viewer is an admin.
+# Shared by every route that lists lounges, so none forgets the private ones.
+PRIVATE_LISTED_TO = "(l.access <> 'private' OR me.status IN ('active', 'invited') OR m.\"user\" = {} OR {})"
+
 # What a permission check needs (every post and subscribe runs one): no counts.
 _CONTEXT_SELECT = """
 SELECT l.*, m."user" AS mentor_user_id, me.status AS my_status
@@ -106,7 +115,9 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def lounge_out(row: dict[str, Any]) -> LoungeOut:
+def lounge_out(row: dict[str, Any], viewer: Principal | None) -> LoungeOut:
+    """The lounge as ``viewer`` may see it: the persona prompt only for its mentor and admins."""
+    sees_persona = viewer is not None and (viewer.role == Role.admin or viewer.user_id == row["mentor_user_id"])
     return LoungeOut(
         id=row["id"],
         channel=row["channel"],
@@ -115,7 +126,7 @@ def lounge_out(row: dict[str, Any]) -> LoungeOut:
         category_id=row["category"],
         access=row["access"],
         capacity=row["capacity"],
-        ai_persona=row["ai_persona"],
+        ai_persona=row["ai_persona"] if sees_persona else None,
         ai_reply_policy=row["ai_reply_policy"],
         ai_paused=row["ai_paused"],
         mentor_id=row["mentor"],
@@ -226,7 +237,7 @@ async def do_create_lounge(state: AppState, principal: Principal, data: LoungeCr
                 joined_at=now(),
             )
         )
-    return lounge_out(await _load(lounge_id, principal.user_id))
+    return lounge_out(await _load(lounge_id, principal.user_id), principal)
 
 
 async def list_lounges(
@@ -242,7 +253,7 @@ async def list_lounges(
     offset: int,
 ) -> LoungePage:
     viewer = principal.user_id if principal else None
-    where = ["(l.access <> 'private' OR me.status IS NOT NULL OR m.\"user\" = {} OR {})"]
+    where = [PRIVATE_LISTED_TO]
     args: list[Any] = [viewer, bool(principal and principal.role == Role.admin)]
     if not include_archived:
         where.append("l.archived_at IS NULL")
@@ -275,14 +286,16 @@ async def list_lounges(
         limit,
         offset,
     )
-    return LoungePage(items=[lounge_out(r) for r in rows], total=total_rows[0]["total"], limit=limit, offset=offset)
+    return LoungePage(
+        items=[lounge_out(r, principal) for r in rows], total=total_rows[0]["total"], limit=limit, offset=offset
+    )
 
 
 async def get_lounge(principal: Principal | None, lounge_id: uuid.UUID) -> LoungeOut:
     row = await _load(lounge_id, principal.user_id if principal else None)
     if row is None:
         raise NotFound("no such lounge", code="lounge_not_found")
-    return lounge_out(row)
+    return lounge_out(row, principal)
 
 
 async def do_update_lounge(principal: Principal, lounge_id: uuid.UUID, data: LoungeUpdate) -> LoungeOut:

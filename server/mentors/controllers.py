@@ -79,5 +79,5 @@ class MentorController(Controller):
     async def mentor_lounges(
         self, mentor_id: FromPath[uuid.UUID], viewer: NamedDependency[Principal | None]
     ) -> list[MentorLoungeOut]:
-        """The mentor's lounges that are not archived."""
+        """The mentor's lounges that are not archived (private ones only for their members, the mentor, admins)."""
         return await services.list_mentor_lounges(mentor_id, viewer)

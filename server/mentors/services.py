@@ -19,6 +19,7 @@ from server.admin.services import check_admin, record_admin_action
 from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.core.pagination import decode_cursor, encode_cursor, like_pattern
 from server.core.state import AppState
+from server.lounges.services import PRIVATE_LISTED_TO
 from server.mentors.schemas import (
     ApplyRequest,
     CategoryOut,
@@ -417,17 +418,23 @@ async def get_mentor(mentor_id: uuid.UUID, viewer: Principal | None) -> MentorOu
 
 
 async def list_mentor_lounges(mentor_id: uuid.UUID, viewer: Principal | None) -> list[MentorLoungeOut]:
-    """The mentor's lounges that are not archived, oldest first."""
+    """The mentor's lounges that are not archived, oldest first; private ones only for
+    their members, the mentor and admins (:data:`~server.lounges.services.PRIVATE_LISTED_TO`)."""
     await _visible_mentor(mentor_id, viewer)
+    viewer_id = viewer.user_id if viewer else None
     rows = await Mentor.raw(
-        """
+        f"""
         SELECT l.id, l.title, l.description, l.access, l.channel, l.created_at,
                c.id AS category_id, c.slug AS category_slug, c.name AS category_name
-        FROM lounges l LEFT JOIN categories c ON c.id = l.category
-        WHERE l.mentor = {} AND l.archived_at IS NULL
+        FROM lounges l JOIN mentors m ON m.id = l.mentor LEFT JOIN categories c ON c.id = l.category
+        LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {{}}
+        WHERE l.mentor = {{}} AND l.archived_at IS NULL AND {PRIVATE_LISTED_TO}
         ORDER BY l.created_at, l.id
         """,
+        viewer_id,
         mentor_id,
+        viewer_id,
+        viewer is not None and viewer.role == Role.admin,
     )
     return [
         MentorLoungeOut(
