@@ -33,6 +33,7 @@ from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
 from server.core.logging import RequestContextMiddleware, configure_logging
 from server.core.redis import create_redis
+from server.core.requests import LoungesRequest
 from server.core.state import AppState
 from server.files.controllers import FileController, UploadController
 from server.lounges.controllers import LoungeController
@@ -110,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             **AUTH_DEPENDENCIES,
         },
         exception_handlers=EXCEPTION_HANDLERS,
+        request_class=LoungesRequest,
         cors_config=CORSConfig(allow_origins=settings.cors_allow_origins) if settings.cors_allow_origins else None,
         compression_config=CompressionConfig(backend="gzip", minimum_size=settings.compression_minimum_size),
         openapi_config=OpenAPIConfig(

@@ -123,6 +123,8 @@ class UsersController(Controller):
 
     @put("", responses=problem_responses(401, 422))
     async def update_me(self, data: JSONBody[UpdateProfileRequest], principal: Caller) -> UserOut:
+        """Change name, notification preferences or avatar: ``avatar_file_id`` must be an
+        avatar you uploaded (``purpose=avatar``), else 422 ``invalid_avatar_file``; ``null`` clears it."""
         return await services.do_update_profile(principal, data)
 
     @patch("/password", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 422))

@@ -8,10 +8,12 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
-Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-FullName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-OpaqueToken = Annotated[str, msgspec.Meta(min_length=16, max_length=256)]
+from server.core.types import Text
+
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
+Password = Annotated[Text, msgspec.Meta(min_length=1, max_length=256)]
+FullName = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
+OpaqueToken = Annotated[Text, msgspec.Meta(min_length=16, max_length=256)]
 
 
 class RegisterRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -54,7 +56,7 @@ class ChangePasswordRequest(msgspec.Struct, forbid_unknown_fields=True):
 class UpdateProfileRequest(msgspec.Struct, forbid_unknown_fields=True):
     full_name: FullName | msgspec.UnsetType = msgspec.UNSET
     avatar_file_id: uuid.UUID | msgspec.UnsetType | None = msgspec.UNSET
-    notification_prefs: dict[str, bool] | msgspec.UnsetType = msgspec.UNSET
+    notification_prefs: dict[Text, bool] | msgspec.UnsetType = msgspec.UNSET
 
 
 class DeleteAccountRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -17,6 +17,7 @@ from server.admin import services as admin
 from server.admin.schemas import AdminUserOut, AdminUserPage, AuditPage, RoleChange, StatsOut
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import text_query
 from server.mentors import services as mentors
 from server.mentors.schemas import (
     CategoryOut,
@@ -44,7 +45,7 @@ class AdminMentorController(Controller):
         self,
         admin_principal: Admin,
         limit: Annotated[int, QueryParameter(ge=1, le=mentors.MAX_PAGE_SIZE)] = mentors.DEFAULT_PAGE_SIZE,
-        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        cursor: Annotated[str | None, text_query(max_length=200)] = None,
     ) -> PendingMentorPage:
         """Applications waiting for review, oldest first."""
         return await mentors.list_pending(admin_principal, limit=limit, cursor=cursor)
@@ -113,7 +114,7 @@ class AdminCategoryController(Controller):
 
 
 Limit = Annotated[int, QueryParameter(ge=1, le=admin.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")]
+Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class AdminStatsController(Controller):
@@ -148,7 +149,7 @@ class AdminUserController(Controller):
     async def search_users(
         self,
         admin_principal: Admin,
-        q: Annotated[str | None, QueryParameter(max_length=100, description="part of the email or full name")] = None,
+        q: Annotated[str | None, text_query(max_length=100, description="part of the email or full name")] = None,
         role: FromQuery[Role | None] = None,
         limit: Limit = admin.DEFAULT_PAGE_SIZE,
         cursor: Cursor = None,
@@ -190,9 +191,9 @@ class AdminAuditLogController(Controller):
         self,
         admin_principal: Admin,
         actor: FromQuery[uuid.UUID | None] = None,
-        action: Annotated[str | None, QueryParameter(max_length=100, description="e.g. user.role_change")] = None,
-        target_type: Annotated[str | None, QueryParameter(max_length=50, description="e.g. user, faq")] = None,
-        target_id: Annotated[str | None, QueryParameter(max_length=64)] = None,
+        action: Annotated[str | None, text_query(max_length=100, description="e.g. user.role_change")] = None,
+        target_type: Annotated[str | None, text_query(max_length=50, description="e.g. user, faq")] = None,
+        target_id: Annotated[str | None, text_query(max_length=64)] = None,
         limit: Limit = admin.DEFAULT_PAGE_SIZE,
         cursor: Cursor = None,
     ) -> AuditPage:

@@ -24,13 +24,14 @@ from server.billing.schemas import (
 )
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import int_query
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=100)]
-Offset = Annotated[int, QueryParameter(ge=0)]
+Offset = Annotated[int, int_query()]
 
 
 class BillingController(Controller):

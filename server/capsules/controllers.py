@@ -16,12 +16,13 @@ from server.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage
 from server.capsules.tables import CapsuleStatus
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import text_query
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")]
+Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class CapsuleController(Controller):

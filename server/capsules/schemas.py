@@ -8,11 +8,13 @@ from typing import Annotated
 
 import msgspec
 
+from server.core.types import Text
+
 CAPSULE_MAX_CHARS = 20_000
 MAX_ATTACHMENTS = 10
 
-Title = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-Content = Annotated[str, msgspec.Meta(max_length=CAPSULE_MAX_CHARS)]
+Title = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
+Content = Annotated[Text, msgspec.Meta(max_length=CAPSULE_MAX_CHARS)]
 UnlockAt = Annotated[datetime, msgspec.Meta(tz=True)]
 Attachments = Annotated[list[uuid.UUID], msgspec.Meta(max_length=MAX_ATTACHMENTS)]
 

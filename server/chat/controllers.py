@@ -27,12 +27,14 @@ from server.chat.schemas import (
 )
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import int_path, int_query, text_path
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, QueryParameter(ge=0)]
-Cursor = Annotated[int | None, QueryParameter(ge=0)]
+Offset = Annotated[int, int_query()]
+Cursor = Annotated[int | None, int_query(description="a message offset")]
+MessageOffset = Annotated[int, int_path()]
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
@@ -65,7 +67,7 @@ class ChannelMessagesController(Controller):
     async def edit_message(
         self,
         id: FromPath[uuid.UUID],
-        offset: FromPath[int],
+        offset: MessageOffset,
         data: JSONBody[MessageEdit],
         app_state: State,
         principal: Caller,
@@ -76,7 +78,7 @@ class ChannelMessagesController(Controller):
         "/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
     )
     async def delete_message(
-        self, id: FromPath[uuid.UUID], offset: FromPath[int], app_state: State, principal: Caller
+        self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
     ) -> None:
         await messages.do_delete_message(app_state, principal, self._channel(id), offset)
 
@@ -88,7 +90,7 @@ class ChannelMessagesController(Controller):
     async def add_reaction(
         self,
         id: FromPath[uuid.UUID],
-        offset: FromPath[int],
+        offset: MessageOffset,
         data: JSONBody[ReactionIn],
         app_state: State,
         principal: Caller,
@@ -102,7 +104,12 @@ class ChannelMessagesController(Controller):
         responses=problem_responses(401, 403, 404, 409),
     )
     async def remove_reaction(
-        self, id: FromPath[uuid.UUID], offset: FromPath[int], emoji: FromPath[str], app_state: State, principal: Caller
+        self,
+        id: FromPath[uuid.UUID],
+        offset: MessageOffset,
+        emoji: Annotated[str, text_path(max_length=32)],
+        app_state: State,
+        principal: Caller,
     ) -> dict[str, int]:
         return await messages.do_react(app_state, principal, self._channel(id), offset, emoji, add=False)
 

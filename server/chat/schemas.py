@@ -8,21 +8,23 @@ from typing import Annotated, Any
 
 import msgspec
 
-Emoji = Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
-ThreadTitle = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+from server.core.types import NonNegativeInt64, PositiveInt64, Text
+
+Emoji = Annotated[Text, msgspec.Meta(min_length=1, max_length=32)]
+ThreadTitle = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class MessageIn(msgspec.Struct, forbid_unknown_fields=True):
     """A post into a lounge or thread; ``client_id`` makes retries idempotent."""
 
     client_id: uuid.UUID
-    text: str = ""
+    text: Text = ""
     attachments: Annotated[list[uuid.UUID], msgspec.Meta(max_length=10)] = msgspec.field(default_factory=list)
-    reply_to: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    reply_to: PositiveInt64 | None = None
 
 
 class MessageEdit(msgspec.Struct, forbid_unknown_fields=True):
-    text: str
+    text: Text
 
 
 class ReactionIn(msgspec.Struct, forbid_unknown_fields=True):
@@ -30,7 +32,7 @@ class ReactionIn(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ReadIn(msgspec.Struct, forbid_unknown_fields=True):
-    offset: Annotated[int, msgspec.Meta(ge=0)]
+    offset: NonNegativeInt64
 
 
 class SenderOut(msgspec.Struct):

@@ -31,6 +31,7 @@ from server.cms.schemas import (
 )
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import int_query, text_path, text_query
 
 State = NamedDependency[AppState]
 Admin = NamedDependency[Principal]
@@ -39,7 +40,7 @@ Client = NamedDependency[ClientInfo]
 # A client or shared cache may reuse a public CMS answer for a minute unasked, then revalidates.
 CACHE_CONTROL = "public, max-age=60"
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Offset = Annotated[int, QueryParameter(ge=0, le=1_000_000, description="items to skip")]
+Offset = Annotated[int, int_query(le=1_000_000, description="items to skip")]
 IfNoneMatch = Annotated[
     str | None,
     HeaderParameter(
@@ -95,7 +96,9 @@ class CmsController(Controller):
     tags = ["cms"]
 
     @get("/pages/{slug:str}", responses={**_CONDITIONAL, **problem_responses(404)})
-    async def get_page(self, slug: FromPath[str], if_none_match: IfNoneMatch = None) -> Response[PageOut]:
+    async def get_page(
+        self, slug: Annotated[str, text_path(max_length=120)], if_none_match: IfNoneMatch = None
+    ) -> Response[PageOut]:
         """A published page (e.g. ``terms``, ``privacy``): ``body_html`` is safe to insert as HTML.
 
         Answers carry a strong ``ETag``; send it back in ``If-None-Match`` for a 304.
@@ -105,7 +108,7 @@ class CmsController(Controller):
     @get("/faqs", responses={**_CONDITIONAL, **problem_responses(422)})
     async def list_faqs(
         self,
-        category: Annotated[str | None, QueryParameter(max_length=80, description="only this category")] = None,
+        category: Annotated[str | None, text_query(max_length=80, description="only this category")] = None,
         if_none_match: IfNoneMatch = None,
     ) -> Response[list[FaqOut]]:
         """Published FAQs, uncategorised first, then by category and position; with ``ETag`` like pages."""
@@ -175,7 +178,7 @@ class AdminFaqController(Controller):
     async def list_faqs(
         self,
         admin_principal: Admin,
-        category: Annotated[str | None, QueryParameter(max_length=80)] = None,
+        category: Annotated[str | None, text_query(max_length=80)] = None,
         published: FromQuery[bool | None] = None,
         limit: Limit = services.DEFAULT_PAGE_SIZE,
         offset: Offset = 0,

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import msgspec
 
+from server.core.types import Text
+
 PageSlug = Annotated[str, msgspec.Meta(min_length=1, max_length=120, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")]
-PageTitle = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-PageBody = Annotated[str, msgspec.Meta(max_length=100_000)]
-Question = Annotated[str, msgspec.Meta(min_length=1, max_length=300)]
-Answer = Annotated[str, msgspec.Meta(min_length=1, max_length=20_000)]
-FaqCategory = Annotated[str, msgspec.Meta(min_length=1, max_length=80)]
+PageTitle = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
+PageBody = Annotated[Text, msgspec.Meta(max_length=100_000)]
+Question = Annotated[Text, msgspec.Meta(min_length=1, max_length=300)]
+Answer = Annotated[Text, msgspec.Meta(min_length=1, max_length=20_000)]
+FaqCategory = Annotated[Text, msgspec.Meta(min_length=1, max_length=80)]
 Position = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 
 

@@ -187,13 +187,16 @@ def handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response
 
 
 def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
+    """422 whose ``detail`` names the first refused field; ``errors`` lists each (``key``, ``source``, ``message``)."""
     errors = exc.extra if isinstance(exc.extra, list) else []
+    first = next((error for error in errors if isinstance(error, dict) and error.get("key")), None)
+    detail = f"{first['message']} (at {first.get('source', 'body')} `{first['key']}`)" if first else str(exc.detail)
     return problem(
         request,
         status=422,
         code="validation_failed",
         title="Validation failed",
-        detail=str(exc.detail),
+        detail=detail,
         extra={"errors": errors},
     )
 

@@ -20,6 +20,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_30
 from server.accounts.services import Principal
 from server.core.errors import BadRequest, problem_responses
 from server.core.state import AppState
+from server.core.types import int_query, text_query
 from server.files import services
 from server.files.schemas import FileOut, FilePage, UploadPurpose
 from server.files.tables import FilePurpose
@@ -27,8 +28,8 @@ from server.files.tables import FilePurpose
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, QueryParameter(ge=0)]
-Filename = Annotated[str | None, QueryParameter(min_length=1, max_length=255)]
+Offset = Annotated[int, int_query()]
+Filename = Annotated[str | None, text_query(min_length=1, max_length=255)]
 
 
 async def _body(request: Request[Any, Any, Any]) -> AsyncIterator[bytes]:

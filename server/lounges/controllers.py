@@ -7,13 +7,14 @@ from typing import Annotated
 
 from litestar import delete, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
+from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from server.accounts.services import Principal
 from server.chat.controllers import ChannelMessagesController, Limit, Offset
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import text_query
 from server.lounges import services
 from server.lounges.schemas import (
     InviteRequest,
@@ -46,7 +47,7 @@ class LoungeController(ChannelMessagesController):
         category: FromQuery[uuid.UUID | None] = None,
         mentor: FromQuery[uuid.UUID | None] = None,
         access: FromQuery[LoungeAccess | None] = None,
-        q: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        q: Annotated[str | None, text_query(max_length=100)] = None,
         mine: FromQuery[bool] = False,
         include_archived: FromQuery[bool] = False,
         limit: Limit = 20,

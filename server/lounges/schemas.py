@@ -8,11 +8,12 @@ from typing import Annotated
 
 import msgspec
 
+from server.core.types import Text
 from server.lounges.tables import AIReplyPolicy, LoungeAccess, MembershipRole
 
-Title = Annotated[str, msgspec.Meta(min_length=1, max_length=120)]
-Description = Annotated[str, msgspec.Meta(max_length=5000)]
-Persona = Annotated[str, msgspec.Meta(max_length=8000)]
+Title = Annotated[Text, msgspec.Meta(min_length=1, max_length=120)]
+Description = Annotated[Text, msgspec.Meta(max_length=5000)]
+Persona = Annotated[Text, msgspec.Meta(max_length=8000)]
 Capacity = Annotated[int, msgspec.Meta(ge=2, le=100_000)]
 
 

@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from server.accounts.services import Principal
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import text_query
 from server.mentors import services
 from server.mentors.schemas import (
     ApplyRequest,
@@ -26,7 +27,7 @@ State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")]
+Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class CategoryController(Controller):
@@ -50,8 +51,8 @@ class MentorController(Controller):
     @get("", responses=problem_responses(422))
     async def list_mentors(
         self,
-        category: Annotated[str | None, QueryParameter(max_length=80, description="category slug")] = None,
-        q: Annotated[str | None, QueryParameter(max_length=100, description="search full name or headline")] = None,
+        category: Annotated[str | None, text_query(max_length=80, description="category slug")] = None,
+        q: Annotated[str | None, text_query(max_length=100, description="search full name or headline")] = None,
         limit: Limit = services.DEFAULT_PAGE_SIZE,
         cursor: Cursor = None,
     ) -> MentorPage:

@@ -8,14 +8,16 @@ from typing import Annotated
 
 import msgspec
 
+from server.core.types import Text
+
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")]
-CategoryName = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-CategoryDescription = Annotated[str, msgspec.Meta(max_length=2000)]
+CategoryName = Annotated[Text, msgspec.Meta(min_length=1, max_length=100)]
+CategoryDescription = Annotated[Text, msgspec.Meta(max_length=2000)]
 Position = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
-Headline = Annotated[str, msgspec.Meta(min_length=3, max_length=200)]
-Bio = Annotated[str, msgspec.Meta(min_length=1, max_length=5000)]
+Headline = Annotated[Text, msgspec.Meta(min_length=3, max_length=200)]
+Bio = Annotated[Text, msgspec.Meta(min_length=1, max_length=5000)]
 CategoryIds = Annotated[list[uuid.UUID], msgspec.Meta(min_length=1, max_length=10)]
-Reason = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Reason = Annotated[Text, msgspec.Meta(min_length=1, max_length=1000)]
 
 
 # -- categories --------------------------------------------------------------------------------

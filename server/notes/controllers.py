@@ -13,14 +13,15 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from server.accounts.services import Principal
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import int_query, text_query
 from server.notes import services
 from server.notes.schemas import NoteCreate, NoteOut, NotePage, NoteUpdate, PinRequest, SearchRequest, SearchResults
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, QueryParameter(ge=0)]
-TagFilter = Annotated[str | None, QueryParameter(min_length=1, max_length=50)]
+Offset = Annotated[int, int_query()]
+TagFilter = Annotated[str | None, text_query(min_length=1, max_length=50)]
 
 
 class NotesController(Controller):

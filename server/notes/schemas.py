@@ -8,11 +8,13 @@ from typing import Annotated
 
 import msgspec
 
+from server.core.types import Text
+
 NOTE_MAX_CHARS = 100_000
 MAX_TAGS = 20
 
-Title = Annotated[str, msgspec.Meta(max_length=200)]
-Content = Annotated[str, msgspec.Meta(max_length=NOTE_MAX_CHARS)]
+Title = Annotated[Text, msgspec.Meta(max_length=200)]
+Content = Annotated[Text, msgspec.Meta(max_length=NOTE_MAX_CHARS)]
 # Letters, digits, "_", "-" and inner spaces; stored trimmed and lower-cased.
 Tag = Annotated[str, msgspec.Meta(min_length=1, max_length=50, pattern=r"^\s*[\w][\w\- ]*\s*$")]
 Tags = Annotated[list[Tag], msgspec.Meta(max_length=MAX_TAGS)]
@@ -60,7 +62,7 @@ class NotePage(msgspec.Struct):
 
 
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    query: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    query: Annotated[Text, msgspec.Meta(min_length=1, max_length=500)]
     limit: Annotated[int, msgspec.Meta(ge=1, le=50)] = 10
 
 

@@ -12,6 +12,7 @@ from litestar.params import FromPath, FromQuery, QueryParameter
 from server.accounts.services import Principal
 from server.core.errors import problem_responses
 from server.core.state import AppState
+from server.core.types import text_query
 from server.notifications import services
 from server.notifications.schemas import NotificationPage, ReadResult
 
@@ -19,7 +20,7 @@ State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, QueryParameter(max_length=200, description="next_cursor of the previous page")]
+Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class NotificationController(Controller):
