@@ -13,6 +13,7 @@ from tests.support.accounts import Account
 from tests.support.community import Community
 
 API = "/api/v1"
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
 
 
 async def _make_admin(email: str, community: Community) -> Account:
@@ -103,3 +104,39 @@ async def test_the_persona_prompt_is_shown_only_to_the_mentor_and_admins(
         assert {item["ai_persona"] for item in listed} == {expected}, headers
     updated = await client.put(f"{API}/lounges/{public['id']}", json={"title": "Renamed"}, headers=mentor.headers)
     assert updated.json()["ai_persona"] == persona
+
+
+async def _upload(client: httpx.AsyncClient, account: Account, purpose: str) -> str:
+    response = await client.post(
+        f"{API}/chat/upload",
+        params={"filename": "me.png", "purpose": purpose},
+        content=PNG,
+        headers={**account.headers, "Content-Type": "image/png"},
+    )
+    assert response.status_code == 201, response.text
+    return response.json()["id"]
+
+
+async def test_only_your_own_avatar_file_can_become_your_avatar(
+    client: httpx.AsyncClient, community: Community
+) -> None:
+    alice = await community.user("alice@example.com")
+    mallory = await community.user("mallory@example.com")
+    alices_avatar = await _upload(client, alice, "avatar")  # uploaded, not (yet) her avatar
+    alices_attachment = await _upload(client, alice, "attachment")
+    mallorys_attachment = await _upload(client, mallory, "attachment")
+    for file_id in (alices_avatar, alices_attachment, mallorys_attachment, str(uuid.uuid4())):
+        refused = await client.put(f"{API}/users/me", json={"avatar_file_id": file_id}, headers=mallory.headers)
+        assert refused.status_code == 422, file_id
+        assert refused.json()["code"] == "invalid_avatar_file"
+        assert [error["key"] for error in refused.json()["errors"]] == ["avatar_file_id"]
+    assert (await client.get(f"{API}/users/me", headers=mallory.headers)).json()["avatar_file_id"] is None
+    stolen = await client.get(f"{API}/files/{alices_avatar}", headers=mallory.headers)
+    assert stolen.status_code == 404 and stolen.json()["code"] == "file_not_found"
+
+    own = await _upload(client, mallory, "avatar")
+    accepted = await client.put(f"{API}/users/me", json={"avatar_file_id": own}, headers=mallory.headers)
+    assert accepted.status_code == 200 and accepted.json()["avatar_file_id"] == own
+    assert (await client.get(f"{API}/files/{own}", headers=alice.headers)).status_code == 200  # a shown avatar
+    cleared = await client.put(f"{API}/users/me", json={"avatar_file_id": None}, headers=mallory.headers)
+    assert cleared.status_code == 200 and cleared.json()["avatar_file_id"] is None

@@ -12,6 +12,7 @@ from server.notes.tables import Note
 from tests.support.accounts import PASSWORD, login, signed_in
 
 ME = "/api/v1/users/me"
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
 
 
 async def test_profile_read_and_update(client: httpx.AsyncClient) -> None:
@@ -19,7 +20,13 @@ async def test_profile_read_and_update(client: httpx.AsyncClient) -> None:
     me = (await client.get(ME, headers=account.headers)).json()
     assert me["full_name"] == "Test User" and me["notification_prefs"] == {}
 
-    avatar = str(uuid.uuid4())
+    uploaded = await client.post(
+        "/api/v1/chat/upload",
+        params={"filename": "me.png", "purpose": "avatar"},
+        content=PNG,
+        headers={**account.headers, "Content-Type": "image/png"},
+    )
+    avatar = uploaded.json()["id"]  # only an avatar of your own is accepted (tests/test_access_hardening.py)
     updated = await client.put(
         ME,
         headers=account.headers,

@@ -31,6 +31,7 @@ from server.core.control import ControlEvent, publish_control
 from server.core.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
 from server.core.mail import Mail, queue_mail
 from server.core.state import AppState
+from server.files.tables import File, FilePurpose, FileStatus
 from server.settings import parse_rate
 
 log = logging.getLogger("lounges.accounts")
@@ -419,6 +420,23 @@ async def get_me(principal: Principal) -> UserOut:
     return user_out(row)
 
 
+async def _check_own_avatar(principal: Principal, file_id: uuid.UUID) -> None:
+    """422 unless ``file_id`` is the caller's own uploaded avatar image: anyone may read a
+    user's current avatar, so taking someone else's file as yours would publish it."""
+    if not await File.exists().where(
+        File.id == file_id,
+        File.owner == principal.user_id,
+        File.purpose == FilePurpose.avatar,
+        File.status == FileStatus.ready,
+    ):
+        message = "avatar_file_id must be an avatar you uploaded (POST /api/v1/chat/upload?purpose=avatar)"
+        raise ValidationFailed(
+            message,
+            code="invalid_avatar_file",
+            errors=[{"key": "avatar_file_id", "message": message, "source": "body"}],
+        )
+
+
 async def do_update_profile(principal: Principal, changes: UpdateProfileRequest) -> UserOut:
     values: dict[Any, Any] = {}
     if changes.full_name is not msgspec.UNSET:
@@ -426,6 +444,8 @@ async def do_update_profile(principal: Principal, changes: UpdateProfileRequest)
             raise ValidationFailed("full_name must not be blank", code="invalid_full_name")
         values[User.full_name] = changes.full_name.strip()
     if changes.avatar_file_id is not msgspec.UNSET:
+        if changes.avatar_file_id is not None:
+            await _check_own_avatar(principal, changes.avatar_file_id)
         values[User.avatar_file_id] = changes.avatar_file_id
     if changes.notification_prefs is not msgspec.UNSET:
         values[User.notification_prefs] = changes.notification_prefs
