@@ -70,9 +70,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     refresh_token_ttl: PositiveInt = 30 * 24 * 3600
     email_verification_ttl: PositiveInt = 48 * 3600
     password_reset_ttl: PositiveInt = 3600
-    # Sign-in, register, forgot-password and verify: "count/seconds" per client IP and per account.
+    # Sign-in, register, forgot-password and verify: "count/seconds" per client IP (every attempt)
+    # and per account (sign-in: failed attempts on one account from one IP; see do_login).
     auth_rate_limit_ip: str = "30/60"
     auth_rate_limit_account: str = "10/900"
+    # Failed sign-ins on one account from all IPs; past it only IPs it signed in from before may try.
+    auth_login_failures_account: str = "100/3600"
 
     # Google sign-in (OpenID Connect, authorization code + PKCE). Empty client id: disabled.
     google_client_id: str | None = None
@@ -92,6 +95,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ai_delta_interval_ms: PositiveInt = 50
     ai_context_tokens: PositiveInt = 6000
     ai_rag_passages: Annotated[int, msgspec.Meta(ge=0, le=20)] = 4
+    # A running reply's lease: a reply whose worker stopped renewing it this long is ended as `worker_lost`.
+    ai_stream_lease_seconds: Annotated[float, msgspec.Meta(ge=1, le=120)] = 5.0
 
     # Realtime gateway (/connection/websocket).
     ws_max_frame_bytes: PositiveInt = 65536
@@ -101,6 +106,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_pong_timeout: PositiveInt = 10
     ws_connect_timeout: PositiveInt = 10
     ws_expired_close_delay: Annotated[int, msgspec.Meta(ge=0)] = 25
+    # Longest a socket command may take (a stalled database or Redis): past it, error 108.
+    ws_command_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
+    # Failed commands (client errors) one socket may send per 10 s before it is closed with 3509.
+    ws_max_errors: PositiveInt = 100
     publish_rate_limit: str = "30/10"
     history_cache_size: PositiveInt = 500
     history_cache_ttl: PositiveInt = 24 * 3600
@@ -239,6 +248,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Background worker.
     worker_health_check_interval: PositiveInt = 10
     worker_max_jobs: PositiveInt = 20
+    # On SIGTERM a worker takes no new job and lets running ones (coach replies) finish this long.
+    worker_shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
 
     def __post_init__(self) -> None:
         if self.database_url is not None:
@@ -247,7 +258,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"})
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
-        for name in ("auth_rate_limit_ip", "auth_rate_limit_account", "publish_rate_limit"):
+        for name in (
+            "auth_rate_limit_ip",
+            "auth_rate_limit_account",
+            "auth_login_failures_account",
+            "publish_rate_limit",
+        ):
             parse_rate(name.upper(), getattr(self, name))
         for entry in self.jwt_keys:
             kid, sep, secret = entry.partition(":")

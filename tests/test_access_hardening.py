@@ -5,12 +5,20 @@ against the account's owner."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
+import msgspec
+from litestar import Litestar
 
 from server.accounts.tables import Role, User
-from tests.support.accounts import Account
+from server.app import create_app
+from server.settings import Settings
+from tests.support.accounts import PASSWORD, Account, signed_in, token_in
 from tests.support.community import Community
+from tests.support.lifespan import running_lifespan
+from tests.support.smtp import SmtpSink
 
 API = "/api/v1"
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00\x00\x1f\x15\xc4\x89"
@@ -140,3 +148,76 @@ async def test_only_your_own_avatar_file_can_become_your_avatar(
     assert (await client.get(f"{API}/files/{own}", headers=alice.headers)).status_code == 200  # a shown avatar
     cleared = await client.put(f"{API}/users/me", json={"avatar_file_id": None}, headers=mallory.headers)
     assert cleared.status_code == 200 and cleared.json()["avatar_file_id"] is None
+
+
+@asynccontextmanager
+async def _sources(settings: Settings, *ips: str, **limits: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One app with the given auth limits, and a client per source address."""
+    application = create_app(msgspec.structs.replace(settings, **limits))
+    async with running_lifespan(application), AsyncExitStack() as stack:
+        clients = []
+        for ip in ips:
+            transport = httpx.ASGITransport(app=application, client=(ip, 40000))
+            clients.append(await stack.enter_async_context(httpx.AsyncClient(transport=transport, base_url="http://t")))
+        yield clients
+
+
+async def _login(http: httpx.AsyncClient, email: str, password: str) -> int:
+    return (await http.post(f"{API}/auth/login", json={"email": email, "password": password})).status_code
+
+
+async def test_a_stranger_guessing_cannot_lock_the_owner_out(app: Litestar, settings: Settings) -> None:
+    async with _sources(settings, "203.0.113.7", "198.51.100.20", auth_rate_limit_account="3/60") as (attacker, owner):
+        await signed_in(owner, "owner@example.com")
+        assert [await _login(attacker, "owner@example.com", f"guess number {i}") for i in range(3)] == [401] * 3
+        blocked = await attacker.post(f"{API}/auth/login", json={"email": "owner@example.com", "password": PASSWORD})
+        assert blocked.status_code == 429 and blocked.json()["code"] == "rate_limited"  # even the right password
+        assert 1 <= int(blocked.headers["retry-after"]) <= 60
+        assert await _login(attacker, "someone.else@example.com", "guess number 9") == 401  # their own budget
+
+        assert await _login(owner, "owner@example.com", PASSWORD) == 200  # the owner, from their own network
+        assert await _login(owner, "owner@example.com", "a typo in it") == 401
+
+
+async def test_only_failed_sign_ins_count_and_a_success_clears_them(app: Litestar, settings: Settings) -> None:
+    async with _sources(settings, "198.51.100.20", auth_rate_limit_account="3/60") as (owner,):
+        await signed_in(owner, "owner@example.com")
+        assert [await _login(owner, "owner@example.com", PASSWORD) for _ in range(5)] == [200] * 5
+        assert [await _login(owner, "owner@example.com", "a typo in it") for _ in range(2)] == [401] * 2
+        assert await _login(owner, "owner@example.com", PASSWORD) == 200  # forgets the two typos
+        statuses = [await _login(owner, "owner@example.com", "a typo in it") for _ in range(4)]
+        assert statuses == [401, 401, 401, 429]
+
+
+async def test_guessing_from_many_sources_is_capped_without_locking_out_known_ones(
+    app: Litestar, settings: Settings, mailbox: SmtpSink, run_jobs
+) -> None:
+    bots = [f"203.0.113.{i}" for i in range(1, 6)]
+    async with _sources(
+        settings,
+        "198.51.100.20",
+        "192.0.2.44",
+        *bots,
+        auth_rate_limit_account="3/60",
+        auth_login_failures_account="4/60",
+    ) as (home, travelling, *botnet):
+        await signed_in(home, "owner@example.com")
+        assert [await _login(bot, "owner@example.com", "guess guess") for bot in botnet[:4]] == [401] * 4
+        # The account has had its share of failures: a new source is refused, right password or not ...
+        assert await _login(botnet[4], "owner@example.com", PASSWORD) == 429
+        assert await _login(travelling, "owner@example.com", PASSWORD) == 429
+        # ... but where the owner signed in before still works.
+        assert await _login(home, "owner@example.com", PASSWORD) == 200
+        assert await _login(home, "other@example.com", "guess guess") == 401  # other accounts are untouched
+
+        # Proving control of the mailbox (a password reset) lifts the account-wide cap.
+        assert (
+            await travelling.post(f"{API}/auth/forgot-password", json={"email": "owner@example.com"})
+        ).status_code == 202
+        await run_jobs()
+        token = token_in(next(m for m in reversed(mailbox.messages) if "Reset" in m["Subject"]), "reset-password")
+        reset = await travelling.post(
+            f"{API}/auth/reset-password", json={"token": token, "password": "a new passphrase"}
+        )
+        assert reset.status_code == 200, reset.text
+        assert await _login(travelling, "owner@example.com", "a new passphrase") == 200

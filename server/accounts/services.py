@@ -28,7 +28,7 @@ from server.accounts.tables import ActionToken, ActionTokenPurpose, RefreshToken
 from server.accounts.tokens import hash_secret, new_secret
 from server.compliance.tables import ComplianceRequest
 from server.core.control import ControlEvent, publish_control
-from server.core.errors import Conflict, Forbidden, Unauthorized, ValidationFailed
+from server.core.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
 from server.core.mail import Mail, queue_mail
 from server.core.state import AppState
 from server.files.tables import File, FilePurpose, FileStatus
@@ -287,15 +287,53 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
 # -- sign-in, refresh, sign-out -------------------------------------------------------------
 
 
+async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, client: ClientInfo) -> None:
+    """Throttle password guessing without letting a stranger lock the owner out.
+
+    After OWASP's Authentication Cheat Sheet, "Protect against automated attacks"
+    (https://cheatsheetseries.owasp.org/cheatsheets/Authentication_Cheat_Sheet.html): a hard
+    per-account lockout lets anyone deny the owner service, so attempts are limited per
+    source, failed attempts per account *and* source (AUTH_RATE_LIMIT_ACCOUNT), and failed
+    attempts per account from all sources (AUTH_LOGIN_FAILURES_ACCOUNT), past which only
+    sources the account signed in from before may still try. Each attempt is counted as
+    failed up front (atomically, so parallel guesses cannot slip past the limit) and
+    :func:`_login_succeeded` takes it back.
+    """
+    settings = state.settings
+    await state.limiter.hit(f"login:ip:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip))
+    await state.limiter.hit(
+        f"login:fail:{email}:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_ACCOUNT", settings.auth_rate_limit_account)
+    )
+    try:
+        await state.limiter.hit(
+            f"login:fail:{email}",
+            *parse_rate("AUTH_LOGIN_FAILURES_ACCOUNT", settings.auth_login_failures_account),
+        )
+    except RateLimited:
+        known = user_id is not None and await SecurityEvent.exists().where(
+            SecurityEvent.user == user_id, SecurityEvent.kind == "login.succeeded", SecurityEvent.ip == client.ip[:64]
+        )
+        if not known:
+            raise
+
+
+async def _login_succeeded(state: AppState, email: str, client: ClientInfo) -> None:
+    """Only failures count: this source's failures on the account are forgotten, and the
+    attempt is taken back from the account-wide count (others' failures stay)."""
+    await state.limiter.reset(f"login:fail:{email}:{client.ip}")
+    await state.limiter.refund(f"login:fail:{email}")
+
+
 async def do_login(state: AppState, *, email: str, password: str, client: ClientInfo) -> TokenPair:
     email = normalize_email(email)
-    await check_rate(state, "login", client, email)
     user = await User.select(User.id, User.password_hash, User.is_active).where(User.email == email).first()
+    await _limit_login(state, email, user["id"] if user else None, client)
     valid = await verify_password(user["password_hash"] if user else None, password)
     if not (user and valid and user["is_active"]):
         if user:
             await record_event(user["id"], "login.failed", client)
         raise Unauthorized("wrong email or password", code="invalid_credentials")
+    await _login_succeeded(state, email, client)
     async with _engine(state).transaction():
         changes: dict[Any, Any] = {User.last_login_at: now()}
         if needs_rehash(user["password_hash"]):
@@ -394,6 +432,10 @@ async def do_reset_password(state: AppState, *, token: str, password: str, clien
         revoked = await revoke_sessions(user_id, "password_reset")
         await record_event(user_id, "password.reset", client)
     await announce_revoked(state, user_id, revoked, "password_reset")
+    # The owner proved control of the mailbox and old guesses are void: lift the account-wide
+    # cap on failed sign-ins (see _limit_login) and this source's own count.
+    await state.limiter.reset(f"login:fail:{user['email']}")
+    await state.limiter.reset(f"login:fail:{user['email']}:{client.ip}")
 
 
 async def do_change_password(

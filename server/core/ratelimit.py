@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -25,6 +26,18 @@ if count == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return {count, redis.call('PTTL', KEYS[1])}
 """
 
+# Give one hit back, never creating the key nor going below zero.
+_REFUND = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
+# DECR a window's counter that still exists (a lapsed window has nothing to give back).
+_REFUND = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
+return 0
+"""
+
 
 class RateLimiter:
     """``await limiter.hit(key, limit, window)`` raises :class:`RateLimited` past ``limit``."""
@@ -33,6 +46,8 @@ class RateLimiter:
         self._redis = redis
         self._prefix = f"{prefix}:rl:"
         self._script = redis.register_script(_HIT)
+        self._refund_script = redis.register_script(_REFUND)
+        self._refund = redis.register_script(_REFUND)
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> None:
         try:
@@ -47,5 +62,27 @@ class RateLimiter:
                 detail=f"too many attempts; try again in {-(-max(ttl_ms, 1) // 1000)} s",
             )
 
+    async def refund(self, key: str) -> None:
+        """Take back one :meth:`hit` (an attempt that turned out not to count, e.g. a sign-in
+        that succeeded); like :meth:`hit`, a Redis failure is logged and ignored."""
+        await self._quietly(key, self._refund(keys=[self._prefix + key]))
+
+    async def refund(self, key: str) -> None:
+        """Give back one attempt :meth:`hit` counted, for work that was then not done (refused,
+        or cut short by a stalled database): only accepted work is charged. Best effort."""
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await self._refund_script(keys=[self._prefix + key])
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("rate limiter refund failed", extra={"key": key, "error": repr(exc)})
+
     async def reset(self, key: str) -> None:
-        await self._redis.delete(self._prefix + key)
+        """Forget every hit of ``key`` (Redis failures logged and ignored)."""
+        await self._quietly(key, self._redis.delete(self._prefix + key))
+
+    async def _quietly(self, key: str, command: Awaitable[object]) -> None:
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                await command
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("rate limiter unavailable; count not updated", extra={"key": key, "error": repr(exc)})
