@@ -11,7 +11,7 @@ import msgspec
 from litestar import Litestar
 
 from server.chat.tables import Message
-from server.realtime.channels import Wire, pubsub_channel
+from server.realtime.channels import WIRE_PUBLICATION, WIRE_REWRITE, Wire, pubsub_channel
 from server.realtime.tables import ChannelPublication
 from tests.support.accounts import Account
 from tests.support.community import Community
@@ -173,15 +173,18 @@ async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
         ]
         assert history[0]["reactions"] == {"🎉": 1}
 
-        received = []
+        received, rewritten = [], []
         async with asyncio.timeout(3):
             while len(received) < 7:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
                 if message:
-                    received.append(msgspec.json.decode(message["data"], type=Wire))
+                    wire = msgspec.json.decode(message["data"], type=Wire)
+                    (received if wire.kind == WIRE_PUBLICATION else rewritten).append(wire)
     finally:
         await pubsub.aclose()
     assert [w.offset for w in received] == list(range(1, 8))
+    # The edit rewrote message 1 in place, the deletion message 2 (tests/test_privacy.py has the why).
+    assert [(w.kind, w.offset) for w in rewritten] == [(WIRE_REWRITE, 1), (WIRE_REWRITE, 2)]
     types = [msgspec.json.decode(w.data)["type"] for w in received]
     assert types == ["message", "message", "message.edited", "reaction", "reaction", "reaction", "message.deleted"]
     assert len({w.epoch for w in received}) == 1

@@ -29,9 +29,9 @@ from server.core.state import AppState
 from server.files.tables import File
 from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.lounges.tables import LoungeMembership
-from server.notifications.services import notify_mentions
-from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset
-from server.realtime.tables import Channel
+from server.notifications.services import forget_mentions, notify_mentions, reword_mentions
+from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset, rewrite
+from server.realtime.tables import Channel, ChannelPublication
 from server.settings import parse_rate
 
 _json = msgspec.json.Encoder()
@@ -373,8 +373,86 @@ async def _locked_message(name: str, offset: int) -> dict[str, Any]:
     return rows[0]
 
 
+async def rewrite_message_log(name: str, offset: int) -> list[Publication]:
+    """Rewrite every stored publication of the message at ``offset`` to what the message
+    is now (inside the caller's transaction, after its row changed), so no earlier text
+    stays readable in history or recovery: its own publication (``message``, ``ai.end``,
+    ``ai.error``) carries the current ``MessageOut`` (a tombstone once deleted: no text,
+    attachments, meta or reactions), and each ``message.edited`` of it the current text,
+    or becomes ``message.deleted`` once the message is gone. Offsets do not move.
+    Returns the rewritten publications for :func:`broadcast`'s ``rewritten``."""
+    message = await get_message(name, offset)
+    rows = await ChannelPublication.raw(
+        'SELECT "offset", data::text AS data FROM channel_publications WHERE channel = {} AND "offset" >= {} '
+        'AND ("offset" = {} OR data @> {}::jsonb) ORDER BY "offset"',
+        name,
+        offset,
+        offset,
+        _json.encode({"type": "message.edited", "message_offset": offset}).decode(),
+    )
+    edited: dict[str, Any] = (
+        {"type": "message.deleted", "message_offset": offset}
+        if message.deleted
+        else {
+            "type": "message.edited",
+            "message_offset": offset,
+            "text": message.text,
+            "edited_at": message.edited_at.isoformat() if message.edited_at else None,
+        }
+    )
+    current = msgspec.to_builtins(message)
+    rewritten = []
+    for row in rows:
+        data = {**msgspec.json.decode(row["data"]), "message": current} if row["offset"] == offset else edited
+        rewritten.append(await rewrite(name, row["offset"], data))
+    return rewritten
+
+
+async def erase_text(message_ids: list[uuid.UUID]) -> None:
+    """Mark messages deleted and drop what they said (text, AI metadata, reactions) from
+    their rows, inside the caller's transaction. Only an AI reply's ``stream_id`` stays
+    in ``meta``: it is how a reply's second writer learns it was stored already."""
+    await Message.raw(
+        """UPDATE messages SET deleted_at = coalesce(deleted_at, now()), text = '',
+               meta = CASE WHEN meta ? 'stream_id' THEN jsonb_build_object('stream_id', meta->'stream_id')
+                           ELSE jsonb_build_object() END
+           WHERE id = ANY({}::uuid[])""",
+        message_ids,
+    )
+    await MessageReaction.delete().where(MessageReaction.message.is_in(message_ids))
+
+
+async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication], list[Publication]]:
+    """Erasure of an account, inside its transaction and after its name was scrubbed:
+    every message it wrote in a lounge becomes a tombstone (no text, attachments, meta
+    or reactions; the sender is the scrubbed "Deleted user") in the messages table and in
+    every publication of it, a ``message.deleted`` is appended for each one not deleted
+    yet (so clients that keep messages locally drop them too), and the mention
+    notifications it caused go. Returns ``(appended, rewritten)`` for :func:`broadcast`.
+
+    The author's messages are locked first, in one statement, so a moderator deleting
+    one of them meanwhile waits for the erasure instead of deadlocking with it."""
+    rows = await Message.raw(
+        """SELECT id, channel, "offset", deleted_at FROM messages WHERE sender = {} AND channel LIKE 'lounge:%'
+           ORDER BY channel, "offset" FOR UPDATE""",
+        user_id,
+    )
+    await forget_mentions(by=user_id)
+    if not rows:
+        return [], []
+    await erase_text([row["id"] for row in rows])
+    appended: list[Publication] = []
+    rewritten: list[Publication] = []
+    for row in rows:
+        rewritten += await rewrite_message_log(row["channel"], row["offset"])
+        if row["deleted_at"] is None:
+            appended.append(await append(row["channel"], {"type": "message.deleted", "message_offset": row["offset"]}))
+    return appended, rewritten
+
+
 async def do_edit_message(state: AppState, principal: Principal, channel: str, offset: int, text: str) -> MessageOut:
-    """The author edits their own message's text; subscribers get ``message.edited``."""
+    """The author edits their own message's text; subscribers get ``message.edited``, and
+    the earlier versions are rewritten out of the log (:func:`rewrite_message_log`)."""
     access = await channel_access(principal, channel, write=True)
     name = str(access.name)
     text = text.strip()
@@ -392,15 +470,20 @@ async def do_edit_message(state: AppState, principal: Principal, channel: str, o
             raise Conflict("the message was deleted", code="message_deleted")
         edited_at = now()
         await Message.update({Message.text: text, Message.edited_at: edited_at}).where(Message.id == row["id"])
+        rewritten = await rewrite_message_log(name, offset)
         publication = await append(
             name, {"type": "message.edited", "message_offset": offset, "text": text, "edited_at": edited_at.isoformat()}
         )
-    await broadcast(state, [publication])
+        await reword_mentions(row["id"], text)
+    await broadcast(state, [publication], rewritten=rewritten)
     return await get_message(name, offset)
 
 
 async def do_delete_message(state: AppState, principal: Principal, channel: str, offset: int) -> None:
-    """Soft-delete: by the author, or by the lounge's staff; subscribers get ``message.deleted``."""
+    """Soft-delete: by the author, or by the lounge's staff; subscribers get ``message.deleted``.
+
+    The row keeps its offset but loses its text, and every publication of the message
+    becomes a tombstone (:func:`rewrite_message_log`)."""
     access = await channel_access(principal, channel, write=False)
     name = str(access.name)
     async with state.engine.transaction():
@@ -411,10 +494,11 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
             raise Forbidden("only the author or the lounge's staff may delete a message", code="not_message_author")
         if row["deleted_at"] is not None:
             return
-        await Message.update({Message.deleted_at: now()}).where(Message.id == row["id"])
-        await MessageReaction.delete().where(MessageReaction.message == row["id"])
+        await erase_text([row["id"]])
+        rewritten = await rewrite_message_log(name, offset)
         publication = await append(name, {"type": "message.deleted", "message_offset": offset})
-    await broadcast(state, [publication])
+        await forget_mentions(message_ids=[row["id"]])
+    await broadcast(state, [publication], rewritten=rewritten)
 
 
 async def do_react(

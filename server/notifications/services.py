@@ -33,6 +33,7 @@ import enum
 import logging
 import re
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -256,8 +257,7 @@ async def notify_mentions(state: AppState, channel: str, message: Any) -> list[u
         )
         if not rows:
             return []
-        text = render_mentions(message.text)
-        body = text if len(text) <= 300 else text[:299] + "…"
+        body = _mention_body(message.text)
         async with state.engine.transaction():
             ids = [
                 await create_notification(
@@ -281,6 +281,37 @@ async def notify_mentions(state: AppState, channel: str, message: Any) -> list[u
     except Exception:
         log.exception("mention notifications failed", extra={"channel": channel})
         return []
+
+
+async def reword_mentions(message_id: uuid.UUID, text: str) -> None:
+    """A mentioning message was edited: its notifications show the new text, never the old
+    (inside the edit's transaction)."""
+    await Notification.raw(
+        "UPDATE notifications SET body = {} WHERE kind = {} AND data->>'message_id' = {}",
+        _mention_body(text),
+        NotificationKind.lounge_mention,
+        str(message_id),
+    )
+
+
+async def forget_mentions(*, message_ids: Sequence[uuid.UUID] = (), by: uuid.UUID | None = None) -> None:
+    """Delete the mention notifications of deleted messages, or of everything ``by`` an
+    erased user wrote (their name is in the title, their text in the body)."""
+    if message_ids:
+        await Notification.raw(
+            "DELETE FROM notifications WHERE kind = {} AND data->>'message_id' = ANY({}::text[])",
+            NotificationKind.lounge_mention,
+            [str(message_id) for message_id in message_ids],
+        )
+    if by is not None:
+        await Notification.raw(
+            "DELETE FROM notifications WHERE kind = {} AND data->>'by' = {}", NotificationKind.lounge_mention, str(by)
+        )
+
+
+def _mention_body(text: str) -> str:
+    text = render_mentions(text)
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 async def notify_budget_nearly_used(state: AppState, user_id: uuid.UUID, used: int, allowance: int) -> uuid.UUID | None:

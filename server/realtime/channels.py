@@ -5,12 +5,18 @@ last_offset + 1 ... RETURNING`` inside the writer's transaction. The row lock
 serialises writers of one channel (on any node), a rolled-back transaction
 gives its number back, so stored offsets are strictly increasing with no gaps.
 The publication is broadcast only after the transaction commits.
+
+A stored publication is rewritten in place (same offset, same epoch) when what
+it says must no longer be readable: an edited or deleted message, an erased
+author (:func:`rewrite`). After the commit, :func:`broadcast` replaces the entry
+in the Redis history cache and tells every node, which replaces it in its ring.
 """
 
 from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -69,6 +75,13 @@ async def delete_channel(name: str) -> None:
     await Channel.delete().where(Channel.name == name)
 
 
+async def forget_channels(state: AppState, names: list[str]) -> None:
+    """After deleted channels' transaction committed: drop their Redis history caches
+    (node rings go with the hubs, which close with their last subscriber)."""
+    if names:
+        await state.redis.delete(*(history_key(state.settings.redis_prefix, name) for name in names))
+
+
 async def has_history(name: str) -> bool:
     """Whether anything was ever published in the channel."""
     row = await Channel.select(Channel.last_offset).where(Channel.name == name).first()
@@ -93,6 +106,22 @@ async def append(name: str, data: dict[str, Any], offset: int | None = None, epo
     return Publication(channel=name, offset=offset, epoch=epoch, data=data)
 
 
+async def rewrite(name: str, offset: int, data: dict[str, Any]) -> Publication:
+    """Replace the stored publication at ``offset`` with ``data`` (inside the caller's
+    transaction). Offsets stay gapless: the entry keeps its offset and epoch, only what
+    it says changes. Pass the result to :func:`broadcast` as ``rewritten`` after the commit."""
+    rows = await ChannelPublication.raw(
+        "UPDATE channel_publications p SET data = {}::jsonb FROM channels c "
+        'WHERE p.channel = {} AND p."offset" = {} AND c.name = p.channel RETURNING c.epoch',
+        _encoder.encode(data).decode(),
+        name,
+        offset,
+    )
+    if not rows:
+        raise LookupError(f"no publication {offset} in {name}")
+    return Publication(channel=name, offset=offset, epoch=rows[0]["epoch"], data=data)
+
+
 def pubsub_channel(prefix: str, name: str) -> str:
     """The Redis pub/sub channel carrying ``name``'s publications between nodes."""
     return f"{prefix}:ch:{name}"
@@ -103,11 +132,13 @@ def history_key(prefix: str, name: str) -> str:
     return f"{prefix}:hist:{name}"
 
 
-WIRE_PUBLICATION, WIRE_JOIN, WIRE_LEAVE = 0, 1, 2
+WIRE_PUBLICATION, WIRE_JOIN, WIRE_LEAVE, WIRE_REWRITE = 0, 1, 2, 3
 
 
 class Wire(msgspec.Struct, array_like=True):
-    """What travels over Redis pub/sub: kind, offset (0 when ephemeral), epoch, raw JSON data."""
+    """What travels over Redis pub/sub: kind, offset (0 when ephemeral), epoch, raw JSON data.
+
+    ``WIRE_REWRITE`` carries the new version of an already stored publication at ``offset``."""
 
     kind: int
     offset: int
@@ -119,17 +150,39 @@ def encode_wire(kind: int, offset: int, epoch: str, data: bytes) -> bytes:
     return _encoder.encode(Wire(kind=kind, offset=offset, epoch=epoch, data=msgspec.Raw(data)))
 
 
-async def broadcast(state: AppState, publications: list[Publication]) -> None:
-    """Fan stored ``publications`` out to every node and the history cache.
+async def broadcast(state: AppState, publications: list[Publication], *, rewritten: Sequence[Publication] = ()) -> None:
+    """Fan stored ``publications`` out to every node and the history cache, after
+    applying ``rewritten`` ones (see :func:`rewrite`) to the cache and every node's ring.
 
     Call after the transaction committed. Nodes may receive publications of
     one channel out of order (two writers publish concurrently); they restore
     the order by offset and fill gaps from the log.
+
+    A rewritten entry replaces whatever the cache holds at its offset and is added
+    even when nothing was there: should the original's own broadcast still be on
+    its way (its writer committed first but publishes later), the cache ends up with
+    two entries at one offset, which :func:`server.realtime.history.from_cache`
+    never serves as a gapless run, so the log answers instead. Rewrites travel on
+    the channel's pub/sub ahead of ``publications``, so a node has applied them
+    before it delivers what follows.
     """
-    if not publications:
+    if not publications and not rewritten:
         return
     settings = state.settings
     async with state.redis.pipeline(transaction=False) as pipe:
+        for publication in rewritten:
+            data = _encoder.encode(publication.data)
+            key = history_key(settings.redis_prefix, publication.channel)
+            pipe.zremrangebyscore(key, publication.offset, publication.offset)
+            pipe.zadd(
+                key, {encode_wire(WIRE_PUBLICATION, publication.offset, publication.epoch, data): publication.offset}
+            )
+            pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
+            pipe.expire(key, settings.history_cache_ttl)
+            pipe.publish(
+                pubsub_channel(settings.redis_prefix, publication.channel),
+                encode_wire(WIRE_REWRITE, publication.offset, publication.epoch, data),
+            )
         for publication in publications:
             payload = encode_wire(
                 WIRE_PUBLICATION, publication.offset, publication.epoch, _encoder.encode(publication.data)

@@ -37,14 +37,19 @@ def contiguous(entries: list[Entry], after: int) -> bool:
 
 
 async def from_cache(state: AppState, name: str, after: int, limit: int) -> list[Entry]:
+    """Up to ``limit`` cached publications after ``after``; none when the cache holds two
+    versions of one offset (a rewrite raced the original's broadcast: only the log knows
+    which is current)."""
     raw = await state.redis.zrangebyscore(
-        history_key(state.settings.redis_prefix, name), f"({after}", "+inf", start=0, num=limit
+        history_key(state.settings.redis_prefix, name), f"({after}", "+inf", start=0, num=limit + 1
     )
-    entries = []
+    entries: list[Entry] = []
     for payload in raw:
         wire = _wire_decoder.decode(payload)
+        if entries and entries[-1][0] == wire.offset:
+            return []
         entries.append((wire.offset, bytes(wire.data)))
-    return entries
+    return entries[:limit]
 
 
 async def from_log(name: str, after: int, limit: int) -> list[Entry]:

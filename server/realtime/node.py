@@ -48,6 +48,7 @@ from server.realtime.channels import (
     WIRE_JOIN,
     WIRE_LEAVE,
     WIRE_PUBLICATION,
+    WIRE_REWRITE,
     Wire,
     encode_wire,
     pubsub_channel,
@@ -79,6 +80,7 @@ class Hub:
         "offset",
         "pending",
         "ready",
+        "rewritten",
         "ring",
         "subscribers",
     )
@@ -94,6 +96,7 @@ class Hub:
         self.pending: dict[int, bytes] = {}
         self.filling = False
         self.ring: deque[tuple[int, bytes]] | None = None  # created at the first publication
+        self.rewritten: dict[int, bytes] = {}  # new versions of offsets not delivered yet
 
     def set_ready(self) -> None:
         self.ready = True
@@ -118,6 +121,23 @@ class Hub:
         if self.ring is None:
             self.ring = deque(maxlen=RING_SIZE)
         self.ring.append((offset, data))
+
+    def rewrite(self, offset: int, data: bytes) -> None:
+        """A stored publication was rewritten (an edit, a deletion, an erasure): the ring
+        holds the new version from now on. One not delivered yet (its original may still
+        be on its way, or in ``pending``) is replaced when it is delivered."""
+        if offset > self.offset or not self.ready:
+            self.rewritten[offset] = data
+            return
+        if self.ring:
+            for index, (held, _) in enumerate(self.ring):
+                if held == offset:
+                    self.ring[index] = (offset, data)
+                    break
+
+    def forget_ring(self) -> None:
+        """Rewrites may have been missed (pub/sub was down): recovery reads Redis or the log until the ring refills."""
+        self.ring = None
 
     def ring_after(self, after: int) -> list[tuple[int, bytes]] | None:
         """Publications after ``after`` from memory, if the ring still holds them all."""
@@ -314,6 +334,8 @@ class Node:
         # Anything that arrived while positioning and is already covered is dropped.
         for offset in [o for o in hub.pending if o <= hub.offset]:
             del hub.pending[offset]
+        for offset in [o for o in hub.rewritten if o <= hub.offset]:
+            del hub.rewritten[offset]
 
     async def _close_hub(self, hub: Hub) -> None:
         self.hubs.pop(hub.name, None)
@@ -350,6 +372,9 @@ class Node:
     # -- delivery ----------------------------------------------------------------------------
 
     def _on_wire(self, hub: Hub, wire: Wire) -> None:
+        if wire.kind == WIRE_REWRITE:
+            hub.rewrite(wire.offset, bytes(wire.data))
+            return
         if wire.kind != WIRE_PUBLICATION:
             frame = hub.frames.join(wire.data) if wire.kind == WIRE_JOIN else hub.frames.leave(wire.data)
             for connection in hub.subscribers:
@@ -392,6 +417,8 @@ class Node:
             self.spawn(self._fill_gap(hub))
 
     def _deliver(self, hub: Hub, offset: int, data: bytes) -> None:
+        if hub.rewritten:
+            data = hub.rewritten.pop(offset, data)
         hub.remember(offset, data)
         frame = hub.frames.publication(data, offset)
         name = hub.name
@@ -451,6 +478,8 @@ class Node:
                 self._pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
                 channels = [*self.hubs, *(personal_channel(user_id) for user_id in self.by_user)]
                 await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in channels))
+                for hub in self.hubs.values():
+                    hub.forget_ring()
                 await self.catch_up(list(self.hubs.values()))
                 self._subscribed_ok.set()
                 delay = 0.1
