@@ -9,12 +9,14 @@ from typing import Any
 
 from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
 from server.capsules.tables import TimeCapsule
+from server.chat.messages import erase_authored_messages
 from server.chat.tables import ChatThread, Message
 from server.compliance.services import erase_owned_data, purge_erased_files
 from server.compliance.tables import ComplianceRequest
 from server.core.state import AppState
 from server.notes.tables import Note
 from server.notifications.tables import Notification
+from server.realtime.channels import broadcast, delete_channel, forget_channels
 
 log = logging.getLogger("lounges.erasure")
 
@@ -22,8 +24,10 @@ log = logging.getLogger("lounges.erasure")
 async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
     """Scrub the account row and delete what only its owner had (idempotent).
 
-    Lounge messages stay for the other members, with their author scrubbed to
-    "Deleted user"; one-to-one AI threads, notes, capsules, notifications,
+    The account's lounge messages become tombstones at their offsets (text,
+    attachments and reactions gone, author "Deleted user"), in the channel log and
+    in every cache of it too (:func:`server.chat.messages.erase_authored_messages`);
+    one-to-one AI threads (messages and channel logs), notes, capsules, notifications,
     sessions, identities and the security log go; so do the user's files (rows
     and objects) and knowledge chunks, while payments stay, anonymised
     (:mod:`server.compliance.services`).
@@ -35,9 +39,13 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
             ComplianceRequest.id == rid, ComplianceRequest.status == "pending"
         )
         erased_files = await erase_owned_data(uid)
-        threads = await ChatThread.select(ChatThread.channel).where(ChatThread.user == uid)
-        if threads:
-            await Message.delete().where(Message.channel.is_in([t["channel"] for t in threads]))
+        thread_channels = [
+            t["channel"] for t in await ChatThread.select(ChatThread.channel).where(ChatThread.user == uid)
+        ]
+        if thread_channels:
+            await Message.delete().where(Message.channel.is_in(thread_channels))
+        for channel in thread_channels:
+            await delete_channel(channel)
         for table, column in (
             (ChatThread, ChatThread.user),
             (Note, Note.user),
@@ -59,9 +67,12 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
                 User.is_active: False,
             }
         ).where(User.id == uid)
+        appended, rewritten = await erase_authored_messages(uid)
         await ComplianceRequest.update(
             {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(UTC)}
         ).where(ComplianceRequest.id == rid)
+    await forget_channels(state, thread_channels)
+    await broadcast(state, appended, rewritten=rewritten)
     await purge_erased_files(state, erased_files)
     log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
     return "erased"

@@ -14,7 +14,7 @@ from server.chat.tables import ChatThread, Message
 from server.core.errors import NotFound
 from server.core.state import AppState
 from server.lounges.services import check_can_read_messages, lounge_context
-from server.realtime.channels import create_channel, delete_channel
+from server.realtime.channels import create_channel, delete_channel, forget_channels
 
 DEFAULT_TITLE = "New conversation"
 
@@ -95,9 +95,10 @@ async def do_update_thread(principal: Principal, thread_id: uuid.UUID, data: Thr
 
 
 async def do_delete_thread(state: AppState, principal: Principal, thread_id: uuid.UUID) -> None:
-    """Delete the thread with its messages and channel log."""
+    """Delete the thread with its messages, its channel log and the log's Redis cache."""
     thread = await _own_thread(principal, thread_id)
     async with state.engine.transaction():
         await Message.delete().where(Message.channel == thread["channel"])
         await ChatThread.delete().where(ChatThread.id == thread_id)
         await delete_channel(thread["channel"])
+    await forget_channels(state, [thread["channel"]])
