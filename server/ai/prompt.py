@@ -12,6 +12,7 @@ import numpy as np
 
 from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.chat.tables import Message, SenderType
+from server.core.errors import Conflict
 from server.core.state import AppState
 from server.knowledge.embeddings import get_embedder
 from server.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
@@ -36,6 +37,12 @@ async def build_prompt(
     from the channel when not given), and the reply's context (``lounge_id``,
     ``thread_id``, ``question``, ``citations``).
 
+    The text the coach answers is the message's text now: ``question`` (what it said
+    when the reply was queued) only starts the embedding early, and is replaced if the
+    message was edited since; a message deleted since is not answered at all
+    (``409 message_deleted``), so neither the prompt, the retrieval nor a thread title
+    sees a text its author took back.
+
     Runs on the time to first token, outside any transaction: the question's
     embedding (the slow part with a local model) starts at once; the conversation,
     the pinned notes, the lounge and the parts the asker may search are read
@@ -56,10 +63,13 @@ async def build_prompt(
         rows, pinned, (lounge, parts) = await asyncio.gather(
             _recent_messages(channel, reply_to), _pinned_notes(asker), lounge_and_parts()
         )
-        if question is None:
-            question = rows[0]["text"] if rows else ""
-            if question.strip() and parts:
-                embedding = asyncio.ensure_future(embed_query(embedder, question))
+        if not rows or rows[0]["offset"] != reply_to:
+            raise Conflict("the message was deleted before the coach answered", code="message_deleted")
+        if question != rows[0]["text"]:  # not given, or edited since the reply was queued
+            if embedding is not None:
+                embedding.cancel()
+            question = rows[0]["text"]
+            embedding = asyncio.ensure_future(embed_query(embedder, question)) if question.strip() and parts else None
         vector = await embedding if embedding is not None and parts else None
     finally:
         if embedding is not None and not embedding.done():
@@ -120,7 +130,7 @@ async def build_prompt(
 async def _recent_messages(channel: str, reply_to: int) -> list[dict[str, Any]]:
     """The last ``RECENT_MESSAGES`` up to ``reply_to``, newest first."""
     return await Message.raw(
-        """SELECT m.sender_type, m.text, coalesce(u.full_name, '') AS name FROM messages m
+        """SELECT m."offset", m.sender_type, m.text, coalesce(u.full_name, '') AS name FROM messages m
            LEFT JOIN users u ON u.id = m.sender
            WHERE m.channel = {} AND m."offset" <= {} AND m.deleted_at IS NULL AND m.status <> 'failed'
            ORDER BY m."offset" DESC LIMIT {}""",
