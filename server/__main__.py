@@ -40,7 +40,9 @@ def serve(args: argparse.Namespace) -> None:
         port=args.port or settings.port,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        # Forwarded headers are applied by the app, from TRUSTED_PROXIES only (server/app.py);
+        # uvicorn's default would believe any caller on 127.0.0.1.
+        proxy_headers=False,
         # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames
         # (server/realtime/frame_writer.py); "uvicorn" runs the stock one.
         ws=GatewayWebSocketProtocol if args.ws_protocol == "gateway" else "websockets-sansio",

@@ -13,6 +13,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.accounts.controllers import AuthController, UsersController
 from server.accounts.guards import AUTH_DEPENDENCIES
@@ -130,4 +131,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, so that router-level answers (404, 405) carry a request id too; gateway
     # sockets bypass both (see server.realtime.endpoint).
     app.asgi_handler = gateway_dispatch(RequestContextMiddleware(app.asgi_handler), app.state)
+    if settings.trusted_proxies:
+        # Outside everything: the client address that logs, sessions, rate limits and the
+        # gateway see is the one the named proxies forwarded (uvicorn's own handling is off).
+        app.asgi_handler = ProxyHeadersMiddleware(app.asgi_handler, trusted_hosts=settings.trusted_proxies)
     return app

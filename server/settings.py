@@ -7,6 +7,7 @@ Every field maps to the upper-cased environment variable of the same name
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -45,6 +46,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
 
     # HTTP.
     cors_allow_origins: list[str] = msgspec.field(default_factory=list)
+    # Reverse proxies (IP addresses or networks, or "*") whose X-Forwarded-For / -Proto are
+    # believed. Empty: none, the peer address is the client's (anyone could forge the headers).
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
     compression_minimum_size: PositiveInt = 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -256,6 +260,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             _check_url("DATABASE_URL", self.database_url, {"postgres", "postgresql"})
         if self.redis_url is not None:
             _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"})
+        for proxy in self.trusted_proxies:
+            if proxy != "*":
+                try:
+                    ipaddress.ip_network(proxy, strict=False)
+                except ValueError:
+                    raise ValueError(f"TRUSTED_PROXIES: {proxy!r} is not an IP address or network") from None
         if self.db_pool_min_size > self.db_pool_max_size:
             raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
         for name in (
@@ -316,8 +326,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _explain(message: str) -> str:
     """Turn msgspec's ``... - at `$.field``` into a line naming the variable."""
-    text, _, path = message.rpartition(" - at `$.")
-    if path:
+    text, at, path = message.rpartition(" - at `$.")
+    if at:
         name = path.rstrip("`").split("[")[0].upper()
         return f"invalid {name}: {text}"
     return f"invalid configuration: {message}"

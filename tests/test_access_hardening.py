@@ -10,14 +10,16 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import httpx
 import msgspec
+import pytest
 from litestar import Litestar
 
 from server.accounts.tables import Role, User
 from server.app import create_app
-from server.settings import Settings
+from server.settings import Settings, SettingsError, load_settings
 from tests.support.accounts import PASSWORD, Account, signed_in, token_in
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan
+from tests.support.nodes import WebNode
 from tests.support.smtp import SmtpSink
 
 API = "/api/v1"
@@ -221,3 +223,46 @@ async def test_guessing_from_many_sources_is_capped_without_locking_out_known_on
         )
         assert reset.status_code == 200, reset.text
         assert await _login(travelling, "owner@example.com", "a new passphrase") == 200
+
+
+async def _signed_in_ip(http: httpx.AsyncClient, email: str, forwarded_for: str) -> str:
+    """Register and sign in with an ``X-Forwarded-For`` header; the address the server recorded."""
+    forwarded = {"X-Forwarded-For": forwarded_for}
+    body = {"email": email, "password": PASSWORD, "full_name": "Proxy Test"}
+    assert (await http.post(f"{API}/auth/register", json=body, headers=forwarded)).status_code == 201
+    login = await http.post(f"{API}/auth/login", json={"email": email, "password": PASSWORD}, headers=forwarded)
+    assert login.status_code == 200, login.text
+    bearer = {"Authorization": f"Bearer {login.json()['access_token']}"}
+    [session] = (await http.get(f"{API}/users/me/activity", headers=bearer)).json()["sessions"]
+    return session["ip"]
+
+
+async def test_the_served_app_ignores_forwarded_headers_by_default(app: Litestar, settings: Settings) -> None:
+    """``python -m server serve`` behind no configured proxy: a local caller cannot pick its address."""
+    node = await WebNode(settings, TRUSTED_PROXIES="").start()
+    try:
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+            assert await _signed_in_ip(http, "local@example.com", "203.0.113.9") == "127.0.0.1"
+    finally:
+        await node.stop()
+
+
+async def test_forwarded_headers_are_believed_only_from_the_named_proxies(app: Litestar, settings: Settings) -> None:
+    async with _sources(settings, "10.0.0.5", "192.0.2.77", trusted_proxies=["10.0.0.0/24"]) as (proxy, direct):
+        # The proxy appends the address it saw; what the client wrote before it is not believed.
+        assert await _signed_in_ip(proxy, "proxied@example.com", "6.6.6.6, 198.51.100.20") == "198.51.100.20"
+        assert await _signed_in_ip(direct, "direct@example.com", "198.51.100.21") == "192.0.2.77"
+
+
+def test_trusted_proxies_must_be_addresses_or_networks() -> None:
+    assert load_settings({"TRUSTED_PROXIES": "10.0.0.1, 172.16.0.0/12,::1"}).trusted_proxies == [
+        "10.0.0.1",
+        "172.16.0.0/12",
+        "::1",
+    ]
+    assert load_settings({}).trusted_proxies == []
+    with pytest.raises(SettingsError) as refused:
+        load_settings({"TRUSTED_PROXIES": "10.0.0.1,proxy.internal"})
+    assert (
+        str(refused.value) == "invalid configuration: TRUSTED_PROXIES: 'proxy.internal' is not an IP address or network"
+    )
