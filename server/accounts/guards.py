@@ -23,7 +23,7 @@ from server.core.state import AppState
 
 
 def client_info(request: Request[Any, Any, Any]) -> ClientInfo:
-    """The caller's address (uvicorn applies trusted proxy headers) and user agent."""
+    """The caller's address (X-Forwarded-For counts only from TRUSTED_PROXIES, see server/app.py) and user agent."""
     host = request.client.host if request.client else ""
     return ClientInfo(ip=host or "unknown", user_agent=request.headers.get("user-agent", "")[:512])
 
