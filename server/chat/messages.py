@@ -309,6 +309,10 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
     return PostResult(message=message, created=True, publication=publication)
 
 
+class ReplyAlreadyStored(Exception):
+    """The coach's reply of this stream is stored already (see :func:`do_store_ai_reply`)."""
+
+
 async def do_store_ai_reply(
     state: AppState,
     *,
@@ -324,10 +328,21 @@ async def do_store_ai_reply(
 ) -> tuple[Publication, uuid.UUID]:
     """Store the coach's finished (or cancelled, or failed) reply at the channel's next
     offset; the publication is ``ai.end``, or ``ai.error`` when it failed. Broadcast it
-    after this returns."""
+    after this returns.
+
+    At most once per ``stream_id``: a reply's worker and the reaper that declared that
+    worker dead may both try to end it, so :class:`ReplyAlreadyStored` is raised (and
+    nothing written) when the stream's reply is already stored."""
     message_id = uuid.uuid4()
     async with state.engine.transaction():
         offset, epoch = await next_offset(channel)
+        # The channel's row is locked by next_offset: two writers of one stream serialise here.
+        if await Message.raw(
+            "SELECT 1 FROM messages WHERE channel = {} AND sender_type = 'ai' AND meta->>'stream_id' = {} LIMIT 1",
+            channel,
+            stream_id,
+        ):
+            raise ReplyAlreadyStored(stream_id)
         await Message.insert(
             Message(
                 id=message_id,
@@ -342,7 +357,7 @@ async def do_store_ai_reply(
                 model=model,
                 input_tokens=usage.input_tokens,
                 output_tokens=usage.output_tokens,
-                meta=meta,
+                meta={**meta, "stream_id": stream_id},
             )
         )
         message = await get_message(channel, offset)
