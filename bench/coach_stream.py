@@ -548,9 +548,9 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
     here (pinned like the worker) against the same database, Redis and lounge."""
     import statistics
 
-    from server.ai.coach import acquire_slot, release_slot
     from server.ai.prompt import build_prompt
     from server.ai.providers import build_providers
+    from server.ai.streams import LiveReply, acquire_slot, forget_reply
     from server.billing.entitlements import ai_budget
     from server.core.database import acquire_engine, release_engine
     from server.core.redis import create_redis
@@ -590,7 +590,10 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
             if n == 2:
                 timings.clear()
             started = clock()
-            await timed("acquire_slot (Redis)", acquire_slot(state, asker))
+            slot = LiveReply(
+                stream_id=uuid.uuid4().hex, channel=scratch, user_id=str(asker), reply_to=0, worker="bench"
+            )
+            await timed("acquire_slot (Redis)", acquire_slot(state, asker, slot.stream_id))
             (prompt, _), _ = await timed(
                 "build_prompt (SQL + retrieval) beside ai_budget (SQL)",
                 asyncio.gather(
@@ -601,7 +604,7 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
             key = f"{settings.redis_prefix}:bench:streams:{scratch}"
             await timed("stream state + ai.start (Redis)", _bookkeeping(state, key, scratch))
             timings.setdefault("total before the provider call", []).append(clock() - started)
-            await release_slot(state, asker)
+            await forget_reply(state, slot)
             # The provider call up to the moment its request reaches the stand-in (its clock).
             sdk_started.append(time.monotonic())
             async with contextlib.aclosing(provider.stream(prompt)) as events:

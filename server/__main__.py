@@ -59,21 +59,16 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from arq.worker import async_check_health
-
-    from server.core.redis import queue_name
-    from workers.main import create_worker, health_check_key
+    from workers.main import check_health, create_worker
 
     settings = _settings("database_url", "redis_url")
     if args.check:
-        from arq.connections import RedisSettings
-
-        status = asyncio.run(
-            async_check_health(
-                RedisSettings.from_dsn(settings.redis_url), health_check_key(settings), queue_name(settings)
-            )
+        healthy, detail = asyncio.run(check_health(settings))
+        print(
+            f"lounges: worker {'healthy' if healthy else 'unhealthy'}: {detail}",
+            file=sys.stdout if healthy else sys.stderr,
         )
-        sys.exit(status)
+        sys.exit(0 if healthy else 1)
     from server.core.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)

@@ -4,6 +4,10 @@ Frames on the channel: ``ai.start`` → numbered ``ai.delta`` (coalesced, at mos
 one every ``AI_DELTA_INTERVAL_MS``) → the reply stored at its offset as
 ``ai.end`` (complete or cancelled) or ``ai.error`` (failed). Every outcome
 writes the tokens spent to the usage ledger.
+
+While it runs, the reply holds a lease (``server/ai/streams.py``): if this worker
+dies, any other worker (or the web node) ends the reply as ``worker_lost`` within
+about ``AI_STREAM_LEASE_SECONDS``, keeping the text streamed so far.
 """
 
 from __future__ import annotations
@@ -15,15 +19,9 @@ import uuid
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
-from server.ai.coach import (
-    StreamState,
-    acquire_slot,
-    cancel_key,
-    check_budget,
-    release_slot,
-    streams_key,
-)
+from server.ai.coach import StreamState, cancel_key, check_budget, streams_key
 from server.ai.prompt import build_prompt
 from server.ai.providers import (
     ProviderError,
@@ -34,15 +32,23 @@ from server.ai.providers import (
     estimate_text_tokens,
     stream_reply,
 )
-from server.ai.tables import AIUsage
+from server.ai.streams import (
+    LeaseKeeper,
+    LiveReply,
+    acquire_slot,
+    begin_reply,
+    end_lost_reply,
+    end_reply,
+    forget_reply,
+    live_reply,
+)
 from server.ai.titles import title_thread
 from server.billing.entitlements import ai_budget
-from server.chat.messages import do_store_ai_reply
 from server.chat.tables import MessageStatus
 from server.core.errors import AppError
 from server.core.state import AppState
 from server.notifications.services import notify_budget_nearly_used
-from server.realtime.channels import broadcast, broadcast_ephemeral, ephemeral_wire, pubsub_channel
+from server.realtime.channels import broadcast_ephemeral, ephemeral_wire, pubsub_channel
 
 log = logging.getLogger("lounges.coach")
 
@@ -53,23 +59,43 @@ async def generate_reply(
     """Answer the message at ``reply_to`` in ``channel`` (whose text is ``question``,
     when the caller had it at hand); returns the outcome."""
     state: AppState = ctx["state"]
+    live = LiveReply(stream_id=stream_id, channel=channel, user_id=asker, reply_to=reply_to, worker=ctx["worker_id"])
+    if ctx.get("job_try", 1) > 1:
+        # arq replays a job whose worker vanished mid-run. A model cannot go on from the
+        # middle of its reply, so the reply ends as worker_lost (unless it ended already).
+        listed, _ = await live_reply(state, stream_id)
+        ended = await end_lost_reply(state, listed or live, live.worker)
+        log.warning("coach reply job replayed", extra={"stream_id": stream_id, "ended_now": ended})
+        return "worker_lost" if ended else "ended already"
     asker_id = uuid.UUID(asker)
-    if not await acquire_slot(state, asker_id):
+    if not await acquire_slot(state, asker_id, stream_id):
         await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
         return "refused"
-    try:
-        (prompt, context), budget = await asyncio.gather(
-            build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
-            ai_budget(state, asker_id),
-        )
+    await begin_reply(state, live)
+    async with LeaseKeeper(state, live) as lease:
         try:
+            (prompt, context), budget = await asyncio.gather(
+                build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
+                ai_budget(state, asker_id),
+            )
             check_budget(state, budget, estimate_input_tokens(prompt))
         except AppError as exc:
+            await forget_reply(state, live)
             await _refuse(state, channel, stream_id, reply_to, exc.code, exc.detail)
             return "refused"
-        return await _stream(state, channel, reply_to, asker_id, stream_id, prompt, context)
-    finally:
-        await release_slot(state, asker_id)
+        except Exception:  # stored as failed rather than left for the reaper to call it worker_lost
+            await end_reply(
+                state,
+                live,
+                text="",
+                status=MessageStatus.failed,
+                error_code="internal",
+                usage=Usage(input_tokens=0, output_tokens=0),
+            )
+            raise
+        live.input_tokens = estimate_input_tokens(prompt)
+        live.citations = context.get("citations", [])
+        return await _stream(state, live, lease, prompt, context)
 
 
 async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, code: str, detail: str) -> None:
@@ -80,34 +106,26 @@ async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, 
     )
 
 
-async def _stream(
-    state: AppState,
-    channel: str,
-    reply_to: int,
-    asker: uuid.UUID,
-    stream_id: str,
-    prompt: Any,
-    context: dict[str, Any],
-) -> str:
+async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: Any, context: dict[str, Any]) -> str:
     settings = state.settings
     interval = settings.ai_delta_interval_ms / 1000
-    stream = StreamState(stream_id=stream_id, channel=channel, user_id=str(asker), reply_to=reply_to)
+    channel, stream_id, asker = live.channel, live.stream_id, uuid.UUID(live.user_id)
+    stream = StreamState(stream_id=stream_id, channel=channel, user_id=live.user_id, reply_to=live.reply_to)
     key, cancel = streams_key(state, channel), cancel_key(state, stream_id)
     wire = pubsub_channel(settings.redis_prefix, channel)
 
     text: list[str] = []
     pending: list[str] = []
-    provider_name, model = "none", "none"
     usage = Usage(input_tokens=0, output_tokens=0)
     status, error_code = MessageStatus.complete, ""
 
     first_text = asyncio.Event()
 
     async def consume() -> None:
-        nonlocal provider_name, model, usage
+        nonlocal usage
         async with contextlib.aclosing(stream_reply(build_providers(settings), prompt)) as events:
             async for provider, event in events:
-                provider_name, model = provider.name, provider.model
+                live.provider, live.model = provider.name, provider.model  # the lease keeper saves them
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                     pending.append(event.text)
@@ -131,6 +149,8 @@ async def _stream(
                 ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta}),
             )
             await pipe.execute()
+        if stream.seq == 1:  # the provider answering is known now: a reaper must not store "none"
+            await lease.renew()
 
     # The provider's request goes out while the stream is announced.
     generation = asyncio.create_task(consume())
@@ -138,7 +158,7 @@ async def _stream(
         async with state.redis.pipeline(transaction=False) as pipe:
             pipe.hset(key, stream_id, msgspec.json.encode(stream))
             pipe.expire(key, 3600)
-            pipe.publish(wire, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": reply_to}))
+            pipe.publish(wire, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": live.reply_to}))
             await pipe.execute()
         # The first text goes out the moment it arrives (time to first token is what
         # the room feels); then one tick per interval: coalesced deltas out, the cancel
@@ -149,12 +169,15 @@ async def _stream(
                 waiting = {generation} if stream.seq else {generation, first}
                 await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
                 await flush()
-                if not generation.done() and await state.redis.exists(cancel):
+                if lease.lost.is_set():  # a reaper ended the reply: going on would answer twice
+                    status, error_code = MessageStatus.failed, "worker_lost"
+                    generation.cancel()
+                elif not generation.done() and await state.redis.exists(cancel):
                     status = MessageStatus.cancelled
                     generation.cancel()
         finally:
             first.cancel()
-        if status != MessageStatus.cancelled:
+        if status == MessageStatus.complete:
             generation.result()
     except asyncio.CancelledError:
         if status != MessageStatus.cancelled:
@@ -166,51 +189,28 @@ async def _stream(
         if exc.usage is not None:
             usage = exc.usage
         if exc.provider:
-            provider_name = exc.provider
+            live.provider = exc.provider
         log.warning("coach reply failed", extra={"stream_id": stream_id, "code": exc.code, "error": str(exc)})
     except Exception:  # Redis gone mid-stream, say: store what there is as failed
         status, error_code = MessageStatus.failed, "internal"
         generation.cancel()
         raise
     finally:
-        await flush()
+        with contextlib.suppress(RedisError, OSError):  # the reply is stored even with Redis gone
+            await flush()
         full_text = "".join(text)
         if usage.output_tokens == 0 and full_text:
             usage = Usage(
-                input_tokens=usage.input_tokens or estimate_input_tokens(prompt),
+                input_tokens=usage.input_tokens or live.input_tokens,
                 output_tokens=estimate_text_tokens(full_text),
             )
-        publication, message_id = await do_store_ai_reply(
-            state,
-            channel=channel,
-            reply_to=reply_to,
-            stream_id=stream_id,
-            text=full_text,
-            status=status,
-            provider=provider_name,
-            model=model,
-            usage=usage,
-            meta={"citations": context.get("citations", []), "provider": provider_name, "error": error_code or None},
-        )
-        await AIUsage.insert(
-            AIUsage(
-                user=asker,
-                lounge=context.get("lounge_id"),
-                thread=context.get("thread_id"),
-                message=message_id,
-                provider=provider_name,
-                model=model,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                outcome=str(status),
-            )
-        )
-        await state.redis.hdel(key, stream_id)
-        await state.redis.delete(cancel)
-        await broadcast(state, [publication])
-        if usage.input_tokens or usage.output_tokens:  # once a month, past AI_BUDGET_WARNING_PERCENT
+        stored = await end_reply(state, live, text=full_text, status=status, error_code=error_code, usage=usage)
+        if stored is not None and (usage.input_tokens or usage.output_tokens):
+            # once a month, past AI_BUDGET_WARNING_PERCENT
             budget = await ai_budget(state, asker)
             await notify_budget_nearly_used(state, asker, budget.used, budget.allowance)
+    if stored is None:
+        return "worker_lost"
     if status == MessageStatus.complete and channel.startswith("thread:"):
         title = await title_thread(state, channel, context.get("question", ""), "".join(text))
         if title is not None:

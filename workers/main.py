@@ -14,8 +14,10 @@ from typing import Any
 
 from arq.cron import cron
 from arq.worker import Worker, func
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.ai.streams import process_id, reap_dead_replies
 from server.core.database import acquire_engine, release_engine
 from server.core.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.core.state import AppState
@@ -35,8 +37,10 @@ log = logging.getLogger("lounges.worker")
 FUNCTIONS = [
     func(send_email, max_tries=8),
     func(erase_user, max_tries=5),
-    # Not retried: a reply that failed is stored as failed, a second run would answer twice.
-    func(generate_reply, max_tries=1, timeout=600),
+    # A failed reply is stored as failed and not run again (that would answer twice). The
+    # second try exists for arq's replay of a job whose worker vanished: it ends the reply
+    # as worker_lost (workers/coach.py) rather than arq dropping it as "max retries exceeded".
+    func(generate_reply, max_tries=2, timeout=600),
     *KNOWLEDGE_FUNCTIONS,
     *BILLING_FUNCTIONS,
     *FILES_FUNCTIONS,
@@ -58,13 +62,24 @@ class DoorbellWorker(Worker):
     so an urgent job (a coach reply someone waits for) starts within a millisecond or two
     instead of at the next poll. Polling stays as it was, for every other job and as the
     fallback when the doorbell is missed. An early pick-up runs beside the poll loop; that
-    is safe because arq claims each job with a WATCH transaction, as it does across workers."""
+    is safe because arq claims each job with a WATCH transaction, as it does across workers.
+
+    It also outlives Redis outages: arq's own loop exits on the first connection error,
+    this one waits with backoff (its heartbeat lapses meanwhile, so ``worker --check``
+    reports it unhealthy) and carries on when Redis answers again."""
 
     def __init__(self, *args: Any, doorbell: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._doorbell = doorbell
+        self._redis_retry: float | None = None  # the next backoff while Redis is unreachable
 
     async def main(self) -> None:
+        while True:  # Redis down at start: wait for it, as for an outage later
+            try:
+                await self.pool.ping()
+                break
+            except (RedisError, OSError) as exc:
+                await self._redis_unreachable(exc)
         listener = asyncio.create_task(self._listen_to_doorbell(), name="arq-doorbell")
         try:
             await super().main()
@@ -72,6 +87,32 @@ class DoorbellWorker(Worker):
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await listener
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except (RedisError, OSError) as exc:
+            await self._redis_unreachable(exc)
+        else:
+            if self._redis_retry is not None:
+                self._redis_retry = None
+                log.info("worker reaches Redis again")
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except (RedisError, OSError):
+                # arq counted the job and took a semaphore slot before its claim failed,
+                # and gives neither back: without this, each outage would shrink the worker.
+                self.job_counter -= 1
+                self.sem.release()
+                raise
+
+    async def _redis_unreachable(self, exc: BaseException) -> None:
+        delay = self._redis_retry = min(2 * (self._redis_retry or 0.05), 5.0)
+        log.warning("worker cannot reach Redis; retrying", extra={"error": repr(exc), "retry_in": delay})
+        await asyncio.sleep(delay)
 
     async def _listen_to_doorbell(self) -> None:
         while self._pool is None:  # main() creates the pool when none was given
@@ -95,8 +136,40 @@ class DoorbellWorker(Worker):
             delay = min(delay * 2, 5.0)
 
 
+async def _reap_forever(state: AppState, worker_id: str) -> None:
+    """End, every second or so, the coach replies whose worker died (``server/ai/streams.py``)."""
+    interval = min(1.0, state.settings.ai_stream_lease_seconds / 3)
+    failing = False
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await reap_dead_replies(state, worker_id)
+            failing = False
+        except (RedisError, OSError) as exc:  # the poll loop reports the outage; say it once here
+            if not failing:
+                log.warning("coach reaper cannot reach Redis", extra={"error": repr(exc)})
+            failing = True
+        except Exception:  # PostgreSQL down, say: the next round tries again
+            log.exception("coach reaper failed")
+
+
 def health_check_key(settings: Settings) -> str:
     return f"{queue_name(settings)}:health-check"
+
+
+async def check_health(settings: Settings) -> tuple[bool, str]:
+    """Whether a worker refreshed its heartbeat within ``WORKER_HEALTH_CHECK_INTERVAL``, and why
+    not. Redis unreachable is unhealthy too: no worker can take jobs then."""
+    redis = Redis.from_url(settings.redis_url or "", socket_connect_timeout=3, socket_timeout=3)
+    try:
+        beat = await redis.get(health_check_key(settings))
+    except (RedisError, OSError) as exc:
+        return False, f"Redis is unreachable ({exc})"
+    finally:
+        await redis.aclose()
+    if not beat:
+        return False, "no worker refreshed its heartbeat within WORKER_HEALTH_CHECK_INTERVAL"
+    return True, beat.decode(errors="replace")
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -104,9 +177,15 @@ def worker_options(settings: Settings) -> dict[str, Any]:
 
     async def startup(ctx: dict[str, Any]) -> None:
         engine = await acquire_engine(settings)
-        ctx["state"] = AppState(settings=settings, engine=engine, redis=ctx["redis"])
+        ctx["state"] = state = AppState(settings=settings, engine=engine, redis=ctx["redis"])
+        ctx["worker_id"] = process_id("worker")
+        ctx["reaper"] = asyncio.create_task(_reap_forever(state, ctx["worker_id"]), name="coach-reaper")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        reaper: asyncio.Task[None] | None = ctx.get("reaper")
+        if reaper is not None:
+            reaper.cancel()
+            await asyncio.gather(reaper, return_exceptions=True)
         state: AppState | None = ctx.get("state")
         if state is not None:
             await state.storage.close()
@@ -127,6 +206,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         "on_startup": startup,
         "on_shutdown": shutdown,
         "handle_signals": True,
+        # SIGTERM: no new jobs, running ones (coach replies mid-sentence) get this long to finish.
+        "job_completion_wait": settings.worker_shutdown_grace_seconds,
     }
 
 

@@ -4,8 +4,9 @@ The message store calls :func:`maybe_answer` after every stored user message.
 A reply is a job for the arq worker (``workers/coach.py``), so it is
 independent of the socket or the web node that triggered it. While it runs,
 its state lives in Redis: the stream's text so far (for ``ai.snapshot``) in
-``{prefix}:ai:streams:<channel>`` and a cancel flag in
-``{prefix}:ai:cancel:<stream id>``.
+``{prefix}:ai:streams:<channel>``, a cancel flag in
+``{prefix}:ai:cancel:<stream id>``, and its worker's lease (``server/ai/streams.py``),
+without which the reply is ended as ``worker_lost`` instead of served as streaming.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ def active_key(state: AppState, user_id: uuid.UUID | str) -> str:
     return f"{state.settings.redis_prefix}:ai:active:{user_id}"
 
 
+def reply_job_id(stream_id: str) -> str:
+    """The arq job that runs the reply ``stream_id``."""
+    return f"coach:{stream_id}"
+
+
 def wants_reply(kind: str, lounge: dict[str, Any] | None, text: str) -> bool:
     """Threads: always. Lounges: by the mentor's policy, unless paused."""
     if kind == "thread":
@@ -73,32 +79,34 @@ async def maybe_answer(
         return None
     stream_id = uuid.uuid4().hex
     await state.redis.enqueue_job(
-        "generate_reply", channel, offset, str(asker), stream_id, text, _job_id=f"coach:{stream_id}"
+        "generate_reply", channel, offset, str(asker), stream_id, text, _job_id=reply_job_id(stream_id)
     )
     await ring_doorbell(state.redis, state.settings)  # the asker is waiting for the first token
     return stream_id
 
 
-async def acquire_slot(state: AppState, user_id: uuid.UUID | str) -> bool:
-    """Take one of the user's concurrent-generation slots (released by :func:`release_slot`)."""
-    key = active_key(state, user_id)
-    async with state.redis.pipeline(transaction=True) as pipe:
-        pipe.incr(key)
-        pipe.expire(key, 600)
-        count, _ = await pipe.execute()
-    if count > state.settings.ai_max_concurrent_per_user:
-        await state.redis.decr(key)
-        return False
-    return True
-
-
-async def release_slot(state: AppState, user_id: uuid.UUID | str) -> None:
-    await state.redis.decr(active_key(state, user_id))
-
-
 async def active_streams(state: AppState, channel: str) -> list[StreamState]:
-    raw = await state.redis.hvals(streams_key(state, channel))
-    return [msgspec.json.decode(value, type=StreamState) for value in raw]
+    """The channel's replies still streaming, for a subscriber's ``ai.snapshot``. A reply
+    whose worker died is ended here (its ``ai.error`` follows) instead of served as streaming."""
+    from server.ai.streams import lease_key, live_key, process_id, reap_dead_replies
+
+    streams = [
+        msgspec.json.decode(raw, type=StreamState) for raw in await state.redis.hvals(streams_key(state, channel))
+    ]
+    if not streams:
+        return []
+    async with state.redis.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.exists(lease_key(state, stream.stream_id))
+            pipe.hexists(live_key(state), stream.stream_id)
+        found = await pipe.execute()
+    leased, live = found[0::2], found[1::2]
+    if not all(leased):
+        await reap_dead_replies(state, process_id("web"), channel=channel)
+        orphans = [s.stream_id for s, is_live in zip(streams, live, strict=True) if not is_live]
+        if orphans:  # a snapshot written after its reply ended (by a worker presumed dead)
+            await state.redis.hdel(streams_key(state, channel), *orphans)
+    return [stream for stream, has_lease in zip(streams, leased, strict=True) if has_lease]
 
 
 async def do_cancel(state: AppState, principal: Principal, channel: str, stream_id: str) -> None:
@@ -115,4 +123,13 @@ async def do_cancel(state: AppState, principal: Principal, channel: str, stream_
         allowed = context.is_mentor
     if not allowed:
         raise Forbidden("only the asker, the mentor or an admin may stop this reply", code="not_allowed_to_cancel")
+    from server.ai.streams import end_lost_reply, live_reply, process_id
+
+    live, leased = await live_reply(state, stream_id)
+    if live is None:  # its snapshot outlived it
+        await state.redis.hdel(streams_key(state, channel), stream_id)
+        raise NotFound("no such reply is streaming", code="stream_not_found")
+    if not leased:  # no worker will see the flag: end it here
+        await end_lost_reply(state, live, process_id("web"))
+        return
     await state.redis.set(cancel_key(state, stream_id), b"1", ex=600)

@@ -19,7 +19,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.settings import Settings
 
-serialize_job = msgspec.msgpack.Encoder().encode
+
+def _encode_other(value: object) -> str:
+    """arq stores a failed job's exception as its result: kept as its repr (msgpack has no
+    exceptions), so the failure is on record instead of a serialisation traceback."""
+    if isinstance(value, BaseException):
+        return repr(value)
+    raise NotImplementedError(f"cannot serialise {type(value).__name__}")
+
+
+serialize_job = msgspec.msgpack.Encoder(enc_hook=_encode_other).encode
 deserialize_job = msgspec.msgpack.Decoder().decode
 
 
