@@ -180,6 +180,11 @@ async def test_a_stranger_guessing_cannot_lock_the_owner_out(app: Litestar, sett
         assert await _login(owner, "owner@example.com", PASSWORD) == 200  # the owner, from their own network
         assert await _login(owner, "owner@example.com", "a typo in it") == 401
 
+        # A look-alike "email" must not reach the owner's counters for another source.
+        crafted = "owner@example.com:198.51.100.20"
+        assert [await _login(attacker, crafted, f"guess number {i}") for i in range(4)] == [401, 401, 401, 429]
+        assert await _login(owner, "owner@example.com", PASSWORD) == 200
+
 
 async def test_only_failed_sign_ins_count_and_a_success_clears_them(app: Litestar, settings: Settings) -> None:
     async with _sources(settings, "198.51.100.20", auth_rate_limit_account="3/60") as (owner,):

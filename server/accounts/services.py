@@ -6,6 +6,7 @@ only after the commit sends mail or publishes control events.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from dataclasses import dataclass
@@ -287,6 +288,14 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
 # -- sign-in, refresh, sign-out -------------------------------------------------------------
 
 
+def _failed_logins(email: str, source: ClientInfo | None = None) -> str:
+    """The limiter key of failed sign-ins on an account (from one source, if given). The email
+    is hashed to a fixed length: a look-alike address ("a@b.c:1.2.3.4") cannot reach another
+    account's or source's counter, and no address is kept in Redis."""
+    account = hashlib.sha256(email.encode()).hexdigest()[:32]
+    return f"login:failed:{account}" + (f":{source.ip}" if source else "")
+
+
 async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, client: ClientInfo) -> None:
     """Throttle password guessing without letting a stranger lock the owner out.
 
@@ -302,12 +311,11 @@ async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, c
     settings = state.settings
     await state.limiter.hit(f"login:ip:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip))
     await state.limiter.hit(
-        f"login:fail:{email}:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_ACCOUNT", settings.auth_rate_limit_account)
+        _failed_logins(email, client), *parse_rate("AUTH_RATE_LIMIT_ACCOUNT", settings.auth_rate_limit_account)
     )
     try:
         await state.limiter.hit(
-            f"login:fail:{email}",
-            *parse_rate("AUTH_LOGIN_FAILURES_ACCOUNT", settings.auth_login_failures_account),
+            _failed_logins(email), *parse_rate("AUTH_LOGIN_FAILURES_ACCOUNT", settings.auth_login_failures_account)
         )
     except RateLimited:
         known = user_id is not None and await SecurityEvent.exists().where(
@@ -320,8 +328,8 @@ async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, c
 async def _login_succeeded(state: AppState, email: str, client: ClientInfo) -> None:
     """Only failures count: this source's failures on the account are forgotten, and the
     attempt is taken back from the account-wide count (others' failures stay)."""
-    await state.limiter.reset(f"login:fail:{email}:{client.ip}")
-    await state.limiter.refund(f"login:fail:{email}")
+    await state.limiter.reset(_failed_logins(email, client))
+    await state.limiter.refund(_failed_logins(email))
 
 
 async def do_login(state: AppState, *, email: str, password: str, client: ClientInfo) -> TokenPair:
@@ -434,8 +442,8 @@ async def do_reset_password(state: AppState, *, token: str, password: str, clien
     await announce_revoked(state, user_id, revoked, "password_reset")
     # The owner proved control of the mailbox and old guesses are void: lift the account-wide
     # cap on failed sign-ins (see _limit_login) and this source's own count.
-    await state.limiter.reset(f"login:fail:{user['email']}")
-    await state.limiter.reset(f"login:fail:{user['email']}:{client.ip}")
+    await state.limiter.reset(_failed_logins(user["email"]))
+    await state.limiter.reset(_failed_logins(user["email"], client))
 
 
 async def do_change_password(
