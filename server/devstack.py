@@ -10,11 +10,16 @@ with its data under ``DATA_DIR`` (so data survives restarts):
 
 Then migrations run, and the web server and an arq worker start as child
 processes in their own sessions. Ctrl-C (or SIGTERM) stops the children
-first, then the embedded services; if a child dies, everything stops.
+first, then the embedded services. A child that dies is started again (at most
+``RESTART_LIMIT`` times within ``RESTART_WINDOW`` seconds; past that the stack
+stops). On Linux every child started here gets SIGTERM when the launcher dies,
+even by SIGKILL (``PR_SET_PDEATHSIG``), so none outlives it; the embedded
+PostgreSQL is pg_ctl's daemon and stays, to be reattached by the next run.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import secrets
@@ -27,8 +32,9 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.settings import Settings
@@ -36,6 +42,28 @@ from server.settings import Settings
 log = logging.getLogger("lounges.devstack")
 
 DATABASE_NAME = "lounges"
+
+
+# A child that keeps crashing is not restarted forever: past this many restarts within
+# the window something is wrong for good (a bad setting, a broken migration) and the stack stops.
+RESTART_LIMIT = 5
+RESTART_WINDOW = 60.0
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send the child SIGTERM when this process dies
+    (Linux ``prctl(PR_SET_PDEATHSIG)``); None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    launcher = os.getpid()
+
+    def arrange() -> None:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != launcher:  # the launcher died before the request took hold
+            os._exit(1)
+
+    return arrange
 
 
 def _free_port() -> int:
@@ -82,6 +110,7 @@ def start_embedded_redis(data_dir: Path, stack: ExitStack) -> str:
             str(directory / "valkey.log"),
         ],
         start_new_session=True,
+        preexec_fn=die_with_launcher(),
     )
     stack.callback(_stop, process, "valkey")
     deadline = time.monotonic() + 10
@@ -193,7 +222,12 @@ def start_seaweedfs(directory: Path, access_key: str, secret_key: str, *, timeou
         started = time.monotonic()
         with log_path.open("ab") as log_file:
             process = subprocess.Popen(
-                command, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                command,
+                env=env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_launcher(),
             )
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         deadline = started + timeout
@@ -246,6 +280,55 @@ def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 15.0) ->
         process.wait()
 
 
+@dataclass
+class Supervisor:
+    """The stack's own processes (web, worker): a crashed one is started again, up to
+    ``limit`` restarts within ``window`` seconds; :meth:`check` says when to give up."""
+
+    env: dict[str, str]
+    limit: int = RESTART_LIMIT
+    window: float = RESTART_WINDOW
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    restarts: dict[str, list[float]] = field(default_factory=dict)
+    stop_timeout: float = 15.0  # per child, before SIGKILL
+
+    def start(self, name: str, command: list[str]) -> None:
+        self.commands[name] = command
+        self.children[name] = subprocess.Popen(
+            command, env=self.env, start_new_session=True, preexec_fn=die_with_launcher()
+        )
+
+    def check(self) -> int | None:
+        """Restart the children that exited; the exit status to stop the stack with once
+        one has crashed too often, else None."""
+        for name, process in list(self.children.items()):
+            status = process.poll()
+            if status is None:
+                continue
+            now = time.monotonic()
+            recent = [t for t in self.restarts.get(name, []) if now - t < self.window]
+            if len(recent) >= self.limit:
+                log.error(
+                    "%s exited with status %s, %d times within %.0f s; stopping the stack",
+                    name,
+                    status,
+                    len(recent) + 1,
+                    self.window,
+                )
+                return status or 1
+            self.restarts[name] = [*recent, now]
+            log.warning(
+                "%s exited with status %s; starting it again (%d of %d)", name, status, len(recent) + 1, self.limit
+            )
+            self.start(name, self.commands[name])
+        return None
+
+    def stop(self) -> None:
+        for name, process in self.children.items():
+            _stop(process, name, self.stop_timeout)
+
+
 def run_dev_stack(settings: Settings) -> int:
     """Run until interrupted; returns the exit status."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s devstack %(message)s", datefmt="%H:%M:%S")
@@ -285,21 +368,18 @@ def run_dev_stack(settings: Settings) -> int:
         subprocess.run([python, "-m", "server", "migrate"], env=env, check=True)
         log.info("migrations applied")
 
-        children = {
-            name: subprocess.Popen([python, "-m", "server", *argv], env=env, start_new_session=True)
-            for name, argv in (("web", ["serve"]), ("worker", ["worker"]))
-        }
-        for name, process in children.items():
-            stack.callback(_stop, process, name)
+        # The worker may take its shutdown grace to let coach replies finish.
+        supervisor = Supervisor(env, stop_timeout=settings.worker_shutdown_grace_seconds + 5.0)
+        stack.callback(supervisor.stop)
+        for name, argv in (("web", ["serve"]), ("worker", ["worker"])):
+            supervisor.start(name, [python, "-m", "server", *argv])
         log.info("serving on http://%s:%s (Ctrl-C stops everything)", settings.host, settings.port)
 
         status = 0
         while not stopping:
-            for name, process in children.items():
-                if process.poll() is not None:
-                    log.error("%s exited with status %s; stopping the stack", name, process.returncode)
-                    status = process.returncode or 1
-                    stopping = True
+            failed = supervisor.check()
+            if failed is not None:
+                status, stopping = failed, True
             time.sleep(0.2)
         log.info("stopping")
     return status

@@ -1,0 +1,154 @@
+"""The worker outlives Redis outages, and the dev launcher keeps its stack up without leaking it.
+
+Real parts: ``python -m server worker`` against a private Valkey that is killed and
+started again (``tests/support/redis_server.py``), ``python -m server worker --check``,
+``python -m server dev`` with its web and worker children, killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import msgspec
+import pytest
+
+from server.core.redis import create_redis
+from server.devstack import Supervisor
+from server.settings import Settings
+from tests.support.coach_faults import Worker, pid_alive
+from tests.support.nodes import ROOT, free_port, node_env
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    server = await RedisServer().astart()
+    yield server
+    server.close()
+
+
+def check(env: dict[str, str]) -> tuple[int, str, float]:
+    """``python -m server worker --check``: exit status, output, seconds it took."""
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "server", "worker", "--check"], cwd=ROOT, env=env, capture_output=True, timeout=30
+    )
+    return done.returncode, (done.stdout + done.stderr).decode(), time.monotonic() - started
+
+
+async def until(predicate, timeout: float, step: float = 0.1) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(step)
+
+
+async def test_the_worker_waits_out_a_redis_outage_reports_it_and_runs_jobs_after(
+    settings: Settings, private_redis: RedisServer
+) -> None:
+    private = msgspec.structs.replace(settings, redis_url=private_redis.url)
+    outbox = tempfile.mkdtemp(prefix="lounges-outbox-")
+    env = {"WORKER_HEALTH_CHECK_INTERVAL": "1", "MAIL_OUTBOX_DIR": outbox, "SMTP_HOST": ""}
+    worker = Worker(private, **env)
+    try:
+        await worker.start()
+        assert (await asyncio.to_thread(check, worker.env))[0] == 0
+
+        private_redis.stop()
+        await asyncio.sleep(2.5)  # the heartbeat key would have lapsed by now; the worker must not have
+        assert worker.process is not None and worker.process.poll() is None, "the worker died with Redis"
+        status, output, took = await asyncio.to_thread(check, worker.env)
+        assert status == 1 and took < 10
+        assert "lounges: worker unhealthy: Redis is unreachable" in output and "Traceback" not in output
+
+        await private_redis.astart()  # back, and empty
+        redis = create_redis(private)
+        try:
+            await redis.enqueue_job("send_email", {"to": "back@example.com", "subject": "after", "text": "the outage"})
+            await until(lambda: any(Path(outbox).iterdir()), timeout=15)
+        finally:
+            await redis.aclose()
+        status, output, _ = await asyncio.to_thread(check, worker.env)
+        assert status == 0, output
+        assert worker.process.poll() is None
+    finally:
+        worker.close()
+
+
+def children_of(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` and their command lines (from /proc)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+async def test_the_dev_launcher_restarts_a_crashed_child_and_no_child_outlives_it(settings: Settings) -> None:
+    env = node_env(
+        settings,
+        PORT=str(free_port()),
+        DATA_DIR=tempfile.mkdtemp(prefix="lounges-dev-"),
+        S3_ENDPOINT=settings.s3_endpoint or "",
+        S3_ACCESS_KEY=settings.s3_access_key or "",
+        S3_SECRET_KEY=settings.s3_secret_key or "",
+        WORKER_SHUTDOWN_GRACE_SECONDS="1",
+    )
+    launcher = subprocess.Popen([sys.executable, "-m", "server", "dev"], cwd=ROOT, env=env)
+    try:
+
+        def role(name: str) -> list[int]:
+            return [pid for pid, command in children_of(launcher.pid).items() if f"-m server {name}" in command]
+
+        await until(lambda: len(role("serve")) == 1 and len(role("worker")) == 1, timeout=60)
+        [web], [worker] = role("serve"), role("worker")
+        async with httpx.AsyncClient() as http, asyncio.timeout(30):  # serving, not just started
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"http://127.0.0.1:{env['PORT']}/health", timeout=1)).status_code == 200:
+                        break
+                await asyncio.sleep(0.2)
+
+        os.kill(worker, signal.SIGKILL)  # a crash
+        await until(lambda: role("worker") not in ([], [worker]), timeout=10)
+        assert launcher.poll() is None and role("serve") == [web]
+        [restarted] = role("worker")
+
+        launcher.kill()  # SIGKILL: no chance to stop its children itself
+        launcher.wait()
+        await until(lambda: not pid_alive(web) and not pid_alive(restarted), timeout=15)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+
+
+async def test_a_child_that_keeps_crashing_stops_the_stack_after_the_limit() -> None:
+    supervisor = Supervisor(dict(os.environ), limit=2, window=60.0)
+    supervisor.start("broken", [sys.executable, "-c", "import sys; sys.exit(3)"])
+    started: list[int] = []
+    try:
+        async with asyncio.timeout(20):
+            while (status := supervisor.check()) is None:
+                if supervisor.children["broken"].pid not in started:
+                    started.append(supervisor.children["broken"].pid)
+                await asyncio.sleep(0.05)
+    finally:
+        supervisor.stop()
+    assert status == 3
+    assert len(started) == 3  # the first run and two restarts
