@@ -381,3 +381,35 @@ async def test_the_coach_answers_the_current_text_and_never_a_deleted_message(
     assert [m["reply_to"] for m in items if m["sender"]["type"] == "ai"] == [first["offset"]]
     title = (await client.get(path, headers=member.headers)).json()["title"]
     assert leaks([items, title], "cheated", "Zed Quill", "spying") == []
+
+
+async def test_the_coachs_reply_goes_with_the_message_it_answered(
+    app, nodes: list[WebNode], community: Community, client: httpx.AsyncClient
+) -> None:
+    """The coach may quote what it answers, so its reply to a deleted message, or to a
+    message of an erased account, is a tombstone too (in every publication of it)."""
+    owner = await community.user(f"owner-{uuid.uuid4().hex[:8]}@example.com")
+    thread = (await client.post(f"{API}/chat/threads", json={}, headers=owner.headers)).json()
+    path = f"{API}/chat/threads/{thread['id']}"
+    asked = (await community.post(owner, path, "My landlord Vic Voss wants me out")).json()
+    await community.run_jobs()  # the offline coach answers, quoting the question
+    page = (await client.get(f"{path}/messages", headers=owner.headers)).json()
+    assert any("Vic Voss" in m["text"] for m in page["items"] if m["sender"]["type"] == "ai")
+    assert (await client.delete(f"{path}/messages/{asked['offset']}", headers=owner.headers)).status_code == 204
+    assert leaks((await client.get(f"{path}/messages", headers=owner.headers)).json(), "Vic Voss") == []
+    async with socket(nodes[0], owner) as sock:
+        assert leaks(await socket_history(sock, thread["channel"]), "Vic Voss") == []
+
+    mentor = await community.mentor(f"mentor-{uuid.uuid4().hex[:8]}@example.com")
+    lounge = await community.lounge(mentor, ai_reply_policy="always")
+    member = await community.user(f"member-{uuid.uuid4().hex[:8]}@example.com")
+    assert (await community.join(member, lounge)).status_code == 200
+    await post(community, member, lounge, "My sister Wanda Wex is unwell")
+    await community.run_jobs()
+    assert "Wanda Wex" in json.dumps((await rest_history(client, mentor, lounge))["items"])
+    erased = await client.request("DELETE", f"{API}/users/me", json={"password": PASSWORD}, headers=member.headers)
+    assert erased.status_code == 202, erased.text
+    await community.run_jobs()
+    assert leaks(await rest_history(client, mentor, lounge), "Wanda Wex") == []
+    async with socket(nodes[0], mentor) as sock:
+        assert leaks(await socket_history(sock, lounge["channel"]), "Wanda Wex") == []

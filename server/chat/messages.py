@@ -335,6 +335,11 @@ async def do_store_ai_reply(
     nothing written) when the stream's reply is already stored."""
     message_id = uuid.uuid4()
     async with state.engine.transaction():
+        # Taken before the channel's row (the order a deletion takes them in): a deletion of the
+        # message answered either sees this reply or is seen by it (privacy: the reply may quote it).
+        asked = await Message.raw(
+            'SELECT deleted_at FROM messages WHERE channel = {} AND "offset" = {} FOR SHARE', channel, reply_to
+        )
         offset, epoch = await next_offset(channel)
         # The channel's row is locked by next_offset: two writers of one stream serialise here.
         if await Message.raw(
@@ -360,6 +365,8 @@ async def do_store_ai_reply(
                 meta={**meta, "stream_id": stream_id},
             )
         )
+        if asked and asked[0]["deleted_at"] is not None:
+            await erase_text([message_id])  # the answer goes with the message it answered
         message = await get_message(channel, offset)
         kind = "ai.error" if status == MessageStatus.failed else "ai.end"
         publication = await append(
@@ -437,13 +444,40 @@ async def erase_text(message_ids: list[uuid.UUID]) -> None:
     await MessageReaction.delete().where(MessageReaction.message.is_in(message_ids))
 
 
+async def _tombstone(rows: list[dict[str, Any]]) -> tuple[list[Publication], list[Publication]]:
+    """Delete the locked messages ``rows`` (``id``, ``channel``, ``offset``, ``deleted_at``):
+    their text goes (:func:`erase_text`), every publication of them becomes a tombstone,
+    and a ``message.deleted`` is appended for each one not deleted before. Returns
+    ``(appended, rewritten)`` for :func:`broadcast`."""
+    await erase_text([row["id"] for row in rows])
+    await forget_mentions(message_ids=[row["id"] for row in rows])
+    appended: list[Publication] = []
+    rewritten: list[Publication] = []
+    for row in rows:
+        rewritten += await rewrite_message_log(row["channel"], row["offset"])
+        if row["deleted_at"] is None:
+            appended.append(await append(row["channel"], {"type": "message.deleted", "message_offset": row["offset"]}))
+    return appended, rewritten
+
+
+async def _coach_replies(channel: str, offsets: list[int]) -> list[dict[str, Any]]:
+    """The coach's stored replies to the messages at ``offsets``, locked (they may quote them)."""
+    return await Message.raw(
+        """SELECT id, channel, "offset", deleted_at FROM messages
+           WHERE channel = {} AND reply_to = ANY({}::bigint[]) AND sender_type = 'ai' ORDER BY "offset" FOR UPDATE""",
+        channel,
+        offsets,
+    )
+
+
 async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication], list[Publication]]:
     """Erasure of an account, inside its transaction and after its name was scrubbed:
     every message it wrote in a lounge becomes a tombstone (no text, attachments, meta
     or reactions; the sender is the scrubbed "Deleted user") in the messages table and in
     every publication of it, a ``message.deleted`` is appended for each one not deleted
     yet (so clients that keep messages locally drop them too), and the mention
-    notifications it caused go. Returns ``(appended, rewritten)`` for :func:`broadcast`.
+    notifications it caused go. The coach's replies to those messages go with them.
+    Returns ``(appended, rewritten)`` for :func:`broadcast`.
 
     The author's messages are locked first, in one statement, so a moderator deleting
     one of them meanwhile waits for the erasure instead of deadlocking with it."""
@@ -453,16 +487,12 @@ async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication]
         user_id,
     )
     await forget_mentions(by=user_id)
-    if not rows:
-        return [], []
-    await erase_text([row["id"] for row in rows])
-    appended: list[Publication] = []
-    rewritten: list[Publication] = []
+    by_channel: dict[str, list[int]] = {}
     for row in rows:
-        rewritten += await rewrite_message_log(row["channel"], row["offset"])
-        if row["deleted_at"] is None:
-            appended.append(await append(row["channel"], {"type": "message.deleted", "message_offset": row["offset"]}))
-    return appended, rewritten
+        by_channel.setdefault(row["channel"], []).append(row["offset"])
+    for channel, offsets in by_channel.items():
+        rows += await _coach_replies(channel, offsets)
+    return await _tombstone(rows)
 
 
 async def do_edit_message(state: AppState, principal: Principal, channel: str, offset: int, text: str) -> MessageOut:
@@ -498,7 +528,8 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
     """Soft-delete: by the author, or by the lounge's staff; subscribers get ``message.deleted``.
 
     The row keeps its offset but loses its text, and every publication of the message
-    becomes a tombstone (:func:`rewrite_message_log`)."""
+    becomes a tombstone (:func:`rewrite_message_log`); so do the coach's replies to it,
+    which may quote it."""
     access = await channel_access(principal, channel, write=False)
     name = str(access.name)
     async with state.engine.transaction():
@@ -509,11 +540,9 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
             raise Forbidden("only the author or the lounge's staff may delete a message", code="not_message_author")
         if row["deleted_at"] is not None:
             return
-        await erase_text([row["id"]])
-        rewritten = await rewrite_message_log(name, offset)
-        publication = await append(name, {"type": "message.deleted", "message_offset": offset})
-        await forget_mentions(message_ids=[row["id"]])
-    await broadcast(state, [publication], rewritten=rewritten)
+        deleted = [{"id": row["id"], "channel": name, "offset": offset, "deleted_at": None}]
+        appended, rewritten = await _tombstone(deleted + await _coach_replies(name, [offset]))
+    await broadcast(state, appended, rewritten=rewritten)
 
 
 async def do_react(
