@@ -13,6 +13,7 @@ import msgspec
 import pytest
 from litestar import Litestar
 
+from server.accounts.services import limit_source
 from server.accounts.tables import Role, User
 from server.app import create_app
 from server.settings import Settings, SettingsError, load_settings
@@ -271,3 +272,21 @@ def test_trusted_proxies_must_be_addresses_or_networks() -> None:
     assert (
         str(refused.value) == "invalid configuration: TRUSTED_PROXIES: 'proxy.internal' is not an IP address or network"
     )
+
+
+async def test_an_ipv6_network_counts_as_one_source(app: Litestar, settings: Settings) -> None:
+    """A host gets a whole /64: rotating addresses inside it must not reset the per-source limits."""
+    ips = ("2001:db8:1:2::a", "2001:db8:1:2:ffff::b", "2001:db8:1:3::a")
+    async with _sources(settings, *ips, auth_rate_limit_account="3/60", auth_rate_limit_ip="4/60") as clients:
+        first, same_network, next_network = clients
+        statuses = [await _login(http, "owner@example.com", "guess guess") for http in (first, same_network) * 2]
+        assert statuses == [401, 401, 401, 429]
+        assert await _login(next_network, "owner@example.com", "guess guess") == 401
+        assert await _login(same_network, "other@example.com", "guess guess") == 429  # its 5th attempt from the /64
+
+
+def test_limit_sources() -> None:
+    assert limit_source("192.0.2.1") == "192.0.2.1"
+    assert limit_source("::ffff:192.0.2.1") == "192.0.2.1"  # a dual-stack socket's IPv4 peer
+    assert limit_source("2001:db8:1:2:3:4:5:6") == "2001:db8:1:2::/64"
+    assert limit_source("unknown") == "unknown"

@@ -7,6 +7,7 @@ only after the commit sends mail or publishes control events.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
@@ -93,10 +94,26 @@ def _engine(state: AppState) -> PostgresEngine:
 # -- rate limits ---------------------------------------------------------------------------
 
 
+def limit_source(ip: str) -> str:
+    """The source a per-IP limit counts: the address, or for IPv6 its /64 (one host or home
+    network gets a whole /64, so counting single addresses would let it rotate past any limit)."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return ip
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return ip
+
+
 async def check_rate(state: AppState, action: str, client: ClientInfo, account: str | None = None) -> None:
     """Count one ``action`` attempt against the client's IP and, if given, the account."""
     settings = state.settings
-    await state.limiter.hit(f"{action}:ip:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip))
+    await state.limiter.hit(
+        f"{action}:ip:{limit_source(client.ip)}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip)
+    )
     if account:
         await state.limiter.hit(
             f"{action}:acct:{account}", *parse_rate("AUTH_RATE_LIMIT_ACCOUNT", settings.auth_rate_limit_account)
@@ -293,7 +310,7 @@ def _failed_logins(email: str, source: ClientInfo | None = None) -> str:
     is hashed to a fixed length: a look-alike address ("a@b.c:1.2.3.4") cannot reach another
     account's or source's counter, and no address is kept in Redis."""
     account = hashlib.sha256(email.encode()).hexdigest()[:32]
-    return f"login:failed:{account}" + (f":{source.ip}" if source else "")
+    return f"login:failed:{account}" + (f":{limit_source(source.ip)}" if source else "")
 
 
 async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, client: ClientInfo) -> None:
@@ -309,7 +326,9 @@ async def _limit_login(state: AppState, email: str, user_id: uuid.UUID | None, c
     :func:`_login_succeeded` takes it back.
     """
     settings = state.settings
-    await state.limiter.hit(f"login:ip:{client.ip}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip))
+    await state.limiter.hit(
+        f"login:ip:{limit_source(client.ip)}", *parse_rate("AUTH_RATE_LIMIT_IP", settings.auth_rate_limit_ip)
+    )
     await state.limiter.hit(
         _failed_logins(email, client), *parse_rate("AUTH_RATE_LIMIT_ACCOUNT", settings.auth_rate_limit_account)
     )
