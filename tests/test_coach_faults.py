@@ -3,8 +3,9 @@
 Real parts: ``python -m server worker`` processes running the replies (killed and
 stopped for real), the official openai SDK inside them streaming slowly from the
 local OpenAI stand-in, PostgreSQL, Redis. What subscribers get is read off the
-channel's Redis wire, which every web node relays to its sockets unchanged; the web
-node's own part (a subscribe's snapshot, ``ai.cancel``) is called as the gateway calls it.
+channel's Redis wire, which every web node relays to its sockets unchanged; what the
+web node itself does about a dead reply (a subscribe, ``ai.cancel``) through the
+official centrifuge-python SDK against a ``python -m server serve`` process.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 from arq.constants import in_progress_key_prefix
+from centrifuge import ReplyError
 
-from server.accounts.services import authenticate
-from server.ai.coach import active_key, active_streams, do_cancel, reply_job_id, streams_key
+from server.ai.coach import active_key, active_streams, reply_job_id, streams_key
 from server.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
 from server.ai.tables import AIUsage
 from server.core.redis import queue_name
@@ -26,6 +27,8 @@ from server.settings import Settings
 from tests.support.coach_faults import WireWatch, Worker, ai_messages, live_worker_pid, open_thread, post
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
+from tests.support.nodes import WebNode
+from tests.support.sdk import sdk_client, subscription
 
 KEY = "sk-test-coach-faults"
 LEASE = 2.0
@@ -128,11 +131,12 @@ async def test_a_killed_workers_reply_is_ended_by_another_within_seconds_keeping
 async def test_with_no_worker_left_a_subscribe_or_a_cancel_ends_the_dead_reply(
     state: AppState, client, community: Community, settings: Settings, llm: OpenAIStandin
 ) -> None:
-    """No dead stream is served as streaming, and ``ai.cancel`` on it really ends it."""
+    """No dead stream is served to a subscriber as streaming, and ``ai.cancel`` on it really ends it."""
     llm.reset(reply=LONG, api_key=KEY, chunk_size=4, chunk_delay=0.05)
     worker = Worker(settings, **worker_env(llm))
+    node = WebNode(settings, AI_STREAM_LEASE_SECONDS=str(LEASE))
     try:
-        await worker.start()
+        await asyncio.gather(worker.start(), node.start())
         owner = await community.user("alone@example.com", verified=False)
         (first, first_channel), (second, second_channel) = [await open_thread(client, owner) for _ in range(2)]
         async with WireWatch(settings, first_channel) as one, WireWatch(settings, second_channel) as two:
@@ -144,23 +148,35 @@ async def test_with_no_worker_left_a_subscribe_or_a_cancel_ends_the_dead_reply(
             await asyncio.sleep(LEASE + 0.5)  # the lease lapses; no worker is left to notice
             one_id, two_id = one.of_type("ai.start")[0]["stream_id"], two.of_type("ai.start")[0]["stream_id"]
 
-            # A subscriber joining now gets no snapshot of the dead reply, and it ends.
-            assert await active_streams(state, first_channel) == []
-            await one.wait_for(lambda w: w.ended(one_id) is not None, timeout=5)
-            assert one.ended(one_id)["message"]["meta"]["error"] == "worker_lost"
-            assert one.ended(one_id)["message"]["text"] == one.streamed(one_id)
+            socket, _ = sdk_client(node.ws_url, owner.access_token)
+            await socket.connect()
+            try:
+                # Subscribing now: no snapshot of the dead reply, but its end.
+                sub, seen = subscription(socket, first_channel)
+                await sub.subscribe()
+                await seen.wait_for(lambda r: r.of_type("ai.error"), timeout=5)
+                assert seen.of_type("ai.snapshot") == []
+                [ended] = seen.of_type("ai.error")
+                assert (ended["stream_id"], ended["message"]["meta"]["error"]) == (one_id, "worker_lost")
+                assert ended["message"]["text"] == one.streamed(one_id)
 
-            # The asker's ai.cancel ends the other one at once.
-            principal = await authenticate(state, owner.access_token)
-            await do_cancel(state, principal, second_channel, two_id)
-            await two.wait_for(lambda w: w.ended(two_id) is not None, timeout=5)
-            assert two.ended(two_id)["message"]["text"] == two.streamed(two_id)
+                # The asker's ai.cancel ends the other one at once.
+                await socket.rpc("ai.cancel", {"channel": second_channel, "stream_id": two_id})
+                await two.wait_for(lambda w: w.ended(two_id) is not None, timeout=2)
+                assert two.ended(two_id)["message"]["text"] == two.streamed(two_id)
+                # ... and, ended, it is no longer there to cancel.
+                with pytest.raises(ReplyError) as refused:
+                    await socket.rpc("ai.cancel", {"channel": second_channel, "stream_id": two_id})
+                assert refused.value.code == 107 and "stream_not_found" in refused.value.message
+            finally:
+                await socket.disconnect()
         for channel, stream_id in ((first_channel, one_id), (second_channel, two_id)):
             [stored] = await ai_messages(channel)
             assert (await _ledger(stored["id"]))["outcome"] == "failed"
             await _assert_nothing_left(state, channel, stream_id, owner.id)
     finally:
         worker.close()
+        await node.stop()
 
 
 async def test_sigterm_lets_the_reply_finish_and_takes_no_new_one(
