@@ -216,15 +216,29 @@ SELECT logged."offset", taken.epoch, author.full_name FROM logged, taken, author
 
 
 async def do_post_message(state: AppState, principal: Principal, channel: str, data: MessageIn) -> PostResult:
+    """Post ``data``; the rate limit is charged only if the message is stored (a post refused,
+    or cut short by a stalled database, gives its attempt back)."""
+    charged: list[str] = []
+    try:
+        return await _post_message(state, principal, channel, data, charged)
+    except BaseException:
+        for key in charged:
+            await state.limiter.refund(key)
+        raise
+
+
+async def _post_message(
+    state: AppState, principal: Principal, channel: str, data: MessageIn, charged: list[str]
+) -> PostResult:
     access = await channel_access(principal, channel, write=True)
     name = str(access.name)
     existing = await _existing_post(principal.user_id, data.client_id, name)
     if existing is not None:
         return PostResult(message=existing, created=False, publication=None)
     # One budget per user for every way of posting (socket or REST), shared by all nodes.
-    await state.limiter.hit(
-        f"publish:{principal.user_id}", *parse_rate("PUBLISH_RATE_LIMIT", state.settings.publish_rate_limit)
-    )
+    limit_key = f"publish:{principal.user_id}"
+    await state.limiter.hit(limit_key, *parse_rate("PUBLISH_RATE_LIMIT", state.settings.publish_rate_limit))
+    charged.append(limit_key)
     text = data.text.strip()
     if not text and not data.attachments:
         raise ValidationFailed("a message needs text or an attachment", code="empty_message")
@@ -285,6 +299,7 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
         return PostResult(message=existing, created=False, publication=None)
     if row is None:
         raise LookupError(f"no channel {name}")
+    charged.clear()  # stored: whatever happens next, this post was accepted work
     offset: int = row["offset"]
     message = msgspec.structs.replace(
         draft, offset=offset, sender=msgspec.structs.replace(draft.sender, full_name=row["full_name"])

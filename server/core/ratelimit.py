@@ -32,12 +32,6 @@ if tonumber(redis.call('GET', KEYS[1]) or '0') > 0 then return redis.call('DECR'
 return 0
 """
 
-# DECR a window's counter that still exists (a lapsed window has nothing to give back).
-_REFUND = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('DECR', KEYS[1]) end
-return 0
-"""
-
 
 class RateLimiter:
     """``await limiter.hit(key, limit, window)`` raises :class:`RateLimited` past ``limit``."""
@@ -46,7 +40,6 @@ class RateLimiter:
         self._redis = redis
         self._prefix = f"{prefix}:rl:"
         self._script = redis.register_script(_HIT)
-        self._refund_script = redis.register_script(_REFUND)
         self._refund = redis.register_script(_REFUND)
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> None:
@@ -66,15 +59,6 @@ class RateLimiter:
         """Take back one :meth:`hit` (an attempt that turned out not to count, e.g. a sign-in
         that succeeded); like :meth:`hit`, a Redis failure is logged and ignored."""
         await self._quietly(key, self._refund(keys=[self._prefix + key]))
-
-    async def refund(self, key: str) -> None:
-        """Give back one attempt :meth:`hit` counted, for work that was then not done (refused,
-        or cut short by a stalled database): only accepted work is charged. Best effort."""
-        try:
-            async with asyncio.timeout(TIMEOUT):
-                await self._refund_script(keys=[self._prefix + key])
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("rate limiter refund failed", extra={"key": key, "error": repr(exc)})
 
     async def reset(self, key: str) -> None:
         """Forget every hit of ``key`` (Redis failures logged and ignored)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from arq.connections import ArqRedis
@@ -24,6 +25,9 @@ class AppState:
     limiter: RateLimiter = field(init=False)
     # Opens its HTTP session on first use; the lifespan closes it (``await storage.close()``).
     storage: Storage = field(init=False)
+    # The web process's realtime node hands its own broadcasts (channel, wire payload) to its
+    # sockets here, so they arrive even while Redis is away; None in workers.
+    local_delivery: Callable[[str, bytes], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.token_keys = TokenKeys(self.settings)

@@ -14,6 +14,8 @@ in the Redis history cache and tells every node, which replaces it in its ring.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import secrets
 import uuid
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
+from redis.exceptions import RedisError
 
 from server.core.state import AppState
 from server.realtime.tables import Channel, ChannelPublication
@@ -28,6 +31,8 @@ from server.realtime.tables import Channel, ChannelPublication
 ChannelKind = Literal["lounge", "thread"]
 
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("lounges.realtime")
+REDIS_TIMEOUT = 1.0  # seconds a broadcast may wait for Redis; the log is the truth either way
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +64,7 @@ class Publication:
     offset: int
     epoch: str
     data: dict[str, Any]
+    rewrites: int = 0  # for a rewritten one: the channel's rewrite count it brought about
 
 
 def new_epoch() -> str:
@@ -109,17 +115,23 @@ async def append(name: str, data: dict[str, Any], offset: int | None = None, epo
 async def rewrite(name: str, offset: int, data: dict[str, Any]) -> Publication:
     """Replace the stored publication at ``offset`` with ``data`` (inside the caller's
     transaction). Offsets stay gapless: the entry keeps its offset and epoch, only what
-    it says changes. Pass the result to :func:`broadcast` as ``rewritten`` after the commit."""
+    it says changes. The channel's ``rewrites`` count goes up by one, so a cache of the
+    log that missed this rewrite's broadcast can tell. Pass the result to
+    :func:`broadcast` as ``rewritten`` after the commit."""
     rows = await ChannelPublication.raw(
-        "UPDATE channel_publications p SET data = {}::jsonb FROM channels c "
-        'WHERE p.channel = {} AND p."offset" = {} AND c.name = p.channel RETURNING c.epoch',
+        """WITH counted AS (
+               UPDATE channels SET rewrites = rewrites + 1 WHERE name = {} RETURNING epoch, rewrites
+           )
+           UPDATE channel_publications p SET data = {}::jsonb FROM counted
+           WHERE p.channel = {} AND p."offset" = {} RETURNING counted.epoch, counted.rewrites""",
+        name,
         _encoder.encode(data).decode(),
         name,
         offset,
     )
     if not rows:
         raise LookupError(f"no publication {offset} in {name}")
-    return Publication(channel=name, offset=offset, epoch=rows[0]["epoch"], data=data)
+    return Publication(channel=name, offset=offset, epoch=rows[0]["epoch"], data=data, rewrites=rows[0]["rewrites"])
 
 
 def pubsub_channel(prefix: str, name: str) -> str:
@@ -132,13 +144,29 @@ def history_key(prefix: str, name: str) -> str:
     return f"{prefix}:hist:{name}"
 
 
+def rewrites_key(prefix: str, name: str) -> str:
+    """The channel's rewrite count the history cache has applied (see :func:`rewrite`)."""
+    return f"{prefix}:hist-rewrites:{name}"
+
+
 WIRE_PUBLICATION, WIRE_JOIN, WIRE_LEAVE, WIRE_REWRITE = 0, 1, 2, 3
 
 
 class Wire(msgspec.Struct, array_like=True):
     """What travels over Redis pub/sub: kind, offset (0 when ephemeral), epoch, raw JSON data.
 
-    ``WIRE_REWRITE`` carries the new version of an already stored publication at ``offset``."""
+    ``WIRE_REWRITE`` carries the new version of an already stored publication at
+    ``offset`` and, last, the channel's rewrite count it brought about."""
+
+    kind: int
+    offset: int
+    epoch: str
+    data: msgspec.Raw
+    rewrites: int = 0
+
+
+class _PlainWire(msgspec.Struct, array_like=True):
+    """:class:`Wire` without ``rewrites``, for everything but rewrites (four fields, as ever)."""
 
     kind: int
     offset: int
@@ -146,8 +174,10 @@ class Wire(msgspec.Struct, array_like=True):
     data: msgspec.Raw
 
 
-def encode_wire(kind: int, offset: int, epoch: str, data: bytes) -> bytes:
-    return _encoder.encode(Wire(kind=kind, offset=offset, epoch=epoch, data=msgspec.Raw(data)))
+def encode_wire(kind: int, offset: int, epoch: str, data: bytes, rewrites: int = 0) -> bytes:
+    if rewrites:
+        return _encoder.encode(Wire(kind=kind, offset=offset, epoch=epoch, data=msgspec.Raw(data), rewrites=rewrites))
+    return _encoder.encode(_PlainWire(kind=kind, offset=offset, epoch=epoch, data=msgspec.Raw(data)))
 
 
 async def broadcast(state: AppState, publications: list[Publication], *, rewritten: Sequence[Publication] = ()) -> None:
@@ -164,12 +194,21 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
     two entries at one offset, which :func:`server.realtime.history.from_cache`
     never serves as a gapless run, so the log answers instead. Rewrites travel on
     the channel's pub/sub ahead of ``publications``, so a node has applied them
-    before it delivers what follows.
+    before it delivers what follows. With rewrites the whole pipeline is one
+    MULTI/EXEC, so the cache's content and its rewrite count (:func:`rewrites_key`)
+    change together; a cache whose count is not the channel's is not served.
+
+    Never raises (the publications are committed, so the write succeeded): this process's
+    own sockets get everything at once through ``state.local_delivery`` (the copy that
+    comes back through Redis is dropped by offset); when Redis does not take it in
+    time, every other node reads it from the log once its link is back, or at its
+    periodic catch-up.
     """
     if not publications and not rewritten:
         return
     settings = state.settings
-    async with state.redis.pipeline(transaction=False) as pipe:
+    local = state.local_delivery
+    async with state.redis.pipeline(transaction=bool(rewritten)) as pipe:
         for publication in rewritten:
             data = _encoder.encode(publication.data)
             key = history_key(settings.redis_prefix, publication.channel)
@@ -179,10 +218,15 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
             )
             pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
             pipe.expire(key, settings.history_cache_ttl)
-            pipe.publish(
-                pubsub_channel(settings.redis_prefix, publication.channel),
-                encode_wire(WIRE_REWRITE, publication.offset, publication.epoch, data),
+            pipe.set(
+                rewrites_key(settings.redis_prefix, publication.channel),
+                publication.rewrites,
+                ex=settings.history_cache_ttl,
             )
+            rewrite_wire = encode_wire(WIRE_REWRITE, publication.offset, publication.epoch, data, publication.rewrites)
+            pipe.publish(pubsub_channel(settings.redis_prefix, publication.channel), rewrite_wire)
+            if local is not None:
+                local(publication.channel, rewrite_wire)
         for publication in publications:
             payload = encode_wire(
                 WIRE_PUBLICATION, publication.offset, publication.epoch, _encoder.encode(publication.data)
@@ -192,7 +236,13 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
             pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
             pipe.expire(key, settings.history_cache_ttl)
             pipe.publish(pubsub_channel(settings.redis_prefix, publication.channel), payload)
-        await pipe.execute()
+            if local is not None:
+                local(publication.channel, payload)
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("broadcast through Redis failed; nodes catch up from the log", extra={"error": repr(exc)})
 
 
 def ephemeral_wire(data: dict[str, Any]) -> bytes:
@@ -202,5 +252,13 @@ def ephemeral_wire(data: dict[str, Any]) -> bytes:
 
 async def broadcast_ephemeral(state: AppState, channel: str, data: dict[str, Any]) -> None:
     """Send ``data`` to the channel's current subscribers only: no offset, not stored
-    (typing indicators, read receipts, AI deltas, personal notifications)."""
-    await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), ephemeral_wire(data))
+    (typing indicators, read receipts, AI deltas, personal notifications). Never raises:
+    while Redis is away only this process's sockets get it."""
+    payload = ephemeral_wire(data)
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), payload)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("ephemeral broadcast failed; this node only", extra={"channel": channel, "error": repr(exc)})
+        if state.local_delivery is not None:
+            state.local_delivery(channel, payload)

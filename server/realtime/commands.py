@@ -2,17 +2,23 @@
 writes are the domain services' (the same as REST), this module only speaks the protocol.
 
 Every failure of a command becomes an error reply; only protocol violations
-(no connect first, a bad token) end the connection, with a disconnect code.
+(no connect first, a bad token, too many failed commands) end the connection,
+with a disconnect code. A command takes at most ``WS_COMMAND_TIMEOUT`` seconds: a
+stalled database or Redis is answered 108, not waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from typing import Any
 
+import asyncpg
 import msgspec
+from asyncpg.exceptions._base import DataError as ArgumentError  # a query argument asyncpg cannot encode
+from redis.exceptions import RedisError
 
 from server.accounts.services import authenticate
 from server.ai.coach import active_streams
@@ -22,7 +28,7 @@ from server.core.errors import AppError
 from server.realtime import history, protocol
 from server.realtime.channels import ChannelName
 from server.realtime.connection import Connection, Subscription
-from server.realtime.node import Node, personal_channel
+from server.realtime.node import REDIS_TIMEOUT, Node, personal_channel
 from server.realtime.protocol import Command, ProtocolError, ReplyError
 from server.realtime.rpc import RPC_METHODS
 
@@ -55,27 +61,42 @@ def app_error_reply(exc: AppError) -> ReplyError:
 
 
 async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -> None:
-    """Run every command of a frame, in order."""
+    """Run every command of a frame, in order. A frame too large runs none of them (each
+    is refused by id); one of more than ``MAX_COMMANDS_PER_FRAME`` commands is a protocol
+    violation that closes the socket."""
+    commands = protocol.decode_commands(frame)
+    if len(commands) > protocol.MAX_COMMANDS_PER_FRAME:
+        connection.abort(protocol.DISCONNECT_BAD_REQUEST, "too many commands")
+        return
     if len(frame) > node.settings.ws_max_frame_bytes:
-        # Still answer the commands by id, so the client learns why.
-        for command in protocol.decode_commands(frame):
-            if isinstance(command, Command) and command.id:
-                connection.enqueue(
-                    protocol.error_reply(command.id, ReplyError(protocol.ERROR_BAD_REQUEST, "frame too large"))
-                )
         if not connection.connected:
             connection.abort(protocol.DISCONNECT_BAD_REQUEST, "frame too large")
+            return
+        # Still answer the commands by id, so the client learns why (each counts as a failure).
+        for command in commands:
+            command_id = command.id if isinstance(command, Command) else command.command_id
+            if command_id:
+                _fail(connection, command_id, ReplyError(protocol.ERROR_BAD_REQUEST, "frame too large"))
+            if connection.closed:
+                return
         return
-    for command in protocol.decode_commands(frame):
+    for command in commands:
         if connection.closed:
             return
         if isinstance(command, ProtocolError):
             if connection.connected:
-                connection.enqueue(protocol.error_reply(command.command_id, command.error))
+                _fail(connection, command.command_id, command.error)
             else:
                 connection.abort(protocol.DISCONNECT_BAD_REQUEST, "malformed command")
             continue
         await _run(node, connection, command)
+
+
+def _fail(connection: Connection, command_id: int, error: ReplyError) -> None:
+    """Answer a failed command; failures the client caused count towards ``WS_MAX_ERRORS``."""
+    connection.enqueue(protocol.error_reply(command_id, error))
+    if error.code not in (protocol.ERROR_INTERNAL, protocol.ERROR_NOT_AVAILABLE):
+        connection.count_failure()
 
 
 async def _run(node: Node, connection: Connection, command: Command) -> None:
@@ -93,7 +114,7 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         if handler is None:
             # Also a command with an id but no request this server knows (a pong has no id).
             raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method or 'unknown'} is not supported")
-        result = await handler(node, connection, command)
+        result = await node.bounded(handler(node, connection, command), node.settings.ws_command_timeout)
         if result is not None and command.id:
             connection.enqueue(protocol.reply(command.id, method, result))
     except ProtocolError as exc:
@@ -102,30 +123,45 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         _answer(connection, command, app_error_reply(exc))
     except protocol.Disconnect as exc:
         connection.abort(exc.code, exc.reason)
+    except (asyncpg.DataError, ArgumentError) as exc:  # a value PostgreSQL cannot store (a NUL, a huge number)
+        log.info("command refused by the database", extra={"method": method, "error": repr(exc)})
+        _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "invalid_value: a value cannot be stored"))
+    except RecursionError:
+        _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "malformed command: nested too deeply"))
+    except (TimeoutError, RedisError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+        log.warning("command failed: a dependency is unavailable", extra={"method": method, "error": repr(exc)})
+        _answer(connection, command, UNAVAILABLE)
     except Exception:
         log.exception("command failed", extra={"method": method, "client": connection.client_id})
         _answer(connection, command, ReplyError(protocol.ERROR_INTERNAL, "internal error", temporary=True))
 
 
+UNAVAILABLE = ReplyError(
+    protocol.ERROR_NOT_AVAILABLE, "unavailable: the server could not complete this in time; retry", temporary=True
+)
+
+
 def _answer(connection: Connection, command: Command, error: ReplyError) -> None:
     if command.connect is not None:
-        # A failed connect is answered, then closed: an expired token with a code the
-        # SDKs reconnect on (with a fresh token), anything else as an invalid token.
-        close = (
-            protocol.DISCONNECT_EXPIRED
-            if error.code == protocol.ERROR_TOKEN_EXPIRED
-            else protocol.DISCONNECT_INVALID_TOKEN
-        )
-        connection.node.spawn(_reply_then_close(connection, protocol.error_reply(command.id, error), close))
+        # A failed connect is answered, then closed: an expired token or a temporary failure
+        # with a code the SDKs reconnect on, anything else as an invalid token.
+        if error.code == protocol.ERROR_TOKEN_EXPIRED:
+            close, reason = protocol.DISCONNECT_EXPIRED, "token expired"
+        elif error.temporary:
+            close, reason = protocol.DISCONNECT_SERVER_ERROR, "temporarily unavailable"
+        else:
+            close, reason = protocol.DISCONNECT_INVALID_TOKEN, "unauthorized"
+        frame = protocol.error_reply(command.id, error)
+        connection.node.spawn(_reply_then_close(connection, frame, close, reason))
         return
-    connection.enqueue(protocol.error_reply(command.id, error))
+    _fail(connection, command.id, error)
 
 
-async def _reply_then_close(connection: Connection, frame: bytes, code: int) -> None:
+async def _reply_then_close(connection: Connection, frame: bytes, code: int, reason: str) -> None:
     try:
         await connection.send_now(frame)
     finally:
-        connection.abort(code, "token expired" if code == protocol.DISCONNECT_EXPIRED else "unauthorized")
+        connection.abort(code, reason)
 
 
 # -- connect / refresh -------------------------------------------------------------------
@@ -228,16 +264,20 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
                 publications = (
                     ring
                     if ring is not None
-                    else await history.publications_after(node.state, name, request.offset, position, missed)
+                    else await history.publications_after(
+                        node.state, name, request.offset, position, missed, rewrites=hub.rewrites
+                    )
                 )
                 recovered = True
             elif request.flag & 2:
                 raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "unrecoverable position")
+        streams = await _active_streams(node, name)
     except BaseException:
         connection.subs.pop(name, None)
         hub_now = node.hubs.get(name)
         if hub_now is not None:
             hub_now.subscribers.discard(connection)
+            node.release_if_idle(hub_now)
         raise
     result = {
         "recoverable": True,
@@ -248,10 +288,11 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
         "was_recovering": request.recover,
         "publications": [protocol.Publication(data=msgspec.Raw(d), offset=o) for o, d in publications],
     }
+    # Nothing below may fail: the subscription is complete once its reply is queued.
     connection.enqueue(protocol.reply(command.id, "subscribe", result))
     # A reply still streaming: its text so far first, then the live deltas (numbered,
     # so the client drops those the snapshot already holds).
-    for stream in await active_streams(node.state, name):
+    for stream in streams:
         snapshot = {"type": "ai.snapshot", **msgspec.to_builtins(stream)}
         connection.enqueue(hub.frames.publication(_pub_encoder.encode(snapshot), 0))
     for offset, frame in sub.buffer:
@@ -260,6 +301,16 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
     sub.buffer = []
     sub.recovering = False
     await node.announce_join(connection, name)
+
+
+async def _active_streams(node: Node, name: str) -> list[Any]:
+    """Coach replies streaming in ``name`` (none while Redis is away: their deltas could not reach us either)."""
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            return await active_streams(node.state, name)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("streaming replies unknown; subscribing without", extra={"channel": name, "error": repr(exc)})
+        return []
 
 
 async def _unsubscribe(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
@@ -289,17 +340,19 @@ async def _history(node: Node, connection: Connection, command: Command) -> dict
     request = command.history
     assert request is not None and connection.principal is not None
     await channel_access(connection.principal, request.channel, write=False)
-    top = await history.stream_top(request.channel)
-    if top is None:
+    position = await history.stream_position(request.channel)
+    if position is None:
         raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
-    offset, epoch = top
+    offset, epoch, rewrites = position
     limit = max(0, min(request.limit, node.settings.recovery_max_publications))
     entries: list[tuple[int, bytes]] = []
     if request.since is not None:
         if request.since.epoch and request.since.epoch != epoch:
             raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "epoch changed")
         if limit:
-            entries = await history.publications_after(node.state, request.channel, request.since.offset, offset, limit)
+            entries = await history.publications_after(
+                node.state, request.channel, request.since.offset, offset, limit, rewrites=rewrites
+            )
     elif limit:
         entries = await history.latest(request.channel, limit)
     if request.reverse:

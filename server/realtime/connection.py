@@ -32,17 +32,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("lounges.realtime")
 
 
+ERROR_WINDOW = 10.0  # seconds over which WS_MAX_ERRORS failed commands are counted
+
+
 class Subscription:
     """A connection's subscription to one channel. While ``recovering``, live
     publications (stored and ephemeral) are buffered until the subscribe reply
-    has been sent."""
+    has been sent; the buffer counts towards the connection's outbound limit."""
 
-    __slots__ = ("buffer", "join_leave", "recovering")
+    __slots__ = ("buffer", "buffered_bytes", "join_leave", "recovering")
 
     def __init__(self, join_leave: bool) -> None:
         self.join_leave = join_leave
         self.recovering = True
         self.buffer: list[tuple[int, bytes]] = []
+        self.buffered_bytes = 0
 
 
 class Connection:
@@ -60,6 +64,8 @@ class Connection:
         "closed",
         "connected",
         "deadline",
+        "errors",
+        "errors_since",
         "expires_at",
         "full_name",
         "next_ping",
@@ -93,6 +99,18 @@ class Connection:
         self.deadline = now + node.settings.ws_connect_timeout  # to send connect
         self.next_ping = 0.0
         self.pong_due = 0.0
+        self.errors = 0  # failed commands since errors_since
+        self.errors_since = now
+
+    def count_failure(self) -> None:
+        """A command failed by the client's doing; more than ``WS_MAX_ERRORS`` per
+        ``ERROR_WINDOW`` seconds closes the socket (3509): each costs the server work."""
+        now = time.monotonic()
+        if now - self.errors_since > ERROR_WINDOW:
+            self.errors, self.errors_since = 0, now
+        self.errors += 1
+        if self.errors > self.node.settings.ws_max_errors:
+            self.abort(protocol.DISCONNECT_TOO_MANY_ERRORS, "too many errors")
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -181,6 +199,12 @@ class Connection:
         if sub is None:
             return
         if sub.recovering:
+            # Bounded like the outbound queue: a subscribe that takes longer than the
+            # client can be buffered for ends as a slow consumer (it reconnects and recovers).
+            sub.buffered_bytes += len(frame)
+            if sub.buffered_bytes > self.node.settings.ws_outbound_max_bytes:
+                self.abort(protocol.DISCONNECT_SLOW, "slow consumer")
+                return
             sub.buffer.append((offset, frame))
             return
         self.enqueue(frame)

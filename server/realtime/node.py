@@ -62,6 +62,7 @@ log = logging.getLogger("lounges.realtime")
 RING_SIZE = 256  # recent publications kept per hub for instant recovery
 GAP_GRACE = 0.05  # seconds to wait for an out-of-order publication before reading the log
 FLUSH_BATCH = 16  # sockets flushed per event-loop iteration
+REDIS_TIMEOUT = 1.0  # seconds a Redis call on a socket's path may take before the node carries on without it
 WIRE_FRAMES_KEPT = 64  # broadcast frames remembered while sockets wait for a flush
 PERSONAL_PREFIX = "user#"
 _wire_decoder = msgspec.json.Decoder(Wire)
@@ -80,9 +81,11 @@ class Hub:
         "offset",
         "pending",
         "ready",
+        "rewrites",
         "rewritten",
         "ring",
         "subscribers",
+        "versions",
     )
 
     def __init__(self, name: str) -> None:
@@ -97,6 +100,8 @@ class Hub:
         self.filling = False
         self.ring: deque[tuple[int, bytes]] | None = None  # created at the first publication
         self.rewritten: dict[int, bytes] = {}  # new versions of offsets not delivered yet
+        self.rewrites = 0  # the channel's rewrite count this hub has seen (channels.rewrites)
+        self.versions: dict[int, int] = {}  # offset -> the rewrite count of its version held here
 
     def set_ready(self) -> None:
         self.ready = True
@@ -122,10 +127,22 @@ class Hub:
             self.ring = deque(maxlen=RING_SIZE)
         self.ring.append((offset, data))
 
-    def rewrite(self, offset: int, data: bytes) -> None:
-        """A stored publication was rewritten (an edit, a deletion, an erasure): the ring
-        holds the new version from now on. One not delivered yet (its original may still
-        be on its way, or in ``pending``) is replaced when it is delivered."""
+    def rewrite(self, offset: int, data: bytes, count: int) -> None:
+        """A stored publication was rewritten (an edit, a deletion, an erasure), bringing the
+        channel's rewrite count to ``count``: the ring holds the new version from now on. One
+        not delivered yet (its original may still be on its way, or in ``pending``) is replaced
+        when it is delivered. Writers publish out of order, so an older version of an entry
+        rewritten again is ignored; a count that skips one means a rewrite never arrived, and
+        the ring, which may hold what it replaced, is dropped."""
+        if count <= self.versions.get(offset, 0):
+            return
+        if count > self.rewrites + 1:
+            self.forget_ring()
+        self.rewrites = max(self.rewrites, count)
+        if len(self.versions) >= 2 * RING_SIZE:  # only offsets still held, or still to deliver, matter
+            oldest = self.ring[0][0] if self.ring else self.offset + 1
+            self.versions = {o: c for o, c in self.versions.items() if o >= oldest or o in self.rewritten}
+        self.versions[offset] = count
         if offset > self.offset or not self.ready:
             self.rewritten[offset] = data
             return
@@ -136,7 +153,8 @@ class Hub:
                     break
 
     def forget_ring(self) -> None:
-        """Rewrites may have been missed (pub/sub was down): recovery reads Redis or the log until the ring refills."""
+        """Rewrites may have been missed (pub/sub was down, or a writer's broadcast was lost):
+        recovery reads Redis or the log until the ring refills."""
         self.ring = None
 
     def ring_after(self, after: int) -> list[tuple[int, bytes]] | None:
@@ -172,6 +190,8 @@ class Node:
         self._flushing = False
         # id(payload) -> (payload, frame) until the sockets waiting for a flush are done
         self._wire_frames: dict[int, tuple[bytes, bytes]] = {}
+        self._linked = False  # the pub/sub link is subscribed to every hub and user (False: it is reconnecting)
+        state.local_delivery = self.deliver_local  # this process's broadcasts reach its own sockets first
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -184,6 +204,8 @@ class Node:
             log.warning("realtime node started without Redis; it keeps retrying")
 
     async def stop(self) -> None:
+        if self.state.local_delivery == self.deliver_local:
+            self.state.local_delivery = None
         for connection in list(self.connections):
             connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
         for task in (self._reader, self._ticker, *self._tasks):
@@ -209,6 +231,21 @@ class Node:
             connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
             if pause:
                 await asyncio.sleep(pause)
+
+    async def bounded(self, coroutine: Coroutine[Any, Any, Any], timeout: float) -> Any:
+        """Await ``coroutine`` for at most ``timeout`` seconds, then raise ``TimeoutError``
+        without waiting for it to wind down: it is cancelled and left to finish on its own.
+        (A query cancelled on a stalled PostgreSQL holds its pooled connection, and whoever
+        waits for it, until the server answers or ``DB_COMMAND_TIMEOUT`` passes.)"""
+        task = asyncio.ensure_future(coroutine)
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                self._tasks.add(task)
+                task.add_done_callback(_discard_abandoned(self._tasks))
+            raise
 
     def spawn(self, coroutine: Coroutine[Any, Any, Any]) -> None:
         """Run a background coroutine owned by the node (kept referenced until done)."""
@@ -262,8 +299,7 @@ class Node:
             group.add(connection)
             return
         self.by_user[principal.user_id] = {connection}
-        if self._pubsub is not None:
-            await self._pubsub.subscribe(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
+        await self._listen(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
 
     def move_session(self, connection: Connection, old_session: uuid.UUID) -> None:
         """A refreshed token may belong to another session of the same user."""
@@ -314,8 +350,7 @@ class Node:
             hub = Hub(name)
             self.hubs[name] = hub
             try:
-                if self._pubsub is not None:
-                    await self._pubsub.subscribe(pubsub_channel(self.prefix, name))
+                await self._listen(pubsub_channel(self.prefix, name))
                 await self._position(hub)
             except BaseException:
                 self.hubs.pop(name, None)
@@ -327,10 +362,41 @@ class Node:
             await hub.wait_ready()
         return hub
 
+    async def _listen(self, redis_channel: str) -> None:
+        """Subscribe the pub/sub link to ``redis_channel``. Never fails: with Redis away the
+        reader, reconnecting, subscribes every hub and user and catches up from the log."""
+        pubsub = self._pubsub
+        if pubsub is None or not self._linked:
+            return  # the reader subscribes it when it (re)connects
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await pubsub.subscribe(redis_channel)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("pub/sub subscribe failed; relinking", extra={"channel": redis_channel, "error": repr(exc)})
+            self._relink()
+
+    def _relink(self) -> None:
+        """Drop the pub/sub link and start a new one, which subscribes everything again and catches up."""
+        self._linked = False
+        if self._reader is not None:
+            self._reader.cancel()
+        self._reader = asyncio.create_task(self._read_forever(), name="realtime-pubsub")
+
+    def deliver_local(self, channel: str, payload: bytes) -> None:
+        """A wire message published by this process, handed to its own sockets at once: two
+        clients of one node talk even while Redis is away. The copy that comes back through
+        Redis is dropped as a duplicate (by offset); ephemeral ones are handed here only when
+        Redis did not take them."""
+        hub = self.hubs.get(channel)
+        if hub is not None:
+            self._on_wire(hub, _wire_decoder.decode(payload))
+        elif channel.startswith(PERSONAL_PREFIX):
+            self._on_personal(channel, _wire_decoder.decode(payload))
+
     async def _position(self, hub: Hub) -> None:
-        top = await history.stream_top(hub.name)
-        if top is not None:
-            hub.offset, hub.epoch = top
+        position = await history.stream_position(hub.name)
+        if position is not None:
+            hub.offset, hub.epoch, hub.rewrites = position
         # Anything that arrived while positioning and is already covered is dropped.
         for offset in [o for o in hub.pending if o <= hub.offset]:
             del hub.pending[offset]
@@ -345,6 +411,15 @@ class Node:
             except RedisError as exc:
                 log.warning("unsubscribe from Redis failed", extra={"channel": hub.name, "error": repr(exc)})
 
+    def release_if_idle(self, hub: Hub) -> None:
+        """Close ``hub`` if nobody subscribes to it any more (a subscribe failed after opening it)."""
+        if not hub.subscribers and self.hubs.get(hub.name) is hub:
+            self.spawn(self._close_if_idle(hub))
+
+    async def _close_if_idle(self, hub: Hub) -> None:
+        if not hub.subscribers and self.hubs.get(hub.name) is hub:
+            await self._close_hub(hub)
+
     async def unsubscribe(self, connection: Connection, channel: str) -> None:
         sub = connection.subs.pop(channel, None)
         hub = self.hubs.get(channel)
@@ -353,27 +428,42 @@ class Node:
         hub.subscribers.discard(connection)
         if connection.principal is not None:
             info = self.presence.client_info(connection)
-            await self.presence.remove(channel, connection.client_id)
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT):
+                    await self.presence.remove(channel, connection.client_id)
+            except (RedisError, OSError, TimeoutError) as exc:  # the entry expires within PRESENCE_TTL
+                log.warning("presence remove failed", extra={"channel": channel, "error": repr(exc)})
             await self._publish_presence(channel, WIRE_LEAVE, info)
         if not hub.subscribers:
             await self._close_hub(hub)
 
     async def announce_join(self, connection: Connection, channel: str) -> None:
+        """Enter presence and tell the channel. Never fails (the subscription stands): without
+        Redis the next presence refresh enters the client."""
         info = self.presence.client_info(connection)
-        await self.presence.add(channel, connection.client_id, info)
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self.presence.add(channel, connection.client_id, info)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("presence add failed", extra={"channel": channel, "error": repr(exc)})
         await self._publish_presence(channel, WIRE_JOIN, info)
 
     async def _publish_presence(self, channel: str, kind: int, info: bytes) -> None:
+        payload = encode_wire(kind, 0, "", info)
         try:
-            await self.state.redis.publish(pubsub_channel(self.prefix, channel), encode_wire(kind, 0, "", info))
-        except RedisError as exc:
-            log.warning("presence push failed", extra={"channel": channel, "error": repr(exc)})
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self.state.redis.publish(pubsub_channel(self.prefix, channel), payload)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning(
+                "presence push failed; this node's subscribers only", extra={"channel": channel, "error": repr(exc)}
+            )
+            self.deliver_local(channel, payload)
 
     # -- delivery ----------------------------------------------------------------------------
 
     def _on_wire(self, hub: Hub, wire: Wire) -> None:
         if wire.kind == WIRE_REWRITE:
-            hub.rewrite(wire.offset, bytes(wire.data))
+            hub.rewrite(wire.offset, bytes(wire.data), wire.rewrites)
             return
         if wire.kind != WIRE_PUBLICATION:
             frame = hub.frames.join(wire.data) if wire.kind == WIRE_JOIN else hub.frames.leave(wire.data)
@@ -448,14 +538,20 @@ class Node:
 
     async def catch_up(self, hubs: list[Hub]) -> None:
         """Read from the log whatever was committed beyond what these hubs delivered
-        (after a Redis outage, or a publisher that died between commit and publish)."""
+        (after a Redis outage, or a publisher that died between commit and publish), and
+        drop the ring of a hub that missed a rewrite (its broadcast was lost)."""
         hubs = [hub for hub in hubs if hub.ready]
         if not hubs:
             return
         tops = await history.stream_tops([hub.name for hub in hubs])
         for hub in hubs:
-            top = tops.get(hub.name, 0)
-            if top <= hub.offset or self.hubs.get(hub.name) is not hub:
+            top, rewrites = tops.get(hub.name, (0, 0))
+            if self.hubs.get(hub.name) is not hub:
+                continue
+            if rewrites > hub.rewrites:
+                hub.forget_ring()
+                hub.rewrites = rewrites
+            if top <= hub.offset:
                 continue
             self._merge(hub, await history.from_log(hub.name, hub.offset, top - hub.offset))
             self._advance(hub)
@@ -474,28 +570,41 @@ class Node:
         """Keep one pub/sub connection alive; after any outage, resubscribe and catch up."""
         delay = 0.1
         while True:
+            pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = pubsub
             try:
-                self._pubsub = self.state.redis.pubsub(ignore_subscribe_messages=True)
-                channels = [*self.hubs, *(personal_channel(user_id) for user_id in self.by_user)]
-                await self._pubsub.subscribe(self._control, *(pubsub_channel(self.prefix, n) for n in channels))
+                await self._subscribe_all(pubsub)
+                self._linked = True
                 for hub in self.hubs.values():
                     hub.forget_ring()
                 await self.catch_up(list(self.hubs.values()))
                 self._subscribed_ok.set()
                 delay = 0.1
-                await self._consume(self._pubsub)
-            except asyncio.CancelledError:
-                raise
+                await self._consume(pubsub)
             except (RedisError, OSError) as exc:
                 log.warning("Redis pub/sub lost; reconnecting", extra={"error": repr(exc), "retry_in": delay})
             except Exception:
                 log.exception("realtime pub/sub reader failed; restarting")
-            if self._pubsub is not None:
+            finally:
+                if self._pubsub is pubsub:  # a relink may have started the next link already
+                    self._pubsub = None
+                    self._linked = False
                 with contextlib.suppress(RedisError, OSError):
-                    await self._pubsub.aclose()
-                self._pubsub = None
+                    await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+    async def _subscribe_all(self, pubsub: PubSub) -> None:
+        """Subscribe a new link to control, every hub and every user of this node, including
+        those added while it subscribed (until nothing is missing, with no await in between)."""
+        subscribed: set[str] = set()
+        while True:
+            names = [*self.hubs, *(personal_channel(user_id) for user_id in self.by_user)]
+            missing = {self._control, *(pubsub_channel(self.prefix, name) for name in names)} - subscribed
+            if not missing:
+                return
+            await pubsub.subscribe(*missing)
+            subscribed |= missing
 
     async def _consume(self, pubsub: PubSub) -> None:
         prefix = f"{self.prefix}:ch:".encode()
@@ -573,18 +682,32 @@ class Node:
         while True:
             await asyncio.sleep(1.0)
             tick += 1
-            try:
-                self._check_connections(time.monotonic())
-                if tick % max(1, self.settings.presence_ttl // 3) == 0:
-                    await self.presence.refresh(self)
-                    await self.state.redis.set(f"{self.prefix}:node:{self.node_id}", len(self.connections), ex=15)
-                if tick % 10 == 0:
-                    await self._sweep_revoked()
-                    await self.catch_up(list(self.hubs.values()))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("realtime housekeeping failed")
+            self._duty("connection checks", self._check_connections, time.monotonic())
+            if tick % max(1, self.settings.presence_ttl // 3) == 0:
+                await self._async_duty("presence refresh", self._refresh_presence)
+            if tick % 10 == 0:
+                await self._async_duty("revocation sweep", self._sweep_revoked)
+                await self._async_duty("stream catch-up", self.catch_up, list(self.hubs.values()))
+
+    @staticmethod
+    def _duty(what: str, duty: Any, *args: Any) -> None:
+        """Run one periodic duty; its failure is logged and stops no other duty."""
+        try:
+            duty(*args)
+        except Exception:
+            log.exception("realtime housekeeping failed", extra={"duty": what})
+
+    async def _async_duty(self, what: str, duty: Any, *args: Any) -> None:
+        try:
+            await self.bounded(duty(*args), self.settings.ws_command_timeout)
+        except (RedisError, OSError, TimeoutError) as exc:  # a dependency is away: next round
+            log.warning("realtime housekeeping failed", extra={"duty": what, "error": repr(exc)})
+        except Exception:
+            log.exception("realtime housekeeping failed", extra={"duty": what})
+
+    async def _refresh_presence(self) -> None:
+        await self.presence.refresh(self)
+        await self.state.redis.set(f"{self.prefix}:node:{self.node_id}", len(self.connections), ex=15)
 
     def _check_connections(self, now: float) -> None:
         settings = self.settings
@@ -629,6 +752,17 @@ class Node:
                     connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
             else:
                 await self._refresh_role(row["user"], row["role"])
+
+
+def _discard_abandoned(tasks: set[asyncio.Task[Any]]) -> Any:
+    """A done-callback forgetting an abandoned task and its outcome (nobody waits for it any more)."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("abandoned task failed", extra={"error": repr(task.exception())})
+
+    return done
 
 
 def personal_channel(user_id: uuid.UUID) -> str:

@@ -72,15 +72,18 @@ class Presence:
             await pipe.execute()
 
     async def refresh(self, node: Node) -> None:
-        """Extend the expiry of every client of ``node`` in every channel it is in."""
+        """Extend the expiry of every client of ``node`` in every channel it is in, and enter
+        those missing (their join fell into a Redis outage, or Redis came back empty)."""
         expiry = time.time() + self._ttl
         async with self._redis.pipeline(transaction=False) as pipe:
             queued = False
             for hub in node.hubs.values():
-                if not hub.subscribers:
+                members = [c for c in hub.subscribers if c.principal is not None and hub.name in c.subs]
+                if not members:
                     continue
                 info_key, expiry_key = self._keys(hub.name)
-                pipe.zadd(expiry_key, {c.client_id: expiry for c in hub.subscribers}, xx=True)
+                pipe.hset(info_key, mapping={c.client_id: self.client_info(c) for c in members})
+                pipe.zadd(expiry_key, {c.client_id: expiry for c in members})
                 pipe.expire(info_key, self._ttl * 4)
                 pipe.expire(expiry_key, self._ttl * 4)
                 queued = True

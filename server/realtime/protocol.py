@@ -9,7 +9,8 @@ format, so the Protobuf encoding can be added beside them.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
 import msgspec
 
@@ -50,6 +51,16 @@ UNSUBSCRIBE_SERVER = 2000  # access lost: the client does not resubscribe
 UNSUBSCRIBE_INSUFFICIENT_STATE = 2500  # the client resubscribes (and recovers)
 
 
+# Numbers a client may send, bounded where the server stores or compares them: an id is the
+# protocol's uint32, an offset or a count fits PostgreSQL's bigint. A number outside is a 107.
+CommandId = Annotated[int, msgspec.Meta(ge=0, le=2**32 - 1)]
+Offset = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+Count = Annotated[int, msgspec.Meta(ge=-(2**31), le=2**31 - 1)]
+Flag = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+
+MAX_COMMANDS_PER_FRAME = 256  # commands in one frame; more closes the socket (3501). A full client's subscribes fit
+
+
 class ConnectRequest(msgspec.Struct, omit_defaults=True):
     token: str = ""
     name: str = ""
@@ -65,9 +76,9 @@ class SubscribeRequest(msgspec.Struct):
     channel: str = ""
     recover: bool = False
     epoch: str = ""
-    offset: int = 0
+    offset: Offset = 0
     join_leave: bool = False
-    flag: int = 0
+    flag: Flag = 0
 
 
 class ChannelRequest(msgspec.Struct):
@@ -75,13 +86,13 @@ class ChannelRequest(msgspec.Struct):
 
 
 class StreamPosition(msgspec.Struct):
-    offset: int = 0
+    offset: Offset = 0
     epoch: str = ""
 
 
 class HistoryRequest(msgspec.Struct):
     channel: str = ""
-    limit: int = 0
+    limit: Count = 0
     since: StreamPosition | None = None
     reverse: bool = False
 
@@ -99,7 +110,7 @@ class RPCRequest(msgspec.Struct):
 class Command(msgspec.Struct, omit_defaults=True):
     """One client command: ``id`` and exactly one request (an empty object is a pong)."""
 
-    id: int = 0
+    id: CommandId = 0
     connect: ConnectRequest | None = None
     subscribe: SubscribeRequest | None = None
     unsubscribe: ChannelRequest | None = None
@@ -178,28 +189,67 @@ encode = _encoder.encode
 
 
 def decode_commands(frame: str | bytes) -> list[Command | ProtocolError]:
-    """Split a frame into commands; a line that is not a command becomes its error."""
+    """Split a frame into commands (one per non-empty line); a line that is not a command
+    becomes its error. A line holding a JSON array is refused element by element, so
+    each command in it is answered by its id."""
     if isinstance(frame, str):
-        frame = frame.encode()
+        frame = frame.encode(errors="surrogateescape")
     commands: list[Command | ProtocolError] = []
     for line in frame.split(b"\n"):
         if not line.strip():
             continue
-        try:
-            commands.append(_command_decoder.decode(line))
-        except msgspec.DecodeError as exc:
-            commands.append(ProtocolError(ERROR_BAD_REQUEST, f"malformed command: {exc}", command_id=_salvage_id(line)))
+        if line.lstrip().startswith(b"["):
+            commands.extend(_refuse_array(line))
+        else:
+            commands.append(decode_command(line))
     return commands
 
 
-def _salvage_id(line: bytes) -> int:
-    """The id of a command that failed validation, so its error reply can be matched."""
+_ARRAY_REFUSED = "malformed command: commands go one per line, not in a JSON array"
+_array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _refuse_array(line: bytes) -> list[ProtocolError]:
     try:
-        value = msgspec.json.decode(line)
+        elements = _array_decoder.decode(line)
+    except (msgspec.DecodeError, RecursionError):
+        return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED)]
+    if not elements:
+        return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED)]
+    return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED, command_id=salvage_id(bytes(e))) for e in elements]
+
+
+def decode_command(line: bytes) -> Command | ProtocolError:
+    try:
+        return _command_decoder.decode(line)
+    except msgspec.DecodeError as exc:
+        return ProtocolError(ERROR_BAD_REQUEST, f"malformed command: {exc}", command_id=salvage_id(line))
+    except RecursionError:  # msgspec refuses nesting deeper than the interpreter's stack allows
+        return ProtocolError(ERROR_BAD_REQUEST, "malformed command: nested too deeply", command_id=salvage_id(line))
+
+
+class _IdOnly(msgspec.Struct):
+    id: CommandId = 0
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,10})\s*,')
+
+
+def salvage_id(line: bytes) -> int:
+    """The id of a command that failed validation, so its error reply can be matched
+    (0 when it has none the protocol allows). Other fields are skipped, not built; a
+    line nested too deeply to skip still has its id read when it comes first (as the SDKs send it)."""
+    try:
+        return _id_decoder.decode(line).id
     except msgspec.DecodeError:
         return 0
-    command_id = value.get("id") if isinstance(value, dict) else None
-    return command_id if isinstance(command_id, int) and command_id > 0 else 0
+    except RecursionError:
+        found = _LEADING_ID.match(line)
+        command_id = int(found.group(1)) if found else 0
+        return command_id if command_id <= 2**32 - 1 else 0
 
 
 def reply(command_id: int, method: str, result: Any) -> bytes:

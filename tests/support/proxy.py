@@ -89,8 +89,12 @@ class TcpProxy:
 
     async def _connect_backend(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int] | None:
         for host, port in self.backends:
+            # A host that is a path is a Unix socket (an embedded PostgreSQL listens on one).
+            opening = (
+                asyncio.open_unix_connection(host) if host.startswith("/") else asyncio.open_connection(host, port)
+            )
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), self.connect_timeout)
+                reader, writer = await asyncio.wait_for(opening, self.connect_timeout)
             except (OSError, TimeoutError):
                 continue
             return reader, writer, port
