@@ -21,6 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import msgspec
@@ -32,6 +33,7 @@ from tests.support.accounts import PASSWORD, Account
 from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin
 from tests.support.nodes import WebNode
+from tests.support.proxy import TcpProxy
 from tests.support.rawws import RawClient
 from tests.support.worker import run_worker_until_idle
 from tests.test_files import fetch
@@ -413,3 +415,52 @@ async def test_the_coachs_reply_goes_with_the_message_it_answered(
     assert leaks(await rest_history(client, mentor, lounge), "Wanda Wex") == []
     async with socket(nodes[0], mentor) as sock:
         assert leaks(await socket_history(sock, lounge["channel"]), "Wanda Wex") == []
+
+
+async def test_a_rewrite_whose_broadcast_was_lost_is_never_served_from_the_cache_or_a_ring(
+    app, nodes: list[WebNode], community: Community, settings: Settings
+) -> None:
+    """The author deletes through node W while W's link to Redis is stalled: the
+    deletion commits, its broadcast (cache rewrite and ring rewrite) never reaches
+    Redis. Node R's ring and the Redis cache still hold the original, yet neither may
+    serve it: the cache is checked against the channel's rewrite count in PostgreSQL
+    at once, R's ring at its next catch-up (every 10 s)."""
+    redis = urlsplit(settings.redis_url or "")
+    link = await TcpProxy([(redis.hostname or "127.0.0.1", redis.port or 6379)]).start()
+    writer_node = WebNode(settings, **NODE_ENV, REDIS_URL=f"redis://127.0.0.1:{link.port}{redis.path}")
+    try:
+        await writer_node.start()
+        mentor, member, lounge = await lounge_with_member(community)
+        channel = lounge["channel"]
+        async with socket(nodes[1], mentor) as watcher, socket(writer_node, member) as author:
+            epoch = (await watcher.call("subscribe", {"channel": channel}))["subscribe"]["epoch"]
+            published = await author.call(
+                "publish",
+                {"channel": channel, "data": {"text": "lost broadcast secret", "client_id": str(uuid.uuid4())}},
+            )
+            assert "publish" in published, published
+            await watcher.push(lambda p: p.get("pub", {}).get("offset") == 1)
+
+            link.pause()
+            deleted = await author.call(
+                "rpc", {"method": "message.delete", "data": {"channel": channel, "offset": 1}}, timeout=15
+            )
+            assert "rpc" in deleted, deleted
+            await link.sever()  # what W tried to send is gone for good
+            link.resume()
+
+            async with socket(nodes[0], mentor) as sock:  # no hub there: the Redis cache (stale) or the log
+                since = await socket_history(sock, channel, since={"offset": 0, "epoch": epoch})
+                recovered = await recover(sock, channel, 0, epoch)
+            for publications in (since["publications"], recovered["publications"]):
+                assert [p["offset"] for p in publications] == [1, 2]
+                assert leaks(publications, "lost broadcast secret") == []
+            # R learns of offset 2 at its catch-up, which also finds the rewrite it missed.
+            await watcher.push(lambda p: p.get("pub", {}).get("offset") == 2, timeout=15)
+            async with socket(nodes[1], mentor) as late:
+                from_ring = await recover(late, channel, 0, epoch)
+            assert [p["offset"] for p in from_ring["publications"]] == [1, 2]
+            assert leaks(from_ring, "lost broadcast secret") == []
+    finally:
+        await writer_node.stop()
+        await link.close()

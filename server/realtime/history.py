@@ -3,7 +3,10 @@
 Sources, fastest first: the node's in-memory ring of recent publications (see
 :mod:`server.realtime.node`), the Redis history cache (bounded, may have holes
 after a crash or a flush), and the ``channel_publications`` log in PostgreSQL,
-which is complete. A source is used only if it returns a gapless run.
+which is complete. A source is used only if it returns a gapless run, and a
+cache only if it applied every rewrite of the channel (edits, deletions,
+erasure: ``channels.rewrites``), so a rewrite whose broadcast was lost never
+lets an earlier version out.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.core.state import AppState
-from server.realtime.channels import Wire, history_key
+from server.realtime.channels import Wire, history_key, rewrites_key
 from server.realtime.tables import Channel, ChannelPublication
 
 _wire_decoder = msgspec.json.Decoder(Wire)
@@ -20,29 +23,42 @@ _wire_decoder = msgspec.json.Decoder(Wire)
 Entry = tuple[int, bytes]  # (offset, raw JSON data)
 
 
-async def stream_top(name: str) -> tuple[int, str] | None:
-    """The channel's last committed offset and epoch, or ``None`` if it does not exist."""
-    row = await Channel.select(Channel.last_offset, Channel.epoch).where(Channel.name == name).first()
-    return (row["last_offset"], row["epoch"]) if row else None
+async def stream_position(name: str) -> tuple[int, str, int] | None:
+    """The channel's last committed offset, epoch and rewrite count, or ``None`` if it does not exist."""
+    rows = await Channel.raw("SELECT last_offset, epoch, rewrites FROM channels WHERE name = {}", name)
+    return (rows[0]["last_offset"], rows[0]["epoch"], rows[0]["rewrites"]) if rows else None
 
 
-async def stream_tops(names: list[str]) -> dict[str, int]:
-    """The last committed offset of each of ``names`` (missing channels are absent)."""
-    rows = await Channel.raw("SELECT name, last_offset FROM channels WHERE name = ANY({})", names)
-    return {row["name"]: row["last_offset"] for row in rows}
+async def stream_tops(names: list[str]) -> dict[str, tuple[int, int]]:
+    """The last committed offset and rewrite count of each of ``names`` (missing channels are absent)."""
+    rows = await Channel.raw("SELECT name, last_offset, rewrites FROM channels WHERE name = ANY({})", names)
+    return {row["name"]: (row["last_offset"], row["rewrites"]) for row in rows}
 
 
 def contiguous(entries: list[Entry], after: int) -> bool:
     return all(offset == after + i + 1 for i, (offset, _) in enumerate(entries))
 
 
-async def from_cache(state: AppState, name: str, after: int, limit: int) -> list[Entry]:
-    """Up to ``limit`` cached publications after ``after``; none when the cache holds two
-    versions of one offset (a rewrite raced the original's broadcast: only the log knows
-    which is current)."""
-    raw = await state.redis.zrangebyscore(
-        history_key(state.settings.redis_prefix, name), f"({after}", "+inf", start=0, num=limit + 1
-    )
+async def from_cache(state: AppState, name: str, after: int, limit: int, rewrites: int) -> list[Entry]:
+    """Up to ``limit`` cached publications after ``after``. None when the cache has not
+    applied exactly ``rewrites`` rewrites (the channel's count): one whose broadcast was
+    lost would leave an earlier version in it, so a cache that is behind is emptied
+    for the broadcasts to refill. None either when it holds two versions of one offset
+    (a rewrite raced the original's broadcast: only the log knows which is current)."""
+    prefix = state.settings.redis_prefix
+    key, count_key = history_key(prefix, name), rewrites_key(prefix, name)
+    async with state.redis.pipeline(transaction=False) as pipe:
+        pipe.get(count_key)
+        pipe.zrangebyscore(key, f"({after}", "+inf", start=0, num=limit + 1)
+        applied, raw = await pipe.execute()
+    applied = int(applied or 0)
+    if applied != rewrites:
+        if applied < rewrites:
+            async with state.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                pipe.set(count_key, rewrites, ex=state.settings.history_cache_ttl)
+                await pipe.execute()
+        return []
     entries: list[Entry] = []
     for payload in raw:
         wire = _wire_decoder.decode(payload)
@@ -63,13 +79,16 @@ async def from_log(name: str, after: int, limit: int) -> list[Entry]:
     return [(row["offset"], row["data"].encode()) for row in rows]
 
 
-async def publications_after(state: AppState, name: str, after: int, top: int, limit: int) -> list[Entry]:
-    """Publications ``after+1 .. min(top, after+limit)``, gapless."""
+async def publications_after(
+    state: AppState, name: str, after: int, top: int, limit: int, *, rewrites: int
+) -> list[Entry]:
+    """Publications ``after+1 .. min(top, after+limit)``, gapless; ``rewrites`` is the
+    channel's rewrite count as the caller knows it (see :func:`from_cache`)."""
     wanted = min(top - after, limit)
     if wanted <= 0:
         return []
     try:
-        cached = await from_cache(state, name, after, wanted)
+        cached = await from_cache(state, name, after, wanted, rewrites)
     except RedisError:  # the cache is an optimisation: Redis trouble falls back to the log
         cached = []
     if len(cached) == wanted and contiguous(cached, after):

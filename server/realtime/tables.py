@@ -14,6 +14,9 @@ class Channel(Table, tablename="channels"):
     name = Varchar(length=100, unique=True)
     epoch = Varchar(length=32)
     last_offset = BigInt(default=0)
+    # Stored publications rewritten so far (edits, deletions, erasure): caches of the log
+    # compare it with their own count to notice a rewrite they missed.
+    rewrites = BigInt(default=0)
     created_at = Timestamptz()
 
 
