@@ -43,7 +43,9 @@ async def test_private_lounges_are_listed_only_to_members_mentor_and_admins(
     invited = await community.user("invited@example.com")
     removed = await community.user("removed@example.com")
     stranger = await community.user("stranger@example.com")
+    asking = await community.user("asking@example.com")
     admin = await _make_admin("admin@example.com", community)
+    assert (await community.join(asking, private)).json()["status"] == "requested"  # by a shared link
     for account in (member, removed):
         await client.post(
             f"{API}/lounges/{private['id']}/members", json={"user_id": account.id}, headers=mentor.headers
@@ -58,6 +60,7 @@ async def test_private_lounges_are_listed_only_to_members_mentor_and_admins(
         ({}, False),
         (stranger.headers, False),
         (removed.headers, False),
+        (asking.headers, False),
         (member.headers, True),
         (invited.headers, True),
         (mentor.headers, True),
