@@ -90,7 +90,7 @@ def main() -> None:
         port=args.port,
         log_config=None,
         access_log=False,
-        proxy_headers=True,
+        proxy_headers=False,  # as `serve` without TRUSTED_PROXIES
         ws_max_size=1024 * 1024,  # as `serve`: max(WS_MAX_FRAME_BYTES * 4, 1 MiB) with the default 64 KiB
         ws_ping_interval=None,
         ws_per_message_deflate=False,
