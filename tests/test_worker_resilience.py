@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,10 +23,13 @@ import httpx
 import msgspec
 import pytest
 
+from server.ai.tables import AIUsage
 from server.core.redis import create_redis
 from server.devstack import Supervisor
 from server.settings import Settings
-from tests.support.coach_faults import Worker, pid_alive
+from tests.support.coach_faults import Worker, ai_messages, open_thread, pid_alive, post
+from tests.support.community import Community
+from tests.support.llm_standins import running_openai_standin
 from tests.support.nodes import ROOT, free_port, node_env
 from tests.support.redis_server import RedisServer
 
@@ -82,6 +86,47 @@ async def test_the_worker_waits_out_a_redis_outage_reports_it_and_runs_jobs_afte
         assert worker.process.poll() is None
     finally:
         worker.close()
+
+
+async def test_a_reply_cut_off_by_a_redis_outage_is_stored_and_the_worker_carries_on(
+    settings: Settings, private_redis: RedisServer, client, community: Community
+) -> None:
+    """The reply's text so far reaches PostgreSQL (failed, with its ledger row) though Redis is gone."""
+    private = msgspec.structs.replace(settings, redis_url=private_redis.url)
+    async with running_openai_standin() as llm:
+        llm.reset(reply=" ".join(f"w{i}" for i in range(300)), api_key="sk-outage", chunk_size=4, chunk_delay=0.05)
+        worker = Worker(
+            private,
+            OPENAI_API_KEY="sk-outage",
+            OPENAI_BASE_URL=llm.base_url,
+            AI_PROVIDERS="openai",
+            AI_MAX_RETRIES="0",
+            EMBEDDINGS_PROVIDER="hashing",
+        )
+        try:
+            await worker.start()
+            owner = await community.user("outage@example.com", verified=False)
+            thread, channel = await open_thread(client, owner)
+            await post(client, community, owner, thread, "talk to me")  # queued on the app's Redis: not run here
+            redis = create_redis(private)
+            try:  # the same reply, queued where this worker listens
+                await redis.enqueue_job("generate_reply", channel, 1, owner.id, uuid.uuid4().hex, "talk to me")
+            finally:
+                await redis.aclose()
+            await until(lambda: llm.requests, timeout=15)
+            await asyncio.sleep(1.0)  # some text streamed
+            private_redis.stop()
+            async with asyncio.timeout(30):
+                while not (stored := await ai_messages(channel)):
+                    await asyncio.sleep(0.2)
+            [reply] = stored
+            assert reply["status"] == "failed" and reply["text"].startswith("w0 w1")
+            [ledger] = await AIUsage.select().where(AIUsage.message == reply["id"])
+            assert ledger["outcome"] == "failed" and ledger["output_tokens"] > 0
+            await asyncio.sleep(1.0)
+            assert worker.process is not None and worker.process.poll() is None, "the worker died with Redis"
+        finally:
+            worker.close()
 
 
 def children_of(pid: int) -> dict[int, str]:
