@@ -16,6 +16,7 @@ test worker's Redis, so the nodes see the rewrites exactly as in production.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +36,7 @@ from tests.support.llm_standins import running_openai_standin
 from tests.support.nodes import WebNode
 from tests.support.proxy import TcpProxy
 from tests.support.rawws import RawClient
+from tests.support.redis_server import RedisServer
 from tests.support.worker import run_worker_until_idle
 from tests.test_files import fetch
 
@@ -464,3 +466,24 @@ async def test_a_rewrite_whose_broadcast_was_lost_is_never_served_from_the_cache
     finally:
         await writer_node.stop()
         await link.close()
+
+
+async def test_deleting_a_thread_while_redis_is_down_still_succeeds(
+    app, community: Community, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """Dropping a deleted thread's Redis history cache is tidying up after the commit:
+    with Redis down the thread is deleted all the same (204), not answered 500."""
+    private = await RedisServer().astart()
+    node = WebNode(settings, **NODE_ENV, REDIS_URL=private.url)
+    try:
+        await node.start()
+        owner = await community.user(f"owner-{uuid.uuid4().hex[:8]}@example.com")
+        thread = (await client.post(f"{API}/chat/threads", json={}, headers=owner.headers)).json()
+        await asyncio.to_thread(private.stop)
+        async with httpx.AsyncClient(base_url=node.url, headers=owner.headers, timeout=30) as http:
+            deleted = await http.delete(f"{API}/chat/threads/{thread['id']}")
+        assert deleted.status_code == 204, deleted.text
+        assert (await client.get(f"{API}/chat/threads/{thread['id']}", headers=owner.headers)).status_code == 404
+    finally:
+        await node.stop()
+        await asyncio.to_thread(private.close)

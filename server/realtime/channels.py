@@ -83,9 +83,18 @@ async def delete_channel(name: str) -> None:
 
 async def forget_channels(state: AppState, names: list[str]) -> None:
     """After deleted channels' transaction committed: drop their Redis history caches
-    (node rings go with the hubs, which close with their last subscriber)."""
-    if names:
-        await state.redis.delete(*(history_key(state.settings.redis_prefix, name) for name in names))
+    (node rings go with the hubs, which close with their last subscriber). Never raises:
+    the deletion is done, and a cache Redis kept only expires (nobody may read a channel
+    that no longer exists)."""
+    if not names:
+        return
+    prefix = state.settings.redis_prefix
+    keys = [key for name in names for key in (history_key(prefix, name), rewrites_key(prefix, name))]
+    try:
+        async with asyncio.timeout(REDIS_TIMEOUT):
+            await state.redis.delete(*keys)
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("deleted channels' history caches left to expire", extra={"error": repr(exc)})
 
 
 async def has_history(name: str) -> bool:
