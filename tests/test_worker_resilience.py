@@ -22,9 +22,10 @@ from pathlib import Path
 import httpx
 import msgspec
 import pytest
+from arq.worker import JobExecutionFailed
 
 from server.ai.tables import AIUsage
-from server.core.redis import create_redis
+from server.core.redis import create_redis, deserialize_job, serialize_job
 from server.devstack import Supervisor
 from server.settings import Settings
 from tests.support.coach_faults import Worker, ai_messages, open_thread, pid_alive, post
@@ -197,3 +198,10 @@ async def test_a_child_that_keeps_crashing_stops_the_stack_after_the_limit() -> 
         supervisor.stop()
     assert status == 3
     assert len(started) == 3  # the first run and two restarts
+
+
+def test_a_failed_jobs_exception_is_kept_as_its_result() -> None:
+    """arq stores the exception a job failed with (or "max retries exceeded") as its result;
+    msgpack has no exceptions, so without this every failure came with a serialisation traceback."""
+    result = {"r": JobExecutionFailed("max 2 retries exceeded"), "s": False}
+    assert deserialize_job(serialize_job(result)) == {"r": "JobExecutionFailed('max 2 retries exceeded')", "s": False}
