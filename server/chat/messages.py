@@ -449,6 +449,8 @@ async def erase_text(message_ids: list[uuid.UUID]) -> None:
     """Mark messages deleted and drop what they said (text, AI metadata, reactions) from
     their rows, inside the caller's transaction. Only an AI reply's ``stream_id`` stays
     in ``meta``: it is how a reply's second writer learns it was stored already."""
+    if not message_ids:
+        return
     await Message.raw(
         """UPDATE messages SET deleted_at = coalesce(deleted_at, now()), text = '',
                meta = CASE WHEN meta ? 'stream_id' THEN jsonb_build_object('stream_id', meta->'stream_id')
