@@ -33,6 +33,7 @@ from server.core.database import acquire_engine, release_engine
 from server.core.errors import EXCEPTION_HANDLERS
 from server.core.health import HealthController
 from server.core.logging import RequestContextMiddleware, configure_logging
+from server.core.openapi import document_problems
 from server.core.redis import create_redis
 from server.core.requests import LoungesRequest
 from server.core.state import AppState
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         debug=False,
         logging_config=None,  # configure_logging() owns the root logger
     )
+    document_problems(app.openapi_schema)
     # Outermost, so that router-level answers (404, 405) carry a request id too; gateway
     # sockets bypass both (see server.realtime.endpoint).
     app.asgi_handler = gateway_dispatch(RequestContextMiddleware(app.asgi_handler), app.state)

@@ -159,7 +159,9 @@ CASES: dict[str, list[Case]] = {
         Case("POST", f"{T}/read", "offset", json={"offset": BIG}),
     ],
     "accounts": [
-        Case("POST", f"{API}/auth/register", "email", None, json={"email": f"x{NUL}@example.com", "password": "x" * 12}),
+        Case(
+            "POST", f"{API}/auth/register", "email", None, json={"email": f"x{NUL}@example.com", "password": "x" * 12}
+        ),
         Case(
             "POST",
             f"{API}/auth/register",
