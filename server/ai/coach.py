@@ -11,6 +11,7 @@ without which the reply is ended as ``worker_lost`` instead of served as streami
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from typing import Any
@@ -24,6 +25,8 @@ from server.core.errors import Forbidden, NotFound
 from server.core.redis import ring_doorbell
 from server.core.state import AppState
 from server.lounges.tables import AIReplyPolicy
+
+log = logging.getLogger("lounges.coach")
 
 MENTION = re.compile(r"(?<![\w@])@coach\b", re.IGNORECASE)
 
@@ -102,10 +105,13 @@ async def active_streams(state: AppState, channel: str) -> list[StreamState]:
         found = await pipe.execute()
     leased, live = found[0::2], found[1::2]
     if not all(leased):
-        await reap_dead_replies(state, process_id("web"), channel=channel)
-        orphans = [s.stream_id for s, is_live in zip(streams, live, strict=True) if not is_live]
-        if orphans:  # a snapshot written after its reply ended (by a worker presumed dead)
-            await state.redis.hdel(streams_key(state, channel), *orphans)
+        try:  # best effort: the subscriber is answered either way, and every worker reaps too
+            await reap_dead_replies(state, process_id("web"), channel=channel)
+            orphans = [s.stream_id for s, is_live in zip(streams, live, strict=True) if not is_live]
+            if orphans:  # a snapshot written after its reply ended (by a worker presumed dead)
+                await state.redis.hdel(streams_key(state, channel), *orphans)
+        except Exception:
+            log.exception("could not end a coach reply whose worker died", extra={"channel": channel})
     return [stream for stream, has_lease in zip(streams, leased, strict=True) if has_lease]
 
 
