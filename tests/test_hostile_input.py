@@ -112,8 +112,12 @@ def _assert_refused(case: Case, response: httpx.Response) -> None:
     body = response.json()
     assert body["status"] == response.status_code and body["code"], body
     if case.field is not None:
-        named = {error.get("key") for error in body.get("errors", [])}
-        assert case.field in named or f"`{case.field}`" in body["detail"], f"{case}: {body}"
+        assert f"`{case.field}`" in body["detail"], f"{case}: {body}"
+        assert case.field in {error.get("key") for error in body["errors"]}, f"{case}: {body}"
+    # The client is told what is wrong with its text, not shown a regular expression
+    # (an email's own pattern, which also excludes NUL, reports a mismatch instead).
+    if case.field != "email" and ("%00" in case.path or "\x00" in repr((case.json, case.params))):
+        assert "NUL character (U+0000)" in body["detail"], f"{case}: {body}"
 
 
 def _deeply_nested(depth: int = 100_000) -> bytes:
@@ -200,7 +204,6 @@ CASES: dict[str, list[Case]] = {
     ],
     "cms": [
         Case("GET", f"{API}/cms/faqs", "category", None, params={"category": NUL}),
-        Case("GET", f"{API}/cms/pages/a%00", "slug", None),
         Case("POST", f"{API}/admin/faqs", "question", "admin", json={"question": NUL, "answer_markdown": "a"}),
         Case("POST", f"{API}/admin/faqs", "answer_markdown", "admin", json={"question": "q", "answer_markdown": NUL}),
         Case("PUT", f"{API}/admin/faqs/{{faq}}", "category", "admin", json={"category": NUL}),

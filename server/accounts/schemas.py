@@ -11,7 +11,8 @@ import msgspec
 from server.core.types import Text
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
-Password = Annotated[Text, msgspec.Meta(min_length=1, max_length=256)]
+# Only ever hashed, never stored as text: NUL is allowed, so no account made with one is locked out.
+Password = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 FullName = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]
 OpaqueToken = Annotated[Text, msgspec.Meta(min_length=16, max_length=256)]
 

@@ -31,7 +31,7 @@ from server.cms.schemas import (
 )
 from server.core.errors import problem_responses
 from server.core.state import AppState
-from server.core.types import int_query, text_path, text_query
+from server.core.types import int_query, text_query
 
 State = NamedDependency[AppState]
 Admin = NamedDependency[Principal]
@@ -96,9 +96,7 @@ class CmsController(Controller):
     tags = ["cms"]
 
     @get("/pages/{slug:str}", responses={**_CONDITIONAL, **problem_responses(404)})
-    async def get_page(
-        self, slug: Annotated[str, text_path(max_length=120)], if_none_match: IfNoneMatch = None
-    ) -> Response[PageOut]:
+    async def get_page(self, slug: FromPath[str], if_none_match: IfNoneMatch = None) -> Response[PageOut]:
         """A published page (e.g. ``terms``, ``privacy``): ``body_html`` is safe to insert as HTML.
 
         Answers carry a strong ``ETag``; send it back in ``If-None-Match`` for a 304.

@@ -17,6 +17,7 @@ from litestar.openapi import ResponseSpec
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from server.core.logging import request_id_var
+from server.core.types import NO_NUL_PATTERN
 
 log = logging.getLogger("lounges.errors")
 
@@ -189,8 +190,12 @@ def handle_app_error(request: Request[Any, Any, Any], exc: AppError) -> Response
 def handle_validation_error(request: Request[Any, Any, Any], exc: ValidationException) -> Response[dict[str, Any]]:
     """422 whose ``detail`` names the first refused field; ``errors`` lists each (``key``, ``source``, ``message``)."""
     errors = exc.extra if isinstance(exc.extra, list) else []
+    for error in errors:
+        if isinstance(error, dict) and repr(NO_NUL_PATTERN) in str(error.get("message", "")):
+            error["message"] = "Expected text without the NUL character (U+0000)"
     first = next((error for error in errors if isinstance(error, dict) and error.get("key")), None)
-    detail = f"{first['message']} (at {first.get('source', 'body')} `{first['key']}`)" if first else str(exc.detail)
+    source = first and getattr(first.get("source"), "value", first.get("source"))
+    detail = f"{first['message']} (at {source} `{first['key']}`)" if first else str(exc.detail)
     return problem(
         request,
         status=422,
