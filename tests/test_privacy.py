@@ -28,12 +28,13 @@ import httpx
 import msgspec
 import pytest
 
+from server.ai.coach import streams_key
 from server.realtime.channels import history_key
 from server.settings import Settings
 from tests.support.accounts import PASSWORD, Account
 from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin
-from tests.support.nodes import WebNode
+from tests.support.nodes import WebNode, WorkerProcess
 from tests.support.proxy import TcpProxy
 from tests.support.rawws import RawClient
 from tests.support.redis_server import RedisServer
@@ -487,3 +488,77 @@ async def test_deleting_a_thread_while_redis_is_down_still_succeeds(
     finally:
         await node.stop()
         await asyncio.to_thread(private.close)
+
+
+async def test_a_reply_streaming_when_its_question_is_deleted_or_erased_stops_and_its_snapshot_goes(
+    app, community: Community, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """While the coach streams an answer quoting the question, its text so far sits in
+    Redis for late subscribers' ``ai.snapshot``. Deleting the question (in a thread),
+    or erasing its author (in a lounge), stops the reply at once, not when the model
+    finishes; the snapshot goes with it, and the stored reply is a tombstone."""
+    state = app.state.app_state
+    owner = await community.user(f"owner-{uuid.uuid4().hex[:8]}@example.com")
+    thread = (await client.post(f"{API}/chat/threads", json={}, headers=owner.headers)).json()
+    path = f"{API}/chat/threads/{thread['id']}"
+    mentor = await community.mentor(f"mentor-{uuid.uuid4().hex[:8]}@example.com")
+    lounge = await community.lounge(mentor, ai_reply_policy="always")
+    lounge_path = f"{API}/lounges/{lounge['id']}"
+    member = await community.user(f"member-{uuid.uuid4().hex[:8]}@example.com")
+    assert (await community.join(member, lounge)).status_code == 200
+
+    async def snapshot_holds(channel: str, secret: bytes) -> bool:
+        return any(secret in raw for raw in await state.redis.hvals(streams_key(state, channel)))
+
+    async def gone_within(channel: str, secret: bytes, seconds: float) -> None:
+        since = asyncio.get_running_loop().time()
+        async with asyncio.timeout(30):
+            while await snapshot_holds(channel, secret):
+                await asyncio.sleep(0.02)
+        assert asyncio.get_running_loop().time() - since < seconds
+
+    async with running_openai_standin(reply="About Zed Quill: " + "keep going " * 300, chunk_size=4) as llm:
+        llm.chunk_delay = 0.02  # ~16 s for the whole reply
+        env = {
+            "OPENAI_API_KEY": "sk-test-privacy",
+            "OPENAI_BASE_URL": llm.base_url,
+            "AI_PROVIDERS": "openai",
+            "EMBEDDINGS_PROVIDER": "hashing",
+            "AI_MAX_RETRIES": "0",
+        }
+        worker = await WorkerProcess(settings, **env).start()
+        try:
+            asked = (await community.post(owner, path, "My neighbour Zed Quill keeps spying on me")).json()
+            async with asyncio.timeout(20):
+                while not await snapshot_holds(thread["channel"], b"Zed Quill"):
+                    await asyncio.sleep(0.02)
+            assert (await client.delete(f"{path}/messages/{asked['offset']}", headers=owner.headers)).status_code == 204
+            await gone_within(thread["channel"], b"Zed Quill", 2)
+
+            llm.reply = "About Wanda Wex: " + "keep going " * 300
+            await post(community, member, lounge, "My sister Wanda Wex is unwell")
+            async with asyncio.timeout(20):
+                while not await snapshot_holds(lounge["channel"], b"Wanda Wex"):
+                    await asyncio.sleep(0.02)
+            erased = await client.request(
+                "DELETE", f"{API}/users/me", json={"password": PASSWORD}, headers=member.headers
+            )
+            assert erased.status_code == 202, erased.text
+            await gone_within(lounge["channel"], b"Wanda Wex", 6)  # the worker runs the erasure first
+            async with asyncio.timeout(15):  # the replies are stored when the worker ends them
+                while not (await ai_messages(client, owner, path) and await ai_messages(client, mentor, lounge_path)):
+                    await asyncio.sleep(0.05)
+        finally:
+            await worker.stop()
+    for items in (
+        (await client.get(f"{path}/messages", headers=owner.headers)).json()["items"],
+        (await rest_history(client, mentor, lounge))["items"],
+    ):
+        [reply] = [m for m in items if m["sender"]["type"] == "ai"]
+        assert reply["deleted"] is True and reply["status"] == "cancelled"
+        assert leaks(items, "Zed Quill", "Wanda Wex") == []
+
+
+async def ai_messages(client: httpx.AsyncClient, account: Account, path: str) -> list[dict[str, Any]]:
+    items = (await client.get(f"{path}/messages", headers=account.headers)).json()["items"]
+    return [m for m in items if m["sender"]["type"] == "ai"]

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
+from server.ai.coach import stop_replies_to
 from server.capsules.tables import TimeCapsule
 from server.chat.messages import erase_authored_messages
 from server.chat.tables import ChatThread, Message
@@ -73,6 +74,11 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
         ).where(ComplianceRequest.id == rid)
     await forget_channels(state, thread_channels)
     await broadcast(state, appended, rewritten=rewritten)
+    deleted: dict[str, list[int]] = {}
+    for publication in appended:
+        deleted.setdefault(publication.channel, []).append(publication.data["message_offset"])
+    for channel, offsets in deleted.items():  # the coach's replies to them still streaming
+        await stop_replies_to(state, channel, offsets)
     await purge_erased_files(state, erased_files)
     log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
     return "erased"

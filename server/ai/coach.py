@@ -11,12 +11,14 @@ without which the reply is ended as ``worker_lost`` instead of served as streami
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
@@ -113,6 +115,26 @@ async def active_streams(state: AppState, channel: str) -> list[StreamState]:
         except Exception:
             log.exception("could not end a coach reply whose worker died", extra={"channel": channel})
     return [stream for stream, has_lease in zip(streams, leased, strict=True) if has_lease]
+
+
+async def stop_replies_to(state: AppState, channel: str, offsets: list[int]) -> None:
+    """The messages at ``offsets`` were deleted: stop the coach's replies to them that are
+    still streaming (they may quote them) and drop their snapshots at once. The worker
+    notices the cancel flag within ``AI_DELTA_INTERVAL_MS`` and stores what it has as a
+    tombstone. Never raises: the deletion is committed."""
+    try:
+        async with asyncio.timeout(1.0):
+            streams = await active_streams(state, channel)
+            stopped = [stream.stream_id for stream in streams if stream.reply_to in offsets]
+            if not stopped:
+                return
+            async with state.redis.pipeline(transaction=False) as pipe:
+                for stream_id in stopped:
+                    pipe.set(cancel_key(state, stream_id), b"1", ex=600)
+                pipe.hdel(streams_key(state, channel), *stopped)
+                await pipe.execute()
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("could not stop the coach's replies to deleted messages", extra={"error": repr(exc)})
 
 
 async def do_cancel(state: AppState, principal: Principal, channel: str, stream_id: str) -> None:

@@ -19,7 +19,7 @@ import msgspec
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
-from server.ai.coach import maybe_answer
+from server.ai.coach import maybe_answer, stop_replies_to
 from server.ai.providers import Usage
 from server.capsules.services import sealed_file_ids
 from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
@@ -560,6 +560,7 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
         deleted = [{"id": row["id"], "channel": name, "offset": offset, "deleted_at": None}]
         appended, rewritten = await _tombstone(deleted + await _coach_replies(name, [offset]))
     await broadcast(state, appended, rewritten=rewritten)
+    await stop_replies_to(state, name, [offset])
 
 
 async def do_react(
