@@ -108,8 +108,18 @@ class Unavailable(AppError):
     status, code, title = 503, "unavailable", "Service unavailable"
 
 
+class FieldError(msgspec.Struct):
+    """One refused input of a ``422 validation_failed``: where (``source``: body, query, path,
+    header) and which (``key``)."""
+
+    message: str
+    key: str | None = None
+    source: str | None = None
+
+
 class ProblemDetails(msgspec.Struct):
-    """RFC 9457 body of every REST error (documented in the OpenAPI schema)."""
+    """RFC 9457 body of every REST error (documented in the OpenAPI schema). ``errors`` comes
+    with ``422 validation_failed``; a route's docs name any further member (e.g. ``retry_after``)."""
 
     type: str
     title: str
@@ -118,6 +128,7 @@ class ProblemDetails(msgspec.Struct):
     code: str
     instance: str
     request_id: str | None = None
+    errors: list[FieldError] | None = None
 
 
 def problem_responses(*statuses: int) -> dict[int, ResponseSpec]:
