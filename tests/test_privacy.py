@@ -255,7 +255,7 @@ async def test_erasure_scrubs_the_authors_name_and_text_from_the_log_and_the_cac
         epoch = (await watcher.call("subscribe", {"channel": channel}))["subscribe"]["epoch"]
         mine = await post(community, member, lounge, "I live at 12 Elm Street")
         await edit(client, member, lounge, mine["offset"], "I live at 12 Elm Street, flat 3")
-        reply = await post(community, mentor, lounge, "Thanks for sharing!")
+        reply = await post(community, mentor, lounge, f"Thanks for sharing, @[Erin Erasable]({member.id})!")
         await watcher.push(lambda p: p.get("pub", {}).get("offset") == reply["offset"])
 
         response = await client.request(
@@ -279,7 +279,10 @@ async def test_erasure_scrubs_the_authors_name_and_text_from_the_log_and_the_cac
                 tombstone = data_at(publications, 1)["message"]
                 assert tombstone["deleted"] is True and tombstone["sender"]["full_name"] == "Deleted user"
                 assert data_at(publications, 2) == {"type": "message.deleted", "message_offset": 1}  # the edit
-                assert data_at(publications, 3)["message"]["text"] == "Thanks for sharing!"  # others' posts stay
+                # Others' posts stay; a mention of the erased account shows its new name.
+                assert (
+                    data_at(publications, 3)["message"]["text"] == f"Thanks for sharing, @[Deleted user]({member.id})!"
+                )
                 assert data_at(publications, 4) == {"type": "message.deleted", "message_offset": 1}
     # The PostgreSQL log itself.
     await app.state.app_state.redis.delete(history_key(settings.redis_prefix, channel))

@@ -10,7 +10,7 @@ from typing import Any
 from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
 from server.ai.coach import stop_replies_to
 from server.capsules.tables import TimeCapsule
-from server.chat.messages import erase_authored_messages
+from server.chat.messages import ERASED_NAME, erase_authored_messages
 from server.chat.tables import ChatThread, Message
 from server.compliance.services import erase_owned_data, purge_erased_files
 from server.compliance.tables import ComplianceRequest
@@ -61,7 +61,7 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
         await User.update(
             {
                 User.email: f"erased-{uid.hex}@erased.invalid",
-                User.full_name: "Deleted user",
+                User.full_name: ERASED_NAME,
                 User.password_hash: None,
                 User.avatar_file_id: None,
                 User.notification_prefs: {},

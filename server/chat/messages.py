@@ -29,7 +29,7 @@ from server.core.state import AppState
 from server.files.tables import File
 from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.lounges.tables import LoungeMembership
-from server.notifications.services import forget_mentions, notify_mentions, reword_mentions
+from server.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
 from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset, rewrite
 from server.realtime.tables import Channel, ChannelPublication
 from server.settings import parse_rate
@@ -487,13 +487,17 @@ async def _coach_replies(channel: str, offsets: list[int]) -> list[dict[str, Any
     )
 
 
+ERASED_NAME = "Deleted user"
+
+
 async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication], list[Publication]]:
     """Erasure of an account, inside its transaction and after its name was scrubbed:
     every message it wrote in a lounge becomes a tombstone (no text, attachments, meta
     or reactions; the sender is the scrubbed "Deleted user") in the messages table and in
     every publication of it, a ``message.deleted`` is appended for each one not deleted
     yet (so clients that keep messages locally drop them too), and the mention
-    notifications it caused go. The coach's replies to those messages go with them.
+    notifications it caused go. The coach's replies to those messages go with them, and
+    other people's mentions of the account (``@[Name](id)``) show ``ERASED_NAME``.
     Returns ``(appended, rewritten)`` for :func:`broadcast`.
 
     The author's messages are locked first, in one statement, so a moderator deleting
@@ -509,7 +513,20 @@ async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication]
         by_channel.setdefault(row["channel"], []).append(row["offset"])
     for channel, offsets in by_channel.items():
         rows += await _coach_replies(channel, offsets)
-    return await _tombstone(rows)
+    # Other people's messages that mention the account, locked before any channel row is.
+    mentioning = await Message.raw(
+        """SELECT id, channel, "offset", text FROM messages
+           WHERE strpos(text, {}) > 0 AND deleted_at IS NULL ORDER BY channel, "offset" FOR UPDATE""",
+        f"]({user_id})",
+    )
+    erased = {row["id"] for row in rows}
+    appended, rewritten = await _tombstone(rows)
+    for row in (row for row in mentioning if row["id"] not in erased):
+        text = rename_mentions(row["text"], user_id, ERASED_NAME)
+        await Message.update({Message.text: text}).where(Message.id == row["id"])
+        await reword_mentions(row["id"], text)
+        rewritten += await rewrite_message_log(row["channel"], row["offset"])
+    return appended, rewritten
 
 
 async def do_edit_message(state: AppState, principal: Principal, channel: str, offset: int, text: str) -> MessageOut:

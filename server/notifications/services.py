@@ -230,6 +230,13 @@ def render_mentions(text: str) -> str:
     return MENTION.sub(lambda match: f"@{match['name']}", text)
 
 
+def rename_mentions(text: str, user_id: uuid.UUID, name: str) -> str:
+    """``text`` with every mention of ``user_id`` showing ``name`` (an erased account's mentions)."""
+    return MENTION.sub(
+        lambda match: f"@[{name}]({match['id']})" if match["id"].lower() == str(user_id) else match[0], text
+    )
+
+
 async def notify_mentions(state: AppState, channel: str, message: Any) -> list[uuid.UUID]:
     """After a lounge message committed: notify the members it mentions; returns the notification ids.
 
