@@ -11,6 +11,8 @@ official centrifuge-python SDK against a ``python -m server serve`` process.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -123,6 +125,44 @@ async def test_a_killed_workers_reply_is_ended_by_another_within_seconds_keeping
             assert wire.ended(second)["type"] == "ai.end"
             assert wire.ended(second)["message"]["text"] == SHORT
             assert survivor.process is not None and survivor.process.poll() is None
+    finally:
+        for worker in workers:
+            worker.close()
+
+
+async def test_a_stalled_worker_taken_for_dead_sends_and_stores_nothing_more(
+    state: AppState, client, community: Community, settings: Settings, llm: OpenAIStandin
+) -> None:
+    """A worker frozen past its lease (SIGSTOP: a long pause, a swapped-out host) comes back
+    to find the reply ended by another: it must neither stream on nor store it twice."""
+    llm.reset(reply=LONG, api_key=KEY, chunk_size=4, chunk_delay=0.05)
+    workers = [Worker(settings, **worker_env(llm)), Worker(settings, **worker_env(llm))]
+    try:
+        for worker in workers:
+            await worker.start()
+        owner = await community.user("frozen@example.com", verified=False)
+        thread, channel = await open_thread(client, owner)
+        async with WireWatch(settings, channel) as wire:
+            await post(client, community, owner, thread, "tell me everything")
+            await wire.wait_for(lambda w: len(w.of_type("ai.delta")) >= 5)
+            stream_id = wire.of_type("ai.start")[0]["stream_id"]
+            holder = await live_worker_pid(state, stream_id)
+            frozen = next(w for w in workers if w.pid == holder)
+            os.kill(frozen.pid, signal.SIGSTOP)
+            try:
+                await wire.wait_for(lambda w: w.ended(stream_id) is not None, timeout=15)
+            finally:
+                os.kill(frozen.pid, signal.SIGCONT)
+            await asyncio.sleep(LEASE)  # the thawed worker runs on for a while
+            ends = [d for _, d in wire.frames if d.get("type") in ("ai.end", "ai.error")]
+            after = wire.frames[[d for _, d in wire.frames].index(ends[0]) + 1 :]
+            assert len(ends) == 1 and ends[0]["message"]["meta"]["error"] == "worker_lost"
+            assert [d for _, d in after if d.get("stream_id") == stream_id] == []  # nothing streamed after its end
+            assert ends[0]["message"]["text"] == wire.streamed(stream_id)
+        [stored] = await ai_messages(channel)
+        assert stored["text"] == wire.streamed(stream_id)
+        assert len(await AIUsage.select().where(AIUsage.user == owner.id)) == 1
+        assert frozen.process is not None and frozen.process.poll() is None
     finally:
         for worker in workers:
             worker.close()

@@ -18,10 +18,9 @@ import logging
 import uuid
 from typing import Any
 
-import msgspec
 from redis.exceptions import RedisError
 
-from server.ai.coach import StreamState, cancel_key, check_budget, streams_key
+from server.ai.coach import StreamState, cancel_key, check_budget
 from server.ai.prompt import build_prompt
 from server.ai.providers import (
     ProviderError,
@@ -48,7 +47,7 @@ from server.chat.tables import MessageStatus
 from server.core.errors import AppError
 from server.core.state import AppState
 from server.notifications.services import notify_budget_nearly_used
-from server.realtime.channels import broadcast_ephemeral, ephemeral_wire, pubsub_channel
+from server.realtime.channels import broadcast_ephemeral, ephemeral_wire
 
 log = logging.getLogger("lounges.coach")
 
@@ -111,8 +110,7 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
     interval = settings.ai_delta_interval_ms / 1000
     channel, stream_id, asker = live.channel, live.stream_id, uuid.UUID(live.user_id)
     stream = StreamState(stream_id=stream_id, channel=channel, user_id=live.user_id, reply_to=live.reply_to)
-    key, cancel = streams_key(state, channel), cancel_key(state, stream_id)
-    wire = pubsub_channel(settings.redis_prefix, channel)
+    cancel = cancel_key(state, stream_id)
 
     text: list[str] = []
     pending: list[str] = []
@@ -134,32 +132,24 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
                     usage = event
 
     async def flush() -> None:
-        if not pending:
+        if not pending or lease.lost.is_set():
             return
         stream.seq += 1
         delta = "".join(pending)
         pending.clear()
         stream.text = "".join(text)
-        # The snapshot first, then the delta, in one round trip: a late subscriber's
-        # snapshot never lacks a delta it will not receive.
-        async with state.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, stream_id, msgspec.json.encode(stream))
-            pipe.publish(
-                wire,
-                ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta}),
-            )
-            await pipe.execute()
-        if stream.seq == 1:  # the provider answering is known now: a reaper must not store "none"
-            await lease.renew()
+        # The snapshot and the delta at once: a late subscriber's snapshot never lacks a
+        # delta it will not receive, and nothing goes out once a reaper took the reply.
+        frame = ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta})
+        if await lease.publish(stream, frame) and stream.seq == 1:
+            await lease.renew()  # the provider answering is known now: a reaper must not store "none"
 
     # The provider's request goes out while the stream is announced.
     generation = asyncio.create_task(consume())
     try:
-        async with state.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, stream_id, msgspec.json.encode(stream))
-            pipe.expire(key, 3600)
-            pipe.publish(wire, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": live.reply_to}))
-            await pipe.execute()
+        await lease.publish(
+            stream, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": live.reply_to})
+        )
         # The first text goes out the moment it arrives (time to first token is what
         # the room feels); then one tick per interval: coalesced deltas out, the cancel
         # flag checked even while the provider is silent between tokens.

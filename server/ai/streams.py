@@ -39,7 +39,7 @@ from server.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.chat.tables import MessageStatus
 from server.core.redis import queue_name
 from server.core.state import AppState
-from server.realtime.channels import Publication, broadcast
+from server.realtime.channels import Publication, broadcast, pubsub_channel
 
 log = logging.getLogger("lounges.coach")
 
@@ -98,9 +98,10 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]))
 return 1
 """
 
-# Renews only a reply that is still live: once a reaper ended it, its worker learns so here.
+# Renews only a reply that is still live and not being ended by a reaper (KEYS[4]): once
+# one took it, its worker learns so here.
 _RENEW = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[4]) == 1 then
   return 0
 end
 local t = redis.call('TIME')
@@ -109,6 +110,19 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[3]))
+return 1
+"""
+
+# A frame of the reply and the snapshot that includes it, at once, unless a reaper took the
+# reply (claimed or ended it). The reaper claims before it reads the snapshot, so what it
+# stores is exactly what subscribers were sent, even when the worker only stalled.
+_PUBLISH = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
+  return 0
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[3], 3600)
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -156,12 +170,32 @@ class LeaseKeeper:
     async def renew(self) -> None:
         """Renew now, saving the current :class:`LiveReply` (e.g. once its provider is known)."""
         state, live = self.state, self.live
-        keys = (live_key(state), lease_key(state, live.stream_id), active_key(state, live.user_id))
-        kept = await state.redis.eval(
-            _RENEW, 3, *keys, live.stream_id, live.worker, _lease_ms(state), msgspec.json.encode(live)
+        keys = (
+            live_key(state),
+            lease_key(state, live.stream_id),
+            active_key(state, live.user_id),
+            ending_key(state, live.stream_id),
         )
-        if not kept and not self.lost.is_set():
-            log.warning("coach reply was ended by a reaper", extra={"stream_id": live.stream_id})
+        kept = await state.redis.eval(
+            _RENEW, 4, *keys, live.stream_id, live.worker, _lease_ms(state), msgspec.json.encode(live)
+        )
+        if not kept:
+            self._taken()
+
+    async def publish(self, snapshot: StreamState, frame: bytes) -> bool:
+        """Send ``frame`` (wire bytes) on the reply's channel with ``snapshot``; False, sending
+        nothing, once a reaper took the reply (``lost`` is set then)."""
+        state, live = self.state, self.live
+        keys = (live_key(state), ending_key(state, live.stream_id), streams_key(state, live.channel))
+        wire = pubsub_channel(state.settings.redis_prefix, live.channel)
+        sent = await state.redis.eval(_PUBLISH, 3, *keys, live.stream_id, msgspec.json.encode(snapshot), wire, frame)
+        if not sent:
+            self._taken()
+        return bool(sent)
+
+    def _taken(self) -> None:
+        if not self.lost.is_set():
+            log.warning("coach reply was taken by a reaper", extra={"stream_id": self.live.stream_id})
             self.lost.set()
 
     async def _renew(self) -> None:
