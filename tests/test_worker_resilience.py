@@ -154,6 +154,7 @@ async def test_the_dev_launcher_restarts_a_crashed_child_and_no_child_outlives_i
         S3_ACCESS_KEY=settings.s3_access_key or "",
         S3_SECRET_KEY=settings.s3_secret_key or "",
         WORKER_SHUTDOWN_GRACE_SECONDS="1",
+        REDIS_PREFIX=f"{settings.redis_prefix}-devstack",  # its worker must not run other tests' jobs
     )
     launcher = subprocess.Popen([sys.executable, "-m", "server", "dev"], cwd=ROOT, env=env)
     try:
