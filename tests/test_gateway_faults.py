@@ -214,6 +214,11 @@ async def test_postgresql_stall_is_bounded_and_not_charged(
                         for i, s in enumerate(sockets)
                     )
                 )
+                # The node cancels what it gave up on; let PostgreSQL see those cancels before the
+                # lock goes (a post that commits in between was answered 108 too: "may be stored").
+                async with asyncio.timeout(5):
+                    while await locker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
+                        await asyncio.sleep(0.05)
         finally:
             await locker.close()
         codes = [reply.get("error", {}).get("code") for reply, _ in stalled]

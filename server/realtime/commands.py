@@ -13,6 +13,8 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -115,8 +117,13 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
             # Also a command with an id but no request this server knows (a pong has no id).
             raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method or 'unknown'} is not supported")
         result = await node.bounded(handler(node, connection, command), node.settings.ws_command_timeout)
+        follow_up = None
+        if isinstance(result, AfterReply):
+            result, follow_up = result.result, result.then
         if result is not None and command.id:
             connection.enqueue(protocol.reply(command.id, method, result))
+        if follow_up is not None:
+            await follow_up()
     except ProtocolError as exc:
         _answer(connection, command, exc.error)
     except AppError as exc:
@@ -134,6 +141,15 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
     except Exception:
         log.exception("command failed", extra={"method": method, "client": connection.client_id})
         _answer(connection, command, ReplyError(protocol.ERROR_INTERNAL, "internal error", temporary=True))
+
+
+@dataclass(frozen=True, slots=True)
+class AfterReply:
+    """A handler's result and what runs once its reply is queued: outside the command's
+    time limit (a command answered with success is never answered again) and never failing."""
+
+    result: Any
+    then: Callable[[], Awaitable[None]]
 
 
 UNAVAILABLE = ReplyError(
@@ -234,7 +250,7 @@ async def _refresh(node: Node, connection: Connection, command: Command) -> dict
 # -- subscriptions -----------------------------------------------------------------------
 
 
-async def _subscribe(node: Node, connection: Connection, command: Command) -> None:
+async def _subscribe(node: Node, connection: Connection, command: Command) -> AfterReply:
     request = command.subscribe
     assert request is not None and connection.principal is not None
     name = request.channel
@@ -288,19 +304,22 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> No
         "was_recovering": request.recover,
         "publications": [protocol.Publication(data=msgspec.Raw(d), offset=o) for o, d in publications],
     }
-    # Nothing below may fail: the subscription is complete once its reply is queued.
-    connection.enqueue(protocol.reply(command.id, "subscribe", result))
-    # A reply still streaming: its text so far first, then the live deltas (numbered,
-    # so the client drops those the snapshot already holds).
-    for stream in streams:
-        snapshot = {"type": "ai.snapshot", **msgspec.to_builtins(stream)}
-        connection.enqueue(hub.frames.publication(_pub_encoder.encode(snapshot), 0))
-    for offset, frame in sub.buffer:
-        if offset == 0 or offset > position:
-            connection.enqueue(frame)
-    sub.buffer = []
-    sub.recovering = False
-    await node.announce_join(connection, name)
+
+    async def go_live() -> None:
+        """Nothing here may fail: the subscription is complete once its reply is queued."""
+        # A reply still streaming: its text so far first, then the live deltas (numbered,
+        # so the client drops those the snapshot already holds).
+        for stream in streams:
+            snapshot = {"type": "ai.snapshot", **msgspec.to_builtins(stream)}
+            connection.enqueue(hub.frames.publication(_pub_encoder.encode(snapshot), 0))
+        for offset, frame in sub.buffer:
+            if offset == 0 or offset > position:
+                connection.enqueue(frame)
+        sub.buffer = []
+        sub.recovering = False
+        await node.announce_join(connection, name)
+
+    return AfterReply(result, go_live)
 
 
 async def _active_streams(node: Node, name: str) -> list[Any]:
