@@ -20,6 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
+from litestar import Litestar
 from schemathesis import APIOperation, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -108,9 +109,10 @@ def _fuzz_operation(
 
 
 @pytest.fixture
-async def node(settings: Settings, community: Community) -> AsyncIterator[WebNode]:
-    """A real node with this worker's object store, and billing and Google sign-in pointed at
-    the local stand-ins, so that those routes run their code instead of answering 503."""
+async def node(app: Litestar, settings: Settings) -> AsyncIterator[WebNode]:
+    """A real node (on the database ``app`` just emptied) with this worker's object store, and
+    billing and Google sign-in pointed at the local stand-ins, so that those routes run their
+    code instead of answering 503."""
     web = WebNode(settings)
     callback = f"{web.url}/api/v1/auth/google/callback"
     async with running_standin() as stripe, running_provider(redirect_uris=(callback,)) as google:
