@@ -71,6 +71,7 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
         cluster.start_nodes(), lounge_with_members(community, 3)
     )
     channel = lounge["channel"]
+    thread = (await community.client.post("/api/v1/chat/threads", json={}, headers=alice.headers)).json()
     watcher_b, _ = await cluster.connect(node_b.ws_url, mentor)
     _, on_b = await cluster.subscribe(watcher_b, channel)
     publisher, _ = await cluster.connect(node_a.ws_url, alice)
@@ -97,6 +98,12 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
         sent.append(client_id)
     log = await stored_log(channel)
     assert [client_id for _, client_id in log[1:]] == sent, "one message per publish, none missing or doubled"
+    # A thread message is stored too, though its coach reply cannot be queued without Redis.
+    try:
+        await publisher.publish(thread["channel"], message("to the coach, during the outage"), timeout=5)
+    except CentrifugeError as exc:
+        raise AssertionError(f"a stored thread message was answered with an error: {exc!r}") from None
+    assert len(await stored_log(thread["channel"])) == 1
     await on_a.wait_for(lambda r: len(r.stored) == 3, timeout=3)
     raw_offsets = [(await raw.push(lambda p: "pub" in p, timeout=3))["pub"]["offset"] for _ in range(3)]
     assert raw_offsets == [2, 3, 4], "the raw subscriber hears the outage's publications live, in order"

@@ -9,6 +9,8 @@ message and stores nothing new.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+from redis.exceptions import RedisError
 
 from server.accounts.services import Principal
 from server.accounts.tables import Role
@@ -35,6 +38,8 @@ from server.realtime.tables import Channel, ChannelPublication
 from server.settings import parse_rate
 
 _json = msgspec.json.Encoder()
+log = logging.getLogger("lounges.chat")
+COACH_QUEUE_TIMEOUT = 1.0  # seconds a post waits to queue its coach reply
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
@@ -312,15 +317,19 @@ async def _post_message(
     )
     await broadcast(state, [publication])
     await notify_mentions(state, name, message)
-    await maybe_answer(
-        state,
-        channel=name,
-        kind=access.name.kind,
-        lounge=access.lounge.lounge if access.lounge is not None else None,
-        asker=principal.user_id,
-        offset=offset,
-        text=text,
-    )
+    try:  # the message is stored: a coach reply that cannot be queued (Redis away) must not undo its ack
+        async with asyncio.timeout(COACH_QUEUE_TIMEOUT):
+            await maybe_answer(
+                state,
+                channel=name,
+                kind=access.name.kind,
+                lounge=access.lounge.lounge if access.lounge is not None else None,
+                asker=principal.user_id,
+                offset=offset,
+                text=text,
+            )
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("coach reply not queued", extra={"channel": name, "offset": offset, "error": repr(exc)})
     return PostResult(message=message, created=True, publication=publication)
 
 
