@@ -262,3 +262,47 @@ async def test_postgresql_stall_is_bounded_and_not_charged(
     finally:
         for sock in sockets:
             await sock.close()
+
+
+async def test_postgresql_paused_under_load_on_two_nodes(
+    cluster: Cluster, community: Community, settings: Settings
+) -> None:
+    target, proxied_url = database_link_target(settings.database_url or "")
+    pg_link = await TcpProxy([target]).start()
+    cluster.proxies.append(pg_link)
+    env = {"DATABASE_URL": proxied_url.format(port=pg_link.port), "WS_COMMAND_TIMEOUT": "1.5"}
+    (node_a, node_b), (lounge, (mentor, alice, bob)) = await asyncio.gather(
+        cluster.start_nodes(**env), lounge_with_members(community, 3)
+    )
+    channel = lounge["channel"]
+    recorders = {}
+    for who, url in (("mentor@A", node_a.ws_url), ("mentor@B", node_b.ws_url)):
+        watcher, _ = await cluster.connect(url, mentor)
+        _, recorders[who] = await cluster.subscribe(watcher, channel)
+    publisher_a, _ = await cluster.connect(node_a.ws_url, alice)
+    publisher_b, _ = await cluster.connect(node_b.ws_url, bob)
+    talk = Conversation(channel)  # retries each message with its client_id until acknowledged
+    publishing = asyncio.gather(
+        talk.publisher(publisher_a, "alice@A", 25, pause=0.05), talk.publisher(publisher_b, "bob@B", 25, pause=0.05)
+    )
+    await asyncio.sleep(0.5)
+    pg_link.pause()
+    await asyncio.sleep(3)
+    pg_link.resume()
+    resumed = time.monotonic()
+    await asyncio.wait_for(publishing, 60)
+
+    log = await stored_log(channel)
+    sent = [client_id for ids in talk.sent.values() for client_id in ids]
+    assert sorted(client_id for _, client_id in log) == sorted(sent), "lost or duplicated in the store"
+    assert talk.failures, "the stall was not felt (no publish was refused while PostgreSQL was paused)"
+    try:
+        await wait_for_all(recorders, len(log), timeout=10)
+    except AssertionError as exc:
+        raise AssertionError(f"stalled after PostgreSQL returned: {exc}") from None
+    for who, recorder in recorders.items():
+        assert_exact_stream(recorder, log, who)
+    print(
+        f"postgresql paused 3 s under load: {len(log)} stored, {len(talk.failures)} refused publishes retried "
+        f"with their client_id, 0 lost, 0 duplicated; complete {time.monotonic() - resumed:.1f} s after it resumed"
+    )
