@@ -3,6 +3,7 @@ the real app served in the test's event loop, and per-test isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 import uuid
@@ -15,8 +16,10 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.settings import Settings
+from tests.support.cluster import Cluster
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan
+from tests.support.redis_server import RedisServer
 from tests.support.s3 import s3_settings
 from tests.support.services import (
     PG_ENV,
@@ -163,3 +166,23 @@ async def client(app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 def community(client: httpx.AsyncClient, mailbox: SmtpSink, run_jobs: Callable[[], Awaitable[None]]) -> Community:
     """Builds verified users, approved mentors and lounges through the API."""
     return Community(client, mailbox, run_jobs)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A Redis of the test's own, for tests that kill, restart or flush it."""
+    server = await RedisServer().astart()
+    try:
+        yield server
+    finally:
+        await asyncio.to_thread(server.close)
+
+
+@pytest.fixture
+async def cluster(app: Litestar, settings: Settings, private_redis: RedisServer) -> AsyncIterator[Cluster]:
+    """Start nodes with ``await cluster.start_nodes(**env)``; everything is stopped after the test."""
+    running = Cluster(settings, private_redis)
+    try:
+        yield running
+    finally:
+        await running.close()

@@ -24,20 +24,14 @@ import asyncio
 import glob
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
-import pytest
 from centrifuge import CentrifugeError, SubscriptionState
 
 from server.settings import Settings
-from tests.support.community import Community
-from tests.support.proxy import TcpProxy
-from tests.support.rawws import RawClient
-from tests.support.redis_server import RedisServer
-from tests.test_realtime_cluster import (
+from tests.support.cluster import (
     Cluster,
     Conversation,
     assert_exact_stream,
@@ -46,24 +40,9 @@ from tests.test_realtime_cluster import (
     stored_log,
     wait_for_all,
 )
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = await RedisServer().astart()
-    try:
-        yield server
-    finally:
-        await asyncio.to_thread(server.close)
-
-
-@pytest.fixture
-async def cluster(app: Any, settings: Settings, private_redis: RedisServer) -> AsyncIterator[Cluster]:
-    running = Cluster(settings, private_redis)
-    try:
-        yield running
-    finally:
-        await running.close()
+from tests.support.community import Community
+from tests.support.proxy import TcpProxy
+from tests.support.rawws import RawClient
 
 
 async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, community: Community) -> None:

@@ -16,12 +16,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 import msgspec
-import pytest
 from arq.worker import JobExecutionFailed
 
 from server.ai.tables import AIUsage
@@ -33,13 +31,6 @@ from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin
 from tests.support.nodes import ROOT, free_port, node_env
 from tests.support.redis_server import RedisServer
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = await RedisServer().astart()
-    yield server
-    server.close()
 
 
 def check(env: dict[str, str]) -> tuple[int, str, float]:
