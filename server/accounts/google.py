@@ -105,6 +105,7 @@ async def finish_google_sign_in(state: AppState, *, code: str, flow_state: str, 
         if linked:
             user_id = linked["user"]
             user = await User.select(User.is_active).where(User.id == user_id).first()
+            assert user is not None  # the linked account's user row (a foreign key)
             if not user["is_active"]:
                 raise Unauthorized("account disabled", code="account_disabled")
             method = "google"

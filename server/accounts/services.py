@@ -298,8 +298,9 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
         )
         if user is None:
             return
+        full_name: str = user["full_name"]
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.verify_email)
-    await _mail_verification(state, email, user["full_name"], token)
+    await _mail_verification(state, email, full_name, token)
 
 
 # -- sign-in, refresh, sign-out -------------------------------------------------------------
@@ -431,6 +432,7 @@ async def do_forgot_password(state: AppState, *, email: str, client: ClientInfo)
         user = await User.select(User.id, User.full_name).where(User.email == email, User.is_active.eq(True)).first()
         if user is None:
             return
+        full_name: str = user["full_name"]
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.reset_password)
         await record_event(user["id"], "password.reset_requested", client)
     link = f"{state.settings.public_base_url}/reset-password?token={token}"
@@ -440,7 +442,7 @@ async def do_forgot_password(state: AppState, *, email: str, client: ClientInfo)
             to=email,
             subject="Reset your Lounges password",
             text=(
-                f"Hello {user['full_name']},\n\nSomeone asked to reset your password. If it was you:\n{link}\n\n"
+                f"Hello {full_name},\n\nSomeone asked to reset your password. If it was you:\n{link}\n\n"
                 f"Reset token: {token}\n\nIf not, ignore this mail; your password is unchanged.\n"
             ),
         ),
@@ -453,7 +455,9 @@ async def do_reset_password(state: AppState, *, token: str, password: str, clien
     async with _engine(state).transaction():
         user_id = await _use_action_token(token, ActionTokenPurpose.reset_password)
         user = await User.select(User.email).where(User.id == user_id).first()
-        check_password_policy(password, email=user["email"])
+        assert user is not None  # the action token's user row (a foreign key)
+        email: str = user["email"]
+        check_password_policy(password, email=email)
         password_hash = await hash_password(password)
         await User.update({User.password_hash: password_hash}).where(User.id == user_id)
         revoked = await revoke_sessions(user_id, "password_reset")
@@ -461,14 +465,15 @@ async def do_reset_password(state: AppState, *, token: str, password: str, clien
     await announce_revoked(state, user_id, revoked, "password_reset")
     # The owner proved control of the mailbox and old guesses are void: lift the account-wide
     # cap on failed sign-ins (see _limit_login) and this source's own count.
-    await state.limiter.reset(_failed_logins(user["email"]))
-    await state.limiter.reset(_failed_logins(user["email"], client))
+    await state.limiter.reset(_failed_logins(email))
+    await state.limiter.reset(_failed_logins(email, client))
 
 
 async def do_change_password(
     state: AppState, principal: Principal, *, current_password: str, new_password: str, client: ClientInfo
 ) -> None:
     user = await User.select(User.email, User.password_hash).where(User.id == principal.user_id).first()
+    assert user is not None  # an authenticated principal's user row exists
     if not await verify_password(user["password_hash"], current_password):
         await record_event(principal.user_id, "password.change_failed", client)
         raise Forbidden("the current password is wrong", code="invalid_credentials")
@@ -486,6 +491,7 @@ async def do_change_password(
 
 async def get_me(principal: Principal) -> UserOut:
     row = await User.select().where(User.id == principal.user_id).first()
+    assert row is not None  # an authenticated principal's user row exists (users are disabled, not deleted)
     return user_out(row)
 
 
@@ -570,6 +576,7 @@ async def do_delete_account(
     token issued within the last five minutes.
     """
     user = await User.select(User.password_hash).where(User.id == principal.user_id).first()
+    assert user is not None  # an authenticated principal's user row exists
     if user["password_hash"]:
         if password is None or not await verify_password(user["password_hash"], password):
             raise Forbidden("confirm with your current password", code="reauthentication_required")

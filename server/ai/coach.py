@@ -95,9 +95,8 @@ async def active_streams(state: AppState, channel: str) -> list[StreamState]:
     whose worker died is ended here (its ``ai.error`` follows) instead of served as streaming."""
     from server.ai.streams import lease_key, live_key, process_id, reap_dead_replies
 
-    streams = [
-        msgspec.json.decode(raw, type=StreamState) for raw in await state.redis.hvals(streams_key(state, channel))
-    ]
+    snapshots = await state.redis.hvals(streams_key(state, channel))  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
+    streams = [msgspec.json.decode(raw, type=StreamState) for raw in snapshots]
     if not streams:
         return []
     async with state.redis.pipeline(transaction=False) as pipe:
@@ -111,7 +110,7 @@ async def active_streams(state: AppState, channel: str) -> list[StreamState]:
             await reap_dead_replies(state, process_id("web"), channel=channel)
             orphans = [s.stream_id for s, is_live in zip(streams, live, strict=True) if not is_live]
             if orphans:  # a snapshot written after its reply ended (by a worker presumed dead)
-                await state.redis.hdel(streams_key(state, channel), *orphans)
+                await state.redis.hdel(streams_key(state, channel), *orphans)  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
         except Exception:
             log.exception("could not end a coach reply whose worker died", extra={"channel": channel})
     return [stream for stream, has_lease in zip(streams, leased, strict=True) if has_lease]
@@ -139,7 +138,7 @@ async def stop_replies_to(state: AppState, channel: str, offsets: list[int]) -> 
 
 async def do_cancel(state: AppState, principal: Principal, channel: str, stream_id: str) -> None:
     """Stop a reply: by the asker, the lounge's mentor or an admin, on whichever worker runs it."""
-    raw = await state.redis.hget(streams_key(state, channel), stream_id)
+    raw = await state.redis.hget(streams_key(state, channel), stream_id)  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
     if raw is None:
         raise NotFound("no such reply is streaming", code="stream_not_found")
     stream = msgspec.json.decode(raw, type=StreamState)
@@ -155,7 +154,7 @@ async def do_cancel(state: AppState, principal: Principal, channel: str, stream_
 
     live, leased = await live_reply(state, stream_id)
     if live is None:  # its snapshot outlived it
-        await state.redis.hdel(streams_key(state, channel), stream_id)
+        await state.redis.hdel(streams_key(state, channel), stream_id)  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
         raise NotFound("no such reply is streaming", code="stream_not_found")
     if not leased:  # no worker will see the flag: end it here
         await end_lost_reply(state, live, process_id("web"))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import msgspec
@@ -218,7 +218,9 @@ def failure(
 # -- fallback --------------------------------------------------------------------------------
 
 
-async def stream_reply(providers: Sequence[Provider], prompt: Prompt) -> AsyncIterator[tuple[Provider, StreamEvent]]:
+async def stream_reply(
+    providers: Sequence[Provider], prompt: Prompt
+) -> AsyncGenerator[tuple[Provider, StreamEvent], None]:
     """Stream the reply to ``prompt`` as ``(provider, event)`` pairs from the first provider that answers.
 
     A provider that fails before its first event (connection error, timeout, 5xx,

@@ -127,12 +127,24 @@ return 1
 """
 
 
+async def _eval(state: AppState, script: str, keys: tuple[str, ...], *args: str | bytes | int) -> Any:
+    """Run the Lua ``script`` on ``keys`` with ``args``. redis-py types ``eval``'s arguments as
+    ``str`` (it sends bytes and ints as they are) and its result as ``Awaitable[str] | str``
+    (redis-py#2399), hence the one ignore."""
+    return await state.redis.eval(script, len(keys), *keys, *args)  # type: ignore[misc, arg-type]
+
+
 async def acquire_slot(state: AppState, user_id: uuid.UUID | str, stream_id: str) -> bool:
     """Take one of the user's ``AI_MAX_CONCURRENT_PER_USER`` slots for ``stream_id``.
 
     A refused ask changes nothing: it neither holds a slot nor extends anyone's."""
-    taken = await state.redis.eval(
-        _ACQUIRE, 1, active_key(state, user_id), stream_id, _lease_ms(state), state.settings.ai_max_concurrent_per_user
+    taken = await _eval(
+        state,
+        _ACQUIRE,
+        (active_key(state, user_id),),
+        stream_id,
+        _lease_ms(state),
+        state.settings.ai_max_concurrent_per_user,
     )
     return bool(taken)
 
@@ -140,7 +152,8 @@ async def acquire_slot(state: AppState, user_id: uuid.UUID | str, stream_id: str
 async def begin_reply(state: AppState, live: LiveReply) -> None:
     """List the reply as live under its worker's lease (both at once: never one without the other)."""
     async with state.redis.pipeline(transaction=True) as pipe:
-        pipe.hset(live_key(state), live.stream_id, msgspec.json.encode(live))
+        # redis-py types hash values as str; bytes are sent as they are.
+        pipe.hset(live_key(state), live.stream_id, msgspec.json.encode(live))  # type: ignore[arg-type]
         pipe.set(lease_key(state, live.stream_id), live.worker, px=_lease_ms(state))
         await pipe.execute()
 
@@ -176,8 +189,8 @@ class LeaseKeeper:
             active_key(state, live.user_id),
             ending_key(state, live.stream_id),
         )
-        kept = await state.redis.eval(
-            _RENEW, 4, *keys, live.stream_id, live.worker, _lease_ms(state), msgspec.json.encode(live)
+        kept = await _eval(
+            state, _RENEW, keys, live.stream_id, live.worker, _lease_ms(state), msgspec.json.encode(live)
         )
         if not kept:
             self._taken()
@@ -188,7 +201,7 @@ class LeaseKeeper:
         state, live = self.state, self.live
         keys = (live_key(state), ending_key(state, live.stream_id), streams_key(state, live.channel))
         wire = pubsub_channel(state.settings.redis_prefix, live.channel)
-        sent = await state.redis.eval(_PUBLISH, 3, *keys, live.stream_id, msgspec.json.encode(snapshot), wire, frame)
+        sent = await _eval(state, _PUBLISH, keys, live.stream_id, msgspec.json.encode(snapshot), wire, frame)
         if not sent:
             self._taken()
         return bool(sent)
@@ -279,7 +292,7 @@ async def end_lost_reply(state: AppState, live: LiveReply, claimant: str) -> boo
     job. False when another process is ending it or it was stored already."""
     if not await state.redis.set(ending_key(state, live.stream_id), claimant, nx=True, ex=60):
         return False
-    raw = await state.redis.hget(streams_key(state, live.channel), live.stream_id)
+    raw = await state.redis.hget(streams_key(state, live.channel), live.stream_id)  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
     text = msgspec.json.decode(raw, type=StreamState).text if raw else ""
     usage = Usage(input_tokens=live.input_tokens, output_tokens=estimate_text_tokens(text))
     publication = await end_reply(
@@ -300,7 +313,8 @@ async def end_lost_reply(state: AppState, live: LiveReply, claimant: str) -> boo
 
 async def reap_dead_replies(state: AppState, claimant: str, channel: str | None = None) -> list[str]:
     """End every live reply (of ``channel``, or all) whose lease expired; returns their stream ids."""
-    listed = [msgspec.json.decode(raw, type=LiveReply) for raw in (await state.redis.hvals(live_key(state)))]
+    replies = await state.redis.hvals(live_key(state))  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
+    listed = [msgspec.json.decode(raw, type=LiveReply) for raw in replies]
     if channel is not None:
         listed = [live for live in listed if live.channel == channel]
     if not listed:

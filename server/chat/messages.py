@@ -164,6 +164,7 @@ async def history(access: ChannelAccess, *, before: int | None, after: int | Non
     if after is None:
         rows.reverse()
     last = await Channel.select(Channel.last_offset).where(Channel.name == channel).first()
+    assert last is not None  # the channel row exists: channel_access found it
     return MessagePage(items=[message_out(r) for r in rows], has_more=has_more, last_offset=last["last_offset"])
 
 
@@ -280,8 +281,10 @@ async def _post_message(
         deleted=False,
         created_at=now(),
     )
+    pool = state.engine.pool
+    assert pool is not None  # started by acquire_engine before the app serves
     try:
-        async with state.engine.pool.acquire() as connection:
+        async with pool.acquire() as connection:
             row = await connection.fetchrow(
                 _POST_SQL,
                 name,
@@ -649,8 +652,9 @@ async def do_mark_read(state: AppState, principal: Principal, channel: str, offs
     """Move the caller's read position forward (never back); returns it with the unread count."""
     access = await channel_access(principal, channel, write=False)
     name = str(access.name)
-    last = (await Channel.select(Channel.last_offset).where(Channel.name == name).first())["last_offset"]
-    offset = min(offset, last)
+    channel_row = await Channel.select(Channel.last_offset).where(Channel.name == name).first()
+    assert channel_row is not None  # the channel row exists: channel_access found it
+    offset = min(offset, channel_row["last_offset"])
     if access.lounge is not None:
         if access.lounge.membership is None:
             raise Forbidden("only members keep a read position", code="not_a_member")
@@ -661,6 +665,7 @@ async def do_mark_read(state: AppState, principal: Principal, channel: str, offs
             access.lounge.membership["id"],
         )
     else:
+        assert access.thread is not None  # a channel is a lounge's or a thread's
         rows = await ChatThread.raw(
             "UPDATE chat_threads SET last_read_offset = greatest(last_read_offset, {}) WHERE id = {} RETURNING last_read_offset",
             offset,

@@ -64,7 +64,7 @@ def _not_blank(value: str, code: str, field: str) -> str:
 
 
 async def _row_or_404(table: type[Table], row_id: uuid.UUID, not_found: Callable[[], NotFound]) -> dict[str, Any]:
-    row = await table.select().where(table.id == row_id).first()
+    row = await table.select().where(table._meta.primary_key == row_id).first()
     if row is None:
         raise not_found()
     return row
@@ -87,7 +87,7 @@ async def _save_changes(
     if not changed:
         return before
     [row] = (
-        await table.update({**changed, **(stamp or {})}).where(table.id == before["id"]).returning(*table.all_columns())
+        await table.update({**changed, **(stamp or {})}).where(table._meta.primary_key == before["id"]).returning(*table.all_columns())
     )
     await record_admin_action(
         admin,

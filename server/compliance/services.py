@@ -133,6 +133,7 @@ async def do_request_export(state: AppState, principal: Principal) -> ExportOut:
                 ComplianceRequest(user=principal.user_id, kind=ComplianceKind.export, status=ComplianceStatus.pending)
             ).returning(ComplianceRequest.id)
             row = await ComplianceRequest.select().where(ComplianceRequest.id == created["id"]).first()
+    assert row is not None  # found, or inserted by the transaction above
     try:
         await state.redis.enqueue_job(EXPORT_JOB, str(row["id"]), _job_id=export_job_id(row["id"]))
     except Exception:  # the request is recorded; asking again re-enqueues it

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from piccolo.engine.postgres import PostgresEngine
 
 from server.ai.providers import Passage
 from server.knowledge.embeddings import Embedder, EmbeddingError, default_embedder, environment_settings
@@ -244,13 +245,20 @@ def _hits(rows: list[Any]) -> list[ChunkHit]:
     ]
 
 
+def _pool() -> Any:
+    """The asyncpg pool of the engine the knowledge tables are bound to."""
+    engine = KnowledgeChunk._meta.db
+    assert isinstance(engine, PostgresEngine) and engine.pool is not None
+    return engine.pool
+
+
 async def _part(source: KnowledgeSourceType, scope: uuid.UUID, model: str) -> Part:
-    async with KnowledgeChunk._meta.db.pool.acquire() as connection:
+    async with _pool().acquire() as connection:
         return await count_part(connection, source, scope, model=model)
 
 
 async def _search(part: Part, *, vector: np.ndarray, model: str, k: int, exact_max_chunks: int) -> list[ChunkHit]:
-    async with KnowledgeChunk._meta.db.pool.acquire() as connection:
+    async with _pool().acquire() as connection:
         return await search_part(connection, part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks)
 
 

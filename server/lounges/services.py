@@ -94,16 +94,23 @@ class LoungeContext:
         return self.principal is not None and self.principal.user_id == self.lounge["mentor_user_id"]
 
     @property
+    def active_membership(self) -> dict[str, Any] | None:
+        """The caller's membership row if it is active, else None."""
+        membership = self.membership
+        return membership if membership is not None and membership["status"] == MembershipStatus.active else None
+
+    @property
     def is_active_member(self) -> bool:
-        return self.membership is not None and self.membership["status"] == MembershipStatus.active
+        return self.active_membership is not None
 
     @property
     def is_staff(self) -> bool:
         """Mentor, active moderator or admin."""
+        membership = self.active_membership
         return (
             self.is_admin
             or self.is_mentor
-            or (self.is_active_member and self.membership["role"] in (MembershipRole.mentor, MembershipRole.moderator))
+            or (membership is not None and membership["role"] in (MembershipRole.mentor, MembershipRole.moderator))
         )
 
     @property
@@ -171,11 +178,12 @@ def check_can_read_messages(context: LoungeContext) -> None:
 
 
 def check_can_post(context: LoungeContext) -> None:
-    if not context.is_active_member:
+    membership = context.active_membership
+    if membership is None:
         raise Forbidden("join the lounge to post", code="not_a_member")
     if context.archived:
         raise Conflict("the lounge is archived", code="lounge_archived")
-    muted_until = context.membership["muted_until"]
+    muted_until = membership["muted_until"]
     if muted_until is not None and muted_until > now():
         raise Forbidden(f"you are muted until {muted_until.isoformat()}", code="muted")
 
@@ -237,7 +245,9 @@ async def do_create_lounge(state: AppState, principal: Principal, data: LoungeCr
                 joined_at=now(),
             )
         )
-    return lounge_out(await _load(lounge_id, principal.user_id), principal)
+    row = await _load(lounge_id, principal.user_id)
+    assert row is not None  # inserted by the transaction above
+    return lounge_out(row, principal)
 
 
 async def list_lounges(
