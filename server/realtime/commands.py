@@ -113,7 +113,7 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         return  # asynchronous messages carry no meaning here
     handler = _HANDLERS.get(method) if method is not None else None
     try:
-        if handler is None:
+        if method is None or handler is None:
             # Also a command with an id but no request this server knows (a pong has no id).
             raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"method {method or 'unknown'} is not supported")
         result = await node.bounded(handler(node, connection, command), node.settings.ws_command_timeout)

@@ -171,7 +171,7 @@ class Connection:
             if self._frames.write_frame(text_frame(frame)) < 0:
                 raise ConnectionError("the socket is closed")
             return
-        await self._send({"type": "websocket.send", "text": frame.decode()})
+        await self._send({"type": "websocket.send", "bytes": None, "text": frame.decode()})
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -186,7 +186,7 @@ class Connection:
                     continue
                 frames, self.queue = self.queue, []
                 self.queued_bytes = 0
-                await self._send({"type": "websocket.send", "text": b"\n".join(frames).decode()})
+                await self._send({"type": "websocket.send", "bytes": None, "text": b"\n".join(frames).decode()})
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket is gone; the reader sees the disconnect

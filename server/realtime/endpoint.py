@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.handlers import asgi
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from server.realtime import protocol
 from server.realtime.commands import handle_frame
 from server.realtime.connection import Connection
-from server.realtime.frame_writer import EXTENSION
+from server.realtime.frame_writer import EXTENSION, GatewayWebSocketProtocol
 from server.realtime.node import Node
 
 log = logging.getLogger("lounges.realtime")
@@ -34,7 +35,7 @@ async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None
     """Answer HTTP requests to the WebSocket path with 426 Upgrade Required (sockets
     never get here: :func:`gateway_dispatch` takes them first)."""
     await send({"type": "http.response.start", "status": 426, "headers": [(b"upgrade", b"websocket")]})
-    await send({"type": "http.response.body", "body": b"use a WebSocket"})
+    await send({"type": "http.response.body", "body": b"use a WebSocket", "more_body": False})
 
 
 def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
@@ -42,7 +43,7 @@ def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
     (``state`` is the application's; its ``node`` exists once the lifespan has run)."""
 
     async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket" and scope["path"] == WEBSOCKET_PATH:
+        if scope["type"] == ScopeType.WEBSOCKET and scope["path"] == WEBSOCKET_PATH:
             await serve_websocket(state.node, scope, receive, send)
             return
         await app(scope, receive, send)
@@ -56,17 +57,19 @@ async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send
     if node.draining:
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
         return
-    await send({"type": "websocket.accept"})
-    connection = Connection(node, send, scope.get("extensions", {}).get(EXTENSION))
+    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    writer = (scope.get("extensions") or {}).get(EXTENSION)
+    connection = Connection(node, send, writer if isinstance(writer, GatewayWebSocketProtocol) else None)
     node.add(connection)
     try:
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
                 break
-            frame = message.get("text")
-            if frame is None:
-                frame = message.get("bytes") or b""
+            frame: str | bytes = b""
+            if message["type"] == "websocket.receive":
+                text = message.get("text")
+                frame = text if text is not None else (message.get("bytes") or b"")
             try:
                 await handle_frame(node, connection, frame)
             except Exception:  # never let one bad frame take the socket down with 4500

@@ -58,7 +58,8 @@ class Presence:
     async def add(self, channel: str, client_id: str, info: bytes) -> None:
         info_key, expiry_key = self._keys(channel)
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(info_key, client_id, info)
+            # redis-py types hash values as str; bytes are sent as they are.
+            pipe.hset(info_key, client_id, info)  # type: ignore[arg-type]
             pipe.zadd(expiry_key, {client_id: time.time() + self._ttl})
             pipe.expire(info_key, self._ttl * 4)
             pipe.expire(expiry_key, self._ttl * 4)

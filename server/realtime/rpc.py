@@ -67,6 +67,12 @@ async def typing(node: Node, connection: Connection, data: msgspec.Raw) -> None:
     )
 
 
+def _as_object(struct: msgspec.Struct) -> dict[str, Any]:
+    """``struct`` as the JSON object it encodes to (``msgspec.to_builtins`` is typed ``Any``)."""
+    built: dict[str, Any] = msgspec.to_builtins(struct)
+    return built
+
+
 async def read(node: Node, connection: Connection, data: msgspec.Raw) -> dict[str, Any]:
     """Move the read position; the channel sees a ``read`` receipt."""
     args = _decode(data, ReadArgs)
@@ -77,14 +83,14 @@ async def read(node: Node, connection: Connection, data: msgspec.Raw) -> dict[st
         args.channel,
         {"type": "read", "user_id": str(connection.principal.user_id), "offset": result.last_read_offset},
     )
-    return msgspec.to_builtins(result)
+    return _as_object(result)
 
 
 async def edit(node: Node, connection: Connection, data: msgspec.Raw) -> dict[str, Any]:
     args = _decode(data, EditArgs)
     assert connection.principal is not None
     message = await messages.do_edit_message(node.state, connection.principal, args.channel, args.offset, args.text)
-    return msgspec.to_builtins(message)
+    return _as_object(message)
 
 
 async def delete(node: Node, connection: Connection, data: msgspec.Raw) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from types import FrameType
 
 import uvicorn
@@ -28,17 +29,18 @@ class DrainingServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
 
-    async def serve(self, sockets: list | None = None) -> None:  # type: ignore[override]
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         node = getattr(self._app.state, "node", None)
-        if self._draining or node is None or self._loop is None:
+        loop = self._loop
+        if self._draining or node is None or loop is None:
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._drain_then_exit(node, sig, frame)))
+        loop.call_soon_threadsafe(lambda: loop.create_task(self._drain_then_exit(node, sig, frame)))
 
     async def _drain_then_exit(self, node: Node, sig: int, frame: FrameType | None) -> None:
         log.info("draining realtime connections", extra={"connections": len(node.connections)})
