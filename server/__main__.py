@@ -81,8 +81,9 @@ def worker(args: argparse.Namespace) -> None:
 def migrate(args: argparse.Namespace) -> None:
     from server.core.migrations import apply_migrations
 
-    settings = _settings("database_url")
-    asyncio.run(apply_migrations(settings.database_url))
+    database_url = _settings("database_url").database_url
+    assert database_url is not None  # _settings exits when it is missing
+    asyncio.run(apply_migrations(database_url))
 
 
 def create_admin(args: argparse.Namespace) -> None:

@@ -136,5 +136,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     if settings.trusted_proxies:
         # Outside everything: the client address that logs, sessions, rate limits and the
         # gateway see is the one the named proxies forwarded (uvicorn's own handling is off).
-        app.asgi_handler = ProxyHeadersMiddleware(app.asgi_handler, trusted_hosts=settings.trusted_proxies)
+        # uvicorn and Litestar each declare their own ASGI event TypedDicts, which mypy finds
+        # incompatible; the handler is a plain ASGI 3 application for both.
+        app.asgi_handler = ProxyHeadersMiddleware(  # type: ignore[assignment]
+            app.asgi_handler,  # type: ignore[arg-type]
+            trusted_hosts=settings.trusted_proxies,
+        )
     return app

@@ -170,7 +170,8 @@ def weed_executable() -> str:
 
 
 def _free_ports(count: int) -> list[int]:
-    probes, ports = [], []
+    probes: list[socket.socket] = []
+    ports: list[int] = []
     try:
         while len(ports) < count:  # held open together, so the ports are distinct
             probe = socket.socket()
