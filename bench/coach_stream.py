@@ -93,7 +93,7 @@ def worker_process(env: dict[str, str], cpu: int | None, log_path: Path):
     """``python -m server worker`` pinned to ``cpu``; ready when its arq health key appears."""
     import redis
 
-    from server.settings import load_settings
+    from server.foundation.settings import load_settings
     from workers.main import health_check_key
 
     with open(log_path, "ab") as log_file:
@@ -196,8 +196,8 @@ def prepare(env: dict[str, str], web: Server, out_dir: Path, members: int, seed:
     """Users and tokens (SQL + the server's own token keys), a lounge created by its mentor
     through the API with the coach answering every message, and its members joined through the API."""
     from server.accounts.tokens import TokenKeys
+    from server.foundation.settings import load_settings
     from server.knowledge.embeddings import resolve_provider
-    from server.settings import load_settings
 
     started = time.monotonic()
     settings = load_settings(env)
@@ -246,8 +246,8 @@ async def _job_times(env: dict[str, str], stream_ids: list[str]) -> dict[str, di
     """arq's own enqueue/start/finish times (wall clock, ms resolution) of the coach jobs."""
     from arq.jobs import Job
 
-    from server.core.redis import create_redis, deserialize_job
-    from server.settings import load_settings
+    from server.foundation.redis import create_redis, deserialize_job
+    from server.foundation.settings import load_settings
 
     redis = create_redis(load_settings(env))
     out: dict[str, dict[str, float]] = {}
@@ -358,8 +358,8 @@ def run(args: argparse.Namespace) -> int:
         )
         worker = children.enter_context(worker_process(worker_env, client_cpu, stack.data_dir / "worker.log"))
         setup = prepare(env, web, stack.data_dir, o.subscribers, o.seed)
+        from server.foundation.settings import load_settings
         from server.realtime.channels import pubsub_channel
-        from server.settings import load_settings
 
         settings = load_settings(env)
         busy_before = machine_busy_percent(1.0)
@@ -552,17 +552,18 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
     from server.ai.providers import build_providers
     from server.ai.streams import LiveReply, acquire_slot, forget_reply
     from server.billing.entitlements import ai_budget
-    from server.core.database import acquire_engine, release_engine
-    from server.core.redis import create_redis
-    from server.core.state import AppState
+    from server.foundation.database import acquire_engine, release_engine
+    from server.foundation.redis import create_redis
+    from server.foundation.settings import load_settings
+    from server.foundation.state import AppState
     from server.knowledge.embeddings import get_embedder
     from server.knowledge.retrieval import retrieve
-    from server.settings import load_settings
+    from server.piccolo_app import ALL_TABLES
 
     for name in ("httpx", "httpx2", "httpcore", "openai", "sentence_transformers", "piccolo", "lounges"):
         logging.getLogger(name).setLevel(logging.WARNING)  # keep the table readable
     settings = load_settings({**env, "DB_POOL_MIN_SIZE": "1"})
-    engine = await acquire_engine(settings)
+    engine = await acquire_engine(settings, ALL_TABLES)
     redis = create_redis(settings)
     state = AppState(settings=settings, engine=engine, redis=redis)
     timings: dict[str, list[float]] = {}

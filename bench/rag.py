@@ -763,12 +763,13 @@ def pinned(cpu: int | None):
 
 
 async def run_sizes(env: dict[str, str], options: argparse.Namespace) -> list[dict[str, Any]]:
-    from server.core.database import acquire_engine, release_engine
-    from server.settings import load_settings
+    from server.foundation.database import acquire_engine, release_engine
+    from server.foundation.settings import load_settings
+    from server.piccolo_app import ALL_TABLES
 
     settings = load_settings({**env, "DB_POOL_MIN_SIZE": "2", "DB_POOL_MAX_SIZE": "4"})
     exact_max = options.exact_max
-    engine = await acquire_engine(settings)
+    engine = await acquire_engine(settings, ALL_TABLES)
     sizes: list[dict[str, Any]] = []
     try:
         for number, size in enumerate(options.sizes):
@@ -834,7 +835,7 @@ async def run_sizes(env: dict[str, str], options: argparse.Namespace) -> list[di
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``python -m bench rag``."""
-    from server.settings import load_settings
+    from server.foundation.settings import load_settings
 
     options = argparse.Namespace(
         sizes=list(getattr(args, "rag_sizes", None) or DEFAULT_SIZES),

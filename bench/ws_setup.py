@@ -96,7 +96,7 @@ def prepare(
     """Create ``max(idle, subscribers + publishers) + 1`` users; the first ``subscribers +
     publishers`` join one lounge of the last (the mentor). Writes ``ws-setup.json``."""
     from server.accounts.tokens import TokenKeys
-    from server.settings import load_settings
+    from server.foundation.settings import load_settings
 
     started = time.monotonic()
     members = subscribers + publishers

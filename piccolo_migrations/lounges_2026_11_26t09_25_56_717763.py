@@ -18,7 +18,7 @@ from piccolo.columns.indexes import IndexMethod
 from piccolo.constraints import Check
 from piccolo.constraints import Unique
 from piccolo.table import Table
-from server.core.db_columns import Vector
+from server.foundation.db_columns import Vector
 
 
 class Category(Table, tablename="categories", schema=None):

@@ -11,7 +11,7 @@ import asyncio
 import gc
 import sys
 
-from server.settings import Settings, SettingsError, load_settings
+from server.foundation.settings import Settings, SettingsError, load_settings
 
 
 def _settings(*required: str) -> Settings:
@@ -69,7 +69,7 @@ def worker(args: argparse.Namespace) -> None:
             file=sys.stdout if healthy else sys.stderr,
         )
         sys.exit(0 if healthy else 1)
-    from server.core.logging import configure_logging
+    from server.foundation.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     worker = create_worker(settings)
@@ -79,7 +79,7 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def migrate(args: argparse.Namespace) -> None:
-    from server.core.migrations import apply_migrations
+    from server.foundation.migrations import apply_migrations
 
     database_url = _settings("database_url").database_url
     assert database_url is not None  # _settings exits when it is missing

@@ -17,6 +17,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.accounts.controllers import AuthController, UsersController
 from server.accounts.guards import AUTH_DEPENDENCIES
+from server.accounts.tokens import keys_of
 from server.admin.controllers import (
     AdminAuditLogController,
     AdminCategoryController,
@@ -29,23 +30,25 @@ from server.capsules.controllers import CapsuleController
 from server.chat.controllers import ThreadController
 from server.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
 from server.compliance.controllers import ExportController
-from server.core.database import acquire_engine, release_engine
-from server.core.errors import EXCEPTION_HANDLERS
-from server.core.health import HealthController
-from server.core.logging import RequestContextMiddleware, configure_logging
-from server.core.openapi import document_problems
-from server.core.redis import create_redis
-from server.core.requests import LoungesRequest
-from server.core.state import AppState
 from server.files.controllers import FileController, UploadController
+from server.foundation.database import acquire_engine, release_engine
+from server.foundation.logging import configure_logging
+from server.foundation.redis import create_redis
+from server.foundation.settings import Settings, load_settings
+from server.foundation.state import AppState
+from server.http.health import HealthController
+from server.http.middleware import RequestContextMiddleware
+from server.http.openapi import document_problems
+from server.http.problems import EXCEPTION_HANDLERS
+from server.http.requests import LoungesRequest
 from server.lounges.controllers import LoungeController
 from server.mentors.controllers import CategoryController, MentorController
 from server.notes.controllers import NotesController
 from server.notifications.controllers import NotificationController
+from server.piccolo_app import ALL_TABLES
 from server.realtime.asyncapi import asyncapi_document
 from server.realtime.endpoint import gateway_dispatch, websocket_endpoint
 from server.realtime.node import Node
-from server.settings import Settings, load_settings
 
 API_PREFIX = "/api/v1"
 
@@ -65,9 +68,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = await acquire_engine(settings)
+        engine = await acquire_engine(settings, ALL_TABLES)
         redis = create_redis(settings)
         app.state.app_state = state = AppState(settings=settings, engine=engine, redis=redis)
+        keys_of(state)  # signing keys made at start (an ephemeral key is announced now, not on first use)
         app.state.node = node = Node(state)
         await node.start()
         try:

@@ -37,7 +37,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 
 log = logging.getLogger("lounges.devstack")
 

@@ -15,7 +15,7 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.cluster import Cluster
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan

@@ -23,10 +23,10 @@ from server.ai.tables import AIUsage
 from server.billing.tables import Payment
 from server.chat.tables import Message
 from server.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
+from server.foundation.settings import Settings
 from server.mentors.services import seed_categories
 from server.mentors.tables import Category, Mentor
 from server.notifications.tables import Notification
-from server.settings import Settings
 from tests.support.accounts import Account, signed_in
 from tests.support.community import Community
 from tests.support.nodes import WebNode

@@ -18,8 +18,8 @@ from centrifuge import ReplyError
 
 from server.ai.tables import AIUsage
 from server.chat.tables import Message, SenderType
+from server.foundation.settings import Settings
 from server.knowledge.tables import KnowledgeChunk
-from server.settings import Settings
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
 from tests.support.nodes import WebNode, WorkerProcess

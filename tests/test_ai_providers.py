@@ -34,7 +34,7 @@ from server.ai.providers import (
     stream_reply,
     system_text,
 )
-from server.settings import SettingsError, load_settings
+from server.foundation.settings import SettingsError, load_settings
 from tests.support.llm_standins import (
     AnthropicStandin,
     OpenAIStandin,

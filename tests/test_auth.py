@@ -16,8 +16,8 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.core.control import control_channel, decode_control
-from server.settings import Settings
+from server.foundation.control import control_channel, decode_control
+from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register, signed_in, token_in
 from tests.support.smtp import SmtpSink
 

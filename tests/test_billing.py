@@ -26,11 +26,11 @@ from server.billing.entitlements import CreateLounge, JoinPaidLounge, SpendAITok
 from server.billing.services import seed_plans
 from server.billing.tables import BillingCustomer, Payment, Plan, StripeEvent, Subscription
 from server.billing.webhooks import sweep
-from server.core.redis import queue_name
-from server.core.state import AppState
+from server.foundation.redis import queue_name
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from server.lounges.tables import LoungeMembership
 from server.notifications.tables import Notification
-from server.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

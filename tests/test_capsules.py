@@ -19,10 +19,10 @@ from litestar import Litestar
 
 from server.capsules.services import sealed_file_ids
 from server.capsules.tables import TimeCapsule
-from server.core.state import AppState
 from server.files.tables import File
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from server.notifications.tables import Notification
-from server.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

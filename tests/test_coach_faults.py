@@ -23,9 +23,9 @@ from centrifuge import ReplyError
 from server.ai.coach import active_key, active_streams, reply_job_id, streams_key
 from server.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
 from server.ai.tables import AIUsage
-from server.core.redis import queue_name
-from server.core.state import AppState
-from server.settings import Settings
+from server.foundation.redis import queue_name
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from tests.support.coach_faults import WireWatch, Worker, ai_messages, live_worker_pid, open_thread, post
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin

@@ -15,9 +15,9 @@ from litestar import Litestar
 from server.billing.tables import Payment, PaymentStatus
 from server.compliance.tables import ComplianceRequest
 from server.files.tables import File
+from server.foundation.settings import Settings
 from server.knowledge.tables import KnowledgeChunk
 from server.notifications.tables import Notification
-from server.settings import Settings
 from tests.support.accounts import PASSWORD
 from tests.support.community import Community
 from tests.support.worker import run_worker_until_idle

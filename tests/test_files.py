@@ -21,11 +21,11 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.chat.tables import MessageAttachment
-from server.core.state import AppState
-from server.core.storage import ChunkReader
 from server.files.tables import File
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
+from server.foundation.storage import ChunkReader
 from server.knowledge.tables import KnowledgeChunk
-from server.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlsplit
 import asyncpg
 from centrifuge import CentrifugeError, SubscriptionState
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.cluster import (
     Cluster,
     Conversation,

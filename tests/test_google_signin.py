@@ -25,8 +25,8 @@ from litestar import Litestar
 
 from server.accounts.tables import OAuthAccount, User
 from server.app import create_app
-from server.core.control import control_channel, decode_control
-from server.settings import Settings
+from server.foundation.control import control_channel, decode_control
+from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register
 from tests.support.lifespan import running_lifespan
 from tests.support.oidc import DROP, OidcProvider, pkce_challenge, running_provider

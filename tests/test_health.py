@@ -6,7 +6,7 @@ import httpx
 from litestar import Litestar
 
 from server.app import create_app
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.lifespan import running_lifespan
 
 

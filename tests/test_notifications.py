@@ -12,7 +12,8 @@ import pytest
 from litestar import Litestar
 
 from server.accounts.tables import Role, User
-from server.core.state import AppState
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from server.mentors.tables import Mentor, MentorStatus
 from server.notifications.services import (
     create_notification,
@@ -22,7 +23,6 @@ from server.notifications.services import (
     notify_budget_nearly_used,
 )
 from server.notifications.tables import Notification
-from server.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.sdk import sdk_client

@@ -29,8 +29,8 @@ import msgspec
 import pytest
 
 from server.ai.coach import streams_key
+from server.foundation.settings import Settings
 from server.realtime.channels import history_key
-from server.settings import Settings
 from tests.support.accounts import PASSWORD, Account
 from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin

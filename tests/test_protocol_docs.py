@@ -24,9 +24,9 @@ import msgspec
 import pytest
 
 from server.app import create_app
+from server.foundation.settings import Settings
 from server.realtime import protocol
 from server.realtime.asyncapi import ASYNCAPI_PATH, asyncapi_document
-from server.settings import Settings
 from tests.support.lifespan import running_lifespan
 
 # The one-line switch: flip to True once server/app.py registers

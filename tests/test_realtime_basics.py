@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 from centrifuge import ReplyError
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.sdk import sdk_client, subscription

@@ -47,8 +47,8 @@ import pytest
 import redis.asyncio as aioredis
 from centrifuge import Client, ClientState
 
+from server.foundation.settings import Settings
 from server.realtime.channels import history_key
-from server.settings import Settings
 from tests.support.accounts import Account
 from tests.support.cluster import (
     Cluster,

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.sdk import sdk_client, subscription

@@ -23,8 +23,8 @@ import pytest
 from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext, Subscription, SubscriptionState
 
 from server.accounts.tables import Role, User, UserSession
+from server.foundation.settings import Settings
 from server.realtime.channels import broadcast_ephemeral
-from server.settings import Settings
 from tests.support.accounts import PASSWORD, Account, login
 from tests.support.community import Community
 from tests.support.nodes import WebNode

@@ -28,8 +28,9 @@ import uvicorn
 from arq import Retry
 from litestar import Litestar
 
-from server.core.state import AppState
 from server.files.tables import File
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from server.knowledge import embeddings, ingest
 from server.knowledge.chunking import UnsupportedContent, chunk_text, extract_text
 from server.knowledge.embeddings import (
@@ -42,7 +43,6 @@ from server.knowledge.embeddings import (
 from server.knowledge.retrieval import FILE, NOTE, ann_sql, nearest_chunks, retrieve
 from server.knowledge.tables import EmbeddingModel, KnowledgeChunk, hnsw_index
 from server.notes.tables import Note
-from server.settings import Settings
 from tests.support.community import Community
 from tests.support.worker import run_worker_until_idle
 from workers import knowledge as knowledge_jobs

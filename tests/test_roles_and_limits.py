@@ -18,7 +18,7 @@ from litestar.di import NamedDependency
 from server.accounts.services import Principal
 from server.accounts.tables import Role, User
 from server.app import create_app
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, signed_in
 from tests.support.lifespan import running_lifespan
 

@@ -35,7 +35,7 @@ from piccolo.table import Table, create_table_class
 
 from server.accounts.tables import User
 from server.chat.tables import Message
-from server.core.db_columns import Vector
+from server.foundation.db_columns import Vector
 from server.knowledge.tables import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
 from server.piccolo_app import ALL_TABLES, APP_CONFIG
 

@@ -31,7 +31,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from server.accounts.tables import Role, User
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.oidc import running_provider

@@ -24,7 +24,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.rawws import RawClient

@@ -10,8 +10,8 @@ from pathlib import Path
 import msgspec
 from litestar import Litestar
 
-from server.core.mail import Mail, queue_mail
-from server.settings import Settings
+from server.foundation.mail import Mail, queue_mail
+from server.foundation.settings import Settings
 from tests.support.smtp import SmtpSink
 from tests.support.worker import run_worker_until_idle
 from workers.main import create_worker

@@ -23,9 +23,9 @@ import msgspec
 from arq.worker import JobExecutionFailed
 
 from server.ai.tables import AIUsage
-from server.core.redis import create_redis, deserialize_job, serialize_job
 from server.devstack import Supervisor
-from server.settings import Settings
+from server.foundation.redis import create_redis, deserialize_job, serialize_job
+from server.foundation.settings import Settings
 from tests.support.coach_faults import Worker, ai_messages, open_thread, pid_alive, post
 from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin

@@ -14,7 +14,7 @@ from server.chat.messages import ERASED_NAME, erase_authored_messages
 from server.chat.tables import ChatThread, Message
 from server.compliance.services import erase_owned_data, purge_erased_files
 from server.compliance.tables import ComplianceRequest
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.notes.tables import Note
 from server.notifications.tables import Notification
 from server.realtime.channels import broadcast, delete_channel, forget_channels

@@ -20,7 +20,7 @@ from arq import Retry
 from arq.worker import func
 
 from server.billing.webhooks import EventNotProcessable, process_event, record_failure, sweep
-from server.core.state import AppState
+from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.billing")
 

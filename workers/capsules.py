@@ -18,7 +18,7 @@ from arq import Retry
 from redis.exceptions import RedisError
 
 from server.capsules.services import redeliver_unlock_notifications, unlock_due_capsules
-from server.core.state import AppState
+from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.capsules")
 

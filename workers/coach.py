@@ -44,8 +44,8 @@ from server.ai.streams import (
 from server.ai.titles import title_thread
 from server.billing.entitlements import ai_budget
 from server.chat.tables import MessageStatus
-from server.core.errors import AppError
-from server.core.state import AppState
+from server.foundation.errors import AppError
+from server.foundation.state import AppState
 from server.notifications.services import notify_budget_nearly_used
 from server.realtime.channels import broadcast_ephemeral, ephemeral_wire
 

@@ -16,8 +16,8 @@ from arq import Retry
 from arq.worker import func
 
 from server.compliance import services
-from server.core.errors import Unavailable
-from server.core.state import AppState
+from server.foundation.errors import Unavailable
+from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.compliance")
 

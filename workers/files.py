@@ -19,10 +19,10 @@ from arq import Retry
 from arq.worker import func
 from miniopy_async.error import S3Error
 
-from server.core.errors import Unavailable
-from server.core.state import AppState
 from server.files import services
 from server.files.tables import File, FilePurpose, FileStatus
+from server.foundation.errors import Unavailable
+from server.foundation.state import AppState
 from server.knowledge.chunking import UnsupportedContent
 from server.knowledge.embeddings import EmbeddingError
 from server.knowledge.ingest import ingest_file

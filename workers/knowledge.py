@@ -25,7 +25,7 @@ import asyncpg
 from arq import Retry
 from arq.worker import func
 
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.knowledge import ingest
 from server.knowledge.embeddings import EmbeddingError, get_embedder
 
@@ -78,8 +78,8 @@ KNOWLEDGE_FUNCTIONS = [
 
 
 async def _enqueue_reindex() -> str:
-    from server.core.redis import create_redis
-    from server.settings import load_settings
+    from server.foundation.redis import create_redis
+    from server.foundation.settings import load_settings
 
     settings = load_settings()
     redis = create_redis(settings)

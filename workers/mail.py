@@ -8,12 +8,12 @@ import aiosmtplib
 import msgspec
 from arq import Retry
 
-from server.core.mail import Mail, deliver
-from server.core.state import AppState
+from server.foundation.mail import Mail, deliver
+from server.foundation.state import AppState
 
 
 async def send_email(ctx: dict[str, Any], mail: dict[str, Any]) -> str:
-    """Deliver ``mail`` (a :class:`~server.core.mail.Mail` as builtins)."""
+    """Deliver ``mail`` (a :class:`~server.foundation.mail.Mail` as builtins)."""
     state: AppState = ctx["state"]
     try:
         return await deliver(state.settings, msgspec.convert(mail, Mail))

@@ -17,11 +17,13 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from server.accounts.tokens import keys_of
 from server.ai.streams import process_id, reap_dead_replies
-from server.core.database import acquire_engine, release_engine
-from server.core.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
-from server.core.state import AppState
-from server.settings import Settings
+from server.foundation.database import acquire_engine, release_engine
+from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
+from server.piccolo_app import ALL_TABLES
 from workers.accounts import erase_user
 from workers.billing import BILLING_FUNCTIONS, billing_sweep
 from workers.capsules import unlock_capsules
@@ -58,7 +60,7 @@ CRON_JOBS = [
 
 
 class DoorbellWorker(Worker):
-    """arq's worker, also woken by a pub/sub doorbell (:func:`server.core.redis.ring_doorbell`)
+    """arq's worker, also woken by a pub/sub doorbell (:func:`server.foundation.redis.ring_doorbell`)
     so an urgent job (a coach reply someone waits for) starts within a millisecond or two
     instead of at the next poll. Polling stays as it was, for every other job and as the
     fallback when the doorbell is missed. An early pick-up runs beside the poll loop; that
@@ -176,8 +178,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
 
     async def startup(ctx: dict[str, Any]) -> None:
-        engine = await acquire_engine(settings)
+        engine = await acquire_engine(settings, ALL_TABLES)
         ctx["state"] = state = AppState(settings=settings, engine=engine, redis=ctx["redis"])
+        keys_of(state)  # as the web process: its signing keys at start
         ctx["worker_id"] = process_id("worker")
         ctx["reaper"] = asyncio.create_task(_reap_forever(state, ctx["worker_id"]), name="coach-reaper")
 

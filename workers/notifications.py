@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.notifications.services import prune_read_notifications
 from workers.capsules import TRANSIENT, backoff
 

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 from server.accounts.passwords import check_password_policy, hash_password
-from server.accounts.services import normalize_email, now
+from server.accounts.services import normalize_email
 from server.accounts.tables import Role, User
-from server.core.database import acquire_engine, release_engine
-from server.core.errors import AppError
-from server.settings import Settings
+from server.foundation.clock import now
+from server.foundation.database import acquire_engine, release_engine
+from server.foundation.errors import AppError
+from server.foundation.settings import Settings
 
 
 async def create_or_promote_admin(settings: Settings, email: str, full_name: str, password: str) -> str:
     """Create a verified admin account, or promote the existing account with that email."""
     email = normalize_email(email)
-    engine = await acquire_engine(settings)
+    engine = await acquire_engine(settings, (User,))
     try:
         existing = await User.select(User.id).where(User.email == email).first()
         if existing:

@@ -29,8 +29,8 @@ from server.accounts.schemas import (
     VerifyEmailRequest,
 )
 from server.accounts.services import ClientInfo, Principal
-from server.core.errors import problem_responses
-from server.core.state import AppState
+from server.foundation.state import AppState
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Client = NamedDependency[ClientInfo]

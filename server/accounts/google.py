@@ -33,8 +33,8 @@ from server.accounts.services import (
     revoke_sessions,
 )
 from server.accounts.tables import OAuthAccount, OAuthProvider, User
-from server.core.errors import BadRequest, Conflict, Unauthorized, Unavailable
-from server.core.state import AppState
+from server.foundation.errors import BadRequest, Conflict, Unauthorized, Unavailable
+from server.foundation.state import AppState
 
 FLOW_TTL = timedelta(minutes=10)
 _ID_TOKEN_ALGORITHMS = ["RS256", "ES256"]

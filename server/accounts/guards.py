@@ -18,8 +18,8 @@ from litestar.di import NamedDependency, Provide
 
 from server.accounts.services import ClientInfo, Principal, authenticate
 from server.accounts.tables import Role
-from server.core.errors import Forbidden, Unauthorized
-from server.core.state import AppState
+from server.foundation.errors import Forbidden, Unauthorized
+from server.foundation.state import AppState
 
 
 def client_info(request: Request[Any, Any, Any]) -> ClientInfo:

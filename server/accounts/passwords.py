@@ -9,7 +9,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from server.core.errors import ValidationFailed
+from server.foundation.errors import ValidationFailed
 
 MIN_LENGTH = 10
 MAX_LENGTH = 256

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from server.core.types import Text
+from server.foundation.types import Text
 
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=320, pattern=r"^[^@\s\x00]+@[^@\s\x00]+\.[^@\s\x00]+$")]
 # Only ever hashed, never stored as text: NUL is allowed, so no account made with one is locked out.

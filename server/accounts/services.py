@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -27,14 +27,15 @@ from server.accounts.schemas import (
     UserOut,
 )
 from server.accounts.tables import ActionToken, ActionTokenPurpose, RefreshToken, SecurityEvent, User, UserSession
-from server.accounts.tokens import hash_secret, new_secret
+from server.accounts.tokens import hash_secret, keys_of, new_secret
 from server.compliance.tables import ComplianceRequest
-from server.core.control import ControlEvent, publish_control
-from server.core.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
-from server.core.mail import Mail, queue_mail
-from server.core.state import AppState
 from server.files.tables import File, FilePurpose, FileStatus
-from server.settings import parse_rate
+from server.foundation.clock import now
+from server.foundation.control import ControlEvent, publish_control
+from server.foundation.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
+from server.foundation.mail import Mail, queue_mail
+from server.foundation.settings import parse_rate
+from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.accounts")
 
@@ -64,10 +65,6 @@ class Principal:
 
 def normalize_email(email: str) -> str:
     return email.strip().lower()
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def user_out(row: dict[str, Any]) -> UserOut:
@@ -150,7 +147,7 @@ async def open_session(state: AppState, user_id: uuid.UUID, client: ClientInfo) 
 async def _issue_pair(state: AppState, user_id: uuid.UUID, session_id: uuid.UUID) -> TokenPair:
     refresh = new_secret()
     await RefreshToken.insert(RefreshToken(session=session_id, token_hash=hash_secret(refresh)))
-    access, ttl = state.token_keys.issue(user_id, session_id)
+    access, ttl = keys_of(state).issue(user_id, session_id)
     return TokenPair(access_token=access, refresh_token=refresh, expires_in=ttl)
 
 
@@ -180,7 +177,7 @@ async def announce_revoked(state: AppState, user_id: uuid.UUID, session_ids: lis
 
 async def authenticate(state: AppState, token: str) -> Principal:
     """Resolve a bearer access token to a live session of an active user."""
-    claims = state.token_keys.verify(token)
+    claims = keys_of(state).verify(token)
     rows = await UserSession.raw(
         """
         SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active, u.full_name,

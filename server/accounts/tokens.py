@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import jwt
 
-from server.core.errors import Unauthorized
-from server.settings import Settings
+from server.foundation.errors import Unauthorized
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.auth")
 
@@ -108,3 +109,11 @@ def new_secret() -> str:
 
 def hash_secret(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def keys_of(state: AppState) -> TokenKeys:
+    """The process's :class:`TokenKeys`, made from its settings on first use and kept on the state."""
+    keys = state.extensions.get("accounts.token_keys")
+    if keys is None:
+        keys = state.extensions["accounts.token_keys"] = TokenKeys(state.settings)
+    return keys

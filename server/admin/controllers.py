@@ -15,9 +15,9 @@ from server.accounts.services import ClientInfo, Principal
 from server.accounts.tables import Role
 from server.admin import services as admin
 from server.admin.schemas import AdminUserOut, AdminUserPage, AuditPage, RoleChange, StatsOut
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import text_query
+from server.foundation.state import AppState
+from server.http.params import text_query
+from server.http.problems import problem_responses
 from server.mentors import services as mentors
 from server.mentors.schemas import (
     CategoryOut,

@@ -30,10 +30,10 @@ from server.admin.schemas import (
 from server.admin.tables import AdminAuditLog
 from server.billing.tables import Payment, PaymentStatus
 from server.chat.tables import Message
-from server.core.control import ControlEvent, publish_control
-from server.core.errors import Conflict, Forbidden, NotFound
-from server.core.pagination import decode_cursor, encode_cursor, like_pattern
-from server.core.state import AppState
+from server.foundation.control import ControlEvent, publish_control
+from server.foundation.errors import Conflict, Forbidden, NotFound
+from server.foundation.pagination import decode_cursor, encode_cursor, like_pattern
+from server.foundation.state import AppState
 from server.mentors.tables import Mentor, MentorStatus
 from server.notifications.services import create_notification, deliver_notification
 

@@ -23,9 +23,9 @@ from redis.exceptions import RedisError
 from server.accounts.services import Principal
 from server.accounts.tables import Role
 from server.billing.entitlements import AIBudget, enforce
-from server.core.errors import Forbidden, NotFound
-from server.core.redis import ring_doorbell
-from server.core.state import AppState
+from server.foundation.errors import Forbidden, NotFound
+from server.foundation.redis import ring_doorbell
+from server.foundation.state import AppState
 from server.lounges.tables import AIReplyPolicy
 
 log = logging.getLogger("lounges.coach")

@@ -27,7 +27,7 @@ from server.ai.providers import (
 from server.ai.sdk_provider import SDKProvider
 
 if TYPE_CHECKING:
-    from server.settings import Settings
+    from server.foundation.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 

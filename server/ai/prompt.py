@@ -12,8 +12,8 @@ import numpy as np
 
 from server.ai.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.chat.tables import Message, SenderType
-from server.core.errors import Conflict
-from server.core.state import AppState
+from server.foundation.errors import Conflict
+from server.foundation.state import AppState
 from server.knowledge.embeddings import get_embedder
 from server.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
 from server.lounges.tables import Lounge

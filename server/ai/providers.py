@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 import msgspec
 
 if TYPE_CHECKING:
-    from server.settings import Settings
+    from server.foundation.settings import Settings
 
 log = logging.getLogger("lounges.ai")
 

@@ -37,8 +37,8 @@ from server.ai.providers import Usage, estimate_text_tokens
 from server.ai.tables import AIUsage
 from server.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.chat.tables import MessageStatus
-from server.core.redis import queue_name
-from server.core.state import AppState
+from server.foundation.redis import queue_name
+from server.foundation.state import AppState
 from server.realtime.channels import Publication, broadcast, pubsub_channel
 
 log = logging.getLogger("lounges.coach")

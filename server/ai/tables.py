@@ -17,7 +17,7 @@ from piccolo.table import Table
 
 from server.accounts.tables import User
 from server.chat.tables import ChatThread, Message
-from server.core.db_columns import in_choices
+from server.foundation.db_columns import in_choices
 from server.lounges.tables import Lounge
 
 

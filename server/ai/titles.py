@@ -7,7 +7,7 @@ import re
 
 from server.ai.providers import ChatTurn, Prompt, ProviderError, TextDelta, build_providers, stream_reply
 from server.chat.tables import ChatThread
-from server.core.state import AppState
+from server.foundation.state import AppState
 
 TITLE_CHARS = 60
 _INSTRUCTION = "Write a title of at most six words for this conversation. Answer with the title only, no quotes."

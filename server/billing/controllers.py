@@ -22,9 +22,9 @@ from server.billing.schemas import (
     SubscriptionState,
     WebhookAck,
 )
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import int_query
+from server.foundation.state import AppState
+from server.http.params import int_query
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]

@@ -44,9 +44,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from server.billing.tables import SubscriptionStatus
-from server.core.control import ControlEvent, publish_control
-from server.core.errors import AppError
-from server.core.state import AppState
+from server.foundation.control import ControlEvent, publish_control
+from server.foundation.errors import AppError
+from server.foundation.state import AppState
 
 ENTITLING_STATUSES: tuple[str, ...] = (
     SubscriptionStatus.active,

@@ -43,10 +43,10 @@ from server.billing.schemas import (
 from server.billing.stripe_client import check_configured, stripe_client
 from server.billing.tables import BillingCustomer, Payment, Plan, PlanInterval, Subscription
 from server.billing.webhooks import subscription_fields
-from server.core.database import acquire_engine, release_engine
-from server.core.errors import Conflict, NotFound, ValidationFailed
-from server.core.state import AppState
-from server.settings import Settings
+from server.foundation.database import acquire_engine, release_engine
+from server.foundation.errors import Conflict, NotFound, ValidationFailed
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 
 _PLAN_COLUMNS = (
     "id",
@@ -123,7 +123,7 @@ def default_plans(settings: Settings, *, pro_price: str | None, team_price: str 
 async def seed_plans(settings: Settings, *, pro_price: str | None = None, team_price: str | None = None) -> list[str]:
     """Create the default plans that do not exist (by ``code``); on existing ones only set a
     Stripe price id that was given and differs — limits edited since are kept. Idempotent."""
-    engine = await acquire_engine(settings)
+    engine = await acquire_engine(settings, (Plan,))
     report: list[str] = []
     try:
         async with engine.transaction():

@@ -19,8 +19,8 @@ from contextlib import asynccontextmanager
 
 import stripe
 
-from server.core.errors import BadRequest, Unavailable
-from server.settings import Settings
+from server.foundation.errors import BadRequest, Unavailable
+from server.foundation.settings import Settings
 
 
 class BillingNotConfigured(Unavailable):

@@ -57,8 +57,8 @@ from server.billing.entitlements import (
 from server.billing.schemas import StripeEventIn, WebhookAck
 from server.billing.stripe_client import verify_webhook
 from server.billing.tables import PaymentStatus, StripeEvent, SubscriptionStatus
-from server.core.errors import BadRequest
-from server.core.state import AppState
+from server.foundation.errors import BadRequest
+from server.foundation.state import AppState
 from server.notifications.services import create_notification, deliver_notification
 
 log = logging.getLogger("lounges.billing")

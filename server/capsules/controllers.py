@@ -14,9 +14,9 @@ from server.accounts.services import Principal
 from server.capsules import services
 from server.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage
 from server.capsules.tables import CapsuleStatus
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import text_query
+from server.foundation.state import AppState
+from server.http.params import text_query
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]

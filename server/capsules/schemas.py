@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from server.core.types import Text
+from server.foundation.types import Text
 
 CAPSULE_MAX_CHARS = 20_000
 MAX_ATTACHMENTS = 10

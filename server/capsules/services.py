@@ -29,7 +29,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -37,9 +37,10 @@ import msgspec
 from server.accounts.services import Principal
 from server.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage, CapsuleSummary
 from server.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
-from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.core.pagination import decode_cursor, encode_cursor
-from server.core.state import AppState
+from server.foundation.clock import now
+from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.pagination import decode_cursor, encode_cursor
+from server.foundation.state import AppState
 from server.notifications.services import NotificationKind, create_notification, deliver_notification
 
 DEFAULT_PAGE_SIZE = 20
@@ -64,10 +65,6 @@ _DETAIL_COLUMNS = (
     END AS attachments
 """
 )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _summary(row: dict[str, Any]) -> CapsuleSummary:

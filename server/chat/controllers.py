@@ -25,9 +25,9 @@ from server.chat.schemas import (
     ThreadPage,
     ThreadUpdate,
 )
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import int_path, int_query, text_path
+from server.foundation.state import AppState
+from server.http.params import int_path, int_query, text_path
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]

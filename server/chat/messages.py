@@ -13,7 +13,6 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -27,15 +26,16 @@ from server.ai.providers import Usage
 from server.capsules.services import sealed_file_ids
 from server.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.chat.tables import ChatThread, Message, MessageReaction, MessageStatus, SenderType
-from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.core.state import AppState
 from server.files.tables import File
+from server.foundation.clock import now
+from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.settings import parse_rate
+from server.foundation.state import AppState
 from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.lounges.tables import LoungeMembership
 from server.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
 from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset, rewrite
 from server.realtime.tables import Channel, ChannelPublication
-from server.settings import parse_rate
 
 _json = msgspec.json.Encoder()
 log = logging.getLogger("lounges.chat")
@@ -72,10 +72,6 @@ class ChannelAccess:
     def is_moderator(self) -> bool:
         """May delete other people's messages here."""
         return self.lounge.is_staff if self.lounge is not None else self.principal.role == Role.admin
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _decode(value: Any) -> Any:

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from server.core.types import NonNegativeInt64, PositiveInt64, Text
+from server.foundation.types import NonNegativeInt64, PositiveInt64, Text
 
 Emoji = Annotated[Text, msgspec.Meta(min_length=1, max_length=32)]
 ThreadTitle = Annotated[Text, msgspec.Meta(min_length=1, max_length=200)]

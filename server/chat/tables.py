@@ -20,8 +20,8 @@ from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
 from server.accounts.tables import User
-from server.core.db_columns import in_choices
 from server.files.tables import File
+from server.foundation.db_columns import in_choices
 from server.lounges.tables import Lounge
 
 

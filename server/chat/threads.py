@@ -11,8 +11,8 @@ import msgspec
 from server.accounts.services import Principal
 from server.chat.schemas import ThreadCreate, ThreadOut, ThreadPage, ThreadUpdate
 from server.chat.tables import ChatThread, Message
-from server.core.errors import NotFound
-from server.core.state import AppState
+from server.foundation.errors import NotFound
+from server.foundation.state import AppState
 from server.lounges.services import check_can_read_messages, lounge_context
 from server.realtime.channels import create_channel, delete_channel, forget_channels
 

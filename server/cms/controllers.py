@@ -29,9 +29,9 @@ from server.cms.schemas import (
     PageOut,
     PageUpdate,
 )
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import int_query, text_query
+from server.foundation.state import AppState
+from server.http.params import int_query, text_query
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Admin = NamedDependency[Principal]

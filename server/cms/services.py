@@ -34,8 +34,8 @@ from server.cms.schemas import (
     PageUpdate,
 )
 from server.cms.tables import FAQ, StaticPage
-from server.core.errors import Conflict, NotFound, ValidationFailed
-from server.core.state import AppState
+from server.foundation.errors import Conflict, NotFound, ValidationFailed
+from server.foundation.state import AppState
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200

@@ -16,8 +16,8 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 from server.accounts.services import Principal
 from server.compliance import services
 from server.compliance.schemas import ExportList, ExportOut
-from server.core.errors import problem_responses
-from server.core.state import AppState
+from server.foundation.state import AppState
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]

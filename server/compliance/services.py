@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -49,11 +49,12 @@ from server.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
 from server.chat.tables import ChatThread, Message, MessageReaction
 from server.compliance.schemas import ExportList, ExportOut
 from server.compliance.tables import ComplianceKind, ComplianceRequest, ComplianceStatus
-from server.core.errors import NotFound
-from server.core.state import AppState
-from server.core.storage import ChunkReader
 from server.files.services import detach, discard_upload, purge_files
 from server.files.tables import File, FilePurpose, FileStatus
+from server.foundation.clock import now
+from server.foundation.errors import NotFound
+from server.foundation.state import AppState
+from server.foundation.storage import ChunkReader
 from server.knowledge.tables import KnowledgeChunk
 from server.lounges.tables import Lounge, LoungeMembership
 from server.mentors.tables import Mentor
@@ -70,10 +71,6 @@ _OPEN = (ComplianceStatus.pending, ComplianceStatus.processing)
 _FILE_COLUMNS = (
     "id, owner, bucket, object_key, filename, content_type, size, sha256, purpose, lounge, status, created_at"
 )
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def export_job_id(request_id: uuid.UUID) -> str:

@@ -16,8 +16,8 @@ from piccolo.constraints import Check
 from piccolo.table import Table
 
 from server.accounts.tables import User
-from server.core.db_columns import in_choices
 from server.files.tables import File
+from server.foundation.db_columns import in_choices
 
 
 class ComplianceKind(enum.StrEnum):

@@ -18,12 +18,13 @@ from litestar.response import Redirect
 from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_307_TEMPORARY_REDIRECT
 
 from server.accounts.services import Principal
-from server.core.errors import BadRequest, problem_responses
-from server.core.state import AppState
-from server.core.types import int_query, text_query
 from server.files import services
 from server.files.schemas import FileOut, FilePage, UploadPurpose
 from server.files.tables import FilePurpose
+from server.foundation.errors import BadRequest
+from server.foundation.state import AppState
+from server.http.params import int_query, text_query
+from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]

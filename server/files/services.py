@@ -4,7 +4,7 @@ deletion, and the clean-up of orphaned uploads.
 **Upload** (``POST /api/v1/chat/upload``): the body is the file itself (any
 ``Content-Type``; ``?filename=`` names it) or ``multipart/form-data`` with one
 part named ``file``. It is never held whole in memory: bytes flow from the
-request through :class:`~server.core.storage.ChunkReader` (size limit,
+request through :class:`~server.foundation.storage.ChunkReader` (size limit,
 SHA-256) into the object store, one ``UPLOAD_PART_BYTES`` part at a time.
 The type is read from the first 8 KiB of the content, never from the client's
 header: magic numbers via the ``filetype`` library (images, audio, video, PDF,
@@ -48,7 +48,7 @@ import unicodedata
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import filetype
@@ -59,7 +59,10 @@ from server.accounts.tables import Role, User
 from server.capsules.services import check_files_not_sealed
 from server.capsules.tables import CapsuleAttachment
 from server.chat.tables import MessageAttachment
-from server.core.errors import (
+from server.files.schemas import FileOut, FilePage, UploadPurpose
+from server.files.tables import File, FilePurpose, FileStatus
+from server.foundation.clock import now
+from server.foundation.errors import (
     AppError,
     Conflict,
     Forbidden,
@@ -68,10 +71,8 @@ from server.core.errors import (
     Unavailable,
     ValidationFailed,
 )
-from server.core.state import AppState
-from server.core.storage import ChunkReader
-from server.files.schemas import FileOut, FilePage, UploadPurpose
-from server.files.tables import File, FilePurpose, FileStatus
+from server.foundation.state import AppState
+from server.foundation.storage import ChunkReader
 from server.knowledge.chunking import PDF_TYPES, TEXT_TYPES
 from server.knowledge.tables import KnowledgeChunk
 from server.lounges.services import check_can_read_messages, lounge_context
@@ -97,10 +98,6 @@ class UnsupportedFileType(AppError):
     """The content is of a type this upload does not accept."""
 
     status, code, title = 415, "unsupported_file_type", "Unsupported media type"
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 # -- the content's type ----------------------------------------------------------------------

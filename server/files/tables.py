@@ -16,7 +16,7 @@ from piccolo.constraints import Check
 from piccolo.table import Table
 
 from server.accounts.tables import User
-from server.core.db_columns import in_choices
+from server.foundation.db_columns import in_choices
 from server.lounges.tables import Lounge
 
 

@@ -37,8 +37,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from server.foundation.settings import Settings, load_settings
 from server.knowledge.tables import EMBEDDING_DIMENSIONS, EmbeddingModel
-from server.settings import Settings, load_settings
 
 log = logging.getLogger("lounges.embeddings")
 

@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from server.files.tables import File, FileStatus
+from server.foundation.settings import Settings
 from server.knowledge.chunking import chunk_text, extract_text
 from server.knowledge.embeddings import Embedder, environment_settings, get_embedder
 from server.knowledge.tables import KnowledgeChunk
 from server.notes.tables import Note
-from server.settings import Settings
 
 _INSERT = """
 INSERT INTO knowledge_chunks (id, source_type, note, file, owner, lounge, chunk_index, content,

@@ -17,8 +17,8 @@ from piccolo.constraints import Check
 from piccolo.table import Table
 
 from server.accounts.tables import User
-from server.core.db_columns import Vector, in_choices
 from server.files.tables import File
+from server.foundation.db_columns import Vector, in_choices
 from server.lounges.tables import Lounge
 from server.notes.tables import Note
 

@@ -12,9 +12,9 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 
 from server.accounts.services import Principal
 from server.chat.controllers import ChannelMessagesController, Limit, Offset
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import text_query
+from server.foundation.state import AppState
+from server.http.params import text_query
+from server.http.problems import problem_responses
 from server.lounges import services
 from server.lounges.schemas import (
     InviteRequest,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from server.core.types import Text
+from server.foundation.types import Text
 from server.lounges.tables import AIReplyPolicy, LoungeAccess, MembershipRole
 
 Title = Annotated[Text, msgspec.Meta(min_length=1, max_length=120)]

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -29,9 +28,10 @@ import msgspec
 from server.accounts.services import Principal
 from server.accounts.tables import Role, User
 from server.billing.entitlements import CreateLounge, JoinPaidLounge, require
-from server.core.control import ControlEvent, publish_control
-from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.core.state import AppState
+from server.foundation.clock import now
+from server.foundation.control import ControlEvent, publish_control
+from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.state import AppState
 from server.lounges.schemas import (
     JoinResult,
     LoungeCreate,
@@ -116,10 +116,6 @@ class LoungeContext:
     @property
     def archived(self) -> bool:
         return self.lounge["archived_at"] is not None
-
-
-def now() -> datetime:
-    return datetime.now(UTC)
 
 
 def lounge_out(row: dict[str, Any], viewer: Principal | None) -> LoungeOut:

@@ -20,7 +20,7 @@ from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
 from server.accounts.tables import User
-from server.core.db_columns import in_choices
+from server.foundation.db_columns import in_choices
 from server.mentors.tables import Category, Mentor
 
 

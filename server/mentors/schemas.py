@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from server.core.types import Text
+from server.foundation.types import Text
 
 Slug = Annotated[str, msgspec.Meta(min_length=1, max_length=80, pattern=r"^[a-z0-9]+(?:-[a-z0-9]+)*$")]
 CategoryName = Annotated[Text, msgspec.Meta(min_length=1, max_length=100)]

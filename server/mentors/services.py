@@ -16,9 +16,9 @@ import msgspec
 from server.accounts.services import ClientInfo, Principal
 from server.accounts.tables import Role, User
 from server.admin.services import check_admin, record_admin_action
-from server.core.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.core.pagination import decode_cursor, encode_cursor, like_pattern
-from server.core.state import AppState
+from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.pagination import decode_cursor, encode_cursor, like_pattern
+from server.foundation.state import AppState
 from server.lounges.services import PRIVATE_LISTED_TO
 from server.mentors.schemas import (
     ApplyRequest,

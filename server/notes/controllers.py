@@ -11,9 +11,9 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from server.accounts.services import Principal
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import int_query, text_query
+from server.foundation.state import AppState
+from server.http.params import int_query, text_query
+from server.http.problems import problem_responses
 from server.notes import services
 from server.notes.schemas import NoteCreate, NoteOut, NotePage, NoteUpdate, PinRequest, SearchRequest, SearchResults
 

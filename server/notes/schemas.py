@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from server.core.types import Text
+from server.foundation.types import Text
 
 NOTE_MAX_CHARS = 100_000
 MAX_TAGS = 20

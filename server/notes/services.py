@@ -32,8 +32,8 @@ from typing import Any
 import msgspec
 
 from server.accounts.services import Principal
-from server.core.errors import NotFound, ValidationFailed
-from server.core.state import AppState
+from server.foundation.errors import NotFound, ValidationFailed
+from server.foundation.state import AppState
 from server.knowledge.embeddings import EmbeddingError, get_embedder
 from server.knowledge.retrieval import nearest_chunks
 from server.notes.schemas import (

@@ -10,9 +10,9 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, QueryParameter
 
 from server.accounts.services import Principal
-from server.core.errors import problem_responses
-from server.core.state import AppState
-from server.core.types import text_query
+from server.foundation.state import AppState
+from server.http.params import text_query
+from server.http.problems import problem_responses
 from server.notifications import services
 from server.notifications.schemas import NotificationPage, ReadResult
 

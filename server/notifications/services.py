@@ -40,14 +40,14 @@ from typing import Any
 import msgspec
 
 from server.accounts.services import Principal
-from server.core.errors import NotFound
-from server.core.mail import Mail, queue_mail
-from server.core.pagination import decode_cursor, encode_cursor
-from server.core.state import AppState
+from server.foundation.errors import NotFound
+from server.foundation.mail import Mail, queue_mail
+from server.foundation.pagination import decode_cursor, encode_cursor
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from server.notifications.schemas import NotificationOut, NotificationPage, ReadResult
 from server.notifications.tables import Notification
 from server.realtime.channels import broadcast_ephemeral
-from server.settings import Settings
 
 log = logging.getLogger("lounges.notifications")
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 import msgspec
 from redis.exceptions import RedisError
 
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.realtime.tables import Channel, ChannelPublication
 
 ChannelKind = Literal["lounge", "thread"]

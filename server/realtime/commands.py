@@ -26,7 +26,7 @@ from server.accounts.services import authenticate
 from server.ai.coach import active_streams
 from server.chat.messages import channel_access, do_post_message
 from server.chat.schemas import MessageIn
-from server.core.errors import AppError
+from server.foundation.errors import AppError
 from server.realtime import history, protocol
 from server.realtime.channels import ChannelName
 from server.realtime.connection import Connection, Subscription

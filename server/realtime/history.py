@@ -14,7 +14,7 @@ from __future__ import annotations
 import msgspec
 from redis.exceptions import RedisError
 
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.realtime.channels import Wire, history_key, rewrites_key
 from server.realtime.tables import Channel, ChannelPublication
 

@@ -40,9 +40,9 @@ from redis.exceptions import RedisError
 
 from server.accounts.tables import User, UserSession
 from server.chat.messages import channel_access
-from server.core.control import control_channel, decode_control
-from server.core.errors import AppError
-from server.core.state import AppState
+from server.foundation.control import control_channel, decode_control
+from server.foundation.errors import AppError
+from server.foundation.state import AppState
 from server.realtime import history, protocol
 from server.realtime.channels import (
     WIRE_JOIN,

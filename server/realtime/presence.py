@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from server.core.state import AppState
+from server.foundation.state import AppState
 from server.realtime.protocol import ClientInfo
 
 if TYPE_CHECKING:

@@ -15,8 +15,8 @@ from typing import Any
 from centrifuge import CentrifugeError, Client, Subscription
 
 from server.chat.tables import Message
+from server.foundation.settings import Settings
 from server.realtime.tables import Channel
-from server.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

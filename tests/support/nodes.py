@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from workers.main import health_check_key
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 from workers.main import create_worker
 
 

@@ -7,10 +7,11 @@ from litestar import Controller, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency
 
-from server.core.database import check_database
-from server.core.errors import Unavailable, problem_responses
-from server.core.redis import check_redis
-from server.core.state import AppState
+from server.foundation.database import check_database
+from server.foundation.errors import Unavailable
+from server.foundation.redis import check_redis
+from server.foundation.state import AppState
+from server.http.problems import problem_responses
 
 
 class HealthStatus(msgspec.Struct):

@@ -17,7 +17,7 @@ import aiosmtplib
 import msgspec
 from arq.connections import ArqRedis
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 
 log = logging.getLogger("lounges.mail")
 

@@ -1,9 +1,9 @@
 """The object store: an S3-compatible server (MinIO in production) through ``miniopy-async``.
 
-One :class:`Storage` per process, on :class:`~server.core.state.AppState`. It
+One :class:`Storage` per process, on :class:`~server.foundation.state.AppState`. It
 opens its HTTP session on first use (inside the running event loop) and is
 closed by the process's lifespan. Without ``S3_ENDPOINT`` every call raises
-:class:`~server.core.errors.Unavailable` (``storage_not_configured``).
+:class:`~server.foundation.errors.Unavailable` (``storage_not_configured``).
 
 Uploads are streamed: :class:`ChunkReader` turns an async iterator of byte
 chunks (a request body, an export being written) into the ``read(n)`` file
@@ -33,8 +33,8 @@ import aiohttp
 from miniopy_async import Minio
 from miniopy_async.error import MinioException, S3Error
 
-from server.core.errors import Unavailable
-from server.settings import Settings
+from server.foundation.errors import Unavailable
+from server.foundation.settings import Settings
 
 log = logging.getLogger("lounges.storage")
 

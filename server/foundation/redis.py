@@ -17,7 +17,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 
 
 def _encode_other(value: object) -> str:

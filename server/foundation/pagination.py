@@ -7,7 +7,7 @@ import binascii
 import uuid
 from datetime import datetime
 
-from server.core.errors import ValidationFailed
+from server.foundation.errors import ValidationFailed
 
 
 def encode_cursor(moment: datetime, row_id: uuid.UUID) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.core.errors import RateLimited
+from server.foundation.errors import RateLimited
 
 log = logging.getLogger("lounges.ratelimit")
 TIMEOUT = 0.5

@@ -2,7 +2,7 @@
 
 Litestar documents a ``400`` on every route with parameters as its own
 ``{status_code, detail, extra}`` JSON, while this app answers every error as an
-RFC 9457 problem (``server.core.errors``) and refuses invalid input with ``422``.
+RFC 9457 problem (``server.http.problems``) and refuses invalid input with ``422``.
 :func:`document_problems` rewrites the generated document once, at start-up, so
 that clients and schema-driven tests (``tests/test_schemathesis.py``) see what
 the server really sends.
@@ -14,7 +14,7 @@ from http import HTTPStatus
 
 from litestar.openapi.spec import OpenAPI, OpenAPIMediaType, OpenAPIResponse, Operation, Reference
 
-from server.core.errors import PROBLEM_MEDIA_TYPE, ProblemDetails
+from server.http.problems import PROBLEM_MEDIA_TYPE, ProblemDetails
 
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 LITESTAR_DEFAULT_ERROR_MEDIA_TYPE = "application/json"
@@ -54,7 +54,7 @@ def document_problems(openapi: OpenAPI) -> None:
     schemas = openapi.components.schemas or {}
     name = ProblemDetails.__name__
     if name not in schemas:
-        raise RuntimeError(f"no route documents {name}; use server.core.errors.problem_responses")
+        raise RuntimeError(f"no route documents {name}; use server.http.problems.problem_responses")
     reference = Reference(ref=f"#/components/schemas/{name}")
     for path_item in (openapi.paths or {}).values():
         for method in METHODS:

@@ -3,18 +3,22 @@
 Piccolo binds tables to an engine process-wide, so a process has exactly one
 engine: the web app's lifespan and an in-process worker (as in the tests)
 share it through :func:`acquire_engine` / :func:`release_engine`, which count
-users and close the pool when the last one leaves.
+users and close the pool when the last one leaves. Which tables run on it is the
+caller's to say (the app and the worker pass every table of ``server.piccolo_app``):
+this module knows no table.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 import asyncpg
 from pgvector.asyncpg import register_vector
 from piccolo.engine.postgres import PostgresEngine
+from piccolo.table import Table
 
-from server.settings import Settings
+from server.foundation.settings import Settings
 
 _shared: PostgresEngine | None = None
 _users = 0
@@ -33,8 +37,14 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     An open transaction is still rolled back by asyncpg before this is called."""
 
 
-async def acquire_engine(settings: Settings) -> PostgresEngine:
-    """The process's engine for ``settings.database_url``, started on first use."""
+def _bind(engine: PostgresEngine, tables: Iterable[type[Table]]) -> None:
+    for table in tables:
+        table._meta.db = engine
+
+
+async def acquire_engine(settings: Settings, tables: Iterable[type[Table]]) -> PostgresEngine:
+    """The process's engine for ``settings.database_url``, started on first use; ``tables``
+    are bound to it (every acquirer names the tables it uses)."""
     global _shared, _users
     if not settings.database_url:
         raise RuntimeError("DATABASE_URL is not set (the dev launcher `python -m server dev` provides one)")
@@ -42,8 +52,8 @@ async def acquire_engine(settings: Settings) -> PostgresEngine:
         if _shared.config["dsn"] != settings.database_url:
             raise RuntimeError("a process serves one database; another engine is already running")
         _users += 1
+        _bind(_shared, tables)
         return _shared
-    from server.piccolo_app import ALL_TABLES
 
     engine = PostgresEngine(
         config={"dsn": settings.database_url, "command_timeout": settings.db_command_timeout},
@@ -56,8 +66,7 @@ async def acquire_engine(settings: Settings) -> PostgresEngine:
         init=_init_connection,
         reset=_keep_session,
     )
-    for table in ALL_TABLES:
-        table._meta.db = engine
+    _bind(engine, tables)
     _shared, _users = engine, 1
     return engine
 
