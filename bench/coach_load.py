@@ -88,7 +88,7 @@ class _MessageOut(msgspec.Struct):
 
 
 class _Wire(msgspec.Struct, array_like=True):
-    """What the worker publishes on Redis for the web nodes (server.realtime.channels.Wire)."""
+    """What the worker publishes on Redis for the web nodes (server.streams.broker.Wire)."""
 
     kind: int
     offset: int

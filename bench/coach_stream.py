@@ -359,7 +359,7 @@ def run(args: argparse.Namespace) -> int:
         worker = children.enter_context(worker_process(worker_env, client_cpu, stack.data_dir / "worker.log"))
         setup = prepare(env, web, stack.data_dir, o.subscribers, o.seed)
         from server.foundation.settings import load_settings
-        from server.realtime.channels import pubsub_channel
+        from server.streams.broker import pubsub_channel
 
         settings = load_settings(env)
         busy_before = machine_busy_percent(1.0)
@@ -634,7 +634,7 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
 async def _bookkeeping(state: Any, key: str, channel: str) -> None:
     """What ``_stream`` does while the provider's request goes out: the stream's state and
     ``ai.start`` in one pipeline (the clean-up is not timed by the worker either)."""
-    from server.realtime.channels import ephemeral_wire, pubsub_channel
+    from server.streams.broker import ephemeral_wire, pubsub_channel
 
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, "bench", b"{}")

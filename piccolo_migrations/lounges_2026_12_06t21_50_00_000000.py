@@ -2,7 +2,7 @@
 
 An edit, a deletion or an account's erasure rewrites publications in place; the
 Redis history cache and every node's ring compare this count with their own to
-notice a rewrite whose broadcast they missed (server/realtime/channels.py).
+notice a rewrite whose broadcast they missed (server/streams/channels.py).
 """
 
 from piccolo.apps.migrations.auto.migration_manager import MigrationManager

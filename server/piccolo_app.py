@@ -34,7 +34,7 @@ from server.lounges.tables import Lounge, LoungeMembership
 from server.mentors.tables import Category, Mentor, MentorCategory
 from server.notes.tables import Note
 from server.notifications.tables import Notification
-from server.realtime.tables import Channel, ChannelPublication
+from server.streams.tables import Channel, ChannelPublication
 
 MIGRATIONS_FOLDER = Path(__file__).resolve().parent.parent / "piccolo_migrations"
 

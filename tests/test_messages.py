@@ -11,8 +11,8 @@ import msgspec
 from litestar import Litestar
 
 from server.chat.tables import Message
-from server.realtime.channels import WIRE_PUBLICATION, WIRE_REWRITE, Wire, pubsub_channel
-from server.realtime.tables import ChannelPublication
+from server.streams.broker import WIRE_PUBLICATION, WIRE_REWRITE, Wire, pubsub_channel
+from server.streams.tables import ChannelPublication
 from tests.support.accounts import Account
 from tests.support.community import Community
 

@@ -30,7 +30,7 @@ import pytest
 
 from server.ai.coach import streams_key
 from server.foundation.settings import Settings
-from server.realtime.channels import history_key
+from server.streams.broker import history_key
 from tests.support.accounts import PASSWORD, Account
 from tests.support.community import Community
 from tests.support.llm_standins import running_openai_standin

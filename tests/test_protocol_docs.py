@@ -313,12 +313,12 @@ def test_every_rpc_method_is_documented(doc: dict[str, Any], markdown: str) -> N
 
 def emitted_publication_types() -> set[str]:
     """Every literal ``{"type": "..."}`` in modules that publish (they import
-    ``server.realtime.channels`` or live in ``server/realtime``), ASGI events aside.
+    ``server.streams`` or live in ``server/realtime`` or ``server/streams``), ASGI events aside.
     Parsed, not grepped, so comments and docstrings do not count."""
     found: set[str] = set()
     for path in [*(ROOT / "server").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
         source = path.read_text(encoding="utf-8")
-        if "server.realtime.channels" not in source and path.parent.name != "realtime":
+        if "server.streams." not in source and path.parent.name not in ("realtime", "streams"):
             continue
         for node in ast.walk(ast.parse(source)):
             if not isinstance(node, ast.Dict):

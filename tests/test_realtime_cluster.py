@@ -48,7 +48,7 @@ import redis.asyncio as aioredis
 from centrifuge import Client, ClientState
 
 from server.foundation.settings import Settings
-from server.realtime.channels import history_key
+from server.streams.broker import history_key
 from tests.support.accounts import Account
 from tests.support.cluster import (
     Cluster,

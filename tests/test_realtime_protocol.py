@@ -24,7 +24,7 @@ from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext,
 
 from server.accounts.tables import Role, User, UserSession
 from server.foundation.settings import Settings
-from server.realtime.channels import broadcast_ephemeral
+from server.streams.broker import broadcast_ephemeral
 from tests.support.accounts import PASSWORD, Account, login
 from tests.support.community import Community
 from tests.support.nodes import WebNode

@@ -17,7 +17,8 @@ from server.compliance.tables import ComplianceRequest
 from server.foundation.state import AppState
 from server.notes.tables import Note
 from server.notifications.tables import Notification
-from server.realtime.channels import broadcast, delete_channel, forget_channels
+from server.streams.broker import broadcast, forget_channels
+from server.streams.channels import delete_channel
 
 log = logging.getLogger("lounges.erasure")
 

@@ -47,7 +47,7 @@ from server.chat.tables import MessageStatus
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
 from server.notifications.services import notify_budget_nearly_used
-from server.realtime.channels import broadcast_ephemeral, ephemeral_wire
+from server.streams.broker import broadcast_ephemeral, ephemeral_wire
 
 log = logging.getLogger("lounges.coach")
 

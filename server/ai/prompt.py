@@ -18,7 +18,7 @@ from server.knowledge.embeddings import get_embedder
 from server.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
 from server.lounges.tables import Lounge
 from server.notes.tables import Note
-from server.realtime.channels import ChannelName
+from server.streams.channels import ChannelName
 
 BASE_SYSTEM = (
     "You are Coach, the AI coach of Lounges. Be warm, concrete and brief. "

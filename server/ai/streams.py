@@ -39,7 +39,8 @@ from server.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.chat.tables import MessageStatus
 from server.foundation.redis import queue_name
 from server.foundation.state import AppState
-from server.realtime.channels import Publication, broadcast, pubsub_channel
+from server.streams.broker import broadcast, pubsub_channel
+from server.streams.channels import Publication
 
 log = logging.getLogger("lounges.coach")
 

@@ -7,6 +7,7 @@ import re
 
 from server.ai.providers import ChatTurn, Prompt, ProviderError, TextDelta, build_providers, stream_reply
 from server.chat.tables import ChatThread
+from server.chat.threads import DEFAULT_TITLE
 from server.foundation.state import AppState
 
 TITLE_CHARS = 60
@@ -44,8 +45,6 @@ async def model_title(state: AppState, question: str, answer: str) -> str | None
 
 async def title_thread(state: AppState, channel: str, question: str, answer: str) -> str | None:
     """Title the thread behind ``channel`` if it still has the default title; returns the new title."""
-    from server.chat.threads import DEFAULT_TITLE
-
     thread = await ChatThread.select(ChatThread.id, ChatThread.title).where(ChatThread.channel == channel).first()
     if thread is None or thread["title"] != DEFAULT_TITLE:
         return None

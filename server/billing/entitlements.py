@@ -43,10 +43,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server.billing.tables import SubscriptionStatus
+from server.ai.tables import AIUsage
+from server.billing.tables import Plan, Subscription, SubscriptionStatus
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
+from server.lounges.tables import Lounge, LoungeMembership
 
 ENTITLING_STATUSES: tuple[str, ...] = (
     SubscriptionStatus.active,
@@ -202,8 +204,6 @@ def billing_configured(state: AppState) -> bool:
 
 
 async def _has_paid_lounge_access(user_id: uuid.UUID) -> bool:
-    from server.billing.tables import Subscription
-
     rows = await Subscription.raw(
         f"""SELECT 1 FROM subscriptions s JOIN plans p ON p.id = s.plan
             WHERE s."user" = {{}} AND p.paid_lounge_access AND {ENTITLING_SQL} LIMIT 1""",
@@ -214,8 +214,6 @@ async def _has_paid_lounge_access(user_id: uuid.UUID) -> bool:
 
 async def limits_for(state: AppState, user_id: uuid.UUID) -> Limits:
     """The free tier merged with every plan the user's entitling subscriptions grant."""
-    from server.billing.tables import Plan, Subscription
-
     free = (
         await Plan.select(Plan.ai_tokens_per_month, Plan.max_lounges)
         .where(Plan.code == FREE_PLAN_CODE, Plan.active.eq(True))
@@ -242,8 +240,6 @@ def month_start(now: datetime | None = None) -> datetime:
 
 
 async def ai_tokens_used_this_month(user_id: uuid.UUID) -> int:
-    from server.ai.tables import AIUsage
-
     rows = await AIUsage.raw(
         'SELECT coalesce(sum(input_tokens + output_tokens), 0) AS n FROM ai_usage WHERE "user" = {} AND created_at >= {}',
         user_id,
@@ -255,8 +251,6 @@ async def ai_tokens_used_this_month(user_id: uuid.UUID) -> int:
 async def lounges_run_by(user_id: uuid.UUID) -> int:
     """Lounges (not archived) of the mentor profile of ``user_id``; locks the profile so
     that concurrent creations by one mentor are counted one at a time (inside a transaction)."""
-    from server.lounges.tables import Lounge
-
     rows = await Lounge.raw(
         """
         WITH me AS (SELECT id FROM mentors WHERE "user" = {} FOR UPDATE)
@@ -287,8 +281,6 @@ async def revoke_paid_lounge_access(user_id: uuid.UUID) -> list[str]:
     """Inside the caller's transaction: if the user may no longer join paid lounges, turn
     their active memberships of paid lounges back into invitations. Returns the channels
     whose sockets must be unsubscribed after the commit (see :func:`announce_access_lost`)."""
-    from server.lounges.tables import LoungeMembership
-
     if await _has_paid_lounge_access(user_id):
         return []
     rows = await LoungeMembership.raw(

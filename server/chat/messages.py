@@ -34,8 +34,9 @@ from server.foundation.state import AppState
 from server.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.lounges.tables import LoungeMembership
 from server.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
-from server.realtime.channels import ChannelName, Publication, append, broadcast, next_offset, rewrite
-from server.realtime.tables import Channel, ChannelPublication
+from server.streams.broker import broadcast
+from server.streams.channels import ChannelName, Publication, append, next_offset, rewrite
+from server.streams.tables import Channel, ChannelPublication
 
 _json = msgspec.json.Encoder()
 log = logging.getLogger("lounges.chat")

@@ -14,7 +14,8 @@ from server.chat.tables import ChatThread, Message
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState
 from server.lounges.services import check_can_read_messages, lounge_context
-from server.realtime.channels import create_channel, delete_channel, forget_channels
+from server.streams.broker import forget_channels
+from server.streams.channels import create_channel, delete_channel
 
 DEFAULT_TITLE = "New conversation"
 

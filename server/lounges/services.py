@@ -45,7 +45,7 @@ from server.lounges.schemas import (
 from server.lounges.tables import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
 from server.mentors.tables import Category, Mentor, MentorStatus
 from server.notifications.services import create_notification, deliver_notification
-from server.realtime.channels import create_channel, delete_channel, has_history
+from server.streams.channels import create_channel, delete_channel, has_history
 
 _LOUNGE_SELECT = """
 SELECT l.*, m."user" AS mentor_user_id,

@@ -47,7 +47,7 @@ from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.notifications.schemas import NotificationOut, NotificationPage, ReadResult
 from server.notifications.tables import Notification
-from server.realtime.channels import broadcast_ephemeral
+from server.streams.broker import broadcast_ephemeral
 
 log = logging.getLogger("lounges.notifications")
 

@@ -27,12 +27,13 @@ from server.ai.coach import active_streams
 from server.chat.messages import channel_access, do_post_message
 from server.chat.schemas import MessageIn
 from server.foundation.errors import AppError
-from server.realtime import history, protocol
-from server.realtime.channels import ChannelName
+from server.realtime import protocol
 from server.realtime.connection import Connection, Subscription
 from server.realtime.node import REDIS_TIMEOUT, Node, personal_channel
 from server.realtime.protocol import Command, ProtocolError, ReplyError
 from server.realtime.rpc import RPC_METHODS
+from server.streams import history
+from server.streams.channels import ChannelName
 
 log = logging.getLogger("lounges.realtime")
 

@@ -43,8 +43,12 @@ from server.chat.messages import channel_access
 from server.foundation.control import control_channel, decode_control
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
-from server.realtime import history, protocol
-from server.realtime.channels import (
+from server.realtime import protocol
+from server.realtime.connection import Connection
+from server.realtime.frame_writer import text_frame
+from server.realtime.presence import Presence
+from server.streams import history
+from server.streams.broker import (
     WIRE_JOIN,
     WIRE_LEAVE,
     WIRE_PUBLICATION,
@@ -53,9 +57,6 @@ from server.realtime.channels import (
     encode_wire,
     pubsub_channel,
 )
-from server.realtime.connection import Connection
-from server.realtime.frame_writer import text_frame
-from server.realtime.presence import Presence
 
 log = logging.getLogger("lounges.realtime")
 

@@ -12,7 +12,7 @@ from server.ai import coach
 from server.chat import messages
 from server.chat.schemas import Emoji
 from server.realtime import protocol
-from server.realtime.channels import broadcast_ephemeral
+from server.streams.broker import broadcast_ephemeral
 
 if TYPE_CHECKING:
     from server.realtime.connection import Connection

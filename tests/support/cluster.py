@@ -16,7 +16,7 @@ from centrifuge import CentrifugeError, Client, Subscription
 
 from server.chat.tables import Message
 from server.foundation.settings import Settings
-from server.realtime.tables import Channel
+from server.streams.tables import Channel
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

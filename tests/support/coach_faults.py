@@ -20,7 +20,7 @@ from server.ai.streams import live_key
 from server.chat.tables import Message, SenderType
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
-from server.realtime.channels import pubsub_channel
+from server.streams.broker import pubsub_channel
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import ROOT, node_env

@@ -15,8 +15,8 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.foundation.state import AppState
-from server.realtime.channels import Wire, history_key, rewrites_key
-from server.realtime.tables import Channel, ChannelPublication
+from server.streams.broker import Wire, history_key, rewrites_key
+from server.streams.tables import Channel, ChannelPublication
 
 _wire_decoder = msgspec.json.Decoder(Wire)
 
