@@ -87,7 +87,9 @@ async def _save_changes(
     if not changed:
         return before
     [row] = (
-        await table.update({**changed, **(stamp or {})}).where(table._meta.primary_key == before["id"]).returning(*table.all_columns())
+        await table.update({**changed, **(stamp or {})})
+        .where(table._meta.primary_key == before["id"])
+        .returning(*table.all_columns())
     )
     await record_admin_action(
         admin,
