@@ -32,7 +32,7 @@ from server.billing.tables import Payment, PaymentStatus
 from server.chat.tables import Message
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound
-from server.foundation.pagination import decode_cursor, encode_cursor, like_pattern
+from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
 from server.mentors.tables import Mentor, MentorStatus
 from server.notifications.services import create_notification, deliver_notification
@@ -258,17 +258,12 @@ async def search_users(
     if role is not None:
         sql += " AND u.role = {}"
         args.append(role.value)
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (u.created_at, u.id) < ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY u.created_at DESC, u.id DESC LIMIT {}"
-    args.append(limit + 1)
-    rows = await User.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        User, sql, args, moment="u.created_at", row_id="u.id", cursor=cursor, limit=limit
+    )
     return AdminUserPage(
         items=[_user_out(row) for row in page],
-        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -382,14 +377,9 @@ async def list_audit_log(
         if value is not None:
             sql += f" AND a.{column} = {{}}"
             args.append(value)
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (a.created_at, a.id) < ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY a.created_at DESC, a.id DESC LIMIT {}"
-    args.append(limit + 1)
-    rows = await AdminAuditLog.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        AdminAuditLog, sql, args, moment="a.created_at", row_id="a.id", cursor=cursor, limit=limit
+    )
     return AuditPage(
         items=[
             AuditEntryOut(
@@ -405,7 +395,7 @@ async def list_audit_log(
             )
             for row in page
         ],
-        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -39,7 +39,7 @@ from server.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage, Caps
 from server.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.foundation.pagination import decode_cursor, encode_cursor
+from server.foundation.pagination import keyset_page
 from server.foundation.state import AppState
 from server.notifications.services import NotificationKind, create_notification, deliver_notification
 
@@ -181,17 +181,12 @@ async def list_capsules(
     if status is not None:
         sql += " AND t.status = {}"
         args.append(str(status))
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (t.unlock_at, t.id) > ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY t.unlock_at, t.id LIMIT {}"
-    args.append(limit + 1)
-    rows = await TimeCapsule.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        TimeCapsule, sql, args, moment="t.unlock_at", row_id="t.id", cursor=cursor, limit=limit, descending=False
+    )
     return CapsulePage(
         items=[_summary(row) for row in page],
-        next_cursor=encode_cursor(page[-1]["unlock_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
     )
 
 

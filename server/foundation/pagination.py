@@ -1,11 +1,16 @@
-"""Keyset pagination cursors and safe substring search, shared by every list endpoint."""
+"""Keyset pagination (the cursor codec and :func:`keyset_page`) and safe substring search,
+shared by every list endpoint."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
+
+from piccolo.table import Table
 
 from server.foundation.errors import ValidationFailed
 
@@ -32,3 +37,34 @@ def like_pattern(text: str) -> str:
     """A case-insensitive substring pattern with LIKE's wildcards taken literally."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+async def keyset_page(
+    table: type[Table],
+    sql: str,
+    args: Sequence[Any],
+    *,
+    moment: str,
+    row_id: str,
+    cursor: str | None,
+    limit: int,
+    descending: bool = True,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of ``sql`` (a ``SELECT`` that ends in its ``WHERE`` clause) in the order of
+    ``(moment, row_id)`` (SQL expressions such as ``m.created_at``, ``m.id``; the rows carry
+    them under their last name), starting after ``cursor``: the page and the next page's
+    cursor (None on the last page). One row more than ``limit`` is read to tell."""
+    args = list(args)
+    if cursor:
+        at, last_id = decode_cursor(cursor)
+        sql += f" AND ({moment}, {row_id}) {'<' if descending else '>'} ({{}}::timestamptz, {{}}::uuid)"
+        args += [at, last_id]
+    order = " DESC" if descending else ""
+    sql += f" ORDER BY {moment}{order}, {row_id}{order} LIMIT {{}}"
+    args.append(limit + 1)
+    rows = await table.raw(sql, *args)
+    page = rows[:limit]
+    if len(rows) <= limit:
+        return page, None
+    last = page[-1]
+    return page, encode_cursor(last[moment.rpartition(".")[2]], last[row_id.rpartition(".")[2]])

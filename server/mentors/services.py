@@ -17,7 +17,7 @@ from server.accounts.services import ClientInfo, Principal
 from server.accounts.tables import Role, User
 from server.admin.services import check_admin, record_admin_action
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
-from server.foundation.pagination import decode_cursor, encode_cursor, like_pattern
+from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
 from server.lounges.services import PRIVATE_LISTED_TO
 from server.mentors.schemas import (
@@ -396,18 +396,13 @@ async def list_mentors(
         sql += " AND (u.full_name ILIKE {} OR m.headline ILIKE {})"
         pattern = like_pattern(q.strip())
         args += [pattern, pattern]
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (m.reviewed_at, m.id) < ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY m.reviewed_at DESC, m.id DESC LIMIT {}"
-    args.append(limit + 1)
-    rows = await Mentor.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        Mentor, sql, args, moment="m.reviewed_at", row_id="m.id", cursor=cursor, limit=limit
+    )
     categories = await _categories_of([row["id"] for row in page])
     return MentorPage(
         items=[_public_out(row, categories[row["id"]]) for row in page],
-        next_cursor=encode_cursor(page[-1]["reviewed_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
     )
 
 
@@ -465,14 +460,9 @@ async def list_pending(
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     sql = _MENTOR_SELECT + " WHERE m.status = 'pending' AND u.is_active"
     args: list[Any] = []
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (m.created_at, m.id) > ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY m.created_at, m.id LIMIT {}"
-    args.append(limit + 1)
-    rows = await Mentor.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        Mentor, sql, args, moment="m.created_at", row_id="m.id", cursor=cursor, limit=limit, descending=False
+    )
     categories = await _categories_of([row["id"] for row in page])
     return PendingMentorPage(
         items=[
@@ -489,7 +479,7 @@ async def list_pending(
             )
             for row in page
         ],
-        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
     )
 
 

@@ -42,7 +42,7 @@ import msgspec
 from server.accounts.services import Principal
 from server.foundation.errors import NotFound
 from server.foundation.mail import Mail, queue_mail
-from server.foundation.pagination import decode_cursor, encode_cursor
+from server.foundation.pagination import keyset_page
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.notifications.schemas import NotificationOut, NotificationPage, ReadResult
@@ -377,17 +377,12 @@ async def list_notifications(
     args: list[Any] = [principal.user_id]
     if unread_only:
         sql += " AND read_at IS NULL"
-    if cursor:
-        moment, last_id = decode_cursor(cursor)
-        sql += " AND (created_at, id) < ({}::timestamptz, {}::uuid)"
-        args += [moment, last_id]
-    sql += " ORDER BY created_at DESC, id DESC LIMIT {}"
-    args.append(limit + 1)
-    rows = await Notification.raw(sql, *args)
-    page, more = rows[:limit], len(rows) > limit
+    page, next_cursor = await keyset_page(
+        Notification, sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit
+    )
     return NotificationPage(
         items=[notification_out(row) for row in page],
-        next_cursor=encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more else None,
+        next_cursor=next_cursor,
         unread_count=await unread_count(principal.user_id),
     )
 
