@@ -116,9 +116,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             "settings": Provide(_provide_settings, sync_to_thread=False),
             **AUTH_DEPENDENCIES,
         },
-        # Debt: EXCEPTION_HANDLERS is inferred as dict[type, function] until server/http/problems.py
-        # annotates it as Litestar's ExceptionHandlersMap (then this ignore is reported unused).
-        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        exception_handlers=EXCEPTION_HANDLERS,
         request_class=LoungesRequest,
         cors_config=CORSConfig(allow_origins=settings.cors_allow_origins) if settings.cors_allow_origins else None,
         compression_config=CompressionConfig(backend="gzip", minimum_size=settings.compression_minimum_size),

@@ -7,6 +7,7 @@ import logging
 import time
 import uuid
 
+from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.foundation.logging import SAFE_REQUEST_ID, request_id_var
@@ -40,7 +41,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if scope["type"] == "http":
+            if scope["type"] == ScopeType.HTTP:
                 access_log.info(
                     "%s %s %s",
                     scope["method"],
