@@ -30,7 +30,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
-from miniopy_async import Minio
+from miniopy_async.api import Minio
 from miniopy_async.error import MinioException, S3Error
 
 from server.foundation.errors import Unavailable
@@ -228,7 +228,8 @@ class Storage:
             self.client().put_object(
                 bucket,
                 key,
-                reader,
+                # miniopy-async awaits ``read(n)`` of any object but annotates ``data`` as BinaryIO.
+                reader,  # type: ignore[arg-type]
                 length=-1,
                 content_type=content_type,
                 part_size=self.settings.upload_part_bytes,
