@@ -195,9 +195,9 @@ async def _setup_database(
 def prepare(env: dict[str, str], web: Server, out_dir: Path, members: int, seed: int) -> dict[str, Any]:
     """Users and tokens (SQL + the server's own token keys), a lounge created by its mentor
     through the API with the coach answering every message, and its members joined through the API."""
-    from server.accounts.tokens import TokenKeys
+    from server.domain.accounts.tokens import TokenKeys
+    from server.domain.knowledge.embeddings import resolve_provider
     from server.foundation.settings import load_settings
-    from server.knowledge.embeddings import resolve_provider
 
     started = time.monotonic()
     settings = load_settings(env)
@@ -548,16 +548,16 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
     here (pinned like the worker) against the same database, Redis and lounge."""
     import statistics
 
-    from server.ai.prompt import build_prompt
-    from server.ai.providers import build_providers
-    from server.ai.streams import LiveReply, acquire_slot, forget_reply
-    from server.billing.entitlements import ai_budget
+    from server.domain.ai.prompt import build_prompt
+    from server.domain.ai.providers import build_providers
+    from server.domain.ai.streams import LiveReply, acquire_slot, forget_reply
+    from server.domain.billing.entitlements import ai_budget
+    from server.domain.knowledge.embeddings import get_embedder
+    from server.domain.knowledge.retrieval import retrieve
     from server.foundation.database import acquire_engine, release_engine
     from server.foundation.redis import create_redis
     from server.foundation.settings import load_settings
     from server.foundation.state import AppState
-    from server.knowledge.embeddings import get_embedder
-    from server.knowledge.retrieval import retrieve
     from server.piccolo_app import ALL_TABLES
 
     for name in ("httpx", "httpx2", "httpcore", "openai", "sentence_transformers", "piccolo", "lounges"):

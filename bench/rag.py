@@ -21,7 +21,7 @@ For each corpus size (default 20,000 and 100,000 chunks) the harness
    a minute at 100,000 chunks) or kept in place (``incremental``, as production
    inserts: about 400 chunks/s here, four minutes at 100,000);
 3. runs ~200 queries per size through the real
-   :func:`server.knowledge.retrieval.retrieve` in this process (with an
+   :func:`server.domain.knowledge.retrieval.retrieve` in this process (with an
    embedder stub returning the query vector chosen here: a point near one of
    the user's topics, a lounge topic or a random one), and compares each answer
    with an exact numpy ranking (float64) of the same user's eligible chunks.
@@ -401,7 +401,7 @@ async def load(connection: Any, corpus: Corpus, *, bulk_index: bool, batch: int 
 
 def hnsw_index_names(model: str) -> list[str]:
     """The model's partial HNSW indexes, one per source type."""
-    from server.knowledge.tables import EmbeddingModel, KnowledgeSourceType, hnsw_index
+    from server.domain.knowledge.tables import EmbeddingModel, KnowledgeSourceType, hnsw_index
 
     return [hnsw_index(EmbeddingModel(model), source) for source in KnowledgeSourceType]
 
@@ -484,7 +484,7 @@ class SqlCounter:
     """Counts which statements ``nearest_chunks`` built (wraps the module's SQL builders)."""
 
     def __init__(self) -> None:
-        from server.knowledge import retrieval
+        from server.domain.knowledge import retrieval
 
         self.module = retrieval
         self.counts: Counter = Counter()
@@ -555,8 +555,8 @@ async def explain_naive(pool: Any, corpus: Corpus) -> str:
 
 
 async def measure(corpus: Corpus, queries: list[Query], exact_max: int) -> dict[str, list[dict[str, Any]]]:
-    from server.knowledge.retrieval import retrieve
-    from server.knowledge.tables import KnowledgeChunk
+    from server.domain.knowledge.retrieval import retrieve
+    from server.domain.knowledge.tables import KnowledgeChunk
 
     pool = KnowledgeChunk._meta.db.pool
     embedder = FixedEmbedder(corpus.model)
@@ -626,8 +626,8 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
     (``EXPLAIN (ANALYZE, BUFFERS)``)."""
     import re
 
-    from server.knowledge import retrieval
-    from server.knowledge.tables import KnowledgeChunk
+    from server.domain.knowledge import retrieval
+    from server.domain.knowledge.tables import KnowledgeChunk
 
     pool = KnowledgeChunk._meta.db.pool
     picks: dict[str, Query] = {}

@@ -3,7 +3,7 @@
 Registering 10,000 users through the API would take minutes (argon2 hashes
 each password on purpose), so users and their login sessions are inserted in
 SQL in one statement each, and their access tokens are minted with the
-server's own :class:`server.accounts.tokens.TokenKeys` and the same
+server's own :class:`server.domain.accounts.tokens.TokenKeys` and the same
 ``JWT_KEYS``. The server still verifies every token on ``connect``: the
 signature, the claims, and that the session row exists, is neither revoked nor
 expired and that the user is active. The lounge itself is created through the
@@ -95,7 +95,7 @@ def prepare(
 ) -> WsSetup:
     """Create ``max(idle, subscribers + publishers) + 1`` users; the first ``subscribers +
     publishers`` join one lounge of the last (the mentor). Writes ``ws-setup.json``."""
-    from server.accounts.tokens import TokenKeys
+    from server.domain.accounts.tokens import TokenKeys
     from server.foundation.settings import load_settings
 
     started = time.monotonic()

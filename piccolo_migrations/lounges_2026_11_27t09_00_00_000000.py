@@ -1,6 +1,6 @@
 """Seed the starter categories.
 
-A frozen copy of the starter set (``server.mentors.services.STARTER_CATEGORIES``
+A frozen copy of the starter set (``server.domain.mentors.services.STARTER_CATEGORIES``
 at the time of writing): a migration must mean the same thing forever, so it
 does not import application code. ``ON CONFLICT (slug) DO NOTHING`` makes it
 safe on a database where an admin already created some of these; backwards

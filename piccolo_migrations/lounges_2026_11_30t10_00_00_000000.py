@@ -1,7 +1,7 @@
 """Retrieval indexes per source type: HNSW per (model, source type), counting btrees.
 
 Retrieval searches the asker's notes and the lounge's knowledge files as two
-separate parts (``server/knowledge/retrieval.py``). Each part gets its own
+separate parts (``server/domain/knowledge/retrieval.py``). Each part gets its own
 partial HNSW index per embedding model, so an over-fetch filters candidates of
 one source type only (a lounge's files are most of the file index, where they
 were a tenth of the whole model's index), and a partial btree that counts the

@@ -29,8 +29,8 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.realtime.frame_writer import GatewayWebSocketProtocol
-    from server.realtime.shutdown import DrainingServer
+    from server.gateway.frame_writer import GatewayWebSocketProtocol
+    from server.gateway.shutdown import DrainingServer
 
     settings = _settings("database_url", "redis_url")
     app = create_app(settings)
@@ -44,7 +44,7 @@ def serve(args: argparse.Namespace) -> None:
         # uvicorn's default would believe any caller on 127.0.0.1.
         proxy_headers=False,
         # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames
-        # (server/realtime/frame_writer.py); "uvicorn" runs the stock one.
+        # (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
         ws=GatewayWebSocketProtocol if args.ws_protocol == "gateway" else "websockets-sansio",
         ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
         ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
@@ -90,7 +90,7 @@ def create_admin(args: argparse.Namespace) -> None:
     import getpass
     import os
 
-    from server.accounts.admin_cli import create_or_promote_admin
+    from server.domain.accounts.admin_cli import create_or_promote_admin
 
     settings = _settings("database_url")
     password = os.environ.get("LOUNGES_ADMIN_PASSWORD") or getpass.getpass("Password for the admin: ")
@@ -99,7 +99,7 @@ def create_admin(args: argparse.Namespace) -> None:
 
 
 def seed_plans(args: argparse.Namespace) -> None:
-    from server.billing.services import seed_plans as seed
+    from server.domain.billing.services import seed_plans as seed
 
     settings = _settings("database_url")
     for line in asyncio.run(seed(settings, pro_price=args.pro_price, team_price=args.team_price)):

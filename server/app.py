@@ -15,40 +15,40 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from server.accounts.controllers import AuthController, UsersController
-from server.accounts.guards import AUTH_DEPENDENCIES
-from server.accounts.tokens import keys_of
-from server.admin.controllers import (
+from server.domain.accounts.controllers import AuthController, UsersController
+from server.domain.accounts.guards import AUTH_DEPENDENCIES
+from server.domain.accounts.tokens import keys_of
+from server.domain.admin.controllers import (
     AdminAuditLogController,
     AdminCategoryController,
     AdminMentorController,
     AdminStatsController,
     AdminUserController,
 )
-from server.billing.controllers import BillingController
-from server.capsules.controllers import CapsuleController
-from server.chat.controllers import ThreadController
-from server.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
-from server.compliance.controllers import ExportController
-from server.files.controllers import FileController, UploadController
+from server.domain.billing.controllers import BillingController
+from server.domain.capsules.controllers import CapsuleController
+from server.domain.chat.controllers import ThreadController
+from server.domain.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
+from server.domain.compliance.controllers import ExportController
+from server.domain.files.controllers import FileController, UploadController
+from server.domain.lounges.controllers import LoungeController
+from server.domain.mentors.controllers import CategoryController, MentorController
+from server.domain.notes.controllers import NotesController
+from server.domain.notifications.controllers import NotificationController
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.logging import configure_logging
 from server.foundation.redis import create_redis
 from server.foundation.settings import Settings, load_settings
 from server.foundation.state import AppState
+from server.gateway.asyncapi import asyncapi_document
+from server.gateway.endpoint import gateway_dispatch, websocket_endpoint
+from server.gateway.node import Node
 from server.http.health import HealthController
 from server.http.middleware import RequestContextMiddleware
 from server.http.openapi import document_problems
 from server.http.problems import EXCEPTION_HANDLERS
 from server.http.requests import LoungesRequest
-from server.lounges.controllers import LoungeController
-from server.mentors.controllers import CategoryController, MentorController
-from server.notes.controllers import NotesController
-from server.notifications.controllers import NotificationController
 from server.piccolo_app import ALL_TABLES
-from server.realtime.asyncapi import asyncapi_document
-from server.realtime.endpoint import gateway_dispatch, websocket_endpoint
-from server.realtime.node import Node
 
 API_PREFIX = "/api/v1"
 
@@ -135,7 +135,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     document_problems(app.openapi_schema)
     # Outermost, so that router-level answers (404, 405) carry a request id too; gateway
-    # sockets bypass both (see server.realtime.endpoint).
+    # sockets bypass both (see server.gateway.endpoint).
     app.asgi_handler = gateway_dispatch(RequestContextMiddleware(app.asgi_handler), app.state)
     if settings.trusted_proxies:
         # Outside everything: the client address that logs, sessions, rate limits and the

@@ -7,7 +7,7 @@ from pathlib import Path
 from piccolo.conf.apps import AppConfig
 from piccolo.table import Table
 
-from server.accounts.tables import (
+from server.domain.accounts.tables import (
     ActionToken,
     OAuthAccount,
     RefreshToken,
@@ -15,25 +15,25 @@ from server.accounts.tables import (
     User,
     UserSession,
 )
-from server.admin.tables import AdminAuditLog
-from server.ai.tables import AIUsage
-from server.billing.tables import (
+from server.domain.admin.tables import AdminAuditLog
+from server.domain.ai.tables import AIUsage
+from server.domain.billing.tables import (
     BillingCustomer,
     Payment,
     Plan,
     StripeEvent,
     Subscription,
 )
-from server.capsules.tables import CapsuleAttachment, TimeCapsule
-from server.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction
-from server.cms.tables import FAQ, StaticPage
-from server.compliance.tables import ComplianceRequest
-from server.files.tables import File
-from server.knowledge.tables import KnowledgeChunk
-from server.lounges.tables import Lounge, LoungeMembership
-from server.mentors.tables import Category, Mentor, MentorCategory
-from server.notes.tables import Note
-from server.notifications.tables import Notification
+from server.domain.capsules.tables import CapsuleAttachment, TimeCapsule
+from server.domain.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction
+from server.domain.cms.tables import FAQ, StaticPage
+from server.domain.compliance.tables import ComplianceRequest
+from server.domain.files.tables import File
+from server.domain.knowledge.tables import KnowledgeChunk
+from server.domain.lounges.tables import Lounge, LoungeMembership
+from server.domain.mentors.tables import Category, Mentor, MentorCategory
+from server.domain.notes.tables import Note
+from server.domain.notifications.tables import Notification
 from server.streams.tables import Channel, ChannelPublication
 
 MIGRATIONS_FOLDER = Path(__file__).resolve().parent.parent / "piccolo_migrations"

@@ -16,10 +16,10 @@ import msgspec
 import pytest
 from centrifuge import ReplyError
 
-from server.ai.tables import AIUsage
-from server.chat.tables import Message, SenderType
+from server.domain.ai.tables import AIUsage
+from server.domain.chat.tables import Message, SenderType
+from server.domain.knowledge.tables import KnowledgeChunk
 from server.foundation.settings import Settings
-from server.knowledge.tables import KnowledgeChunk
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
 from tests.support.nodes import WebNode, WorkerProcess

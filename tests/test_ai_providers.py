@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
-from server.ai.anthropic_provider import AnthropicProvider
-from server.ai.offline_provider import MODEL as OFFLINE_MODEL
-from server.ai.offline_provider import OfflineProvider, offline_reply
-from server.ai.openai_provider import OpenAIProvider
-from server.ai.providers import (
+from server.domain.ai.anthropic_provider import AnthropicProvider
+from server.domain.ai.offline_provider import MODEL as OFFLINE_MODEL
+from server.domain.ai.offline_provider import OfflineProvider, offline_reply
+from server.domain.ai.openai_provider import OpenAIProvider
+from server.domain.ai.providers import (
     ChatTurn,
     Passage,
     Prompt,

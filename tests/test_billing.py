@@ -20,17 +20,17 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.ai.tables import AIUsage
 from server.app import create_app
-from server.billing.entitlements import CreateLounge, JoinPaidLounge, SpendAITokens, decide
-from server.billing.services import seed_plans
-from server.billing.tables import BillingCustomer, Payment, Plan, StripeEvent, Subscription
-from server.billing.webhooks import sweep
+from server.domain.ai.tables import AIUsage
+from server.domain.billing.entitlements import CreateLounge, JoinPaidLounge, SpendAITokens, decide
+from server.domain.billing.services import seed_plans
+from server.domain.billing.tables import BillingCustomer, Payment, Plan, StripeEvent, Subscription
+from server.domain.billing.webhooks import sweep
+from server.domain.lounges.tables import LoungeMembership
+from server.domain.notifications.tables import Notification
 from server.foundation.redis import queue_name
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
-from server.lounges.tables import LoungeMembership
-from server.notifications.tables import Notification
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

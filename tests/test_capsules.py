@@ -17,12 +17,12 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.capsules.services import sealed_file_ids
-from server.capsules.tables import TimeCapsule
-from server.files.tables import File
+from server.domain.capsules.services import sealed_file_ids
+from server.domain.capsules.tables import TimeCapsule
+from server.domain.files.tables import File
+from server.domain.notifications.tables import Notification
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
-from server.notifications.tables import Notification
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode

@@ -13,10 +13,10 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from server.accounts.tables import Role, User
-from server.admin.tables import AdminAuditLog
-from server.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
-from server.cms.markdown import ALLOWED_TAGS, render_markdown
+from server.domain.accounts.tables import Role, User
+from server.domain.admin.tables import AdminAuditLog
+from server.domain.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
+from server.domain.cms.markdown import ALLOWED_TAGS, render_markdown
 from tests.support.accounts import Account
 from tests.support.community import Community
 

@@ -20,9 +20,9 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from centrifuge import ReplyError
 
-from server.ai.coach import active_key, active_streams, reply_job_id, streams_key
-from server.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
-from server.ai.tables import AIUsage
+from server.domain.ai.coach import active_key, active_streams, reply_job_id, streams_key
+from server.domain.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
+from server.domain.ai.tables import AIUsage
 from server.foundation.redis import queue_name
 from server.foundation.settings import Settings
 from server.foundation.state import AppState

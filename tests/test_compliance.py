@@ -12,12 +12,12 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.billing.tables import Payment, PaymentStatus
-from server.compliance.tables import ComplianceRequest
-from server.files.tables import File
+from server.domain.billing.tables import Payment, PaymentStatus
+from server.domain.compliance.tables import ComplianceRequest
+from server.domain.files.tables import File
+from server.domain.knowledge.tables import KnowledgeChunk
+from server.domain.notifications.tables import Notification
 from server.foundation.settings import Settings
-from server.knowledge.tables import KnowledgeChunk
-from server.notifications.tables import Notification
 from tests.support.accounts import PASSWORD
 from tests.support.community import Community
 from tests.support.worker import run_worker_until_idle

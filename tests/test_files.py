@@ -20,12 +20,12 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.chat.tables import MessageAttachment
-from server.files.tables import File
+from server.domain.chat.tables import MessageAttachment
+from server.domain.files.tables import File
+from server.domain.knowledge.tables import KnowledgeChunk
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader
-from server.knowledge.tables import KnowledgeChunk
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.lifespan import running_lifespan

@@ -23,8 +23,8 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.accounts.tables import OAuthAccount, User
 from server.app import create_app
+from server.domain.accounts.tables import OAuthAccount, User
 from server.foundation.control import control_channel, decode_control
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 from litestar import Litestar
 
+from server.domain.knowledge import ingest
+from server.domain.knowledge.embeddings import HashingEmbedder, get_embedder
+from server.domain.knowledge.tables import KnowledgeChunk
+from server.domain.notes.tables import Note
 from server.foundation.settings import Settings
-from server.knowledge import ingest
-from server.knowledge.embeddings import HashingEmbedder, get_embedder
-from server.knowledge.tables import KnowledgeChunk
-from server.notes.tables import Note
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.worker import run_worker_until_idle

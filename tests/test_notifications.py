@@ -11,18 +11,18 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from server.accounts.tables import Role, User
-from server.foundation.settings import Settings
-from server.foundation.state import AppState
-from server.mentors.tables import Mentor, MentorStatus
-from server.notifications.services import (
+from server.domain.accounts.tables import Role, User
+from server.domain.mentors.tables import Mentor, MentorStatus
+from server.domain.notifications.services import (
     create_notification,
     deliver_notification,
     mentioned_user_ids,
     notify,
     notify_budget_nearly_used,
 )
-from server.notifications.tables import Notification
+from server.domain.notifications.tables import Notification
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.sdk import sdk_client

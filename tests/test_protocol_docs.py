@@ -25,12 +25,12 @@ import pytest
 
 from server.app import create_app
 from server.foundation.settings import Settings
-from server.realtime import protocol
-from server.realtime.asyncapi import ASYNCAPI_PATH, asyncapi_document
+from server.gateway import protocol
+from server.gateway.asyncapi import ASYNCAPI_PATH, asyncapi_document
 from tests.support.lifespan import running_lifespan
 
 # The one-line switch: flip to True once server/app.py registers
-# ``server.realtime.asyncapi.asyncapi_document`` itself.
+# ``server.gateway.asyncapi.asyncapi_document`` itself.
 HANDLER_WIRED_IN_APP = True
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -293,7 +293,7 @@ def test_every_code_constant_is_documented_with_its_number(
 
 
 def test_every_rpc_method_is_documented(doc: dict[str, Any], markdown: str) -> None:
-    from server.realtime.rpc import RPC_METHODS
+    from server.gateway.rpc import RPC_METHODS
 
     methods = set(RPC_METHODS) | RESERVED_RPC_METHODS
     commands = operation_messages(doc, "publish")
@@ -313,7 +313,7 @@ def test_every_rpc_method_is_documented(doc: dict[str, Any], markdown: str) -> N
 
 def emitted_publication_types() -> set[str]:
     """Every literal ``{"type": "..."}`` in modules that publish (they import
-    ``server.streams`` or live in ``server/realtime`` or ``server/streams``), ASGI events aside.
+    ``server.streams`` or live in ``server/gateway`` or ``server/streams``), ASGI events aside.
     Parsed, not grepped, so comments and docstrings do not count."""
     found: set[str] = set()
     for path in [*(ROOT / "server").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
@@ -353,7 +353,7 @@ def test_every_publication_type_is_documented(doc: dict[str, Any], markdown: str
 
 
 def test_every_command_is_documented(doc: dict[str, Any], markdown: str) -> None:
-    from server.realtime.commands import _HANDLERS
+    from server.gateway.commands import _HANDLERS
 
     commands = operation_messages(doc, "publish")
     replies = operation_messages(doc, "subscribe")

@@ -28,21 +28,21 @@ import uvicorn
 from arq import Retry
 from litestar import Litestar
 
-from server.files.tables import File
-from server.foundation.settings import Settings
-from server.foundation.state import AppState
-from server.knowledge import embeddings, ingest
-from server.knowledge.chunking import UnsupportedContent, chunk_text, extract_text
-from server.knowledge.embeddings import (
+from server.domain.files.tables import File
+from server.domain.knowledge import embeddings, ingest
+from server.domain.knowledge.chunking import UnsupportedContent, chunk_text, extract_text
+from server.domain.knowledge.embeddings import (
     EmbeddingError,
     HashingEmbedder,
     MiniLMEmbedder,
     get_embedder,
     resolve_provider,
 )
-from server.knowledge.retrieval import FILE, NOTE, ann_sql, nearest_chunks, retrieve
-from server.knowledge.tables import EmbeddingModel, KnowledgeChunk, hnsw_index
-from server.notes.tables import Note
+from server.domain.knowledge.retrieval import FILE, NOTE, ann_sql, nearest_chunks, retrieve
+from server.domain.knowledge.tables import EmbeddingModel, KnowledgeChunk, hnsw_index
+from server.domain.notes.tables import Note
+from server.foundation.settings import Settings
+from server.foundation.state import AppState
 from tests.support.community import Community
 from tests.support.worker import run_worker_until_idle
 from workers import knowledge as knowledge_jobs

@@ -15,9 +15,9 @@ import pytest
 from litestar import Litestar, get
 from litestar.di import NamedDependency
 
-from server.accounts.services import Principal
-from server.accounts.tables import Role, User
 from server.app import create_app
+from server.domain.accounts.services import Principal
+from server.domain.accounts.tables import Role, User
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, signed_in
 from tests.support.lifespan import running_lifespan

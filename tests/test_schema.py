@@ -33,10 +33,10 @@ from piccolo.conf.apps import AppConfig
 from piccolo.constraints import Check
 from piccolo.table import Table, create_table_class
 
-from server.accounts.tables import User
-from server.chat.tables import Message
+from server.domain.accounts.tables import User
+from server.domain.chat.tables import Message
+from server.domain.knowledge.tables import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
 from server.foundation.db_columns import Vector
-from server.knowledge.tables import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
 from server.piccolo_app import ALL_TABLES, APP_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

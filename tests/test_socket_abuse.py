@@ -25,7 +25,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from server.foundation.settings import Settings
-from server.realtime.protocol import MAX_COMMANDS_PER_FRAME
+from server.gateway.protocol import MAX_COMMANDS_PER_FRAME
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.test_realtime_protocol import error_code, lounge_with_member, message, raw

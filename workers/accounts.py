@@ -7,16 +7,16 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from server.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
-from server.ai.coach import stop_replies_to
-from server.capsules.tables import TimeCapsule
-from server.chat.messages import ERASED_NAME, erase_authored_messages
-from server.chat.tables import ChatThread, Message
-from server.compliance.services import erase_owned_data, purge_erased_files
-from server.compliance.tables import ComplianceRequest
+from server.domain.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
+from server.domain.ai.coach import stop_replies_to
+from server.domain.capsules.tables import TimeCapsule
+from server.domain.chat.messages import ERASED_NAME, erase_authored_messages
+from server.domain.chat.tables import ChatThread, Message
+from server.domain.compliance.services import erase_owned_data, purge_erased_files
+from server.domain.compliance.tables import ComplianceRequest
+from server.domain.notes.tables import Note
+from server.domain.notifications.tables import Notification
 from server.foundation.state import AppState
-from server.notes.tables import Note
-from server.notifications.tables import Notification
 from server.streams.broker import broadcast, forget_channels
 from server.streams.channels import delete_channel
 
@@ -28,11 +28,11 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
 
     The account's lounge messages become tombstones at their offsets (text,
     attachments and reactions gone, author "Deleted user"), in the channel log and
-    in every cache of it too (:func:`server.chat.messages.erase_authored_messages`);
+    in every cache of it too (:func:`server.domain.chat.messages.erase_authored_messages`);
     one-to-one AI threads (messages and channel logs), notes, capsules, notifications,
     sessions, identities and the security log go; so do the user's files (rows
     and objects) and knowledge chunks, while payments stay, anonymised
-    (:mod:`server.compliance.services`).
+    (:mod:`server.domain.compliance.services`).
     """
     state: AppState = ctx["state"]
     uid, rid = uuid.UUID(user_id), uuid.UUID(request_id)

@@ -19,7 +19,7 @@ from typing import Any
 from arq import Retry
 from arq.worker import func
 
-from server.billing.webhooks import EventNotProcessable, process_event, record_failure, sweep
+from server.domain.billing.webhooks import EventNotProcessable, process_event, record_failure, sweep
 from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.billing")

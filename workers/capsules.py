@@ -3,7 +3,7 @@
 Runs every minute (arq ``cron``, ``unique``: one run per minute across all
 workers). Each run selects everything due (``unlock_at <= now()``), so capsules
 that came due while no worker ran are opened by the first run after; runs that
-overlap open disjoint capsules (see ``server/capsules/services.py``). Transient
+overlap open disjoint capsules (see ``server/domain/capsules/services.py``). Transient
 failures (database, Redis) are retried with exponential backoff; the next
 minute's run would pick the work up anyway.
 """
@@ -17,7 +17,7 @@ import asyncpg
 from arq import Retry
 from redis.exceptions import RedisError
 
-from server.capsules.services import redeliver_unlock_notifications, unlock_due_capsules
+from server.domain.capsules.services import redeliver_unlock_notifications, unlock_due_capsules
 from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.capsules")

@@ -5,7 +5,7 @@ one every ``AI_DELTA_INTERVAL_MS``) → the reply stored at its offset as
 ``ai.end`` (complete or cancelled) or ``ai.error`` (failed). Every outcome
 writes the tokens spent to the usage ledger.
 
-While it runs, the reply holds a lease (``server/ai/streams.py``): if this worker
+While it runs, the reply holds a lease (``server/domain/ai/streams.py``): if this worker
 dies, any other worker (or the web node) ends the reply as ``worker_lost`` within
 about ``AI_STREAM_LEASE_SECONDS``, keeping the text streamed so far.
 """
@@ -20,9 +20,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from server.ai.coach import StreamState, cancel_key, check_budget
-from server.ai.prompt import build_prompt
-from server.ai.providers import (
+from server.domain.ai.coach import StreamState, cancel_key, check_budget
+from server.domain.ai.prompt import build_prompt
+from server.domain.ai.providers import (
     ProviderError,
     TextDelta,
     Usage,
@@ -31,7 +31,7 @@ from server.ai.providers import (
     estimate_text_tokens,
     stream_reply,
 )
-from server.ai.streams import (
+from server.domain.ai.streams import (
     LeaseKeeper,
     LiveReply,
     acquire_slot,
@@ -41,12 +41,12 @@ from server.ai.streams import (
     forget_reply,
     live_reply,
 )
-from server.ai.titles import title_thread
-from server.billing.entitlements import ai_budget
-from server.chat.tables import MessageStatus
+from server.domain.ai.titles import title_thread
+from server.domain.billing.entitlements import ai_budget
+from server.domain.chat.tables import MessageStatus
+from server.domain.notifications.services import notify_budget_nearly_used
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
-from server.notifications.services import notify_budget_nearly_used
 from server.streams.broker import broadcast_ephemeral, ephemeral_wire
 
 log = logging.getLogger("lounges.coach")

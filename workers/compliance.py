@@ -1,4 +1,4 @@
-"""Job: build a data export (see :mod:`server.compliance.services`).
+"""Job: build a data export (see :mod:`server.domain.compliance.services`).
 
 Trouble with the object store or the database is retried with backoff; after
 the last try (or on any other error) the request is marked ``failed`` with a
@@ -15,7 +15,7 @@ import asyncpg
 from arq import Retry
 from arq.worker import func
 
-from server.compliance import services
+from server.domain.compliance import services
 from server.foundation.errors import Unavailable
 from server.foundation.state import AppState
 

@@ -2,10 +2,10 @@
 
 - ``ingest_knowledge_file(file_id)``: enqueued after a knowledge file's upload
   commits. Reads the object and replaces the file's chunks
-  (:func:`server.knowledge.ingest.ingest_file`); a file deleted meanwhile is
+  (:func:`server.domain.knowledge.ingest.ingest_file`); a file deleted meanwhile is
   skipped. Store or embedder trouble is retried with backoff.
 - ``clean_files()``: every 15 minutes (cron) and on demand. See
-  :func:`server.files.services.clean_files`.
+  :func:`server.domain.files.services.clean_files`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from arq import Retry
 from arq.worker import func
 from miniopy_async.error import S3Error
 
-from server.files import services
-from server.files.tables import File, FilePurpose, FileStatus
+from server.domain.files import services
+from server.domain.files.tables import File, FilePurpose, FileStatus
+from server.domain.knowledge.chunking import UnsupportedContent
+from server.domain.knowledge.embeddings import EmbeddingError
+from server.domain.knowledge.ingest import ingest_file
 from server.foundation.errors import Unavailable
 from server.foundation.state import AppState
-from server.knowledge.chunking import UnsupportedContent
-from server.knowledge.embeddings import EmbeddingError
-from server.knowledge.ingest import ingest_file
 
 log = logging.getLogger("lounges.files")
 

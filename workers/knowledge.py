@@ -25,9 +25,9 @@ import asyncpg
 from arq import Retry
 from arq.worker import func
 
+from server.domain.knowledge import ingest
+from server.domain.knowledge.embeddings import EmbeddingError, get_embedder
 from server.foundation.state import AppState
-from server.knowledge import ingest
-from server.knowledge.embeddings import EmbeddingError, get_embedder
 
 log = logging.getLogger("lounges.knowledge")
 

@@ -17,8 +17,8 @@ from arq.worker import Worker, func
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from server.accounts.tokens import keys_of
-from server.ai.streams import process_id, reap_dead_replies
+from server.domain.accounts.tokens import keys_of
+from server.domain.ai.streams import process_id, reap_dead_replies
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
@@ -139,7 +139,7 @@ class DoorbellWorker(Worker):
 
 
 async def _reap_forever(state: AppState, worker_id: str) -> None:
-    """End, every second or so, the coach replies whose worker died (``server/ai/streams.py``)."""
+    """End, every second or so, the coach replies whose worker died (``server/domain/ai/streams.py``)."""
     interval = min(1.0, state.settings.ai_stream_lease_seconds / 3)
     failing = False
     while True:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from server.domain.notifications.services import prune_read_notifications
 from server.foundation.state import AppState
-from server.notifications.services import prune_read_notifications
 from workers.capsules import TRANSIENT, backoff
 
 log = logging.getLogger("lounges.notifications")

@@ -28,7 +28,7 @@ class AppState:
     # sockets here, so they arrive even while Redis is away; None in workers.
     local_delivery: Callable[[str, bytes], None] | None = field(default=None, init=False)
     # What a domain package derives once per process and keeps with it (e.g. accounts' signing
-    # keys, ``server.accounts.tokens.keys_of``), keyed by a name the package owns; this layer
+    # keys, ``server.domain.accounts.tokens.keys_of``), keyed by a name the package owns; this layer
     # knows none of them.
     extensions: dict[str, Any] = field(default_factory=dict, init=False)
 

@@ -1,7 +1,7 @@
 """Reading a channel's stream: its top position and the publications after an offset.
 
 Sources, fastest first: the node's in-memory ring of recent publications (see
-:mod:`server.realtime.node`), the Redis history cache (bounded, may have holes
+:mod:`server.gateway.node`), the Redis history cache (bounded, may have holes
 after a crash or a flush), and the ``channel_publications`` log in PostgreSQL,
 which is complete. A source is used only if it returns a gapless run, and a
 cache only if it applied every rewrite of the channel (edits, deletions,

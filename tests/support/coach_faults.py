@@ -16,8 +16,8 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from server.ai.streams import live_key
-from server.chat.tables import Message, SenderType
+from server.domain.ai.streams import live_key
+from server.domain.chat.tables import Message, SenderType
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.streams.broker import pubsub_channel

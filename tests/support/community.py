@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from server.accounts.tables import Role, User
-from server.mentors.tables import Mentor, MentorStatus
+from server.domain.accounts.tables import Role, User
+from server.domain.mentors.tables import Mentor, MentorStatus
 from tests.support.accounts import Account, signed_in
 from tests.support.smtp import SmtpSink
 

@@ -1,0 +1,1 @@
+"""The domain layer: one package per area (tables, services, schemas), below the transports."""

@@ -1,0 +1,105 @@
+"""Threads: a user's one-to-one conversations with the AI coach. Only the owner sees them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from server.domain.accounts.services import Principal
+from server.domain.chat.schemas import ThreadCreate, ThreadOut, ThreadPage, ThreadUpdate
+from server.domain.chat.tables import ChatThread, Message
+from server.domain.lounges.services import check_can_read_messages, lounge_context
+from server.foundation.errors import NotFound
+from server.foundation.state import AppState
+from server.streams.broker import forget_channels
+from server.streams.channels import create_channel, delete_channel
+
+DEFAULT_TITLE = "New conversation"
+
+_THREAD_SELECT = """
+SELECT t.*, c.last_offset FROM chat_threads t JOIN channels c ON c.name = t.channel
+"""
+
+
+def thread_out(row: dict[str, Any]) -> ThreadOut:
+    return ThreadOut(
+        id=row["id"],
+        channel=row["channel"],
+        title=row["title"],
+        lounge_id=row["lounge"],
+        archived=row["archived_at"] is not None,
+        last_read_offset=row["last_read_offset"],
+        last_offset=row["last_offset"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+async def _own_thread(principal: Principal, thread_id: uuid.UUID) -> dict[str, Any]:
+    rows = await ChatThread.raw(_THREAD_SELECT + ' WHERE t.id = {} AND t."user" = {}', thread_id, principal.user_id)
+    if not rows:
+        raise NotFound("no such thread", code="thread_not_found")
+    return rows[0]
+
+
+async def do_create_thread(state: AppState, principal: Principal, data: ThreadCreate) -> ThreadOut:
+    if data.lounge_id is not None:
+        check_can_read_messages(await lounge_context(principal, data.lounge_id))
+    thread_id = uuid.uuid4()
+    channel = f"thread:{thread_id}"
+    async with state.engine.transaction():
+        await create_channel(channel)
+        await ChatThread.insert(
+            ChatThread(
+                id=thread_id,
+                user=principal.user_id,
+                title=(data.title or DEFAULT_TITLE).strip() or DEFAULT_TITLE,
+                channel=channel,
+                lounge=data.lounge_id,
+            )
+        )
+    return thread_out(await _own_thread(principal, thread_id))
+
+
+async def list_threads(principal: Principal, *, archived: bool, limit: int, offset: int) -> ThreadPage:
+    condition = "archived_at IS NOT NULL" if archived else "archived_at IS NULL"
+    total = await ChatThread.raw(
+        f'SELECT count(*) AS n FROM chat_threads WHERE "user" = {{}} AND {condition}', principal.user_id
+    )
+    rows = await ChatThread.raw(
+        _THREAD_SELECT
+        + f' WHERE t."user" = {{}} AND t.{condition} ORDER BY t.updated_at DESC, t.id LIMIT {{}} OFFSET {{}}',
+        principal.user_id,
+        limit,
+        offset,
+    )
+    return ThreadPage(items=[thread_out(r) for r in rows], total=total[0]["n"], limit=limit, offset=offset)
+
+
+async def get_thread(principal: Principal, thread_id: uuid.UUID) -> ThreadOut:
+    return thread_out(await _own_thread(principal, thread_id))
+
+
+async def do_update_thread(principal: Principal, thread_id: uuid.UUID, data: ThreadUpdate) -> ThreadOut:
+    await _own_thread(principal, thread_id)
+    values: dict[Any, Any] = {}
+    if data.title is not msgspec.UNSET:
+        values[ChatThread.title] = data.title.strip() or DEFAULT_TITLE
+    if data.archived is not msgspec.UNSET:
+        values[ChatThread.archived_at] = datetime.now(UTC) if data.archived else None
+    if values:
+        await ChatThread.update(values).where(ChatThread.id == thread_id)
+    return await get_thread(principal, thread_id)
+
+
+async def do_delete_thread(state: AppState, principal: Principal, thread_id: uuid.UUID) -> None:
+    """Delete the thread with its messages, its channel log and the log's Redis cache."""
+    thread = await _own_thread(principal, thread_id)
+    async with state.engine.transaction():
+        await Message.delete().where(Message.channel == thread["channel"])
+        await ChatThread.delete().where(ChatThread.id == thread_id)
+        await delete_channel(thread["channel"])
+    await forget_channels(state, [thread["channel"]])
