@@ -15,26 +15,7 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from server.domain.accounts.controllers import AuthController, UsersController
-from server.domain.accounts.guards import AUTH_DEPENDENCIES
 from server.domain.accounts.tokens import keys_of
-from server.domain.admin.controllers import (
-    AdminAuditLogController,
-    AdminCategoryController,
-    AdminMentorController,
-    AdminStatsController,
-    AdminUserController,
-)
-from server.domain.billing.controllers import BillingController
-from server.domain.capsules.controllers import CapsuleController
-from server.domain.chat.controllers import ThreadController
-from server.domain.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
-from server.domain.compliance.controllers import ExportController
-from server.domain.files.controllers import FileController, UploadController
-from server.domain.lounges.controllers import LoungeController
-from server.domain.mentors.controllers import CategoryController, MentorController
-from server.domain.notes.controllers import NotesController
-from server.domain.notifications.controllers import NotificationController
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.logging import configure_logging
 from server.foundation.redis import create_redis
@@ -43,11 +24,30 @@ from server.foundation.state import AppState
 from server.gateway.asyncapi import asyncapi_document
 from server.gateway.endpoint import gateway_dispatch, websocket_endpoint
 from server.gateway.node import Node
+from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
 from server.http.middleware import RequestContextMiddleware
 from server.http.openapi import document_problems
 from server.http.problems import EXCEPTION_HANDLERS
 from server.http.requests import LoungesRequest
+from server.http.routes.accounts import AuthController, UsersController
+from server.http.routes.admin import (
+    AdminAuditLogController,
+    AdminCategoryController,
+    AdminMentorController,
+    AdminStatsController,
+    AdminUserController,
+)
+from server.http.routes.billing import BillingController
+from server.http.routes.capsules import CapsuleController
+from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
+from server.http.routes.compliance import ExportController
+from server.http.routes.files import FileController, UploadController
+from server.http.routes.lounges import LoungeController
+from server.http.routes.mentors import CategoryController, MentorController
+from server.http.routes.notes import NotesController
+from server.http.routes.notifications import NotificationController
+from server.http.routes.threads import ThreadController
 from server.piccolo_app import ALL_TABLES
 
 API_PREFIX = "/api/v1"

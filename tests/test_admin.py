@@ -17,16 +17,16 @@ from litestar import Litestar
 from litestar.routes import HTTPRoute
 
 from server.domain.accounts.tables import Role, User
-from server.domain.admin.controllers import AdminAuditLogController, AdminStatsController, AdminUserController
 from server.domain.admin.tables import AdminAuditLog
 from server.domain.ai.tables import AIUsage
 from server.domain.billing.tables import Payment
 from server.domain.chat.tables import Message
-from server.domain.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
 from server.domain.mentors.services import seed_categories
 from server.domain.mentors.tables import Category, Mentor
 from server.domain.notifications.tables import Notification
 from server.foundation.settings import Settings
+from server.http.routes.admin import AdminAuditLogController, AdminStatsController, AdminUserController
+from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
 from tests.support.accounts import Account, signed_in
 from tests.support.community import Community
 from tests.support.nodes import WebNode

@@ -15,8 +15,8 @@ from litestar import Litestar
 
 from server.domain.accounts.tables import Role, User
 from server.domain.admin.tables import AdminAuditLog
-from server.domain.cms.controllers import AdminCmsPageController, AdminFaqController, CmsController
 from server.domain.cms.markdown import ALLOWED_TAGS, render_markdown
+from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
 from tests.support.accounts import Account
 from tests.support.community import Community
 

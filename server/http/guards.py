@@ -1,4 +1,7 @@
-"""Who is calling: the bearer-token dependency and the role guards every area reuses.
+"""Who is calling: the bearer-token dependency and the role guards every route module reuses.
+
+The token is checked by the accounts domain (``authenticate``); this module reads the
+``Authorization`` header and offers the caller, by role, as Litestar dependencies.
 
 Handlers declare what they need by parameter name:
 
@@ -20,12 +23,6 @@ from server.domain.accounts.services import ClientInfo, Principal, authenticate
 from server.domain.accounts.tables import Role
 from server.foundation.errors import Forbidden, Unauthorized
 from server.foundation.state import AppState
-
-
-def client_info(request: Request[Any, Any, Any]) -> ClientInfo:
-    """The caller's address (X-Forwarded-For counts only from TRUSTED_PROXIES, see server/app.py) and user agent."""
-    host = request.client.host if request.client else ""
-    return ClientInfo(ip=host or "unknown", user_agent=request.headers.get("user-agent", "")[:512])
 
 
 def _bearer_token(request: Request[Any, Any, Any]) -> str | None:
@@ -72,7 +69,9 @@ async def provide_admin_principal(principal: NamedDependency[Principal]) -> Prin
 
 
 def provide_client_info(request: Request[Any, Any, Any]) -> ClientInfo:
-    return client_info(request)
+    """The caller's address (X-Forwarded-For counts only from TRUSTED_PROXIES, see server/app.py) and user agent."""
+    host = request.client.host if request.client else ""
+    return ClientInfo(ip=host or "unknown", user_agent=request.headers.get("user-agent", "")[:512])
 
 
 AUTH_DEPENDENCIES = {

@@ -1,5 +1,5 @@
 """HTTP transport for ``/api/v1/admin``: stats, users and roles, the audit log, mentor review
-and category editing. Administrators only (CMS editing lives in ``server/domain/cms/controllers.py``)."""
+and category editing. Administrators only (CMS editing lives in ``server/http/routes/cms.py``)."""
 
 from __future__ import annotations
 

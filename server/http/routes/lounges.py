@@ -11,7 +11,6 @@ from litestar.params import FromPath, FromQuery, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from server.domain.accounts.services import Principal
-from server.domain.chat.controllers import ChannelMessagesController, Limit, Offset
 from server.domain.lounges import services
 from server.domain.lounges.schemas import (
     InviteRequest,
@@ -28,6 +27,7 @@ from server.domain.lounges.tables import LoungeAccess, MembershipStatus
 from server.foundation.state import AppState
 from server.http.params import text_query
 from server.http.problems import problem_responses
+from server.http.routes.threads import ChannelMessagesController, Limit, Offset
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
