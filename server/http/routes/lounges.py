@@ -5,12 +5,14 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from litestar import delete, get, patch, post, put
+from litestar import Controller, Response, delete, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from server.domain.accounts.services import Principal
+from server.domain.chat import messages
+from server.domain.chat.schemas import MessageEdit, MessageIn, MessageOut, MessagePage, ReactionIn, ReadIn, ReadOut
 from server.domain.lounges import services
 from server.domain.lounges.schemas import (
     InviteRequest,
@@ -25,20 +27,26 @@ from server.domain.lounges.schemas import (
 )
 from server.domain.lounges.tables import LoungeAccess, MembershipStatus
 from server.foundation.state import AppState
-from server.http.params import text_query
+from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
+from server.http.params import int_query, text_query
 from server.http.problems import problem_responses
-from server.http.routes.threads import ChannelMessagesController, Limit, Offset
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
+Limit = Annotated[int, QueryParameter(ge=1, le=200)]
+Offset = Annotated[int, int_query()]
 
 
-class LoungeController(ChannelMessagesController):
+def _channel(id: uuid.UUID) -> str:
+    return f"lounge:{id}"
+
+
+class LoungeController(Controller):
     """Lounges and everything in them."""
 
     path = "/lounges"
     tags = ["lounges"]
-    channel_kind = "lounge"
+    security = [{"BearerToken": []}]
 
     @get("", security=[], responses=problem_responses(401))
     async def list_lounges(
@@ -134,3 +142,77 @@ class LoungeController(ChannelMessagesController):
     ) -> None:
         """Remove a member, decline a request or withdraw an invitation; access ends at once."""
         await services.do_remove_member(app_state, principal, id, user_id)
+
+    # -- messages (the same routes as a thread's, see server.http.channel_messages) -----------
+
+    @get("/{id:uuid}/messages", responses=problem_responses(401, 403, 404, 422))
+    async def list_messages(
+        self,
+        id: FromPath[uuid.UUID],
+        principal: Caller,
+        before: HistoryCursor = None,
+        after: HistoryCursor = None,
+        limit: HistoryLimit = 50,
+    ) -> MessagePage:
+        """History by offset: newest first page by default; ``before``/``after`` page either way."""
+        access = await messages.channel_access(principal, _channel(id), write=False)
+        return await messages.history(access, before=before, after=after, limit=limit)
+
+    @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))
+    async def post_message(
+        self, id: FromPath[uuid.UUID], data: JSONBody[MessageIn], app_state: State, principal: Caller
+    ) -> Response[MessageOut]:
+        """Post a message (201); a retry with the same ``client_id`` returns the stored one (200)."""
+        return posted(await messages.do_post_message(app_state, principal, _channel(id), data))
+
+    @patch("/{id:uuid}/messages/{offset:int}", responses=problem_responses(401, 403, 404, 409, 422))
+    async def edit_message(
+        self,
+        id: FromPath[uuid.UUID],
+        offset: MessageOffset,
+        data: JSONBody[MessageEdit],
+        app_state: State,
+        principal: Caller,
+    ) -> MessageOut:
+        return await messages.do_edit_message(app_state, principal, _channel(id), offset, data.text)
+
+    @delete(
+        "/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
+    )
+    async def delete_message(
+        self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
+    ) -> None:
+        await messages.do_delete_message(app_state, principal, _channel(id), offset)
+
+    @post(
+        "/{id:uuid}/messages/{offset:int}/reactions",
+        status_code=HTTP_200_OK,
+        responses=problem_responses(401, 403, 404, 409),
+    )
+    async def add_reaction(
+        self,
+        id: FromPath[uuid.UUID],
+        offset: MessageOffset,
+        data: JSONBody[ReactionIn],
+        app_state: State,
+        principal: Caller,
+    ) -> dict[str, int]:
+        """Add the caller's reaction; answers the message's counts per emoji."""
+        return await messages.do_react(app_state, principal, _channel(id), offset, data.emoji, add=True)
+
+    @delete(
+        "/{id:uuid}/messages/{offset:int}/reactions/{emoji:str}",
+        status_code=HTTP_200_OK,
+        responses=problem_responses(401, 403, 404, 409),
+    )
+    async def remove_reaction(
+        self, id: FromPath[uuid.UUID], offset: MessageOffset, emoji: Emoji, app_state: State, principal: Caller
+    ) -> dict[str, int]:
+        return await messages.do_react(app_state, principal, _channel(id), offset, emoji, add=False)
+
+    @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
+    async def mark_read(
+        self, id: FromPath[uuid.UUID], data: JSONBody[ReadIn], app_state: State, principal: Caller
+    ) -> ReadOut:
+        """Move the read position forward; answers it with the unread count."""
+        return await messages.do_mark_read(app_state, principal, _channel(id), data.offset)

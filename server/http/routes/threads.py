@@ -1,9 +1,9 @@
-"""HTTP transport for threads (``/api/v1/chat/threads``) and the messages of any channel."""
+"""HTTP transport for ``/api/v1/chat/threads``: the caller's AI threads and their messages."""
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, ClassVar
+from typing import Annotated
 
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.di import NamedDependency
@@ -26,107 +26,26 @@ from server.domain.chat.schemas import (
     ThreadUpdate,
 )
 from server.foundation.state import AppState
-from server.http.params import int_path, int_query, text_path
+from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
+from server.http.params import int_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
 Offset = Annotated[int, int_query()]
-Cursor = Annotated[int | None, int_query(description="a message offset")]
-MessageOffset = Annotated[int, int_path()]
-BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 
-class ChannelMessagesController(Controller):
-    """The messages of one channel kind at ``{path}/{id}/...``; subclasses fix both."""
-
-    channel_kind: ClassVar[str]
-    security = BEARER
-
-    def _channel(self, id: uuid.UUID) -> str:
-        return f"{self.channel_kind}:{id}"
-
-    @get("/{id:uuid}/messages", responses=problem_responses(401, 403, 404, 422))
-    async def list_messages(
-        self, id: FromPath[uuid.UUID], principal: Caller, before: Cursor = None, after: Cursor = None, limit: Limit = 50
-    ) -> MessagePage:
-        """History by offset: newest first page by default; ``before``/``after`` page either way."""
-        access = await messages.channel_access(principal, self._channel(id), write=False)
-        return await messages.history(access, before=before, after=after, limit=limit)
-
-    @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))
-    async def post_message(
-        self, id: FromPath[uuid.UUID], data: JSONBody[MessageIn], app_state: State, principal: Caller
-    ) -> Response[MessageOut]:
-        """Post a message (201); a retry with the same ``client_id`` returns the stored one (200)."""
-        result = await messages.do_post_message(app_state, principal, self._channel(id), data)
-        return Response(result.message, status_code=HTTP_201_CREATED if result.created else HTTP_200_OK)
-
-    @patch("/{id:uuid}/messages/{offset:int}", responses=problem_responses(401, 403, 404, 409, 422))
-    async def edit_message(
-        self,
-        id: FromPath[uuid.UUID],
-        offset: MessageOffset,
-        data: JSONBody[MessageEdit],
-        app_state: State,
-        principal: Caller,
-    ) -> MessageOut:
-        return await messages.do_edit_message(app_state, principal, self._channel(id), offset, data.text)
-
-    @delete(
-        "/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
-    )
-    async def delete_message(
-        self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
-    ) -> None:
-        await messages.do_delete_message(app_state, principal, self._channel(id), offset)
-
-    @post(
-        "/{id:uuid}/messages/{offset:int}/reactions",
-        status_code=HTTP_200_OK,
-        responses=problem_responses(401, 403, 404, 409),
-    )
-    async def add_reaction(
-        self,
-        id: FromPath[uuid.UUID],
-        offset: MessageOffset,
-        data: JSONBody[ReactionIn],
-        app_state: State,
-        principal: Caller,
-    ) -> dict[str, int]:
-        """Add the caller's reaction; answers the message's counts per emoji."""
-        return await messages.do_react(app_state, principal, self._channel(id), offset, data.emoji, add=True)
-
-    @delete(
-        "/{id:uuid}/messages/{offset:int}/reactions/{emoji:str}",
-        status_code=HTTP_200_OK,
-        responses=problem_responses(401, 403, 404, 409),
-    )
-    async def remove_reaction(
-        self,
-        id: FromPath[uuid.UUID],
-        offset: MessageOffset,
-        emoji: Annotated[str, text_path(max_length=32)],
-        app_state: State,
-        principal: Caller,
-    ) -> dict[str, int]:
-        return await messages.do_react(app_state, principal, self._channel(id), offset, emoji, add=False)
-
-    @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
-    async def mark_read(
-        self, id: FromPath[uuid.UUID], data: JSONBody[ReadIn], app_state: State, principal: Caller
-    ) -> ReadOut:
-        """Move the read position forward; answers it with the unread count."""
-        return await messages.do_mark_read(app_state, principal, self._channel(id), data.offset)
+def _channel(id: uuid.UUID) -> str:
+    return f"thread:{id}"
 
 
-class ThreadController(ChannelMessagesController):
+class ThreadController(Controller):
     """The caller's one-to-one AI threads."""
 
     path = "/chat/threads"
     tags = ["threads"]
-    channel_kind = "thread"
+    security = [{"BearerToken": []}]
 
     @get("", responses=problem_responses(401))
     async def list_threads(
@@ -151,3 +70,77 @@ class ThreadController(ChannelMessagesController):
     @delete("/{id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 404))
     async def delete_thread(self, id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
         await threads.do_delete_thread(app_state, principal, id)
+
+    # -- messages (the same routes as a lounge's, see server.http.channel_messages) -----------
+
+    @get("/{id:uuid}/messages", responses=problem_responses(401, 403, 404, 422))
+    async def list_messages(
+        self,
+        id: FromPath[uuid.UUID],
+        principal: Caller,
+        before: HistoryCursor = None,
+        after: HistoryCursor = None,
+        limit: HistoryLimit = 50,
+    ) -> MessagePage:
+        """History by offset: newest first page by default; ``before``/``after`` page either way."""
+        access = await messages.channel_access(principal, _channel(id), write=False)
+        return await messages.history(access, before=before, after=after, limit=limit)
+
+    @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))
+    async def post_message(
+        self, id: FromPath[uuid.UUID], data: JSONBody[MessageIn], app_state: State, principal: Caller
+    ) -> Response[MessageOut]:
+        """Post a message (201); a retry with the same ``client_id`` returns the stored one (200)."""
+        return posted(await messages.do_post_message(app_state, principal, _channel(id), data))
+
+    @patch("/{id:uuid}/messages/{offset:int}", responses=problem_responses(401, 403, 404, 409, 422))
+    async def edit_message(
+        self,
+        id: FromPath[uuid.UUID],
+        offset: MessageOffset,
+        data: JSONBody[MessageEdit],
+        app_state: State,
+        principal: Caller,
+    ) -> MessageOut:
+        return await messages.do_edit_message(app_state, principal, _channel(id), offset, data.text)
+
+    @delete(
+        "/{id:uuid}/messages/{offset:int}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 404)
+    )
+    async def delete_message(
+        self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
+    ) -> None:
+        await messages.do_delete_message(app_state, principal, _channel(id), offset)
+
+    @post(
+        "/{id:uuid}/messages/{offset:int}/reactions",
+        status_code=HTTP_200_OK,
+        responses=problem_responses(401, 403, 404, 409),
+    )
+    async def add_reaction(
+        self,
+        id: FromPath[uuid.UUID],
+        offset: MessageOffset,
+        data: JSONBody[ReactionIn],
+        app_state: State,
+        principal: Caller,
+    ) -> dict[str, int]:
+        """Add the caller's reaction; answers the message's counts per emoji."""
+        return await messages.do_react(app_state, principal, _channel(id), offset, data.emoji, add=True)
+
+    @delete(
+        "/{id:uuid}/messages/{offset:int}/reactions/{emoji:str}",
+        status_code=HTTP_200_OK,
+        responses=problem_responses(401, 403, 404, 409),
+    )
+    async def remove_reaction(
+        self, id: FromPath[uuid.UUID], offset: MessageOffset, emoji: Emoji, app_state: State, principal: Caller
+    ) -> dict[str, int]:
+        return await messages.do_react(app_state, principal, _channel(id), offset, emoji, add=False)
+
+    @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
+    async def mark_read(
+        self, id: FromPath[uuid.UUID], data: JSONBody[ReadIn], app_state: State, principal: Caller
+    ) -> ReadOut:
+        """Move the read position forward; answers it with the unread count."""
+        return await messages.do_mark_read(app_state, principal, _channel(id), data.offset)
