@@ -3,6 +3,14 @@
 Domain services raise :class:`~server.foundation.errors.AppError` subclasses; the
 handlers here turn those, Litestar's own HTTP exceptions and anything unexpected
 into ``application/problem+json`` bodies. A stack trace never reaches a client.
+
+Litestar's own ``ProblemDetailsPlugin`` (2.x) is not used: it would change this contract.
+Its conversion hooks see the exception but not the request, so no body could carry
+``instance`` (the path) or ``request_id``; converted ``HTTPException`` bodies are
+``{status, title, detail}`` with neither ``type`` nor ``code``; a validation error stays
+``400`` with its field list under ``extra`` (not ``422 validation_failed`` with ``errors``
+and the first field named in ``detail``); and ``AppError`` and unexpected exceptions
+(500, logged here) would still need these handlers.
 """
 
 from __future__ import annotations
