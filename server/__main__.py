@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import logging
 import sys
 
 from server.foundation.settings import Settings, SettingsError, load_settings
@@ -25,17 +26,44 @@ def _settings(*required: str) -> Settings:
     return settings
 
 
+STOCK_WS_PROTOCOL = "websockets-sansio"  # uvicorn's own sans-I/O protocol, which the gateway's extends
+
+
+def _websocket_protocol() -> type[asyncio.Protocol] | str:
+    """The gateway's frame-writing WebSocket protocol, when the installed uvicorn still has
+    the private API it builds on; otherwise, after one warning, uvicorn's stock protocol
+    (``"auto"`` if even its module is gone): an upgrade costs speed, not correctness."""
+    log = logging.getLogger("lounges.realtime")
+    try:
+        # Imported here, like every command's modules, and guarded: it imports uvicorn's private module.
+        from server.gateway.uvicorn_writer import GatewayWebSocketProtocol, missing_private_api
+    except ImportError as exc:
+        log.warning(
+            "uvicorn's sans-I/O WebSocket protocol is gone; frames are sent through ASGI", extra={"error": repr(exc)}
+        )
+        return "auto"
+    missing = missing_private_api()
+    if missing:
+        log.warning(
+            "uvicorn's WebSocket protocol lacks what the frame writer uses; frames are sent through ASGI",
+            extra={"missing": missing},
+        )
+        return STOCK_WS_PROTOCOL
+    return GatewayWebSocketProtocol
+
+
 def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
-    from server.gateway.frame_writer import GatewayWebSocketProtocol
+    from server.gateway.endpoint import gateway_dispatch
     from server.gateway.shutdown import DrainingServer
 
     settings = _settings("database_url", "redis_url")
     app = create_app(settings)
     config = uvicorn.Config(
-        app,
+        # Sockets on the gateway's path go to the gateway, everything else to the app.
+        gateway_dispatch(app, app.state),
         host=args.host or settings.host,
         port=args.port or settings.port,
         log_config=None,
@@ -43,9 +71,9 @@ def serve(args: argparse.Namespace) -> None:
         # Forwarded headers are applied by the app, from TRUSTED_PROXIES only (server/app.py);
         # uvicorn's default would believe any caller on 127.0.0.1.
         proxy_headers=False,
-        # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames
-        # (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
-        ws=GatewayWebSocketProtocol if args.ws_protocol == "gateway" else "websockets-sansio",
+        # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames, when the
+        # installed uvicorn allows (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
+        ws=_websocket_protocol() if args.ws_protocol == "gateway" else STOCK_WS_PROTOCOL,
         ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
         ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
         ws_per_message_deflate=False,  # a zlib context per socket costs far more than the bytes it saves here

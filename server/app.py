@@ -22,7 +22,7 @@ from server.foundation.redis import create_redis
 from server.foundation.settings import Settings, load_settings
 from server.foundation.state import AppState
 from server.gateway.asyncapi import asyncapi_document
-from server.gateway.endpoint import gateway_dispatch, websocket_endpoint
+from server.gateway.endpoint import websocket_endpoint
 from server.gateway.node import Node
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
@@ -49,6 +49,7 @@ from server.http.routes.notes import NotesController
 from server.http.routes.notifications import NotificationController
 from server.http.routes.threads import ThreadController
 from server.piccolo_app import ALL_TABLES
+from server.wiring import GatewayDomain
 
 API_PREFIX = "/api/v1"
 
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         redis = create_redis(settings)
         app.state.app_state = state = AppState(settings=settings, engine=engine, redis=redis)
         keys_of(state)  # signing keys made at start (an ephemeral key is announced now, not on first use)
-        app.state.node = node = Node(state)
+        app.state.node = node = Node(state, GatewayDomain(state))
         await node.start()
         try:
             yield
@@ -134,12 +135,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # configure_logging() owns the root logger
     )
     document_problems(app.openapi_schema)
-    # Outermost, so that router-level answers (404, 405) carry a request id too; gateway
-    # sockets bypass both (see server.gateway.endpoint).
-    app.asgi_handler = gateway_dispatch(RequestContextMiddleware(app.asgi_handler), app.state)
+    # Outermost, so that router-level answers (404, 405) carry a request id too. Gateway
+    # sockets never reach the app: the server runs it behind the gateway's dispatch
+    # (server.gateway.endpoint.gateway_dispatch, applied by `python -m server serve`).
+    app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     if settings.trusted_proxies:
-        # Outside everything: the client address that logs, sessions, rate limits and the
-        # gateway see is the one the named proxies forwarded (uvicorn's own handling is off).
+        # Outside everything: the client address that logs, sessions and rate limits see
+        # is the one the named proxies forwarded (uvicorn's own handling is off).
         # uvicorn and Litestar each declare their own ASGI event TypedDicts, which mypy finds
         # incompatible; the handler is a plain ASGI 3 application for both.
         app.asgi_handler = ProxyHeadersMiddleware(  # type: ignore[assignment]

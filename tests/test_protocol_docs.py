@@ -293,7 +293,7 @@ def test_every_code_constant_is_documented_with_its_number(
 
 
 def test_every_rpc_method_is_documented(doc: dict[str, Any], markdown: str) -> None:
-    from server.gateway.rpc import RPC_METHODS
+    from server.wiring import RPC_METHODS
 
     methods = set(RPC_METHODS) | RESERVED_RPC_METHODS
     commands = operation_messages(doc, "publish")

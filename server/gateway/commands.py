@@ -1,5 +1,6 @@
 """What each protocol command does for a connection. Thin: permission checks and
-writes are the domain services' (the same as REST), this module only speaks the protocol.
+writes are the domain's (the same services as REST, reached through the node's
+:class:`~server.gateway.ports.Domain`), this module only speaks the protocol.
 
 Every failure of a command becomes an error reply; only protocol violations
 (no connect first, a bad token, too many failed commands) end the connection,
@@ -22,16 +23,13 @@ import msgspec
 from asyncpg.exceptions._base import DataError as ArgumentError  # a query argument asyncpg cannot encode
 from redis.exceptions import RedisError
 
-from server.domain.accounts.services import authenticate
-from server.domain.ai.coach import active_streams
-from server.domain.chat.messages import channel_access, do_post_message
-from server.domain.chat.schemas import MessageIn
 from server.foundation.errors import AppError
 from server.gateway import protocol
 from server.gateway.connection import Connection, Subscription
-from server.gateway.node import REDIS_TIMEOUT, Node, personal_channel
+from server.gateway.hub import catch_up
+from server.gateway.node import Node
 from server.gateway.protocol import Command, ProtocolError, ReplyError
-from server.gateway.rpc import RPC_METHODS
+from server.gateway.subscriber import REDIS_TIMEOUT, personal_channel
 from server.streams import history
 from server.streams.channels import ChannelName
 
@@ -203,7 +201,7 @@ async def _connect(node: Node, connection: Connection, command: Command) -> None
 async def _authenticate_connection(node: Node, connection: Connection, command: Command) -> None:
     assert command.connect is not None
     try:
-        principal = await authenticate(node.state, command.connect.token)
+        principal = await node.domain.authenticate(command.connect.token)
     except AppError as exc:
         if exc.code == "token_expired":
             raise ProtocolError(protocol.ERROR_TOKEN_EXPIRED, "token expired") from None
@@ -233,7 +231,7 @@ async def _authenticate_connection(node: Node, connection: Connection, command: 
 
 async def _refresh(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     assert command.refresh is not None and connection.principal is not None
-    principal = await authenticate(node.state, command.refresh.token)
+    principal = await node.domain.authenticate(command.refresh.token)
     if principal.user_id != connection.principal.user_id:
         raise protocol.Disconnect(protocol.DISCONNECT_INVALID_TOKEN, "token of another user")
     old_session = connection.principal.session_id
@@ -261,7 +259,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
         raise ProtocolError(protocol.ERROR_LIMIT_EXCEEDED, "too many subscriptions")
     if ChannelName.parse(name) is None:
         raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
-    await channel_access(connection.principal, name, write=False)
+    await node.domain.authorize(connection.principal, name, write=False)
     sub = Subscription(join_leave=request.join_leave)
     connection.subs[name] = sub  # from now on live publications are buffered
     try:
@@ -270,7 +268,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
         if request.recover and request.epoch == hub.epoch and request.offset > hub.offset:
             # The client saw more than this node has delivered yet (it comes from a node
             # that is ahead): all it saw is committed, so bring the hub up to it from the log.
-            await node.catch_up([hub])
+            await catch_up([hub])
         position = hub.offset
         publications: list[tuple[int, bytes]] = []
         recovered = False
@@ -288,7 +286,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
                 recovered = True
             elif request.flag & 2:
                 raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "unrecoverable position")
-        streams = await _active_streams(node, name)
+        snapshots = await _stream_snapshots(node, name)
     except BaseException:
         connection.subs.pop(name, None)
         hub_now = node.hubs.get(name)
@@ -310,9 +308,8 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
         """Nothing here may fail: the subscription is complete once its reply is queued."""
         # A reply still streaming: its text so far first, then the live deltas (numbered,
         # so the client drops those the snapshot already holds).
-        for stream in streams:
-            snapshot = {"type": "ai.snapshot", **msgspec.to_builtins(stream)}
-            connection.enqueue(hub.frames.publication(_pub_encoder.encode(snapshot), 0))
+        for snapshot in snapshots:
+            connection.enqueue(hub.frames.publication(snapshot, 0))
         for offset, frame in sub.buffer:
             if offset == 0 or offset > position:
                 connection.enqueue(frame)
@@ -323,11 +320,11 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
     return AfterReply(result, go_live)
 
 
-async def _active_streams(node: Node, name: str) -> list[Any]:
+async def _stream_snapshots(node: Node, name: str) -> list[bytes]:
     """Coach replies streaming in ``name`` (none while Redis is away: their deltas could not reach us either)."""
     try:
         async with asyncio.timeout(REDIS_TIMEOUT):
-            return await active_streams(node.state, name)
+            return await node.domain.stream_snapshots(name)
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("streaming replies unknown; subscribing without", extra={"channel": name, "error": repr(exc)})
         return []
@@ -348,18 +345,14 @@ async def _unsubscribe(node: Node, connection: Connection, command: Command) -> 
 async def _publish(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     request = command.publish
     assert request is not None and connection.principal is not None
-    try:
-        message = msgspec.json.decode(request.data, type=MessageIn)
-    except msgspec.ValidationError as exc:
-        raise ProtocolError(protocol.ERROR_BAD_REQUEST, f"validation_failed: {exc}") from None
-    await do_post_message(node.state, connection.principal, request.channel, message)
+    await node.domain.post_message(connection.principal, request.channel, request.data)
     return {}
 
 
 async def _history(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     request = command.history
     assert request is not None and connection.principal is not None
-    await channel_access(connection.principal, request.channel, write=False)
+    await node.domain.authorize(connection.principal, request.channel, write=False)
     position = await history.stream_position(request.channel)
     if position is None:
         raise ProtocolError(protocol.ERROR_UNKNOWN_CHANNEL, "unknown channel")
@@ -386,13 +379,13 @@ async def _history(node: Node, connection: Connection, command: Command) -> dict
 
 async def _presence(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     assert command.presence is not None and connection.principal is not None
-    await channel_access(connection.principal, command.presence.channel, write=False)
+    await node.domain.authorize(connection.principal, command.presence.channel, write=False)
     return {"presence": await node.presence.clients(command.presence.channel)}
 
 
 async def _presence_stats(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     assert command.presence_stats is not None and connection.principal is not None
-    await channel_access(connection.principal, command.presence_stats.channel, write=False)
+    await node.domain.authorize(connection.principal, command.presence_stats.channel, write=False)
     clients = await node.presence.clients(command.presence_stats.channel)
     return {"num_clients": len(clients), "num_users": len({c["user"] for c in clients.values()})}
 
@@ -400,10 +393,10 @@ async def _presence_stats(node: Node, connection: Connection, command: Command) 
 async def _rpc(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     request = command.rpc
     assert request is not None and connection.principal is not None
-    method = RPC_METHODS.get(request.method)
+    method = node.domain.rpc_methods.get(request.method)
     if method is None:
         raise ProtocolError(protocol.ERROR_METHOD_NOT_FOUND, f"unknown rpc method {request.method!r}")
-    data = await method(node, connection, request.data)
+    data = await method(connection.principal, request.data)
     return {"data": msgspec.Raw(_pub_encoder.encode(data))} if data is not None else {}
 
 

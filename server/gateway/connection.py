@@ -1,7 +1,7 @@
 """One client socket: its identity, subscriptions and bounded outbound queue.
 
 Frames for a socket are queued and flushed by the node on a later event-loop turn
-(``Node.schedule_flush``): all frames queued for one socket since its last flush
+(:class:`~server.gateway.flusher.Flusher`): all frames queued for one socket since its last flush
 leave in a single WebSocket text frame (newline-separated, as the protocol
 allows). Under uvicorn with the gateway's protocol the frame is written straight
 to the socket (:mod:`server.gateway.frame_writer`; a broadcast's frame is built
@@ -18,18 +18,19 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
-from litestar.types import Send
-
-from server.domain.accounts.services import Principal
 from server.gateway import protocol
-from server.gateway.frame_writer import GatewayWebSocketProtocol, text_frame
+from server.gateway.frame_writer import FrameWriter, text_frame
+from server.gateway.ports import Principal
 
 if TYPE_CHECKING:
     from server.gateway.node import Node
 
 log = logging.getLogger("lounges.realtime")
+
+Send = Callable[[Any], Awaitable[None]]  # an ASGI ``send`` (each server types its messages its own way)
 
 
 ERROR_WINDOW = 10.0  # seconds over which WS_MAX_ERRORS failed commands are counted
@@ -77,7 +78,7 @@ class Connection:
         "subs",
     )
 
-    def __init__(self, node: Node, send: Send, frames: GatewayWebSocketProtocol | None = None) -> None:
+    def __init__(self, node: Node, send: Send, frames: FrameWriter | None = None) -> None:
         self.node = node
         self._send = send
         self._frames = frames  # writes frames synchronously; None: send through ASGI
@@ -139,10 +140,10 @@ class Connection:
 
     def _request_flush(self) -> None:
         self._flush_pending = True
-        self.node.schedule_flush(self)
+        self.node.flusher.schedule(self)
 
     def flush(self) -> None:
-        """Send what is queued as one frame (called by the node)."""
+        """Send what is queued as one frame (called by the flusher)."""
         self._flush_pending = False
         if self.closed or not self.queue:
             return
@@ -153,7 +154,7 @@ class Connection:
             return
         frames, self.queue = self.queue, []
         # A frame queued alone (a broadcast's, usually) is framed once for all its sockets.
-        frame = self.node.wire_frame(frames[0]) if len(frames) == 1 else text_frame(b"\n".join(frames))
+        frame = self.node.flusher.wire_frame(frames[0]) if len(frames) == 1 else text_frame(b"\n".join(frames))
         unsent = self._frames.write_frame(frame)
         if unsent < 0:  # the socket is closing; the reader sees the disconnect
             self.closed = True

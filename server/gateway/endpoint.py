@@ -1,12 +1,14 @@
 """``/connection/websocket``: the gateway's WebSocket endpoint.
 
-Sockets on this path are served as raw ASGI straight from the application's
-entry point (:func:`gateway_dispatch`), ahead of Litestar's routing and the
-request-context middleware: nothing per socket but the protocol state stays
-alive for the socket's lifetime, frames go out through the scope's frame writer
-when the server offers one (:mod:`server.gateway.frame_writer`) or else ASGI
-``send``, and every failure is answered as a protocol frame instead of closing
-with 4500.
+The seam between the server and the two transports is :func:`gateway_dispatch`, the
+ASGI application ``python -m server serve`` gives uvicorn: sockets on this path are
+served as raw ASGI by the gateway, everything else (HTTP, the lifespan) goes to the
+Litestar app. So no socket passes Litestar's routing or the request-context
+middleware: nothing per socket but the protocol state stays alive for the socket's
+lifetime, frames go out through the scope's frame writer when the server offers one
+(:mod:`server.gateway.frame_writer`) or else ASGI ``send``, and every failure is
+answered as a protocol frame instead of closing with 4500. The dispatch decides once
+per connection, at the handshake, never per frame.
 A plain HTTP request to the path reaches the Litestar route and gets 426.
 """
 
@@ -22,7 +24,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 from server.gateway import protocol
 from server.gateway.commands import handle_frame
 from server.gateway.connection import Connection
-from server.gateway.frame_writer import EXTENSION, GatewayWebSocketProtocol
+from server.gateway.frame_writer import EXTENSION, FrameWriter
 from server.gateway.node import Node
 
 log = logging.getLogger("lounges.realtime")
@@ -59,7 +61,7 @@ async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send
         return
     await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
     writer = (scope.get("extensions") or {}).get(EXTENSION)
-    connection = Connection(node, send, writer if isinstance(writer, GatewayWebSocketProtocol) else None)
+    connection = Connection(node, send, writer if isinstance(writer, FrameWriter) else None)
     node.add(connection)
     try:
         while True:

@@ -5,16 +5,18 @@ ASGI each write is a ``websocket.send`` message: the bytes are decoded to ``str`
 then uvicorn encodes them again, builds and serialises a websockets ``Frame`` and
 only then calls ``transport.write``; the Python part of that costs about as much as
 the ``send(2)`` it leads to (profiled in docs/benchmarks.md). The gateway instead
-builds the frame's bytes once per broadcast (:func:`text_frame`) and hands them to
-:meth:`GatewayWebSocketProtocol.write_frame`, which writes them to each socket's
-transport synchronously.
+builds the frame's bytes once per broadcast (:func:`text_frame`) and hands them to a
+:class:`FrameWriter`, which writes them to each socket's transport synchronously.
 
-:class:`GatewayWebSocketProtocol` is uvicorn's own sans-I/O WebSocket protocol plus
-that one method, offered to the application in the ASGI scope's ``extensions``
-under :data:`EXTENSION`. ``python -m server serve`` runs uvicorn with it; under any
-other server (or ``--ws-protocol uvicorn``) the extension is absent and the gateway
-sends through ASGI as usual. Everything else (handshake, reading, pings, closing,
-flow control of ASGI sends) stays uvicorn's.
+The writer is uvicorn's own sans-I/O WebSocket protocol plus that one method
+(:mod:`server.gateway.uvicorn_writer`), offered to the application in the ASGI
+scope's ``extensions`` under :data:`EXTENSION`. ``python -m server serve`` runs
+uvicorn with it; under any other server (or ``--ws-protocol uvicorn``) the extension
+is absent and the gateway sends through ASGI as usual. That protocol builds on
+uvicorn's private API: when the installed uvicorn no longer has what it uses, the
+server logs one warning and runs uvicorn's stock protocol instead, so an upgrade
+costs speed, not correctness. This module is the part the protocol core uses, free
+of any server.
 
 Frames written here are complete, unmasked, unfragmented text frames, so they
 never interleave with a frame uvicorn writes; they are written only while the
@@ -26,10 +28,7 @@ RFC 7692 allows (the server disables the extension anyway).
 from __future__ import annotations
 
 import struct
-from typing import Any
-
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.protocol import State
+from typing import Protocol, runtime_checkable
 
 EXTENSION = "lounges.frame_writer"
 
@@ -50,26 +49,12 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _FIN_TEXT, 127, length) + payload
 
 
-class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol that also writes prepared frames synchronously."""
-
-    def handle_connect(self, event: Any) -> None:
-        super().handle_connect(event)
-        scope = getattr(self, "scope", None)
-        if scope is not None and not self.close_sent:  # the handshake was accepted: offer the writer
-            scope["extensions"][EXTENSION] = self
+@runtime_checkable
+class FrameWriter(Protocol):
+    """What a socket's scope offers under :data:`EXTENSION`."""
 
     def write_frame(self, frame: bytes) -> int:
         """Write a frame built by :func:`text_frame`. Returns how many bytes now wait in
         the transport's buffer (what the peer has not taken yet), or -1 when the socket
         no longer takes data frames (closing, closed, or never accepted)."""
-        transport = self.transport
-        if (
-            not self.handshake_complete
-            or self.close_sent
-            or self.conn.state is not State.OPEN
-            or transport.is_closing()
-        ):
-            return -1
-        transport.write(frame)
-        return transport.get_write_buffer_size()
+        ...

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -47,11 +48,23 @@ def node_env(settings: Settings, **overrides: str) -> dict[str, str]:
 
 class WebNode:
     """One ``python -m server serve`` process on a free port (``ws_protocol``: its
-    ``--ws-protocol``, the gateway's frame-writing one by default)."""
+    ``--ws-protocol``, the gateway's frame-writing one by default). ``launcher``: the
+    Python arguments before ``serve`` (e.g. ``-c`` code that patches, then runs the CLI);
+    ``stderr``: where its log goes (inherited by default)."""
 
-    def __init__(self, settings: Settings, ws_protocol: str = "gateway", **env: str) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ws_protocol: str = "gateway",
+        *,
+        launcher: tuple[str, ...] = ("-m", "server"),
+        stderr: IO[bytes] | None = None,
+        **env: str,
+    ) -> None:
         self.port = free_port()
         self.ws_protocol = ws_protocol
+        self.launcher = launcher
+        self.stderr = stderr
         self.env = node_env(settings, **env)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -65,9 +78,10 @@ class WebNode:
 
     async def start(self, timeout: float = 30.0) -> WebNode:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve", "--port", str(self.port), "--ws-protocol", self.ws_protocol],
+            [sys.executable, *self.launcher, "serve", "--port", str(self.port), "--ws-protocol", self.ws_protocol],
             cwd=ROOT,
             env=self.env,
+            stderr=self.stderr,
         )
         async with httpx.AsyncClient() as http:
             deadline = asyncio.get_running_loop().time() + timeout
