@@ -10,14 +10,22 @@ import argparse
 import asyncio
 import gc
 import logging
+import os
 import sys
+from pathlib import Path
 
+from server.devstack import running_stack_settings
 from server.foundation.settings import Settings, SettingsError, load_settings
 
 
-def _settings(*required: str) -> Settings:
+def _settings(*required: str, dev_stack: bool = True) -> Settings:
+    """The settings from the environment; with no ``DATABASE_URL`` there, those of the dev
+    stack running from ``DATA_DIR`` (``./scripts/dev``) fill in what the environment leaves out."""
+    environ: dict[str, str] = dict(os.environ)
+    if dev_stack and not environ.get("DATABASE_URL"):
+        environ = running_stack_settings(Path(environ.get("DATA_DIR") or Settings().data_dir)) | environ
     try:
-        settings = load_settings()
+        settings = load_settings(environ)
     except SettingsError as exc:
         sys.exit(f"lounges: {exc}")
     missing = [name.upper() for name in required if not getattr(settings, name)]
@@ -116,7 +124,6 @@ def migrate(args: argparse.Namespace) -> None:
 
 def create_admin(args: argparse.Namespace) -> None:
     import getpass
-    import os
 
     from server.domain.accounts.admin_cli import create_or_promote_admin
 
@@ -137,15 +144,15 @@ def seed_plans(args: argparse.Namespace) -> None:
 def dev(args: argparse.Namespace) -> None:
     from server.devstack import run_dev_stack
 
-    sys.exit(run_dev_stack(_settings()))
+    sys.exit(run_dev_stack(_settings(dev_stack=False)))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server", description="Lounges backend")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("dev", help="run web + worker on embedded PostgreSQL/Redis (DESIGN §6 defaults)").set_defaults(
-        handler=dev
-    )
+    commands.add_parser(
+        "dev", help="run web + worker on embedded PostgreSQL, Valkey and S3 (what is not configured)"
+    ).set_defaults(handler=dev)
     serve_parser = commands.add_parser("serve", help="run the web server (uvicorn)")
     serve_parser.add_argument("--host")
     serve_parser.add_argument("--port", type=int)
@@ -161,7 +168,8 @@ def main(argv: list[str] | None = None) -> None:
     worker_parser.set_defaults(handler=worker)
     commands.add_parser("migrate", help="apply database migrations").set_defaults(handler=migrate)
     admin_parser = commands.add_parser(
-        "create-admin", help="create the first admin (password from LOUNGES_ADMIN_PASSWORD or a prompt)"
+        "create-admin",
+        help="create the first admin, or make an existing user admin (password from LOUNGES_ADMIN_PASSWORD or a prompt)",
     )
     admin_parser.add_argument("--email", required=True)
     admin_parser.add_argument("--full-name", default="Administrator")

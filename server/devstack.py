@@ -15,6 +15,11 @@ first, then the embedded services. A child that dies is started again (at most
 stops). On Linux every child started here gets SIGTERM when the launcher dies,
 even by SIGKILL (``PR_SET_PDEATHSIG``), so none outlives it; the embedded
 PostgreSQL is pg_ctl's daemon and stays, to be reattached by the next run.
+
+While the stack runs, ``DATA_DIR/dev-stack.env`` holds the settings it gave its
+children (service URLs, keys): every other ``python -m server`` command run with
+no ``DATABASE_URL`` of its own reads them (``create-admin``, ``seed-plans``,
+``migrate``), so the embedded services need no copying of URLs by hand.
 """
 
 from __future__ import annotations
@@ -42,6 +47,18 @@ from server.foundation.settings import Settings
 log = logging.getLogger("lounges.devstack")
 
 DATABASE_NAME = "lounges"
+STACK_FILE = "dev-stack.env"
+# What the stack file carries: the settings the launcher chose for its children.
+_STACK_SETTINGS = (
+    "DATABASE_URL",
+    "REDIS_URL",
+    "S3_ENDPOINT",
+    "S3_ACCESS_KEY",
+    "S3_SECRET_KEY",
+    "JWT_KEYS",
+    "MAIL_OUTBOX_DIR",
+)
+_STACK_PID = "LOUNGES_DEV_STACK_PID"
 
 
 # A child that keeps crashing is not restarted forever: past this many restarts within
@@ -269,6 +286,31 @@ def dev_jwt_key(data_dir: Path) -> str:
     return path.read_text().strip()
 
 
+def write_stack_file(data_dir: Path, env: dict[str, str]) -> Path:
+    """Leave the running stack's settings in ``DATA_DIR/dev-stack.env`` (owner-only: it
+    holds keys), with the launcher's pid so a stack that was killed is recognised."""
+    path = data_dir / STACK_FILE
+    lines = [f"{_STACK_PID}={os.getpid()}"] + [f"{name}={env[name]}" for name in _STACK_SETTINGS if env.get(name)]
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def running_stack_settings(data_dir: Path) -> dict[str, str]:
+    """The settings of the dev stack running from ``data_dir``; empty when none runs
+    (no file, or the launcher that wrote it is gone)."""
+    try:
+        text = (data_dir / STACK_FILE).read_text()
+    except OSError:
+        return {}
+    values = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    try:
+        os.kill(int(values.pop(_STACK_PID, "0")), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return {}
+    return values
+
+
 def _stop(process: subprocess.Popen[bytes], name: str, timeout: float = 15.0) -> None:
     if process.poll() is not None:
         return
@@ -374,7 +416,28 @@ def run_dev_stack(settings: Settings) -> int:
         stack.callback(supervisor.stop)
         for name, argv in (("web", ["serve"]), ("worker", ["worker"])):
             supervisor.start(name, [python, "-m", "server", *argv])
-        log.info("serving on http://%s:%s (Ctrl-C stops everything)", settings.host, settings.port)
+        stack_file = write_stack_file(data_dir, env)
+        stack.callback(stack_file.unlink, missing_ok=True)
+        base = f"http://{settings.host}:{settings.port}"
+        log.info(
+            "serving (Ctrl-C stops everything):\n"
+            "  API            %s/api/v1   (explorer %s/schema)\n"
+            "  socket         ws://%s:%s/connection/websocket\n"
+            "  PostgreSQL     %s\n"
+            "  Redis          %s\n"
+            "  S3             %s\n"
+            "  mail outbox    %s\n"
+            "  settings file  %s (read by `python -m server create-admin` and the other commands)",
+            base,
+            base,
+            settings.host,
+            settings.port,
+            env["DATABASE_URL"],
+            env["REDIS_URL"],
+            env.get("S3_ENDPOINT") or settings.s3_endpoint,
+            env.get("MAIL_OUTBOX_DIR") if not settings.smtp_host else f"SMTP {settings.smtp_host}",
+            stack_file,
+        )
 
         status = 0
         while not stopping:
