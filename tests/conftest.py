@@ -108,6 +108,7 @@ def settings(database_url: str, redis_url: str, worker_id: str, run_id: str, smt
         db_pool_min_size=1,
         db_pool_max_size=5,
         publish_rate_limit="1000/10",  # tests post in bursts; the limit itself is tested with its own app
+        ai_offline_words_per_second=0,  # the offline coach's pace is tested on its own (test_ai_providers.py)
         **s3_settings(run_id, worker_id),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -484,13 +485,39 @@ async def test_offline_provider_is_deterministic_and_cites_passages() -> None:
     assert text == offline_reply(PROMPT)
 
     assert text.startswith("(Offline coach")  # clearly labelled
-    assert "Morning routine [1]" in text and "Weekly review guide [2]" in text
+    assert "Morning routine [1]" in text
     assert "Wake up at the same time every day." in text  # quotes the passage
+    assert "Weekly review guide" not in text  # retrieved, but shares no word with the question
     assert "routine that sticks" in text  # the coaching prompt is built from the question
-    assert cited_numbers(text, PASSAGES) == [1, 2]
-    # Word by word: a few words per delta.
-    assert len(first) > 10 and all(1 <= len(d.split()) <= 3 for d in first)
+    assert cited_numbers(text, PASSAGES) == [1]
+    # Word by word, like a model's tokens.
+    assert len(first) > 10 and all(len(d.split()) == 1 for d in first)
     assert usage_1 == [Usage(estimate_input_tokens(PROMPT), estimate_text_tokens(text))]
+
+
+async def test_offline_provider_cites_relevant_passages_by_their_number_and_never_echoes_the_mention() -> None:
+    prompt = Prompt(
+        system="",
+        turns=[ChatTurn("user", "Ana: @coach, how should my weekly review go?")],
+        passages=PASSAGES,
+    )
+    text = offline_reply(prompt)
+    assert "Weekly review guide [2]" in text and "Morning routine" not in text
+    assert cited_numbers(text, PASSAGES) == [2]  # the passage keeps its number in the prompt
+    assert "@coach" not in text and "how should my weekly review go" in text
+
+
+async def test_offline_provider_streams_at_its_configured_pace() -> None:
+    prompt = Prompt(system="", turns=[ChatTurn("user", "How do I build a routine that sticks?")], passages=PASSAGES)
+    words = len(offline_reply(prompt).split())
+    arrivals: list[float] = []
+    started = time.monotonic()
+    async for event in OfflineProvider(words_per_second=200).stream(prompt):
+        if isinstance(event, TextDelta):
+            arrivals.append(time.monotonic() - started)
+    assert len(arrivals) == words
+    assert arrivals[-1] >= (words - 1) / 200 * 0.9  # paced: a stream a client can watch and cancel
+    assert arrivals[0] < 0.05  # the first word is not held back
 
 
 async def test_offline_provider_without_passages_says_it_is_offline() -> None:

@@ -32,6 +32,15 @@ def fresh_shell(**overrides: str) -> dict[str, str]:
     return env
 
 
+async def python(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """``python <args>`` from the repository root: exit status and output."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    return await process.wait(), output.decode()
+
+
 async def serving(base: str, launcher: subprocess.Popen[bytes], timeout: float) -> None:
     async with httpx.AsyncClient() as http, asyncio.timeout(timeout):
         while True:
@@ -67,15 +76,10 @@ async def test_the_cli_finds_the_running_dev_stack_and_creates_the_first_admin()
 
         email = f"first-admin-{uuid.uuid4().hex[:6]}@example.com"
         password = "correct horse battery staple 42"
-        created = subprocess.run(
-            [sys.executable, "-m", "server", "create-admin", "--email", email],
-            cwd=ROOT,
-            env={**shell, "LOUNGES_ADMIN_PASSWORD": password},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        status, output = await python(
+            "-m", "server", "create-admin", "--email", email, env={**shell, "LOUNGES_ADMIN_PASSWORD": password}
         )
-        assert created.returncode == 0, created.stderr
+        assert status == 0, output
         async with httpx.AsyncClient(base_url=base) as http:
             login = await http.post("/api/v1/auth/login", json={"email": email, "password": password})
             assert login.status_code == 200, login.text
@@ -83,20 +87,15 @@ async def test_the_cli_finds_the_running_dev_stack_and_creates_the_first_admin()
             assert me.json()["role"] == "admin"
 
         launcher.send_signal(signal.SIGINT)  # Ctrl-C
-        assert launcher.wait(timeout=60) == 0
+        assert await asyncio.to_thread(launcher.wait, 60) == 0
         assert not stack_file.exists()  # a stopped stack leaves no settings behind
-        refused = subprocess.run(
-            [sys.executable, "-m", "server", "create-admin", "--email", email],
-            cwd=ROOT,
-            env={**shell, "LOUNGES_ADMIN_PASSWORD": password},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        status, output = await python(
+            "-m", "server", "create-admin", "--email", email, env={**shell, "LOUNGES_ADMIN_PASSWORD": password}
         )
-        assert refused.returncode != 0 and "DATABASE_URL must be set" in refused.stderr
+        assert status != 0 and "DATABASE_URL must be set" in output
     finally:
         if launcher.poll() is None:  # failed midway: the embedded PostgreSQL (pg_ctl's daemon) outlives a kill
             launcher.kill()
             launcher.wait()
             stop_postgres = "import pgserver, sys; pgserver.get_server(sys.argv[1], cleanup_mode='stop').cleanup()"
-            subprocess.run([sys.executable, "-c", stop_postgres, str(data_dir / "postgres")], timeout=60, check=False)
+            await python("-c", stop_postgres, str(data_dir / "postgres"), env=shell)

@@ -135,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     anthropic_model: str = "claude-3-5-haiku-latest"
     # Per request: connect/read timeout (also the longest silence between streamed
     # chunks) and the SDK's own retries (429, 5xx, connection errors) before falling back.
+    # The offline coach's pace: one word per delta at this rate (0: all at once).
+    ai_offline_words_per_second: Annotated[float, msgspec.Meta(ge=0, le=1000)] = 25.0
     ai_timeout_seconds: PositiveFloat = 30.0
     ai_max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 1
     # Cap on a reply's output tokens (a prompt may ask for fewer).

@@ -41,6 +41,7 @@ def node_env(settings: Settings, **overrides: str) -> dict[str, str]:
         "LOG_LEVEL": "WARNING",
         "LOG_FORMAT": "console",
         "DB_POOL_MAX_SIZE": "10",
+        "AI_OFFLINE_WORDS_PER_SECOND": str(settings.ai_offline_words_per_second),
     }
     env.update(overrides)
     return env

@@ -332,6 +332,7 @@ def build_providers(settings: Settings) -> list[Provider]:
         settings.ai_timeout_seconds,
         settings.ai_max_retries,
         settings.ai_max_output_tokens,
+        settings.ai_offline_words_per_second,
     )
     built = _built.get(key)
     if built is None:
@@ -348,6 +349,6 @@ def build_providers(settings: Settings) -> list[Provider]:
             elif name == "offline":
                 from server.domain.ai.offline_provider import OfflineProvider
 
-                built.append(OfflineProvider())
+                built.append(OfflineProvider(settings.ai_offline_words_per_second))
         _built[key] = built
     return list(built)
