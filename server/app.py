@@ -11,7 +11,6 @@ from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -27,6 +26,7 @@ from server.gateway.node import Node
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
 from server.http.middleware import RequestContextMiddleware
+from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.openapi import document_problems
 from server.http.problems import EXCEPTION_HANDLERS
 from server.http.requests import LoungesRequest
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
     )
     app = Litestar(
-        route_handlers=[HealthController, api, websocket_endpoint, asyncapi_document],
+        route_handlers=[HealthController, api, websocket_endpoint, asyncapi_document, explorer_assets()],
         lifespan=[lifespan],
         dependencies={
             "app_state": Provide(_provide_state, sync_to_thread=False),
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version="1.0.0",
             description="REST surface of Lounges. Realtime traffic uses /connection/websocket (see docs/protocol.md).",
             path="/schema",
-            render_plugins=[SwaggerRenderPlugin()],
+            render_plugins=[explorer_plugin()],
             components=Components(
                 security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),

