@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -73,6 +74,9 @@ async def test_the_cli_finds_the_running_dev_stack_and_creates_the_first_admin()
         printed = log_path.read_text()
         for line in (f"{base}/api/v1", f"ws://127.0.0.1:{port}/connection/websocket", "PostgreSQL", str(stack_file)):
             assert line in printed
+        assert re.search(r"lounges: applied \d+ migration\(s\)", printed) and "already complete" not in printed
+        status, output = await python("-m", "server", "migrate", env=shell)  # beside the stack: its database
+        assert status == 0 and "the database is up to date" in output, output
 
         email = f"first-admin-{uuid.uuid4().hex[:6]}@example.com"
         password = "correct horse battery staple 42"

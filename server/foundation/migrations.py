@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Piccolo's runner lists each migration it applies as "  - <id> [forwards]... ok!".
+_APPLIED = re.compile(r"^\s*- (\S+) \[forwards\]", re.M)
 
 
 async def apply_migrations(database_url: str) -> None:
@@ -22,6 +27,16 @@ async def apply_migrations(database_url: str) -> None:
     os.environ.setdefault("PICCOLO_CONF", "piccolo_conf")
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    result = await run_forwards(app_name="lounges", migration_id="all")
+    # Piccolo's own summary counts every migration as "already complete", even on an
+    # empty database; its output is kept for a failure and replaced by ours.
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        result = await run_forwards(app_name="lounges", migration_id="all")
     if not result.success:
+        sys.stderr.write(output.getvalue())
         raise SystemExit(f"lounges: migrations failed: {result.message}")
+    applied = _APPLIED.findall(output.getvalue())
+    if applied:
+        print(f"lounges: applied {len(applied)} migration(s): {', '.join(applied)}")
+    else:
+        print("lounges: the database is up to date (no migration to apply)")
