@@ -23,13 +23,14 @@ from server.foundation.state import AppState
 from server.gateway.asyncapi import asyncapi_document
 from server.gateway.endpoint import websocket_endpoint
 from server.gateway.node import Node
+from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
 from server.http.middleware import RequestContextMiddleware
-from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.openapi import document_problems
 from server.http.problems import EXCEPTION_HANDLERS
 from server.http.requests import LoungesRequest
+from server.http.routes.account_links import AccountLinkPages
 from server.http.routes.accounts import AuthController, UsersController
 from server.http.routes.admin import (
     AdminAuditLogController,
@@ -110,7 +111,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
     )
     app = Litestar(
-        route_handlers=[HealthController, api, websocket_endpoint, asyncapi_document, explorer_assets()],
+        route_handlers=[
+            HealthController,
+            api,
+            websocket_endpoint,
+            asyncapi_document,
+            explorer_assets(),
+            AccountLinkPages,
+        ],
         lifespan=[lifespan],
         dependencies={
             "app_state": Provide(_provide_state, sync_to_thread=False),

@@ -8,6 +8,7 @@ import os
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -18,6 +19,7 @@ from server.app import create_app
 from server.foundation.settings import Settings
 from tests.support.cluster import Cluster
 from tests.support.community import Community
+from tests.support.js_sdk import install_js_sdk
 from tests.support.lifespan import running_lifespan
 from tests.support.redis_server import RedisServer
 from tests.support.s3 import s3_settings
@@ -187,3 +189,9 @@ async def cluster(app: Litestar, settings: Settings, private_redis: RedisServer)
         yield running
     finally:
         await running.close()
+
+
+@pytest.fixture(scope="session")
+def js_sdk() -> Path:
+    """tests/js with its locked dependencies installed (``npm ci``, once per session)."""
+    return install_js_sdk()

@@ -52,7 +52,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     compression_minimum_size: PositiveInt = 1024
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
-    public_base_url: str = "http://127.0.0.1:8000"
+    # Where this server is reached from outside (links in mail); unset: http://HOST:PORT.
+    public_base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")] | None = None
+    # Where the app opens links from mail (a mobile deep link / universal link base);
+    # unset: the server's own minimal pages complete verification and resets in a browser.
+    app_link_base: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z][a-zA-Z0-9+.-]*://\S+")] | None = None
 
     # Mail. Without SMTP_HOST mail is written to MAIL_OUTBOX_DIR and logged.
     smtp_host: str | None = None

@@ -40,6 +40,7 @@ from server.domain.files.tables import File, FilePurpose, FileStatus
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
+from server.foundation.links import action_link
 from server.foundation.mail import Mail, queue_mail
 from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
@@ -271,7 +272,7 @@ async def _use_action_token(token: str, purpose: ActionTokenPurpose) -> uuid.UUI
 
 
 async def _mail_verification(state: AppState, email: str, full_name: str, token: str) -> None:
-    link = f"{state.settings.public_base_url}/verify-email?token={token}"
+    link = action_link(state.settings, "verify-email", token=token)
     await queue_mail(
         state.redis,
         Mail(
@@ -439,7 +440,7 @@ async def do_forgot_password(state: AppState, *, email: str, client: ClientInfo)
         full_name: str = user["full_name"]
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.reset_password)
         await record_event(user["id"], "password.reset_requested", client)
-    link = f"{state.settings.public_base_url}/reset-password?token={token}"
+    link = action_link(state.settings, "reset-password", token=token)
     await queue_mail(
         state.redis,
         Mail(

@@ -43,6 +43,7 @@ from server.domain.accounts.services import Principal
 from server.domain.notifications.schemas import NotificationOut, NotificationPage, ReadResult
 from server.domain.notifications.tables import Notification
 from server.foundation.errors import NotFound
+from server.foundation.links import public_base_url
 from server.foundation.mail import Mail, queue_mail
 from server.foundation.pagination import keyset_page
 from server.foundation.settings import Settings
@@ -196,7 +197,7 @@ def _mail(settings: Settings, row: dict[str, Any]) -> Mail:
         to=row["email"],
         subject=row["title"],
         text=(
-            f"{row['title']}\n\n{body}Open Lounges: {settings.public_base_url}\n\n"
+            f"{row['title']}\n\n{body}Open Lounges: {settings.app_link_base or public_base_url(settings)}\n\n"
             "You get this mail because of your notification settings; you can turn it off there."
         ),
     )

@@ -1,0 +1,111 @@
+"""The official centrifuge-js SDK (npm ``centrifuge`` 5.x, pinned in tests/js) under Node,
+run as ``tests/js/smoke.mjs`` against a real web process.
+
+Needs Node >= 20 and npm on PATH (the tests fail, never skip, without them) and the npm
+registry for ``npm ci`` (once per test session; the lockfile pins every package).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+JS_DIR = Path(__file__).parents[1] / "js"
+NODE_MIN_MAJOR = 20
+INSTALL_TIMEOUT = 300.0
+RUN_TIMEOUT = 60.0
+
+
+@contextmanager
+def js_dir_lock() -> Iterator[None]:
+    """Serialise ``npm ci`` and runs of tests/js across concurrent test sessions
+    (``npm ci`` deletes node_modules before installing)."""
+    with open(JS_DIR / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"`{name}` is not on PATH: the centrifuge-js smoke test needs Node >= {NODE_MIN_MAJOR} and npm")
+    return path
+
+
+def install_js_sdk() -> Path:
+    """tests/js with its locked dependencies installed (``npm ci``)."""
+    node = tool("node")
+    npm = tool("npm")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    match = re.match(r"v(\d+)\.", version)
+    if not match or int(match.group(1)) < NODE_MIN_MAJOR:
+        pytest.fail(f"Node {version} found; the centrifuge-js smoke test needs Node >= {NODE_MIN_MAJOR}")
+    with js_dir_lock():
+        try:
+            done = subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund"],
+                cwd=JS_DIR,
+                capture_output=True,
+                text=True,
+                timeout=INSTALL_TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`npm ci` in {JS_DIR} took longer than {INSTALL_TIMEOUT:.0f}s")
+    if done.returncode != 0:
+        pytest.fail(f"`npm ci` in {JS_DIR} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+    installed = json.loads((JS_DIR / "node_modules" / "centrifuge" / "package.json").read_text())["version"]
+    assert installed.startswith("5."), installed
+    return JS_DIR
+
+
+async def run_smoke(
+    ws_url: str, token: str, channel: str, when_published: Callable[[], Awaitable[None]]
+) -> tuple[int, list[dict[str, Any]], str]:
+    """``node smoke.mjs``: exit status, its JSON lines (the last is the summary), stderr.
+    ``when_published`` runs once the JS client has seen its own message come back
+    (smoke.mjs then waits for one message from someone else)."""
+    lines: list[dict[str, Any]] = []
+    with js_dir_lock():
+        process = await asyncio.create_subprocess_exec(
+            tool("node"),
+            "smoke.mjs",
+            ws_url,
+            token,
+            channel,
+            "20000",
+            cwd=JS_DIR,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+        assert process.stdout is not None and process.stderr is not None
+        stderr_task = asyncio.create_task(process.stderr.read())
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT):
+                while line := await process.stdout.readline():
+                    lines.append(json.loads(line))
+                    if lines[-1].get("event") == "published":
+                        await when_published()
+                returncode = await process.wait()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            pytest.fail(f"node smoke.mjs did not finish within {RUN_TIMEOUT:.0f}s; output so far: {lines}")
+        finally:
+            stderr = (await stderr_task).decode()
+    assert lines, f"no output from node smoke.mjs (exit {process.returncode}); stderr:\n{stderr}"
+    return returncode, lines, stderr
