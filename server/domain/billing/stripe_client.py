@@ -24,7 +24,7 @@ from server.foundation.settings import Settings
 
 
 class BillingNotConfigured(Unavailable):
-    """No Stripe key: billing is switched off (DESIGN §6)."""
+    """No Stripe key: billing is switched off; the calls that need Stripe answer 503."""
 
     code, title = "billing_not_configured", "Billing is not configured"
 
