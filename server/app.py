@@ -27,7 +27,7 @@ from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
 from server.http.middleware import RequestContextMiddleware
-from server.http.openapi import document_problems
+from server.http.openapi import TAGS, document_problems, document_summaries
 from server.http.problems import EXCEPTION_HANDLERS
 from server.http.requests import LoungesRequest
 from server.http.routes.account_links import AccountLinkPages
@@ -135,6 +135,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             description="REST surface of Lounges. Realtime traffic uses /connection/websocket (see docs/protocol.md).",
             path="/schema",
             render_plugins=[explorer_plugin()],
+            use_handler_docstrings=True,
+            tags=TAGS,
             components=Components(
                 security_schemes={"BearerToken": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT")}
             ),
@@ -143,6 +145,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         logging_config=None,  # configure_logging() owns the root logger
     )
     document_problems(app.openapi_schema)
+    document_summaries(app.openapi_schema)
     # Outermost, so that router-level answers (404, 405) carry a request id too. Gateway
     # sockets never reach the app: the server runs it behind the gateway's dispatch
     # (server.gateway.endpoint.gateway_dispatch, applied by `python -m server serve`).

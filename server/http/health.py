@@ -27,6 +27,7 @@ class HealthController(Controller):
 
     @get("/health", summary="Liveness: the process is serving")
     async def health(self) -> HealthStatus:
+        """The process is up and serving HTTP (it checks no dependency)."""
         return HealthStatus(status="ok")
 
     @get(

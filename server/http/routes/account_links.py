@@ -95,12 +95,14 @@ class AccountLinkPages(Controller):
 
     @get("/verify-email")
     async def verify_page(self, token: FromQuery[str] = "") -> Response[str]:
+        """The page a verification link opens: a button that confirms the address."""
         if len(token) not in _TOKEN_LENGTH:
             return _page("Confirm your email", _error(_INVALID_LINK), 422)
         return _page("Confirm your email", _verify_form(token))
 
     @post("/verify-email")
     async def verify(self, data: Form, app_state: State, client: Client) -> Response[str]:
+        """Spend the verification token posted by the page's form."""
         token = data.get("token", "")
         if len(token) not in _TOKEN_LENGTH:
             return _page("Confirm your email", _error(_INVALID_LINK), 422)
@@ -112,12 +114,14 @@ class AccountLinkPages(Controller):
 
     @get("/reset-password")
     async def reset_page(self, token: FromQuery[str] = "") -> Response[str]:
+        """The page a reset link opens: a form for the new password."""
         if len(token) not in _TOKEN_LENGTH:
             return _page("Reset your password", _error(_INVALID_LINK), 422)
         return _page("Reset your password", _reset_form(token))
 
     @post("/reset-password")
     async def reset(self, data: Form, app_state: State, client: Client) -> Response[str]:
+        """Set the new password posted by the page's form; every session ends."""
         token, password = data.get("token", ""), data.get("password", "")
         if len(token) not in _TOKEN_LENGTH:
             return _page("Reset your password", _error(_INVALID_LINK), 422)

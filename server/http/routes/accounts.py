@@ -119,6 +119,7 @@ class UsersController(Controller):
 
     @get("", responses=problem_responses(401))
     async def me(self, principal: Caller) -> UserOut:
+        """Your account: profile, role, email verification, notification preferences."""
         return await services.get_me(principal)
 
     @put("", responses=problem_responses(401, 422))

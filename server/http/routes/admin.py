@@ -91,6 +91,7 @@ class AdminCategoryController(Controller):
     async def create_category(
         self, data: JSONBody[CreateCategoryRequest], app_state: State, admin_principal: Admin, client: Client
     ) -> CategoryOut:
+        """Create a category (slug and name unique; 409 when taken)."""
         return await mentors.do_create_category(app_state, admin_principal, data, client)
 
     @put("/{category_id:uuid}", responses=problem_responses(401, 403, 404, 409, 422))
@@ -159,6 +160,7 @@ class AdminUserController(Controller):
 
     @get("/{user_id:uuid}", responses=problem_responses(401, 403, 404))
     async def get_user(self, user_id: FromPath[uuid.UUID], admin_principal: Admin) -> AdminUserOut:
+        """One user as administrators see them: role, verification, whether active, last sign-in, mentor status."""
         return await admin.get_user(admin_principal, user_id)
 
     @patch("/{user_id:uuid}/role", responses=problem_responses(401, 403, 404, 409, 422))

@@ -162,6 +162,7 @@ class AdminCmsPageController(Controller):
     async def delete_page(
         self, page_id: FromPath[uuid.UUID], app_state: State, admin_principal: Admin, client: Client
     ) -> None:
+        """Delete a CMS page; it stops being served at once."""
         await services.do_delete_page(app_state, admin_principal, page_id, client)
 
 
@@ -195,6 +196,7 @@ class AdminFaqController(Controller):
 
     @get("/{faq_id:uuid}", responses=problem_responses(401, 403, 404))
     async def get_faq(self, faq_id: FromPath[uuid.UUID], admin_principal: Admin) -> AdminFaqOut:
+        """One FAQ entry, published or not, with its Markdown source."""
         return await services.get_faq(admin_principal, faq_id)
 
     @put("/{faq_id:uuid}", responses=problem_responses(401, 403, 404, 422))
@@ -213,4 +215,5 @@ class AdminFaqController(Controller):
     async def delete_faq(
         self, faq_id: FromPath[uuid.UUID], app_state: State, admin_principal: Admin, client: Client
     ) -> None:
+        """Delete a FAQ entry."""
         await services.do_delete_faq(app_state, admin_principal, faq_id, client)

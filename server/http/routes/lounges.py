@@ -81,12 +81,14 @@ class LoungeController(Controller):
 
     @get("/{id:uuid}", security=[], responses=problem_responses(401, 404))
     async def get_lounge(self, id: FromPath[uuid.UUID], viewer: NamedDependency[Principal | None]) -> LoungeOut:
+        """One lounge: public and paid lounges for anyone, a private one for its members and staff (else 404)."""
         return await services.get_lounge(viewer, id)
 
     @put("/{id:uuid}", responses=problem_responses(401, 403, 404, 422))
     async def update_lounge(
         self, id: FromPath[uuid.UUID], data: JSONBody[LoungeUpdate], principal: Caller
     ) -> LoungeOut:
+        """Change a lounge's title, description, access, capacity or coach settings (its mentor or an admin)."""
         return await services.do_update_lounge(principal, id, data)
 
     @delete("/{id:uuid}", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
@@ -101,6 +103,7 @@ class LoungeController(Controller):
 
     @post("/{id:uuid}/leave", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 404, 409))
     async def leave(self, id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
+        """Leave a lounge; your sockets lose the channel at once (the mentor cannot: 409)."""
         await services.do_leave(app_state, principal, id)
 
     @get("/{id:uuid}/members", responses=problem_responses(401, 403, 404))
@@ -174,6 +177,7 @@ class LoungeController(Controller):
         app_state: State,
         principal: Caller,
     ) -> MessageOut:
+        """Edit your message's text; history and recovery serve the new text from now on."""
         return await messages.do_edit_message(app_state, principal, _channel(id), offset, data.text)
 
     @delete(
@@ -182,6 +186,7 @@ class LoungeController(Controller):
     async def delete_message(
         self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
     ) -> None:
+        """Delete a message (its author or the lounge's staff): it becomes a tombstone at the same offset."""
         await messages.do_delete_message(app_state, principal, _channel(id), offset)
 
     @post(
@@ -208,6 +213,7 @@ class LoungeController(Controller):
     async def remove_reaction(
         self, id: FromPath[uuid.UUID], offset: MessageOffset, emoji: Emoji, app_state: State, principal: Caller
     ) -> dict[str, int]:
+        """Take back your reaction; answers the message's reaction counts."""
         return await messages.do_react(app_state, principal, _channel(id), offset, emoji, add=False)
 
     @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))

@@ -53,7 +53,7 @@ class NotesController(Controller):
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 422))
     async def create_note(self, data: JSONBody[NoteCreate], app_state: State, principal: Caller) -> NoteOut:
-        """Tags: up to 20, each 1-50 letters, digits, ``_``, ``-`` or spaces (stored lower-case)."""
+        """Write a note; the coach can cite it once indexed. Tags: up to 20, each 1-50 letters, digits, ``_``, ``-`` or spaces (stored lower-case)."""
         return await services.do_create_note(app_state, principal, data)
 
     @post("/search", status_code=HTTP_200_OK, responses=problem_responses(401, 422))
@@ -64,6 +64,7 @@ class NotesController(Controller):
 
     @get("/{id:uuid}", responses=problem_responses(401, 404))
     async def get_note(self, id: FromPath[uuid.UUID], principal: Caller) -> NoteOut:
+        """One of your notes."""
         return await services.get_note(principal, id)
 
     @route("/{id:uuid}", http_method=[HttpMethod.PUT, HttpMethod.PATCH], responses=problem_responses(401, 404, 422))
@@ -80,4 +81,5 @@ class NotesController(Controller):
 
     @delete("/{id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 404))
     async def delete_note(self, id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
+        """Delete a note; the coach no longer finds it and search no longer lists it."""
         await services.do_delete_note(app_state, principal, id)

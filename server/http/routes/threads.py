@@ -51,24 +51,29 @@ class ThreadController(Controller):
     async def list_threads(
         self, principal: Caller, archived: FromQuery[bool] = False, limit: Limit = 50, offset: Offset = 0
     ) -> ThreadPage:
+        """Your threads with the coach, most recently active first (archived ones on request)."""
         return await threads.list_threads(principal, archived=archived, limit=limit, offset=offset)
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 422))
     async def create_thread(self, data: JSONBody[ThreadCreate], app_state: State, principal: Caller) -> ThreadOut:
+        """Open a one-to-one thread with the coach; its channel is thread:<id>."""
         return await threads.do_create_thread(app_state, principal, data)
 
     @get("/{id:uuid}", responses=problem_responses(401, 404))
     async def get_thread(self, id: FromPath[uuid.UUID], principal: Caller) -> ThreadOut:
+        """One of your threads."""
         return await threads.get_thread(principal, id)
 
     @patch("/{id:uuid}", responses=problem_responses(401, 404, 422))
     async def update_thread(
         self, id: FromPath[uuid.UUID], data: JSONBody[ThreadUpdate], principal: Caller
     ) -> ThreadOut:
+        """Rename a thread, or archive or unarchive it."""
         return await threads.do_update_thread(principal, id, data)
 
     @delete("/{id:uuid}", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 404))
     async def delete_thread(self, id: FromPath[uuid.UUID], app_state: State, principal: Caller) -> None:
+        """Delete a thread with its messages and its channel's history."""
         await threads.do_delete_thread(app_state, principal, id)
 
     # -- messages (the same routes as a lounge's, see server.http.channel_messages) -----------
@@ -102,6 +107,7 @@ class ThreadController(Controller):
         app_state: State,
         principal: Caller,
     ) -> MessageOut:
+        """Edit your message's text; history and recovery serve the new text from now on."""
         return await messages.do_edit_message(app_state, principal, _channel(id), offset, data.text)
 
     @delete(
@@ -110,6 +116,7 @@ class ThreadController(Controller):
     async def delete_message(
         self, id: FromPath[uuid.UUID], offset: MessageOffset, app_state: State, principal: Caller
     ) -> None:
+        """Delete your message: it becomes a tombstone at the same offset."""
         await messages.do_delete_message(app_state, principal, _channel(id), offset)
 
     @post(
@@ -136,6 +143,7 @@ class ThreadController(Controller):
     async def remove_reaction(
         self, id: FromPath[uuid.UUID], offset: MessageOffset, emoji: Emoji, app_state: State, principal: Caller
     ) -> dict[str, int]:
+        """Take back your reaction; answers the message's reaction counts."""
         return await messages.do_react(app_state, principal, _channel(id), offset, emoji, add=False)
 
     @post("/{id:uuid}/read", status_code=HTTP_200_OK, responses=problem_responses(401, 403, 404))
