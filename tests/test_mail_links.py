@@ -15,7 +15,9 @@ def test_links_follow_the_port_unless_a_public_url_is_set() -> None:
     assert public_base_url(Settings(host="0.0.0.0", port=8080)) == "http://127.0.0.1:8080"
     assert public_base_url(Settings(host="::1", port=8080)) == "http://[::1]:8080"
     assert public_base_url(Settings(public_base_url="https://api.example.com/", port=9123)) == "https://api.example.com"
-    assert action_link(Settings(port=9123), "verify-email", token="t-1") == "http://127.0.0.1:9123/verify-email?token=t-1"
+    assert (
+        action_link(Settings(port=9123), "verify-email", token="t-1") == "http://127.0.0.1:9123/verify-email?token=t-1"
+    )
 
 
 def test_the_app_claims_the_links_when_it_has_a_link_base() -> None:
@@ -31,7 +33,9 @@ async def test_a_link_page_refuses_a_bad_token_and_keeps_the_token_out_of_referr
         assert missing.status_code == 422 and "This link is invalid" in missing.text
         hostile = '"><script>alert(1)</script>'
         shown = await client.get(page, params={"token": hostile})
-        assert shown.status_code == 200 and "<script>alert" not in shown.text and "&quot;&gt;&lt;script&gt;" in shown.text
+        assert (
+            shown.status_code == 200 and "<script>alert" not in shown.text and "&quot;&gt;&lt;script&gt;" in shown.text
+        )
         assert shown.headers["referrer-policy"] == "no-referrer" and shown.headers["cache-control"] == "no-store"
         assert "default-src 'none'" in shown.headers["content-security-policy"]
         assert "frame-ancestors 'none'" in shown.headers["content-security-policy"]
