@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from server.domain.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
-from server.domain.ai.coach import stop_replies_to
 from server.domain.capsules.tables import TimeCapsule
 from server.domain.chat.messages import ERASED_NAME, erase_authored_messages
 from server.domain.chat.tables import ChatThread, Message
@@ -17,7 +17,8 @@ from server.domain.compliance.tables import ComplianceRequest
 from server.domain.notes.tables import Note
 from server.domain.notifications.tables import Notification
 from server.foundation.state import AppState
-from server.streams.broker import broadcast, forget_channels
+from server.foundation.unit_of_work import on_commit, unit_of_work
+from server.streams.broker import forget_channels
 from server.streams.channels import delete_channel
 
 log = logging.getLogger("lounges.erasure")
@@ -36,7 +37,7 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
     """
     state: AppState = ctx["state"]
     uid, rid = uuid.UUID(user_id), uuid.UUID(request_id)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await ComplianceRequest.update({ComplianceRequest.status: "processing"}).where(
             ComplianceRequest.id == rid, ComplianceRequest.status == "pending"
         )
@@ -48,6 +49,7 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
             await Message.delete().where(Message.channel.is_in(thread_channels))
         for channel in thread_channels:
             await delete_channel(channel)
+        await on_commit(partial(forget_channels, state, thread_channels))
         for table, column in (
             (ChatThread, ChatThread.user),
             (Note, Note.user),
@@ -69,17 +71,10 @@ async def erase_user(ctx: dict[str, Any], user_id: str, request_id: str) -> str:
                 User.is_active: False,
             }
         ).where(User.id == uid)
-        appended, rewritten = await erase_authored_messages(uid)
+        await erase_authored_messages(state, uid)
         await ComplianceRequest.update(
             {ComplianceRequest.status: "completed", ComplianceRequest.completed_at: datetime.now(UTC)}
         ).where(ComplianceRequest.id == rid)
-    await forget_channels(state, thread_channels)
-    await broadcast(state, appended, rewritten=rewritten)
-    deleted: dict[str, list[int]] = {}
-    for publication in appended:
-        deleted.setdefault(publication.channel, []).append(publication.data["message_offset"])
-    for channel, offsets in deleted.items():  # the coach's replies to them still streaming
-        await stop_replies_to(state, channel, offsets)
-    await purge_erased_files(state, erased_files)
+        await on_commit(partial(purge_erased_files, state, erased_files))
     log.info("account erased", extra={"user_id": user_id, "compliance_request_id": request_id})
     return "erased"

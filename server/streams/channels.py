@@ -6,6 +6,12 @@ serialises writers of one channel (on any node), a rolled-back transaction
 gives its number back, so stored offsets are strictly increasing with no gaps.
 The publication is broadcast (:mod:`server.streams.broker`) only after the transaction commits.
 
+Every publication is logged here, by one writer in two forms: :func:`publication_statement`,
+one statement that takes the offset, lets the caller store its own rows at that
+offset (e.g. a message) and logs the publication (what :func:`append` runs with no
+rows of the caller's); and :func:`next_offset` then :func:`append` at that offset, for a
+caller that must read its own rows back before it can say what the publication is.
+
 A stored publication is rewritten in place (same offset, same epoch) when what
 it says must no longer be readable: an edited or deleted message, an erased
 author (:func:`rewrite`). After the commit, :func:`server.streams.broker.broadcast` replaces the entry
@@ -80,6 +86,34 @@ async def has_history(name: str) -> bool:
     return bool(row and row["last_offset"] > 0)
 
 
+def publication_statement(
+    channel: str, data: str, *, rows: str = "", sources: tuple[str, ...] = (), returning: tuple[str, ...] = ()
+) -> str:
+    """The one statement that publishes in a channel: it takes the channel's next offset
+    (the CTE ``taken``: ``name``, ``last_offset``, ``epoch``; the channel row stays locked
+    until the transaction ends), runs the caller's CTEs ``rows`` (which may read ``taken``),
+    and logs the publication whose data is the SQL expression ``data``. ``channel`` and
+    ``data`` are SQL too (placeholders, in the caller's parameter style); ``data`` may
+    read the caller's CTEs named in ``sources``, which must yield one row each (none: nothing
+    is logged). The statement yields one row: ``offset``, ``epoch`` and the ``returning``
+    expressions (which may read ``sources``)."""
+    joined = "".join(f", {source}" for source in sources)
+    extra = "".join(f", {expression}" for expression in returning)
+    return f"""
+WITH taken AS (
+    UPDATE channels SET last_offset = last_offset + 1 WHERE name = {channel} RETURNING name, last_offset, epoch
+), {rows + ", " if rows else ""}logged AS (
+    INSERT INTO channel_publications (id, channel, "offset", data, created_at)
+    SELECT gen_random_uuid(), taken.name, taken.last_offset, {data}, now() FROM taken{joined}
+    RETURNING "offset"
+)
+SELECT logged."offset", taken.epoch{extra} FROM logged, taken{joined}
+"""
+
+
+_APPEND_SQL = publication_statement("{}", "{}::jsonb")
+
+
 async def next_offset(name: str) -> tuple[int, str]:
     """Take the channel's next offset; the row stays locked until the transaction ends."""
     rows = await Channel.raw(
@@ -91,10 +125,15 @@ async def next_offset(name: str) -> tuple[int, str]:
 
 
 async def append(name: str, data: dict[str, Any], offset: int | None = None, epoch: str | None = None) -> Publication:
-    """Store ``data`` in the channel's log at ``offset`` (taken now when not given)."""
+    """Store ``data`` in the channel's log at ``offset`` (from :func:`next_offset`), or at the
+    next offset, taken in the same statement (:func:`publication_statement`), when not given."""
     if offset is None or epoch is None:
-        offset, epoch = await next_offset(name)
-    await ChannelPublication.insert(ChannelPublication(channel=name, offset=offset, data=data))
+        rows = await ChannelPublication.raw(_APPEND_SQL, name, _encoder.encode(data).decode())
+        if not rows:
+            raise LookupError(f"no channel {name}")
+        offset, epoch = rows[0]["offset"], rows[0]["epoch"]
+    else:
+        await ChannelPublication.insert(ChannelPublication(channel=name, offset=offset, data=data))
     return Publication(channel=name, offset=offset, epoch=epoch, data=data)
 
 

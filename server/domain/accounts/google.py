@@ -15,6 +15,7 @@ import hashlib
 import secrets
 import time
 from datetime import timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,6 +36,7 @@ from server.domain.accounts.services import (
 from server.domain.accounts.tables import OAuthAccount, OAuthProvider, User
 from server.foundation.errors import BadRequest, Conflict, Unauthorized, Unavailable
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 FLOW_TTL = timedelta(minutes=10)
 _ID_TOKEN_ALGORITHMS = ["RS256", "ES256"]
@@ -96,7 +98,7 @@ async def finish_google_sign_in(state: AppState, *, code: str, flow_state: str, 
     email_verified = claims.get("email_verified") is True
 
     revoked: list[Any] = []
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         linked = (
             await OAuthAccount.select(OAuthAccount.user)
             .where(OAuthAccount.provider == OAuthProvider.google, OAuthAccount.subject == subject)
@@ -142,7 +144,7 @@ async def finish_google_sign_in(state: AppState, *, code: str, flow_state: str, 
         await User.update({User.last_login_at: now()}).where(User.id == user_id)
         pair = await open_session(state, user_id, client)
         await record_event(user_id, "login.succeeded", client, method=method)
-    await announce_revoked(state, user_id, revoked, "google_link_unverified")
+        await on_commit(partial(announce_revoked, state, user_id, revoked, "google_link_unverified"))
     return pair
 
 

@@ -12,10 +12,10 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
-from piccolo.engine.postgres import PostgresEngine
 
 from server.domain.accounts.passwords import check_password_policy, hash_password, needs_rehash, verify_password
 from server.domain.accounts.schemas import (
@@ -44,6 +44,7 @@ from server.foundation.links import action_link
 from server.foundation.mail import Mail, queue_mail
 from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 log = logging.getLogger("lounges.accounts")
 
@@ -90,10 +91,6 @@ def user_out(row: dict[str, Any]) -> UserOut:
 
 def _json(value: Any) -> dict[str, Any]:
     return msgspec.json.decode(value) if isinstance(value, (str, bytes)) else (value or {})
-
-
-def _engine(state: AppState) -> PostgresEngine:
-    return state.engine
 
 
 # -- rate limits ---------------------------------------------------------------------------
@@ -225,7 +222,7 @@ async def do_register(state: AppState, *, email: str, password: str, full_name: 
     if not full_name:
         raise ValidationFailed("full_name must not be blank", code="invalid_full_name")
     password_hash = await hash_password(password)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         if await User.exists().where(User.email == email):
             raise Conflict(
                 "this email cannot be used to register; sign in or reset your password", code="email_unavailable"
@@ -235,7 +232,7 @@ async def do_register(state: AppState, *, email: str, password: str, full_name: 
         )
         await record_event(row["id"], "account.registered", client)
         token = await _new_action_token(state, row["id"], ActionTokenPurpose.verify_email)
-    await _mail_verification(state, email, full_name, token)
+        await on_commit(partial(_mail_verification, state, email, full_name, token))
     return user_out(row)
 
 
@@ -285,7 +282,7 @@ async def _mail_verification(state: AppState, email: str, full_name: str, token:
 
 async def do_verify_email(state: AppState, *, token: str, client: ClientInfo) -> None:
     await check_rate(state, "verify", client)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         user_id = await _use_action_token(token, ActionTokenPurpose.verify_email)
         await User.update({User.email_verified_at: now()}).where(User.id == user_id, User.email_verified_at.is_null())
         await record_event(user_id, "email.verified", client)
@@ -295,7 +292,7 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
     """Mail a fresh link if the account exists and is unverified; silent otherwise."""
     email = normalize_email(email)
     await check_rate(state, "verify", client, email)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         user = (
             await User.select(User.id, User.full_name)
             .where(User.email == email, User.is_active.eq(True), User.email_verified_at.is_null())
@@ -305,7 +302,7 @@ async def do_resend_verification(state: AppState, *, email: str, client: ClientI
             return
         full_name: str = user["full_name"]
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.verify_email)
-    await _mail_verification(state, email, full_name, token)
+        await on_commit(partial(_mail_verification, state, email, full_name, token))
 
 
 # -- sign-in, refresh, sign-out -------------------------------------------------------------
@@ -367,7 +364,7 @@ async def do_login(state: AppState, *, email: str, password: str, client: Client
             await record_event(user["id"], "login.failed", client)
         raise Unauthorized("wrong email or password", code="invalid_credentials")
     await _login_succeeded(state, email, client)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         changes: dict[Any, Any] = {User.last_login_at: now()}
         if needs_rehash(user["password_hash"]):
             changes[User.password_hash] = await hash_password(password)
@@ -380,8 +377,8 @@ async def do_login(state: AppState, *, email: str, password: str, client: Client
 async def do_refresh(state: AppState, *, refresh_token: str, client: ClientInfo) -> TokenPair:
     """Rotate: the presented token is spent and a new pair issued. A spent token
     presented again means it leaked: the whole session family is revoked."""
-    reused: tuple[uuid.UUID, uuid.UUID] | None = None
-    async with _engine(state).transaction():
+    reused = False
+    async with unit_of_work(state.engine):
         rows = await RefreshToken.raw(
             """
             SELECT t.id, t.used_at, s.id AS session_id, s."user" AS user_id, s.revoked_at, s.expires_at, u.is_active
@@ -401,7 +398,10 @@ async def do_refresh(state: AppState, *, refresh_token: str, client: ClientInfo)
         if row["used_at"] is not None:
             await revoke_sessions(row["user_id"], "refresh_token_reuse", only=row["session_id"])
             await record_event(row["user_id"], "session.reuse_detected", client, session_id=str(row["session_id"]))
-            reused = (row["user_id"], row["session_id"])
+            await on_commit(
+                partial(announce_revoked, state, row["user_id"], [row["session_id"]], "refresh_token_reuse")
+            )
+            reused = True
         else:
             moment = now()
             await RefreshToken.update({RefreshToken.used_at: moment}).where(RefreshToken.id == row["id"])
@@ -413,17 +413,16 @@ async def do_refresh(state: AppState, *, refresh_token: str, client: ClientInfo)
                 }
             ).where(UserSession.id == row["session_id"])
             pair = await _issue_pair(state, row["user_id"], row["session_id"])
-    if reused:
-        await announce_revoked(state, reused[0], [reused[1]], "refresh_token_reuse")
+    if reused:  # raised once the revocation committed
         raise Unauthorized("refresh token already used; the session was revoked", code="refresh_token_reused")
     return pair
 
 
 async def do_logout(state: AppState, principal: Principal, client: ClientInfo) -> None:
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         revoked = await revoke_sessions(principal.user_id, "logout", only=principal.session_id)
         await record_event(principal.user_id, "logout", client)
-    await announce_revoked(state, principal.user_id, revoked, "logout")
+        await on_commit(partial(announce_revoked, state, principal.user_id, revoked, "logout"))
 
 
 # -- passwords ------------------------------------------------------------------------------
@@ -433,31 +432,29 @@ async def do_forgot_password(state: AppState, *, email: str, client: ClientInfo)
     """Mail a reset link when the account exists; the answer is the same either way."""
     email = normalize_email(email)
     await check_rate(state, "forgot", client, email)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         user = await User.select(User.id, User.full_name).where(User.email == email, User.is_active.eq(True)).first()
         if user is None:
             return
         full_name: str = user["full_name"]
         token = await _new_action_token(state, user["id"], ActionTokenPurpose.reset_password)
         await record_event(user["id"], "password.reset_requested", client)
-    link = action_link(state.settings, "reset-password", token=token)
-    await queue_mail(
-        state.redis,
-        Mail(
+        link = action_link(state.settings, "reset-password", token=token)
+        mail = Mail(
             to=email,
             subject="Reset your Lounges password",
             text=(
                 f"Hello {full_name},\n\nSomeone asked to reset your password. If it was you:\n{link}\n\n"
                 f"Reset token: {token}\n\nIf not, ignore this mail; your password is unchanged.\n"
             ),
-        ),
-    )
+        )
+        await on_commit(partial(queue_mail, state.redis, mail))
 
 
 async def do_reset_password(state: AppState, *, token: str, password: str, client: ClientInfo) -> None:
     await check_rate(state, "reset", client)
     password_hash: str | None = None
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         user_id = await _use_action_token(token, ActionTokenPurpose.reset_password)
         user = await User.select(User.email).where(User.id == user_id).first()
         assert user is not None  # the action token's user row (a foreign key)
@@ -467,7 +464,7 @@ async def do_reset_password(state: AppState, *, token: str, password: str, clien
         await User.update({User.password_hash: password_hash}).where(User.id == user_id)
         revoked = await revoke_sessions(user_id, "password_reset")
         await record_event(user_id, "password.reset", client)
-    await announce_revoked(state, user_id, revoked, "password_reset")
+        await on_commit(partial(announce_revoked, state, user_id, revoked, "password_reset"))
     # The owner proved control of the mailbox and old guesses are void: lift the account-wide
     # cap on failed sign-ins (see _limit_login) and this source's own count.
     await state.limiter.reset(_failed_logins(email))
@@ -484,11 +481,11 @@ async def do_change_password(
         raise Forbidden("the current password is wrong", code="invalid_credentials")
     check_password_policy(new_password, email=user["email"], field="new_password")
     password_hash = await hash_password(new_password)
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         await User.update({User.password_hash: password_hash}).where(User.id == principal.user_id)
         revoked = await revoke_sessions(principal.user_id, "password_changed", keep=principal.session_id)
         await record_event(principal.user_id, "password.changed", client)
-    await announce_revoked(state, principal.user_id, revoked, "password_changed")
+        await on_commit(partial(announce_revoked, state, principal.user_id, revoked, "password_changed"))
 
 
 # -- profile, activity, deletion --------------------------------------------------------------
@@ -587,17 +584,16 @@ async def do_delete_account(
             raise Forbidden("confirm with your current password", code="reauthentication_required")
     elif now().timestamp() - principal.issued_at > RECENT_LOGIN.total_seconds():
         raise Forbidden("sign in again, then delete within five minutes", code="reauthentication_required")
-    async with _engine(state).transaction():
+    async with unit_of_work(state.engine):
         await User.update({User.is_active: False, User.disabled_at: now()}).where(User.id == principal.user_id)
         revoked = await revoke_sessions(principal.user_id, "account_deleted")
         await record_event(principal.user_id, "account.deleted", client)
         [request] = await ComplianceRequest.insert(
             ComplianceRequest(user=principal.user_id, kind="erasure", status="pending")
         ).returning(ComplianceRequest.id)
-    await publish_control(
-        state.redis,
-        state.settings.redis_prefix,
-        ControlEvent(kind="user.disabled", user_id=principal.user_id, session_ids=revoked, reason="account_deleted"),
-    )
-    await state.redis.enqueue_job("erase_user", str(principal.user_id), str(request["id"]))
+        disabled = ControlEvent(
+            kind="user.disabled", user_id=principal.user_id, session_ids=revoked, reason="account_deleted"
+        )
+        await on_commit(partial(publish_control, state.redis, state.settings.redis_prefix, disabled))
+        await on_commit(partial(state.redis.enqueue_job, "erase_user", str(principal.user_id), str(request["id"])))
     return request["id"]

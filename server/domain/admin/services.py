@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, time, timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -31,11 +32,12 @@ from server.domain.admin.tables import AdminAuditLog
 from server.domain.billing.tables import Payment, PaymentStatus
 from server.domain.chat.tables import Message
 from server.domain.mentors.tables import Mentor, MentorStatus
-from server.domain.notifications.services import create_notification, deliver_notification
+from server.domain.notifications.services import notify_on_commit
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound
 from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -290,7 +292,7 @@ async def do_change_role(
     check_admin(admin)
     if user_id == admin.user_id:
         raise Forbidden("administrators cannot change their own role", code="cannot_demote_self")
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await User.raw("SELECT id, role FROM users WHERE id = {} FOR UPDATE", user_id)
         if not rows:
             raise NotFound("no such user", code="user_not_found")
@@ -329,7 +331,12 @@ async def do_change_role(
                 mentor[0]["id"],
             )
         await User.update({User.role: role.value}).where(User.id == user_id)
-        notification_id = await create_notification(
+        # Once committed, the user's open sockets act with the new role at once (every node),
+        # before the notification telling them so is pushed (and mailed if wanted).
+        changed = ControlEvent(kind="user.role_changed", user_id=user_id)
+        await on_commit(partial(publish_control, state.redis, state.settings.redis_prefix, changed))
+        await notify_on_commit(
+            state,
             user_id,
             kind="role.changed",
             title=f"Your role is now {role.value}",
@@ -342,11 +349,6 @@ async def do_change_role(
         await record_admin_action(
             admin, "user.role_change", target_type="user", target_id=user_id, client=client, detail=detail
         )
-    # Once committed: the user's open sockets act with the new role at once (every node).
-    await publish_control(
-        state.redis, state.settings.redis_prefix, ControlEvent(kind="user.role_changed", user_id=user_id)
-    )
-    await deliver_notification(state, notification_id)  # pushed (and mailed if wanted) only once committed
     return await _user(user_id)
 
 

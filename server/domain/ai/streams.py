@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import uuid
+from functools import partial
 from types import TracebackType
 from typing import Any
 
@@ -39,6 +40,7 @@ from server.domain.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.domain.chat.tables import MessageStatus
 from server.foundation.redis import queue_name
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import broadcast, pubsub_channel
 from server.streams.channels import Publication
 
@@ -232,11 +234,11 @@ def _owners(channel: str) -> tuple[uuid.UUID | None, uuid.UUID | None]:
 async def end_reply(
     state: AppState, live: LiveReply, *, text: str, status: MessageStatus, error_code: str, usage: Usage
 ) -> Publication | None:
-    """Store the reply with its usage-ledger row (one transaction), forget its live state and
-    broadcast it. Returns None, storing nothing, when the stream's reply is stored already."""
+    """Store the reply with its usage-ledger row (one unit of work), then forget its live state
+    and broadcast it. Returns None, storing nothing, when the stream's reply is stored already."""
     lounge_id, thread_id = _owners(live.channel)
     try:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             publication, message_id = await do_store_ai_reply(
                 state,
                 channel=live.channel,
@@ -262,15 +264,20 @@ async def end_reply(
                     outcome=str(status),
                 )
             )
+            await on_commit(partial(_publish_reply, state, live, publication))
     except ReplyAlreadyStored:
-        publication = None
-    await forget_reply(state, live)
-    if publication is not None:
-        try:
-            await broadcast(state, [publication])
-        except (RedisError, OSError) as exc:  # stored: subscribers get it from history when they recover
-            log.warning("coach reply stored but not broadcast", extra={"stream_id": live.stream_id, "error": repr(exc)})
+        await forget_reply(state, live)
+        return None
     return publication
+
+
+async def _publish_reply(state: AppState, live: LiveReply, publication: Publication) -> None:
+    """After the reply committed: forget its live state, then broadcast it."""
+    await forget_reply(state, live)
+    try:
+        await broadcast(state, [publication])
+    except (RedisError, OSError) as exc:  # stored: subscribers get it from history when they recover
+        log.warning("coach reply stored but not broadcast", extra={"stream_id": live.stream_id, "error": repr(exc)})
 
 
 async def forget_reply(state: AppState, live: LiveReply) -> None:

@@ -47,6 +47,7 @@ from server.foundation.database import acquire_engine, release_engine
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import unit_of_work
 
 _PLAN_COLUMNS = (
     "id",
@@ -194,7 +195,7 @@ async def _customer_for(state: AppState, stripe: Any, user_id: uuid.UUID, user: 
         params={"email": user["email"], "name": user["full_name"], "metadata": {"user_id": str(user_id)}},
         options={"idempotency_key": f"customer-{user_id}"},
     )
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await BillingCustomer.raw(
             """INSERT INTO billing_customers (id, "user", stripe_customer_id, created_at)
                VALUES ({}, {}, {}, now()) ON CONFLICT DO NOTHING""",
@@ -276,7 +277,7 @@ async def do_cancel_subscription(state: AppState, principal: Principal) -> Subsc
                 options={"idempotency_key": f"cancel-{current['stripe_subscription_id']}-{uuid.uuid4().hex}"},
             )
         fields = subscription_fields(updated.to_dict())
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             await Subscription.update(
                 {
                     Subscription.status: fields["status"],

@@ -42,8 +42,8 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -57,9 +57,10 @@ from server.domain.billing.entitlements import (
 from server.domain.billing.schemas import StripeEventIn, WebhookAck
 from server.domain.billing.stripe_client import verify_webhook
 from server.domain.billing.tables import PaymentStatus, StripeEvent, SubscriptionStatus
-from server.domain.notifications.services import create_notification, deliver_notification
+from server.domain.notifications.services import notify_on_commit
 from server.foundation.errors import BadRequest
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 log = logging.getLogger("lounges.billing")
 
@@ -126,7 +127,7 @@ async def do_receive_event(state: AppState, payload: bytes, signature: str | Non
         raise BadRequest(f"not a Stripe event: {exc}", code="invalid_event") from None
     if event.object != "event":
         raise BadRequest("not a Stripe event (snapshot events only)", code="invalid_event")
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         inserted = await StripeEvent.raw(
             """
             INSERT INTO stripe_events (id, event_id, type, stripe_created, payload, received_at, attempts)
@@ -149,32 +150,18 @@ async def do_receive_event(state: AppState, payload: bytes, signature: str | Non
             )
             pending = existing is not None and existing["processed_at"] is None
             attempts = existing["attempts"] if existing else 0
-    if pending:
-        await state.redis.enqueue_job(PROCESS_JOB, event.id, _job_id=job_id(event.id, attempts))
+        if pending:
+            await on_commit(partial(state.redis.enqueue_job, PROCESS_JOB, event.id, _job_id=job_id(event.id, attempts)))
     return WebhookAck(received=True, duplicate=not inserted)
 
 
 # -- processing ----------------------------------------------------------------------------------
 
 
-@dataclass
-class AfterCommit:
-    """What a processed event must do once its transaction has committed."""
-
-    notifications: list[uuid.UUID] = field(default_factory=list)
-    access_lost: list[tuple[uuid.UUID, list[str]]] = field(default_factory=list)
-
-    async def run(self, state: AppState) -> None:
-        for notification_id in self.notifications:
-            await deliver_notification(state, notification_id)
-        for user_id, channels in self.access_lost:
-            await announce_access_lost(state, user_id, channels, "subscription_ended")
-
-
 async def process_event(state: AppState, event_id: str) -> str:
-    """Apply one stored event exactly once; returns what happened (for the job's result)."""
-    after = AfterCommit()
-    async with state.engine.transaction():
+    """Apply one stored event exactly once; returns what happened (for the job's result).
+    What the handler registers with ``on_commit`` runs once the event's transaction committed."""
+    async with unit_of_work(state.engine):
         rows = await StripeEvent.raw(
             "SELECT id, type, payload, processed_at FROM stripe_events WHERE event_id = {} FOR UPDATE", event_id
         )
@@ -189,12 +176,11 @@ async def process_event(state: AppState, event_id: str) -> str:
             # One customer's events are applied one at a time (workers run jobs concurrently):
             # each sees what the others committed, e.g. an invoice finds its subscription.
             await StripeEvent.raw("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))", f"stripe:{customer_id}")
-        outcome = await handler(event, after) if handler else "ignored"
+        outcome = await handler(state, event) if handler else "ignored"
         await StripeEvent.raw(
             "UPDATE stripe_events SET processed_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = {}",
             rows[0]["id"],
         )
-    await after.run(state)
     return f"{event.type}: {outcome}"
 
 
@@ -271,7 +257,7 @@ def _invoice_subscription(obj: dict[str, Any]) -> str | None:
 # -- handlers ------------------------------------------------------------------------------------
 
 
-async def _checkout_completed(event: StripeEventIn, after: AfterCommit) -> str:
+async def _checkout_completed(state: AppState, event: StripeEventIn) -> str:
     session = event.data.object
     if session.get("mode") != "subscription":
         return "ignored (not a subscription checkout)"
@@ -296,7 +282,7 @@ async def _checkout_completed(event: StripeEventIn, after: AfterCommit) -> str:
     return "customer linked"
 
 
-async def _subscription_changed(event: StripeEventIn, after: AfterCommit) -> str:
+async def _subscription_changed(state: AppState, event: StripeEventIn) -> str:
     obj = event.data.object
     stripe_id = _id(obj.get("id"))
     if stripe_id is None:
@@ -369,25 +355,24 @@ async def _subscription_changed(event: StripeEventIn, after: AfterCommit) -> str
         )
     if owner is not None:
         channels = await revoke_paid_lounge_access(owner)
-        if channels:
-            after.access_lost.append((owner, channels))
         was_entitled = bool(previous) and previous[0]["status"] in ENTITLING_STATUSES
         if applied and was_entitled and fields["status"] not in ENTITLING_STATUSES:
-            after.notifications.append(
-                await create_notification(
-                    owner,
-                    kind="subscription.ended",
-                    title="Your subscription has ended",
-                    body="Paid lounges are closed to you until you subscribe again; your place in them is kept.",
-                    data={"subscription_id": str(applied[0]["id"]), "status": fields["status"]},
-                )
+            await notify_on_commit(
+                state,
+                owner,
+                kind="subscription.ended",
+                title="Your subscription has ended",
+                body="Paid lounges are closed to you until you subscribe again; your place in them is kept.",
+                data={"subscription_id": str(applied[0]["id"]), "status": fields["status"]},
             )
+        if channels:
+            await on_commit(partial(announce_access_lost, state, owner, channels, "subscription_ended"))
     if not applied:
         return "stale version ignored"
     return f"{'created' if not previous else 'updated'} ({fields['status']})"
 
 
-async def _invoice_changed(event: StripeEventIn, after: AfterCommit) -> str:
+async def _invoice_changed(state: AppState, event: StripeEventIn) -> str:
     invoice = event.data.object
     invoice_id = _id(invoice.get("id"))
     if invoice_id is None:
@@ -440,29 +425,28 @@ async def _invoice_changed(event: StripeEventIn, after: AfterCommit) -> str:
     newly_paid = paid and not (previous and previous[0]["status"] == PaymentStatus.paid)
     if user_id is not None and (newly_paid or not paid):
         money = f"{amount / 100:.2f} {currency.upper()}"
-        after.notifications.append(
-            await create_notification(
-                user_id,
-                kind="payment.succeeded" if paid else "payment.failed",
-                title="Payment received" if paid else "Payment failed",
-                body=(
-                    f"We received {money}. Thank you!"
-                    if paid
-                    else f"Your payment of {money} did not go through. Update your payment method "
-                    "to keep your plan; we will try again."
-                ),
-                data={
-                    "invoice_id": invoice_id,
-                    "amount_cents": amount,
-                    "currency": currency,
-                    "hosted_invoice_url": hosted_url,
-                },
-            )
+        await notify_on_commit(
+            state,
+            user_id,
+            kind="payment.succeeded" if paid else "payment.failed",
+            title="Payment received" if paid else "Payment failed",
+            body=(
+                f"We received {money}. Thank you!"
+                if paid
+                else f"Your payment of {money} did not go through. Update your payment method "
+                "to keep your plan; we will try again."
+            ),
+            data={
+                "invoice_id": invoice_id,
+                "amount_cents": amount,
+                "currency": currency,
+                "hosted_invoice_url": hosted_url,
+            },
         )
     return f"payment {status}"
 
 
-_HANDLERS: dict[str, Callable[[StripeEventIn, AfterCommit], Awaitable[str]]] = {
+_HANDLERS: dict[str, Callable[[AppState, StripeEventIn], Awaitable[str]]] = {
     "checkout.session.completed": _checkout_completed,
     "customer.subscription.created": _subscription_changed,
     "customer.subscription.updated": _subscription_changed,
@@ -507,9 +491,9 @@ async def sweep(state: AppState, *, requeue_after: int = 120, max_attempts: int 
     )
     revoked = 0
     for row in lapsed:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             channels = await revoke_paid_lounge_access(row["user"])
-        if channels:
-            revoked += len(channels)
-            await announce_access_lost(state, row["user"], channels, "subscription_ended")
+            if channels:
+                await on_commit(partial(announce_access_lost, state, row["user"], channels, "subscription_ended"))
+        revoked += len(channels)
     return {"requeued": len(pending), "memberships_revoked": revoked}

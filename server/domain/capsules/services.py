@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -42,6 +43,7 @@ from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -120,7 +122,7 @@ async def do_create_capsule(state: AppState, principal: Principal, data: Capsule
     if data.unlock_at > moment + timedelta(days=furthest):
         raise ValidationFailed(f"unlock_at may be at most {furthest} days ahead", code="unlock_at_too_far")
     capsule_id = uuid.uuid4()
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         # One creation per user at a time: the per-user cap and the file checks below hold.
         await TimeCapsule.raw("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))", f"capsules:{principal.user_id}")
         if await TimeCapsule.count().where(TimeCapsule.user == principal.user_id) >= (
@@ -197,7 +199,7 @@ async def get_capsule(principal: Principal, capsule_id: uuid.UUID) -> CapsuleOut
 
 async def do_unlock_capsule(state: AppState, principal: Principal, capsule_id: uuid.UUID) -> CapsuleOut:
     """Open a due capsule now (idempotent once open); before ``unlock_at``: 409 ``capsule_sealed``."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await TimeCapsule.raw(
             """
             UPDATE time_capsules t SET status = 'unlocked', unlocked_at = now()
@@ -207,9 +209,7 @@ async def do_unlock_capsule(state: AppState, principal: Principal, capsule_id: u
             capsule_id,
             principal.user_id,
         )
-        unlocked = await _record_unlocks(rows)
-    if unlocked:
-        await _announce(state, unlocked)
+        await _record_unlocks(state, rows)
     capsule = await _owned(principal, capsule_id)
     if capsule.sealed:
         raise Conflict(
@@ -222,7 +222,7 @@ async def do_unlock_capsule(state: AppState, principal: Principal, capsule_id: u
 
 async def do_delete_capsule(state: AppState, principal: Principal, capsule_id: uuid.UUID) -> None:
     """Delete a capsule, sealed or not (its content is gone unread; its files stay the owner's)."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await TimeCapsule.raw(
             'DELETE FROM time_capsules WHERE id = {} AND "user" = {} RETURNING id', capsule_id, principal.user_id
         )
@@ -264,8 +264,9 @@ class Unlocked:
     notification_id: uuid.UUID
 
 
-async def _record_unlocks(rows: list[dict[str, Any]]) -> list[Unlocked]:
-    """The unlock notification of each capsule just opened (in the unlocking transaction)."""
+async def _record_unlocks(state: AppState, rows: list[dict[str, Any]]) -> list[Unlocked]:
+    """The unlock notification of each capsule just opened (in the unlocking unit of work),
+    announced once that commits."""
     unlocked = []
     for row in rows:
         notification_id = await create_notification(
@@ -281,6 +282,8 @@ async def _record_unlocks(rows: list[dict[str, Any]]) -> list[Unlocked]:
             },
         )
         unlocked.append(Unlocked(row["id"], notification_id))
+    if unlocked:
+        await on_commit(partial(_announce, state, unlocked))
     return unlocked
 
 
@@ -299,7 +302,7 @@ async def unlock_due_capsules(state: AppState) -> int:
     batch = state.settings.capsule_unlock_batch_size
     total = 0
     while True:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             rows = await TimeCapsule.raw(
                 """
                 UPDATE time_capsules t SET status = 'unlocked', unlocked_at = now()
@@ -314,8 +317,7 @@ async def unlock_due_capsules(state: AppState) -> int:
                 """,
                 batch,
             )
-            unlocked = await _record_unlocks(rows)
-        await _announce(state, unlocked)
+            unlocked = await _record_unlocks(state, rows)
         total += len(unlocked)
         if len(rows) < batch:
             return total

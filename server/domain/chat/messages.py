@@ -2,7 +2,9 @@
 mark in a lounge or thread, used by REST and by the socket gateway alike.
 
 Each write takes the channel's next offset, stores the message (or the change)
-and the publication subscribers will receive, commits, then broadcasts.
+and the publication subscribers will receive, commits, then broadcasts (a post in
+one statement, the other writes in a unit of work whose commit runs the broadcast:
+:mod:`server.foundation.unit_of_work`).
 Posts are idempotent by ``(sender, client_id)``: a retry returns the stored
 message and stores nothing new.
 """
@@ -13,6 +15,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -34,8 +37,9 @@ from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import broadcast
-from server.streams.channels import ChannelName, Publication, append, next_offset, rewrite
+from server.streams.channels import ChannelName, Publication, append, next_offset, publication_statement, rewrite
 from server.streams.tables import Channel, ChannelPublication
 
 _json = msgspec.json.Encoder()
@@ -184,38 +188,33 @@ async def _existing_post(sender: uuid.UUID, client_id: uuid.UUID, channel: str) 
     return message_out(rows[0])
 
 
-# A post in one statement: take the channel's next offset, store the message, its
-# attachments and its publication, touch the thread. The channel row is locked only
-# for this statement (which commits at once), so concurrent posters on every node
-# wait for each other for well under a millisecond; a later offset is still only
-# taken after the earlier one committed (guarantee 2). The publication is built in
-# Python; the statement fills in its offset and the sender's name.
-_POST_SQL = """
-WITH taken AS (
-    UPDATE channels SET last_offset = last_offset + 1 WHERE name = $1 RETURNING last_offset, epoch
-), author AS (
+# A post in one statement (the streams layer's publication statement, with the message's
+# rows added): take the channel's next offset, store the message and its attachments,
+# touch the thread, log the publication. The channel row is locked only for this
+# statement (which commits at once), so concurrent posters on every node wait for each
+# other for well under a millisecond; a later offset is still only taken after the
+# earlier one committed (guarantee 2). The publication is built in Python; the statement
+# fills in its offset and the sender's name.
+_POST_SQL = publication_statement(
+    "$1",
+    """jsonb_set(jsonb_set($10::jsonb, ARRAY['message', 'offset'], to_jsonb(stored."offset")),
+                 ARRAY['message', 'sender', 'full_name'], to_jsonb(author.full_name))""",
+    rows="""author AS (
     SELECT coalesce((SELECT full_name FROM users WHERE id = $3), '') AS full_name
 ), stored AS (
     INSERT INTO messages (id, channel, "offset", sender_type, sender, client_id, text, reply_to, status, meta, created_at)
-    SELECT $2, $1, taken.last_offset, $4, $3, $5, $6, $7, 'complete', jsonb_build_object(), $8 FROM taken
+    SELECT $2, taken.name, taken.last_offset, $4, $3, $5, $6, $7, 'complete', jsonb_build_object(), $8 FROM taken
     RETURNING "offset"
 ), attached AS (
     INSERT INTO message_attachments (id, message, file, created_at)
     SELECT gen_random_uuid(), $2, a.file, $8 + a.n * interval '1 microsecond'
     FROM stored, unnest($9::uuid[]) WITH ORDINALITY AS a(file, n)
-), logged AS (
-    INSERT INTO channel_publications (id, channel, "offset", data, created_at)
-    SELECT gen_random_uuid(), $1, stored."offset",
-           jsonb_set(jsonb_set($10::jsonb, ARRAY['message', 'offset'], to_jsonb(stored."offset")),
-                     ARRAY['message', 'sender', 'full_name'], to_jsonb(author.full_name)),
-           $8
-    FROM stored, author
-    RETURNING "offset"
 ), touched AS (
     UPDATE chat_threads SET updated_at = $8 WHERE id = $11 AND EXISTS (SELECT 1 FROM stored)
+)""",
+    sources=("stored", "author"),
+    returning=("author.full_name",),
 )
-SELECT logged."offset", taken.epoch, author.full_name FROM logged, taken, author
-"""
 
 
 async def do_post_message(state: AppState, principal: Principal, channel: str, data: MessageIn) -> PostResult:
@@ -358,7 +357,7 @@ async def do_store_ai_reply(
     worker dead may both try to end it, so :class:`ReplyAlreadyStored` is raised (and
     nothing written) when the stream's reply is already stored."""
     message_id = uuid.uuid4()
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         # Taken before the channel's row (the order a deletion takes them in): a deletion of the
         # message answered either sees this reply or is seen by it (privacy: the reply may quote it).
         asked = await Message.raw(
@@ -474,7 +473,7 @@ async def _tombstone(rows: list[dict[str, Any]]) -> tuple[list[Publication], lis
     """Delete the locked messages ``rows`` (``id``, ``channel``, ``offset``, ``deleted_at``):
     their text goes (:func:`erase_text`), every publication of them becomes a tombstone,
     and a ``message.deleted`` is appended for each one not deleted before. Returns
-    ``(appended, rewritten)`` for :func:`broadcast`."""
+    ``(appended, rewritten)`` for :func:`_announce_deletions`."""
     await erase_text([row["id"] for row in rows])
     await forget_mentions(message_ids=[row["id"] for row in rows])
     appended: list[Publication] = []
@@ -484,6 +483,17 @@ async def _tombstone(rows: list[dict[str, Any]]) -> tuple[list[Publication], lis
         if row["deleted_at"] is None:
             appended.append(await append(row["channel"], {"type": "message.deleted", "message_offset": row["offset"]}))
     return appended, rewritten
+
+
+async def _announce_deletions(state: AppState, appended: list[Publication], rewritten: list[Publication]) -> None:
+    """After the deletions committed: broadcast them, then stop the coach's replies to the
+    deleted messages that are still streaming (they may quote them)."""
+    await broadcast(state, appended, rewritten=rewritten)
+    deleted: dict[str, list[int]] = {}
+    for publication in appended:
+        deleted.setdefault(publication.channel, []).append(publication.data["message_offset"])
+    for channel, offsets in deleted.items():
+        await stop_replies_to(state, channel, offsets)
 
 
 async def _coach_replies(channel: str, offsets: list[int]) -> list[dict[str, Any]]:
@@ -499,7 +509,7 @@ async def _coach_replies(channel: str, offsets: list[int]) -> list[dict[str, Any
 ERASED_NAME = "Deleted user"
 
 
-async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication], list[Publication]]:
+async def erase_authored_messages(state: AppState, user_id: uuid.UUID) -> None:
     """Erasure of an account, inside its transaction and after its name was scrubbed:
     every message it wrote in a lounge becomes a tombstone (no text, attachments, meta
     or reactions; the sender is the scrubbed "Deleted user") in the messages table and in
@@ -507,7 +517,8 @@ async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication]
     yet (so clients that keep messages locally drop them too), and the mention
     notifications it caused go. The coach's replies to those messages go with them, and
     other people's mentions of the account (``@[Name](id)``) show ``ERASED_NAME``.
-    Returns ``(appended, rewritten)`` for :func:`broadcast`.
+    Once the caller's unit of work commits, all of it is broadcast and the coach's
+    replies still streaming to those messages stop.
 
     The author's messages are locked first, in one statement, so a moderator deleting
     one of them meanwhile waits for the erasure instead of deadlocking with it."""
@@ -535,7 +546,7 @@ async def erase_authored_messages(user_id: uuid.UUID) -> tuple[list[Publication]
         await Message.update({Message.text: text}).where(Message.id == row["id"])
         await reword_mentions(row["id"], text)
         rewritten += await rewrite_message_log(row["channel"], row["offset"])
-    return appended, rewritten
+    await on_commit(partial(_announce_deletions, state, appended, rewritten))
 
 
 async def do_edit_message(state: AppState, principal: Principal, channel: str, offset: int, text: str) -> MessageOut:
@@ -550,7 +561,7 @@ async def do_edit_message(state: AppState, principal: Principal, channel: str, o
         raise ValidationFailed(
             f"text is longer than {state.settings.message_max_length} characters", code="message_too_long"
         )
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
         if row["sender"] != principal.user_id or row["sender_type"] == SenderType.ai:
             raise Forbidden("only the author may edit a message", code="not_message_author")
@@ -563,7 +574,7 @@ async def do_edit_message(state: AppState, principal: Principal, channel: str, o
             name, {"type": "message.edited", "message_offset": offset, "text": text, "edited_at": edited_at.isoformat()}
         )
         await reword_mentions(row["id"], text)
-    await broadcast(state, [publication], rewritten=rewritten)
+        await on_commit(partial(broadcast, state, [publication], rewritten=rewritten))
     return await get_message(name, offset)
 
 
@@ -575,7 +586,7 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
     which may quote it."""
     access = await channel_access(principal, channel, write=False)
     name = str(access.name)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
         is_author = row["sender"] == principal.user_id and row["sender_type"] != SenderType.ai
         is_thread_owner = access.thread is not None
@@ -585,8 +596,7 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
             return
         deleted = [{"id": row["id"], "channel": name, "offset": offset, "deleted_at": None}]
         appended, rewritten = await _tombstone(deleted + await _coach_replies(name, [offset]))
-    await broadcast(state, appended, rewritten=rewritten)
-    await stop_replies_to(state, name, [offset])
+        await on_commit(partial(_announce_deletions, state, appended, rewritten))
 
 
 async def do_react(
@@ -595,7 +605,7 @@ async def do_react(
     """Add or remove the caller's ``emoji`` on a message; returns the message's reaction counts."""
     access = await channel_access(principal, channel, write=True)
     name = str(access.name)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
         if row["deleted_at"] is not None:
             raise Conflict("the message was deleted", code="message_deleted")
@@ -619,7 +629,6 @@ async def do_react(
                 .returning(MessageReaction.id)
             )
         counts = await _reaction_counts(row["id"])
-        publication = None
         if changed:
             publication = await append(
                 name,
@@ -632,8 +641,7 @@ async def do_react(
                     "count": counts.get(emoji, 0),
                 },
             )
-    if publication is not None:
-        await broadcast(state, [publication])
+            await on_commit(partial(broadcast, state, [publication]))
     return counts
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -14,6 +15,7 @@ from server.domain.chat.tables import ChatThread, Message
 from server.domain.lounges.services import check_can_read_messages, lounge_context
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import forget_channels
 from server.streams.channels import create_channel, delete_channel
 
@@ -50,7 +52,7 @@ async def do_create_thread(state: AppState, principal: Principal, data: ThreadCr
         check_can_read_messages(await lounge_context(principal, data.lounge_id))
     thread_id = uuid.uuid4()
     channel = f"thread:{thread_id}"
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await create_channel(channel)
         await ChatThread.insert(
             ChatThread(
@@ -98,8 +100,8 @@ async def do_update_thread(principal: Principal, thread_id: uuid.UUID, data: Thr
 async def do_delete_thread(state: AppState, principal: Principal, thread_id: uuid.UUID) -> None:
     """Delete the thread with its messages, its channel log and the log's Redis cache."""
     thread = await _own_thread(principal, thread_id)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await Message.delete().where(Message.channel == thread["channel"])
         await ChatThread.delete().where(ChatThread.id == thread_id)
         await delete_channel(thread["channel"])
-    await forget_channels(state, [thread["channel"]])
+        await on_commit(partial(forget_channels, state, [thread["channel"]]))

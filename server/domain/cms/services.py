@@ -36,6 +36,7 @@ from server.domain.cms.schemas import (
 from server.domain.cms.tables import FAQ, StaticPage
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import unit_of_work
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -115,7 +116,7 @@ async def _delete_audited(
     long_field: str,
 ) -> None:
     """Delete the row and audit what it held (``long_field`` as a digest), in one transaction."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await table.raw(
             f"DELETE FROM {table._meta.tablename} WHERE id = {{}} RETURNING {', '.join((*columns, long_field))}",
             row_id,
@@ -252,7 +253,7 @@ async def do_create_page(state: AppState, admin: Principal, data: PageCreate, cl
     check_admin(admin)
     title = _not_blank(data.title, "invalid_title", "title")
     try:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             if await StaticPage.exists().where(StaticPage.slug == data.slug):
                 raise _slug_taken(data.slug)
             [row] = await StaticPage.insert(
@@ -297,7 +298,7 @@ async def do_update_page(
     if changes.published is not msgspec.UNSET:
         values[StaticPage.published] = changes.published
     try:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             before = await _row_or_404(StaticPage, page_id, _page_not_found)
             if changes.slug is not msgspec.UNSET and await StaticPage.exists().where(
                 StaticPage.slug == changes.slug, StaticPage.id != page_id
@@ -371,7 +372,7 @@ async def do_create_faq(state: AppState, admin: Principal, data: FaqCreate, clie
     _not_blank(answer, "invalid_answer", "answer_markdown")
     category = data.category.strip() if data.category is not None else None
     category = category or None
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         position = data.position
         if position is None:  # after the last one of its category
             last = (
@@ -424,7 +425,7 @@ async def do_update_faq(
         values[FAQ.position] = changes.position
     if changes.published is not msgspec.UNSET:
         values[FAQ.published] = changes.published
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         before = await _row_or_404(FAQ, faq_id, _faq_not_found)
         row = await _save_changes(
             FAQ, before, values, admin=admin, client=client, action="faq.update", long_field="answer_markdown"

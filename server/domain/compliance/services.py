@@ -36,6 +36,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -55,12 +56,13 @@ from server.domain.knowledge.tables import KnowledgeChunk
 from server.domain.lounges.tables import Lounge, LoungeMembership
 from server.domain.mentors.tables import Mentor
 from server.domain.notes.tables import Note
-from server.domain.notifications.services import create_notification, deliver_notification
+from server.domain.notifications.services import notify_on_commit
 from server.domain.notifications.tables import Notification
 from server.foundation.clock import now
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 log = logging.getLogger("lounges.compliance")
 
@@ -114,7 +116,7 @@ async def _export_out(state: AppState, row: dict[str, Any]) -> ExportOut:
 
 async def do_request_export(state: AppState, principal: Principal) -> ExportOut:
     """Ask for an export; an export still pending or processing is answered instead of a new one."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await User.raw("SELECT id FROM users WHERE id = {} FOR UPDATE", principal.user_id)  # one at a time
         row = (
             await ComplianceRequest.select()
@@ -130,12 +132,16 @@ async def do_request_export(state: AppState, principal: Principal) -> ExportOut:
                 ComplianceRequest(user=principal.user_id, kind=ComplianceKind.export, status=ComplianceStatus.pending)
             ).returning(ComplianceRequest.id)
             row = await ComplianceRequest.select().where(ComplianceRequest.id == created["id"]).first()
-    assert row is not None  # found, or inserted by the transaction above
-    try:
-        await state.redis.enqueue_job(EXPORT_JOB, str(row["id"]), _job_id=export_job_id(row["id"]))
-    except Exception:  # the request is recorded; asking again re-enqueues it
-        log.warning("could not enqueue the export", exc_info=True, extra={"compliance_request_id": str(row["id"])})
+        assert row is not None  # found, or inserted above
+        await on_commit(partial(_enqueue_export, state, row["id"]))
     return await _export_out(state, row)
+
+
+async def _enqueue_export(state: AppState, request_id: uuid.UUID) -> None:
+    try:
+        await state.redis.enqueue_job(EXPORT_JOB, str(request_id), _job_id=export_job_id(request_id))
+    except Exception:  # the request is recorded; asking again re-enqueues it
+        log.warning("could not enqueue the export", exc_info=True, extra={"compliance_request_id": str(request_id)})
 
 
 async def get_export(state: AppState, principal: Principal, request_id: uuid.UUID) -> ExportOut:
@@ -320,7 +326,7 @@ async def build_export(state: AppState, request_id: uuid.UUID) -> str:
     """Write the archive of a pending export request and complete it (idempotent: a
     completed or failed request is left alone). Raises on failure; the caller retries
     or records it with :func:`fail_export`."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await ComplianceRequest.raw(
             'SELECT id, "user", kind, status FROM compliance_requests WHERE id = {} FOR UPDATE', request_id
         )
@@ -338,7 +344,7 @@ async def build_export(state: AppState, request_id: uuid.UUID) -> str:
 
     file_id = uuid.uuid4()
     key = f"{FilePurpose.export}/{user_id}/{file_id}"
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await File.insert(
             File(
                 id=file_id,
@@ -359,7 +365,7 @@ async def build_export(state: AppState, request_id: uuid.UUID) -> str:
     except BaseException:
         await discard_upload(state, file_id, key)
         raise
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await File.update({File.status: FileStatus.ready, File.size: reader.size, File.sha256: reader.sha256}).where(
             File.id == file_id
         )
@@ -371,14 +377,14 @@ async def build_export(state: AppState, request_id: uuid.UUID) -> str:
                 ComplianceRequest.error: None,
             }
         ).where(ComplianceRequest.id == request_id)
-        notification_id = await create_notification(
+        await notify_on_commit(
+            state,
             user_id,
             kind="compliance.export_ready",
             title="Your data export is ready",
             body="Download it from your account settings while it is available.",
             data={"request_id": str(request_id)},
         )
-    await deliver_notification(state, notification_id)
     log.info("export written", extra={"compliance_request_id": str(request_id), "size": reader.size})
     return f"exported {reader.size} bytes"
 

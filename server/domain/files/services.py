@@ -49,6 +49,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import filetype
@@ -76,6 +77,7 @@ from server.foundation.errors import (
 )
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 log = logging.getLogger("lounges.files")
 
@@ -332,7 +334,7 @@ async def do_upload(
 
     file_id = uuid.uuid4()
     key = f"{purpose}/{principal.user_id}/{file_id}"
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         await File.insert(
             File(
                 id=file_id,
@@ -354,17 +356,17 @@ async def do_upload(
     except BaseException:
         await discard_upload(state, file_id, key)
         raise
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         done = (
             await File.update({File.status: FileStatus.ready, File.size: reader.size, File.sha256: reader.sha256})
             .where(File.id == file_id, File.status == FileStatus.pending)
             .returning(File.id)
         )
+        if done and purpose == UploadPurpose.knowledge:
+            await on_commit(partial(_enqueue, state, "ingest_knowledge_file", file_id))
     if not done:  # deleted meanwhile (the account was erased)
         await discard_upload(state, file_id, key)
         raise Conflict("the upload was cancelled", code="upload_cancelled")
-    if purpose == UploadPurpose.knowledge:
-        await _enqueue(state, "ingest_knowledge_file", file_id)
     log.info("file uploaded", extra={"file_id": str(file_id), "size": reader.size, "content_type": mime})
     return await _out(state, await _row(file_id), with_link=True)
 
@@ -518,7 +520,7 @@ async def detach(file_ids: list[uuid.UUID]) -> None:
 
 async def do_delete_file(state: AppState, principal: Principal, file_id: uuid.UUID) -> None:
     """Delete a file (its owner or an admin): object and metadata."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await File.raw(f"SELECT {_FILE_COLUMNS} FROM files WHERE id = {{}} FOR UPDATE", file_id)
         if not rows or rows[0]["status"] == FileStatus.deleted:
             raise NotFound("no such file", code="file_not_found")
@@ -575,7 +577,7 @@ async def clean_files(state: AppState, *, batch: int = 500) -> dict[str, int]:
     if not state.storage.configured:
         return report
     while True:
-        async with state.engine.transaction() as transaction:
+        async with unit_of_work(state.engine) as transaction:
             rows = await transaction.connection.fetch(_ORPHANS, cutoff, export_cutoff, batch)
             ids = [r["id"] for r in rows]
             if ids:

@@ -40,11 +40,12 @@ from server.domain.lounges.schemas import (
 )
 from server.domain.lounges.tables import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
 from server.domain.mentors.tables import Category, Mentor, MentorStatus
-from server.domain.notifications.services import create_notification, deliver_notification
+from server.domain.notifications.services import notify_on_commit
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import unit_of_work
 from server.streams.channels import create_channel, delete_channel, has_history
 
 _LOUNGE_SELECT = """
@@ -214,7 +215,7 @@ async def do_create_lounge(state: AppState, principal: Principal, data: LoungeCr
     await _check_category(data.category_id)
     lounge_id = uuid.uuid4()
     channel = f"lounge:{lounge_id}"
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         if principal.role != Role.admin:  # the mentor's plan caps their open lounges (admins are not capped)
             await require(state, mentor["user"], CreateLounge())
         await create_channel(channel)
@@ -327,7 +328,7 @@ async def do_delete_lounge(state: AppState, principal: Principal, lounge_id: uui
     context = await lounge_context(principal, lounge_id)
     _check_owner(context)
     channel = context.lounge["channel"]
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         if await has_history(channel):
             await Lounge.update({Lounge.archived_at: now()}).where(Lounge.id == lounge_id, Lounge.archived_at.is_null())
             return "archived"
@@ -362,7 +363,7 @@ async def _activate(context: LoungeContext, user_id: uuid.UUID) -> None:
 
 
 async def do_join(state: AppState, principal: Principal, lounge_id: uuid.UUID) -> JoinResult:
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         # Lock the lounge row: capacity checks of concurrent joins happen one at a time.
         context = await lounge_context(principal, lounge_id, lock=True)
         if context.archived:
@@ -424,7 +425,7 @@ async def list_members(
 
 async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID, user_id: uuid.UUID) -> MemberOut:
     """Invite a user (or approve their pending request, which is the same act)."""
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         context = await lounge_context(principal, lounge_id, lock=True)
         _check_staff(context)
         if context.archived:
@@ -454,10 +455,14 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
                     )
                 )
             kind, title = "lounge.invite", f"You are invited to {context.lounge['title']}"
-        notification_id = await create_notification(
-            user_id, kind=kind, title=title, body="", data={"lounge_id": str(lounge_id), "by": str(principal.user_id)}
+        await notify_on_commit(
+            state,
+            user_id,
+            kind=kind,
+            title=title,
+            body="",
+            data={"lounge_id": str(lounge_id), "by": str(principal.user_id)},
         )
-    await deliver_notification(state, notification_id)
     return await _member(lounge_id, user_id)
 
 

@@ -31,10 +31,11 @@ from server.domain.mentors.schemas import (
     UpdateCategoryRequest,
 )
 from server.domain.mentors.tables import Category, Mentor, MentorCategory, MentorStatus
-from server.domain.notifications.services import create_notification, deliver_notification
+from server.domain.notifications.services import notify_on_commit
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import unit_of_work
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -231,7 +232,7 @@ async def do_create_category(
     if not name:
         raise ValidationFailed("name must not be blank", code="invalid_category_name")
     try:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             if await Category.exists().where(Category.slug == data.slug):
                 raise Conflict(f"a category with slug {data.slug!r} exists", code="category_slug_taken")
             position = data.position
@@ -271,7 +272,7 @@ async def do_update_category(
     if changes.position is not msgspec.UNSET:
         values[Category.position] = detail["position"] = changes.position
     try:
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             before = await Category.select().where(Category.id == category_id).first()
             if before is None:
                 raise NotFound("no such category", code="category_not_found")
@@ -298,7 +299,7 @@ async def do_update_category(
 async def do_delete_category(state: AppState, admin: Principal, category_id: uuid.UUID, client: ClientInfo) -> None:
     """Delete a category: mentors lose it, its lounges become uncategorised."""
     check_admin(admin)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         rows = await Category.raw("DELETE FROM categories WHERE id = {} RETURNING slug, name", category_id)
         if not rows:
             raise NotFound("no such category", code="category_not_found")
@@ -328,7 +329,7 @@ async def do_apply(state: AppState, principal: Principal, data: ApplyRequest) ->
     if not bio:
         raise ValidationFailed("bio must not be blank", code="invalid_bio")
     category_ids = list(dict.fromkeys(data.category_ids))
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         known = {row["id"] for row in await Category.select(Category.id).where(Category.id.is_in(category_ids))}
         missing = [str(category_id) for category_id in category_ids if category_id not in known]
         if missing:
@@ -513,11 +514,12 @@ async def do_approve(
 ) -> MentorApplicationOut:
     """Approve a pending application: the user becomes a mentor and is notified."""
     check_admin(admin)
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         user_id = await _review(admin, mentor_id, MentorStatus.approved, None)
         # An admin who applied keeps the admin role (it includes the mentor's rights).
         await User.update({User.role: Role.mentor}).where(User.id == user_id, User.role == Role.user)
-        notification_id = await create_notification(
+        await notify_on_commit(
+            state,
             user_id,
             kind="mentor.approved",
             title="You are now a mentor",
@@ -532,7 +534,6 @@ async def do_approve(
             client=client,
             detail={"user_id": str(user_id)},
         )
-    await deliver_notification(state, notification_id)
     return await _application(mentor_id)
 
 
@@ -544,9 +545,10 @@ async def do_reject(
     reason = reason.strip()
     if not reason:
         raise ValidationFailed("give the applicant a reason", code="reason_required")
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         user_id = await _review(admin, mentor_id, MentorStatus.rejected, reason)
-        notification_id = await create_notification(
+        await notify_on_commit(
+            state,
             user_id,
             kind="mentor.rejected",
             title="Your mentor application was not approved",
@@ -561,5 +563,4 @@ async def do_reject(
             client=client,
             detail={"user_id": str(user_id), "reason": reason},
         )
-    await deliver_notification(state, notification_id)
     return await _application(mentor_id)

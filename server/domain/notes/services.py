@@ -27,6 +27,7 @@ import logging
 import re
 import secrets
 import uuid
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -46,6 +47,7 @@ from server.domain.notes.schemas import (
 from server.domain.notes.tables import Note
 from server.foundation.errors import NotFound, ValidationFailed
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 log = logging.getLogger("lounges.notes")
 
@@ -125,7 +127,7 @@ async def do_create_note(state: AppState, principal: Principal, data: NoteCreate
 
 
 async def do_update_note(state: AppState, principal: Principal, note_id: uuid.UUID, data: NoteUpdate) -> NoteOut:
-    async with state.engine.transaction():
+    async with unit_of_work(state.engine):
         current = await Note.raw(
             'SELECT * FROM notes WHERE id = {} AND "user" = {} FOR UPDATE', note_id, principal.user_id
         )
@@ -145,11 +147,10 @@ async def do_update_note(state: AppState, principal: Principal, note_id: uuid.UU
         content = values.get(Note.content, row["content"])
         if not title and not content.strip():
             raise ValidationFailed("a note needs a title or some content", code="empty_note")
-        text_changed = (title, content) != (row["title"], row["content"])
         if values:
             await Note.update(values).where(Note.id == note_id)
-    if text_changed:
-        await _enqueue_index(state, note_id)
+        if (title, content) != (row["title"], row["content"]):
+            await on_commit(partial(_enqueue_index, state, note_id))
     return await get_note(principal, note_id)
 
 

@@ -4,7 +4,7 @@ Two steps, so that nothing is pushed or mailed for a transaction that rolls back
 
 1. ``create_notification(user_id, kind=..., title=..., body=..., data=...)`` stores
    the row **inside the caller's transaction** and returns its id;
-2. ``deliver_notification(state, notification_id)``, called **after the commit**,
+2. ``deliver_notification(state, notification_id)``, run **after the commit**,
    pushes ``{"type": "notification", "notification": {...}, "unread_count": n}``
    to every socket of the user and, when the user's preferences want mail for
    that kind, queues one mail. Delivery is idempotent for mail (``emailed_at`` is
@@ -12,8 +12,10 @@ Two steps, so that nothing is pushed or mailed for a transaction that rolls back
    never raises: the stored row is the truth, a lost push is recovered by
    ``GET /notifications``.
 
-``notify(state, user_id, ...)`` does both for callers that have no transaction of
-their own (billing: ``notify(state, user_id, kind=NotificationKind.payment_failed, ...)``).
+``notify_on_commit(state, user_id, ...)`` does both inside the caller's unit of work
+(:mod:`server.foundation.unit_of_work`): it stores the row and registers its delivery
+for the commit. ``notify(state, user_id, ...)`` is the same in a unit of work of its own
+(billing: ``notify(state, user_id, kind=NotificationKind.payment_failed, ...)``).
 
 Mail preferences live in ``users.notification_prefs``: ``{"email": false}`` stops
 all notification mail; ``{"email:<kind>": true|false}`` turns one kind on or off;
@@ -35,6 +37,7 @@ import re
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -48,6 +51,7 @@ from server.foundation.mail import Mail, queue_mail
 from server.foundation.pagination import keyset_page
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
+from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import broadcast_ephemeral
 
 log = logging.getLogger("lounges.notifications")
@@ -119,12 +123,23 @@ async def create_notification(
 ) -> uuid.UUID:
     """Store an in-app notification for ``user_id`` (inside the caller's transaction); returns its id.
 
-    Call :func:`deliver_notification` with the id after the transaction commits.
+    Deliver it with :func:`deliver_notification` after the transaction commits (or use
+    :func:`notify_on_commit`, which does both).
     """
     notification_id = uuid.uuid4()
     await Notification.insert(
         Notification(id=notification_id, user=user_id, kind=kind, title=title[:200], body=body, data=data or {})
     )
+    return notification_id
+
+
+async def notify_on_commit(
+    state: AppState, user_id: uuid.UUID, *, kind: str, title: str, body: str, data: dict[str, Any] | None = None
+) -> uuid.UUID:
+    """Store a notification inside the caller's unit of work and deliver it once that commits;
+    returns its id."""
+    notification_id = await create_notification(user_id, kind=kind, title=title, body=body, data=data)
+    await on_commit(partial(deliver_notification, state, notification_id))
     return notification_id
 
 
@@ -206,11 +221,9 @@ def _mail(settings: Settings, row: dict[str, Any]) -> Mail:
 async def notify(
     state: AppState, user_id: uuid.UUID, *, kind: str, title: str, body: str, data: dict[str, Any] | None = None
 ) -> uuid.UUID:
-    """Store a notification in a transaction of its own, then deliver it; returns its id."""
-    async with state.engine.transaction():
-        notification_id = await create_notification(user_id, kind=kind, title=title, body=body, data=data)
-    await deliver_notification(state, notification_id)
-    return notification_id
+    """Store a notification in a unit of work of its own, then deliver it; returns its id."""
+    async with unit_of_work(state.engine):
+        return await notify_on_commit(state, user_id, kind=kind, title=title, body=body, data=data)
 
 
 # -- events that notify ------------------------------------------------------------------------
@@ -266,9 +279,10 @@ async def notify_mentions(state: AppState, channel: str, message: Any) -> list[u
         if not rows:
             return []
         body = _mention_body(message.text)
-        async with state.engine.transaction():
-            ids = [
-                await create_notification(
+        async with unit_of_work(state.engine):
+            return [
+                await notify_on_commit(
+                    state,
                     row["user"],
                     kind=NotificationKind.lounge_mention,
                     title=f"{message.sender.full_name} mentioned you in {row['title']}",
@@ -283,9 +297,6 @@ async def notify_mentions(state: AppState, channel: str, message: Any) -> list[u
                 )
                 for row in rows
             ]
-        for notification_id in ids:
-            await deliver_notification(state, notification_id)
-        return ids
     except Exception:
         log.exception("mention notifications failed", extra={"channel": channel})
         return []
@@ -332,7 +343,7 @@ async def notify_budget_nearly_used(state: AppState, user_id: uuid.UUID, used: i
         if allowance <= 0 or used * 100 < allowance * state.settings.ai_budget_warning_percent:
             return None
         month = datetime.now(UTC).strftime("%Y-%m")
-        async with state.engine.transaction():
+        async with unit_of_work(state.engine):
             await Notification.raw(
                 "SELECT pg_advisory_xact_lock(hashtextextended({}, 0))", f"notify:ai-budget:{user_id}:{month}"
             )
@@ -349,7 +360,8 @@ async def notify_budget_nearly_used(state: AppState, user_id: uuid.UUID, used: i
             if told:
                 return None
             percent = min(100, used * 100 // allowance)
-            notification_id = await create_notification(
+            return await notify_on_commit(
+                state,
                 user_id,
                 kind=NotificationKind.ai_budget_nearly_used,
                 title=f"You have used {percent}% of this month's AI allowance",
@@ -359,8 +371,6 @@ async def notify_budget_nearly_used(state: AppState, user_id: uuid.UUID, used: i
                 ),
                 data={"month": month, "used": used, "allowance": allowance},
             )
-        await deliver_notification(state, notification_id)
-        return notification_id
     except Exception:
         log.exception("AI budget notification failed", extra={"user_id": str(user_id)})
         return None
