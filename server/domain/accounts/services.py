@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -70,6 +70,32 @@ class Principal:
     issued_at: int
     expires_at: int  # of the access token that authenticated this caller
     full_name: str = ""
+
+
+class SessionCheck(msgspec.Struct, frozen=True):
+    """What authenticating an access token reads of its session and user."""
+
+    role: str
+    verified: bool
+    is_active: bool
+    full_name: str
+    revoked_at: datetime | None
+    expires_at: datetime
+
+    def live(self) -> bool:
+        return self.revoked_at is None and self.expires_at > now()
+
+
+class RefreshCheck(msgspec.Struct, frozen=True):
+    """A presented refresh token with its session and user, read locked (``FOR UPDATE``)."""
+
+    id: uuid.UUID
+    used_at: datetime | None
+    session_id: uuid.UUID
+    user_id: uuid.UUID
+    revoked_at: datetime | None
+    expires_at: datetime
+    is_active: bool
 
 
 def normalize_email(email: str) -> str:
@@ -195,19 +221,19 @@ async def authenticate(state: AppState, token: str) -> Principal:
     )
     if not rows:
         raise Unauthorized("session not found", code="session_revoked")
-    row = rows[0]
-    if not row["is_active"]:
+    session = msgspec.convert(rows[0], SessionCheck)
+    if not session.is_active:
         raise Unauthorized("account disabled", code="account_disabled")
-    if row["revoked_at"] is not None or row["expires_at"] <= now():
+    if not session.live():
         raise Unauthorized("session revoked", code="session_revoked")
     return Principal(
         user_id=claims.user_id,
         session_id=claims.session_id,
-        role=row["role"],
-        email_verified=row["verified"],
+        role=session.role,
+        email_verified=session.verified,
         issued_at=claims.issued_at,
         expires_at=claims.expires_at,
-        full_name=row["full_name"],
+        full_name=session.full_name,
     )
 
 
@@ -392,27 +418,25 @@ async def do_refresh(state: AppState, *, refresh_token: str, client: ClientInfo)
         )
         if not rows:
             raise Unauthorized("invalid refresh token", code="invalid_token")
-        row = rows[0]
-        if row["revoked_at"] is not None or row["expires_at"] <= now() or not row["is_active"]:
+        row = msgspec.convert(rows[0], RefreshCheck)
+        if row.revoked_at is not None or row.expires_at <= now() or not row.is_active:
             raise Unauthorized("session revoked", code="session_revoked")
-        if row["used_at"] is not None:
-            await revoke_sessions(row["user_id"], "refresh_token_reuse", only=row["session_id"])
-            await record_event(row["user_id"], "session.reuse_detected", client, session_id=str(row["session_id"]))
-            await on_commit(
-                partial(announce_revoked, state, row["user_id"], [row["session_id"]], "refresh_token_reuse")
-            )
+        if row.used_at is not None:
+            await revoke_sessions(row.user_id, "refresh_token_reuse", only=row.session_id)
+            await record_event(row.user_id, "session.reuse_detected", client, session_id=str(row.session_id))
+            await on_commit(partial(announce_revoked, state, row.user_id, [row.session_id], "refresh_token_reuse"))
             reused = True
         else:
             moment = now()
-            await RefreshToken.update({RefreshToken.used_at: moment}).where(RefreshToken.id == row["id"])
+            await RefreshToken.update({RefreshToken.used_at: moment}).where(RefreshToken.id == row.id)
             await UserSession.update(
                 {
                     UserSession.last_used_at: moment,
                     UserSession.expires_at: moment + timedelta(seconds=state.settings.refresh_token_ttl),
                     UserSession.ip: client.ip[:64],
                 }
-            ).where(UserSession.id == row["session_id"])
-            pair = await _issue_pair(state, row["user_id"], row["session_id"])
+            ).where(UserSession.id == row.session_id)
+            pair = await _issue_pair(state, row.user_id, row.session_id)
     if reused:  # raised once the revocation committed
         raise Unauthorized("refresh token already used; the session was revoked", code="refresh_token_reused")
     return pair

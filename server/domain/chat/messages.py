@@ -27,6 +27,13 @@ from server.domain.accounts.tables import Role
 from server.domain.ai.coach import maybe_answer, stop_replies_to
 from server.domain.ai.providers import Usage
 from server.domain.capsules.services import sealed_file_ids
+from server.domain.chat.rows import (
+    LockedMessage,
+    MentioningMessage,
+    MessageRef,
+    message_out,
+    select_messages,
+)
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.domain.chat.tables import ChatThread, Message, MessageReaction, MessageStatus, SenderType
 from server.domain.files.tables import File
@@ -45,17 +52,6 @@ from server.streams.tables import Channel, ChannelPublication
 _json = msgspec.json.Encoder()
 log = logging.getLogger("lounges.chat")
 COACH_QUEUE_TIMEOUT = 1.0  # seconds a post waits to queue its coach reply
-
-_MESSAGE_SELECT = """
-SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
-       m.meta, m.edited_at, m.deleted_at, m.created_at,
-       coalesce(u.full_name, '') AS sender_name,
-       ARRAY(SELECT a.file FROM message_attachments a WHERE a.message = m.id ORDER BY a.created_at) AS attachments,
-       coalesce((SELECT jsonb_object_agg(r.emoji, r.n) FROM (
-           SELECT emoji, count(*) AS n FROM message_reactions WHERE message = m.id GROUP BY emoji) r), jsonb_build_object())
-         AS reactions
-FROM messages m LEFT JOIN users u ON u.id = m.sender
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,34 +73,6 @@ class ChannelAccess:
     def is_moderator(self) -> bool:
         """May delete other people's messages here."""
         return self.lounge.is_staff if self.lounge is not None else self.principal.role == Role.admin
-
-
-def _decode(value: Any) -> Any:
-    return msgspec.json.decode(value) if isinstance(value, (str, bytes)) else value
-
-
-def message_out(row: dict[str, Any]) -> MessageOut:
-    deleted = row["deleted_at"] is not None
-    return MessageOut(
-        id=row["id"],
-        channel=row["channel"],
-        offset=row["offset"],
-        sender=SenderOut(
-            id=row["sender"],
-            full_name="Coach" if row["sender_type"] == SenderType.ai else row["sender_name"],
-            type=row["sender_type"],
-        ),
-        client_id=row["client_id"],
-        text="" if deleted else row["text"],
-        reply_to=row["reply_to"],
-        attachments=[] if deleted else list(row["attachments"]),
-        reactions=_decode(row["reactions"]) or {},
-        status=row["status"],
-        meta={} if deleted else (_decode(row["meta"]) or {}),
-        edited_at=row["edited_at"],
-        deleted=deleted,
-        created_at=row["created_at"],
-    )
 
 
 # -- permissions ---------------------------------------------------------------------------
@@ -134,7 +102,7 @@ async def channel_access(principal: Principal, channel: str, *, write: bool) -> 
 
 
 async def get_message(channel: str, offset: int) -> MessageOut:
-    rows = await Message.raw(_MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" = {}', channel, offset)
+    rows = await select_messages(' WHERE m.channel = {} AND m."offset" = {}', channel, offset)
     if not rows:
         raise NotFound("no message at that offset", code="message_not_found")
     return message_out(rows[0])
@@ -147,15 +115,15 @@ async def history(access: ChannelAccess, *, before: int | None, after: int | Non
     if before is not None and after is not None:
         raise ValidationFailed("give before or after, not both", code="invalid_pagination")
     if after is not None:
-        rows = await Message.raw(
-            _MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" > {} ORDER BY m."offset" LIMIT {}',
+        rows = await select_messages(
+            ' WHERE m.channel = {} AND m."offset" > {} ORDER BY m."offset" LIMIT {}',
             channel,
             after,
             limit + 1,
         )
     else:
-        rows = await Message.raw(
-            _MESSAGE_SELECT + ' WHERE m.channel = {} AND m."offset" < {} ORDER BY m."offset" DESC LIMIT {}',
+        rows = await select_messages(
+            ' WHERE m.channel = {} AND m."offset" < {} ORDER BY m."offset" DESC LIMIT {}',
             channel,
             before if before is not None else 2**62,
             limit + 1,
@@ -180,10 +148,10 @@ class PostResult:
 
 
 async def _existing_post(sender: uuid.UUID, client_id: uuid.UUID, channel: str) -> MessageOut | None:
-    rows = await Message.raw(_MESSAGE_SELECT + " WHERE m.sender = {} AND m.client_id = {}", sender, client_id)
+    rows = await select_messages(" WHERE m.sender = {} AND m.client_id = {}", sender, client_id)
     if not rows:
         return None
-    if rows[0]["channel"] != channel:
+    if rows[0].channel != channel:
         raise Conflict("client_id was already used for a message in another channel", code="client_id_reused")
     return message_out(rows[0])
 
@@ -407,7 +375,7 @@ async def _touch_thread(access: ChannelAccess) -> None:
         await ChatThread.update({ChatThread.updated_at: now()}).where(ChatThread.id == access.thread["id"])
 
 
-async def _locked_message(name: str, offset: int) -> dict[str, Any]:
+async def _locked_message(name: str, offset: int) -> LockedMessage:
     rows = await Message.raw(
         'SELECT id, sender, sender_type, deleted_at FROM messages WHERE channel = {} AND "offset" = {} FOR UPDATE',
         name,
@@ -415,7 +383,7 @@ async def _locked_message(name: str, offset: int) -> dict[str, Any]:
     )
     if not rows:
         raise NotFound("no message at that offset", code="message_not_found")
-    return rows[0]
+    return msgspec.convert(rows[0], LockedMessage)
 
 
 async def rewrite_message_log(name: str, offset: int) -> list[Publication]:
@@ -469,19 +437,19 @@ async def erase_text(message_ids: list[uuid.UUID]) -> None:
     await MessageReaction.delete().where(MessageReaction.message.is_in(message_ids))
 
 
-async def _tombstone(rows: list[dict[str, Any]]) -> tuple[list[Publication], list[Publication]]:
-    """Delete the locked messages ``rows`` (``id``, ``channel``, ``offset``, ``deleted_at``):
+async def _tombstone(rows: list[MessageRef]) -> tuple[list[Publication], list[Publication]]:
+    """Delete the locked messages ``rows``:
     their text goes (:func:`erase_text`), every publication of them becomes a tombstone,
     and a ``message.deleted`` is appended for each one not deleted before. Returns
     ``(appended, rewritten)`` for :func:`_announce_deletions`."""
-    await erase_text([row["id"] for row in rows])
-    await forget_mentions(message_ids=[row["id"] for row in rows])
+    await erase_text([row.id for row in rows])
+    await forget_mentions(message_ids=[row.id for row in rows])
     appended: list[Publication] = []
     rewritten: list[Publication] = []
     for row in rows:
-        rewritten += await rewrite_message_log(row["channel"], row["offset"])
-        if row["deleted_at"] is None:
-            appended.append(await append(row["channel"], {"type": "message.deleted", "message_offset": row["offset"]}))
+        rewritten += await rewrite_message_log(row.channel, row.offset)
+        if row.deleted_at is None:
+            appended.append(await append(row.channel, {"type": "message.deleted", "message_offset": row.offset}))
     return appended, rewritten
 
 
@@ -496,14 +464,15 @@ async def _announce_deletions(state: AppState, appended: list[Publication], rewr
         await stop_replies_to(state, channel, offsets)
 
 
-async def _coach_replies(channel: str, offsets: list[int]) -> list[dict[str, Any]]:
+async def _coach_replies(channel: str, offsets: list[int]) -> list[MessageRef]:
     """The coach's stored replies to the messages at ``offsets``, locked (they may quote them)."""
-    return await Message.raw(
+    rows = await Message.raw(
         """SELECT id, channel, "offset", deleted_at FROM messages
            WHERE channel = {} AND reply_to = ANY({}::bigint[]) AND sender_type = 'ai' ORDER BY "offset" FOR UPDATE""",
         channel,
         offsets,
     )
+    return msgspec.convert(rows, list[MessageRef])
 
 
 ERASED_NAME = "Deleted user"
@@ -522,30 +491,36 @@ async def erase_authored_messages(state: AppState, user_id: uuid.UUID) -> None:
 
     The author's messages are locked first, in one statement, so a moderator deleting
     one of them meanwhile waits for the erasure instead of deadlocking with it."""
-    rows = await Message.raw(
-        """SELECT id, channel, "offset", deleted_at FROM messages WHERE sender = {} AND channel LIKE 'lounge:%'
-           ORDER BY channel, "offset" FOR UPDATE""",
-        user_id,
+    rows = msgspec.convert(
+        await Message.raw(
+            """SELECT id, channel, "offset", deleted_at FROM messages WHERE sender = {} AND channel LIKE 'lounge:%'
+               ORDER BY channel, "offset" FOR UPDATE""",
+            user_id,
+        ),
+        list[MessageRef],
     )
     await forget_mentions(by=user_id)
     by_channel: dict[str, list[int]] = {}
     for row in rows:
-        by_channel.setdefault(row["channel"], []).append(row["offset"])
+        by_channel.setdefault(row.channel, []).append(row.offset)
     for channel, offsets in by_channel.items():
         rows += await _coach_replies(channel, offsets)
     # Other people's messages that mention the account, locked before any channel row is.
-    mentioning = await Message.raw(
-        """SELECT id, channel, "offset", text FROM messages
-           WHERE strpos(text, {}) > 0 AND deleted_at IS NULL ORDER BY channel, "offset" FOR UPDATE""",
-        f"]({user_id})",
+    mentioning = msgspec.convert(
+        await Message.raw(
+            """SELECT id, channel, "offset", text FROM messages
+               WHERE strpos(text, {}) > 0 AND deleted_at IS NULL ORDER BY channel, "offset" FOR UPDATE""",
+            f"]({user_id})",
+        ),
+        list[MentioningMessage],
     )
-    erased = {row["id"] for row in rows}
+    erased = {row.id for row in rows}
     appended, rewritten = await _tombstone(rows)
-    for row in (row for row in mentioning if row["id"] not in erased):
-        text = rename_mentions(row["text"], user_id, ERASED_NAME)
-        await Message.update({Message.text: text}).where(Message.id == row["id"])
-        await reword_mentions(row["id"], text)
-        rewritten += await rewrite_message_log(row["channel"], row["offset"])
+    for mention in (mention for mention in mentioning if mention.id not in erased):
+        text = rename_mentions(mention.text, user_id, ERASED_NAME)
+        await Message.update({Message.text: text}).where(Message.id == mention.id)
+        await reword_mentions(mention.id, text)
+        rewritten += await rewrite_message_log(mention.channel, mention.offset)
     await on_commit(partial(_announce_deletions, state, appended, rewritten))
 
 
@@ -563,17 +538,17 @@ async def do_edit_message(state: AppState, principal: Principal, channel: str, o
         )
     async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
-        if row["sender"] != principal.user_id or row["sender_type"] == SenderType.ai:
+        if row.sender != principal.user_id or row.sender_type == SenderType.ai:
             raise Forbidden("only the author may edit a message", code="not_message_author")
-        if row["deleted_at"] is not None:
+        if row.deleted_at is not None:
             raise Conflict("the message was deleted", code="message_deleted")
         edited_at = now()
-        await Message.update({Message.text: text, Message.edited_at: edited_at}).where(Message.id == row["id"])
+        await Message.update({Message.text: text, Message.edited_at: edited_at}).where(Message.id == row.id)
         rewritten = await rewrite_message_log(name, offset)
         publication = await append(
             name, {"type": "message.edited", "message_offset": offset, "text": text, "edited_at": edited_at.isoformat()}
         )
-        await reword_mentions(row["id"], text)
+        await reword_mentions(row.id, text)
         await on_commit(partial(broadcast, state, [publication], rewritten=rewritten))
     return await get_message(name, offset)
 
@@ -588,13 +563,13 @@ async def do_delete_message(state: AppState, principal: Principal, channel: str,
     name = str(access.name)
     async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
-        is_author = row["sender"] == principal.user_id and row["sender_type"] != SenderType.ai
+        is_author = row.sender == principal.user_id and row.sender_type != SenderType.ai
         is_thread_owner = access.thread is not None
         if not (is_author or is_thread_owner or access.is_moderator):
             raise Forbidden("only the author or the lounge's staff may delete a message", code="not_message_author")
-        if row["deleted_at"] is not None:
+        if row.deleted_at is not None:
             return
-        deleted = [{"id": row["id"], "channel": name, "offset": offset, "deleted_at": None}]
+        deleted = [MessageRef(id=row.id, channel=name, offset=offset, deleted_at=None)]
         appended, rewritten = await _tombstone(deleted + await _coach_replies(name, [offset]))
         await on_commit(partial(_announce_deletions, state, appended, rewritten))
 
@@ -607,14 +582,14 @@ async def do_react(
     name = str(access.name)
     async with unit_of_work(state.engine):
         row = await _locked_message(name, offset)
-        if row["deleted_at"] is not None:
+        if row.deleted_at is not None:
             raise Conflict("the message was deleted", code="message_deleted")
         if add:
             changed = await MessageReaction.raw(
                 """INSERT INTO message_reactions (id, message, "user", emoji, created_at) VALUES ({}, {}, {}, {}, now())
                    ON CONFLICT (message, "user", emoji) DO NOTHING RETURNING id""",
                 uuid.uuid4(),
-                row["id"],
+                row.id,
                 principal.user_id,
                 emoji,
             )
@@ -622,13 +597,13 @@ async def do_react(
             changed = (
                 await MessageReaction.delete()
                 .where(
-                    MessageReaction.message == row["id"],
+                    MessageReaction.message == row.id,
                     MessageReaction.user == principal.user_id,
                     MessageReaction.emoji == emoji,
                 )
                 .returning(MessageReaction.id)
             )
-        counts = await _reaction_counts(row["id"])
+        counts = await _reaction_counts(row.id)
         if changed:
             publication = await append(
                 name,
