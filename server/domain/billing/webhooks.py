@@ -48,6 +48,7 @@ from typing import Any
 
 import msgspec
 
+from server.domain.accounts.tables import User
 from server.domain.billing.entitlements import (
     ENTITLING_SQL,
     ENTITLING_STATUSES,
@@ -56,7 +57,16 @@ from server.domain.billing.entitlements import (
 )
 from server.domain.billing.schemas import StripeEventIn, WebhookAck
 from server.domain.billing.stripe_client import verify_webhook
-from server.domain.billing.tables import PaymentStatus, StripeEvent, SubscriptionStatus
+from server.domain.billing.tables import (
+    BillingCustomer,
+    Payment,
+    PaymentStatus,
+    Plan,
+    StripeEvent,
+    Subscription,
+    SubscriptionStatus,
+)
+from server.domain.lounges.tables import LoungeMembership
 from server.domain.notifications.services import notify_on_commit
 from server.foundation.errors import BadRequest
 from server.foundation.state import AppState
@@ -197,7 +207,7 @@ async def record_failure(event_id: str, error: str) -> None:
 async def _user_for_customer(customer_id: str | None) -> uuid.UUID | None:
     if customer_id is None:
         return None
-    rows = await StripeEvent.raw(
+    rows = await BillingCustomer.raw(
         'SELECT "user" FROM billing_customers WHERE stripe_customer_id = {} AND "user" IS NOT NULL', customer_id
     )
     return rows[0]["user"] if rows else None
@@ -206,7 +216,7 @@ async def _user_for_customer(customer_id: str | None) -> uuid.UUID | None:
 async def _existing_user(candidate: uuid.UUID | None) -> uuid.UUID | None:
     if candidate is None:
         return None
-    rows = await StripeEvent.raw("SELECT id FROM users WHERE id = {}", candidate)
+    rows = await User.raw("SELECT id FROM users WHERE id = {}", candidate)
     return candidate if rows else None
 
 
@@ -215,12 +225,12 @@ async def _plan_for(obj: dict[str, Any]) -> uuid.UUID:
     price = _first_item(obj).get("price")
     price_id = _id(price)
     if price_id:
-        rows = await StripeEvent.raw("SELECT id FROM plans WHERE stripe_price_id = {}", price_id)
+        rows = await Plan.raw("SELECT id FROM plans WHERE stripe_price_id = {}", price_id)
         if rows:
             return rows[0]["id"]
     code = (obj.get("metadata") or {}).get("plan_code")
     if code:
-        rows = await StripeEvent.raw("SELECT id FROM plans WHERE code = {}", code)
+        rows = await Plan.raw("SELECT id FROM plans WHERE code = {}", code)
         if rows:
             return rows[0]["id"]
     raise EventNotProcessable(f"no plan has Stripe price {price_id!r} (metadata plan_code {code!r})")
@@ -267,7 +277,7 @@ async def _checkout_completed(state: AppState, event: StripeEventIn) -> str:
     )
     if customer_id is None or user_id is None:
         return "ignored (no customer or user)"
-    await StripeEvent.raw(
+    await BillingCustomer.raw(
         """INSERT INTO billing_customers (id, "user", stripe_customer_id, created_at)
            VALUES ({}, {}, {}, now()) ON CONFLICT DO NOTHING""",
         uuid.uuid4(),
@@ -276,7 +286,7 @@ async def _checkout_completed(state: AppState, event: StripeEventIn) -> str:
     )
     owner = await _user_for_customer(customer_id)
     if owner is not None:
-        await StripeEvent.raw(
+        await Subscription.raw(
             'UPDATE subscriptions SET "user" = {} WHERE stripe_customer_id = {} AND "user" IS NULL', owner, customer_id
         )
     return "customer linked"
@@ -293,10 +303,10 @@ async def _subscription_changed(state: AppState, event: StripeEventIn) -> str:
         _uuid((obj.get("metadata") or {}).get("user_id"))
     )
     plan_id = await _plan_for(obj)
-    previous = await StripeEvent.raw(
+    previous = await Subscription.raw(
         'SELECT id, status, "user" FROM subscriptions WHERE stripe_subscription_id = {} FOR UPDATE', stripe_id
     )
-    applied = await StripeEvent.raw(
+    applied = await Subscription.raw(
         """
         INSERT INTO subscriptions AS s (id, "user", plan, stripe_subscription_id, stripe_customer_id, status,
             current_period_start, current_period_end, cancel_at_period_end, canceled_at, stripe_updated_at,
@@ -340,7 +350,7 @@ async def _subscription_changed(state: AppState, event: StripeEventIn) -> str:
     owner = applied[0]["user"] if applied else (previous[0]["user"] if previous else user_id)
     if applied and not previous:
         # Invoices of this subscription that arrived before it: link them now.
-        await StripeEvent.raw(
+        await Payment.raw(
             """
             UPDATE payments p SET subscription = {}, "user" = coalesce(p."user", {})
             WHERE p.subscription IS NULL AND p.stripe_invoice_id IN (
@@ -381,7 +391,7 @@ async def _invoice_changed(state: AppState, event: StripeEventIn) -> str:
     status = PaymentStatus.paid if paid else PaymentStatus.failed
     subscription_stripe_id = _invoice_subscription(invoice)
     subscription = (
-        await StripeEvent.raw(
+        await Subscription.raw(
             'SELECT id, "user" FROM subscriptions WHERE stripe_subscription_id = {}', subscription_stripe_id
         )
         if subscription_stripe_id
@@ -390,15 +400,13 @@ async def _invoice_changed(state: AppState, event: StripeEventIn) -> str:
     user_id = await _user_for_customer(_id(invoice.get("customer"))) or (
         subscription[0]["user"] if subscription else None
     )
-    previous = await StripeEvent.raw(
-        "SELECT id, status FROM payments WHERE stripe_invoice_id = {} FOR UPDATE", invoice_id
-    )
+    previous = await Payment.raw("SELECT id, status FROM payments WHERE stripe_invoice_id = {} FOR UPDATE", invoice_id)
     if previous and previous[0]["status"] == PaymentStatus.paid and not paid:
         return "stale failure ignored (already paid)"
     amount = int((invoice.get("amount_paid") if paid else invoice.get("amount_due")) or 0)
     currency = str(invoice.get("currency") or "usd")[:3]
     hosted_url = invoice.get("hosted_invoice_url")
-    await StripeEvent.raw(
+    await Payment.raw(
         """
         INSERT INTO payments AS p (id, "user", subscription, provider, stripe_invoice_id, amount_cents, currency,
             status, hosted_invoice_url, created_at, updated_at)
@@ -477,7 +485,7 @@ async def sweep(state: AppState, *, requeue_after: int = 120, max_attempts: int 
     )
     for row in pending:
         await state.redis.enqueue_job(PROCESS_JOB, row["event_id"], _job_id=job_id(row["event_id"], row["attempts"]))
-    lapsed = await StripeEvent.raw(
+    lapsed = await LoungeMembership.raw(
         f"""
         SELECT DISTINCT m."user" FROM lounge_memberships m
         JOIN lounges l ON l.id = m.lounge AND l.access = 'paid'

@@ -438,10 +438,10 @@ async def erase_text(message_ids: list[uuid.UUID]) -> None:
 
 
 async def _tombstone(rows: list[MessageRef]) -> tuple[list[Publication], list[Publication]]:
-    """Delete the locked messages ``rows``:
-    their text goes (:func:`erase_text`), every publication of them becomes a tombstone,
-    and a ``message.deleted`` is appended for each one not deleted before. Returns
-    ``(appended, rewritten)`` for :func:`_announce_deletions`."""
+    """Delete the locked messages ``rows``: their text goes (:func:`erase_text`), every
+    publication of them becomes a tombstone, and a ``message.deleted`` is appended for
+    each one not deleted before. Returns ``(appended, rewritten)`` for
+    :func:`_announce_deletions`."""
     await erase_text([row.id for row in rows])
     await forget_mentions(message_ids=[row.id for row in rows])
     appended: list[Publication] = []
