@@ -7,7 +7,7 @@ from pathlib import Path
 from piccolo.conf.apps import AppConfig
 from piccolo.table import Table
 
-from server.domain.accounts.tables import (
+from server.domain.tables.accounts import (
     ActionToken,
     OAuthAccount,
     RefreshToken,
@@ -15,25 +15,25 @@ from server.domain.accounts.tables import (
     User,
     UserSession,
 )
-from server.domain.admin.tables import AdminAuditLog
-from server.domain.ai.tables import AIUsage
-from server.domain.billing.tables import (
+from server.domain.tables.admin import AdminAuditLog
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.billing import (
     BillingCustomer,
     Payment,
     Plan,
     StripeEvent,
     Subscription,
 )
-from server.domain.capsules.tables import CapsuleAttachment, TimeCapsule
-from server.domain.chat.tables import ChatThread, Message, MessageAttachment, MessageReaction
-from server.domain.cms.tables import FAQ, StaticPage
-from server.domain.compliance.tables import ComplianceRequest
-from server.domain.files.tables import File
-from server.domain.knowledge.tables import KnowledgeChunk
-from server.domain.lounges.tables import Lounge, LoungeMembership
-from server.domain.mentors.tables import Category, Mentor, MentorCategory
-from server.domain.notes.tables import Note
-from server.domain.notifications.tables import Notification
+from server.domain.tables.capsules import CapsuleAttachment, TimeCapsule
+from server.domain.tables.chat import ChatThread, Message, MessageAttachment, MessageReaction
+from server.domain.tables.cms import FAQ, StaticPage
+from server.domain.tables.compliance import ComplianceRequest
+from server.domain.tables.files import File
+from server.domain.tables.knowledge import KnowledgeChunk
+from server.domain.tables.lounges import Lounge, LoungeMembership
+from server.domain.tables.mentors import Category, Mentor, MentorCategory
+from server.domain.tables.notes import Note
+from server.domain.tables.notifications import Notification
 from server.streams.tables import Channel, ChannelPublication
 
 MIGRATIONS_FOLDER = Path(__file__).resolve().parent.parent / "piccolo_migrations"

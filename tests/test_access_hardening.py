@@ -15,7 +15,7 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.domain.accounts.services import limit_source
-from server.domain.accounts.tables import Role, User
+from server.domain.tables.accounts import Role, User
 from server.foundation.settings import Settings, SettingsError, load_settings
 from tests.support.accounts import PASSWORD, Account, signed_in, token_in
 from tests.support.community import Community

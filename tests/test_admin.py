@@ -16,14 +16,14 @@ import pytest
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 
-from server.domain.accounts.tables import Role, User
-from server.domain.admin.tables import AdminAuditLog
-from server.domain.ai.tables import AIUsage
-from server.domain.billing.tables import Payment
-from server.domain.chat.tables import Message
 from server.domain.mentors.services import seed_categories
-from server.domain.mentors.tables import Category, Mentor
-from server.domain.notifications.tables import Notification
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.admin import AdminAuditLog
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.billing import Payment
+from server.domain.tables.chat import Message
+from server.domain.tables.mentors import Category, Mentor
+from server.domain.tables.notifications import Notification
 from server.foundation.settings import Settings
 from server.http.routes.admin import AdminAuditLogController, AdminStatsController, AdminUserController
 from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController

@@ -16,9 +16,9 @@ import msgspec
 import pytest
 from centrifuge import ReplyError
 
-from server.domain.ai.tables import AIUsage
-from server.domain.chat.tables import Message, SenderType
-from server.domain.knowledge.tables import KnowledgeChunk
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.chat import Message, SenderType
+from server.domain.tables.knowledge import KnowledgeChunk
 from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin

@@ -255,7 +255,7 @@ async def test_password_reset_flow(client: httpx.AsyncClient, mailbox: SmtpSink,
 async def test_login_rehashes_passwords_made_with_older_parameters(client: httpx.AsyncClient) -> None:
     from argon2 import PasswordHasher
 
-    from server.domain.accounts.tables import User
+    from server.domain.tables.accounts import User
 
     await register(client, "legacy@example.com")
     weak_hash = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)

@@ -21,13 +21,13 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.domain.ai.tables import AIUsage
 from server.domain.billing.entitlements import CreateLounge, JoinPaidLounge, SpendAITokens, decide
 from server.domain.billing.services import seed_plans
-from server.domain.billing.tables import BillingCustomer, Payment, Plan, StripeEvent, Subscription
 from server.domain.billing.webhooks import sweep
-from server.domain.lounges.tables import LoungeMembership
-from server.domain.notifications.tables import Notification
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.billing import BillingCustomer, Payment, Plan, StripeEvent, Subscription
+from server.domain.tables.lounges import LoungeMembership
+from server.domain.tables.notifications import Notification
 from server.foundation.redis import queue_name
 from server.foundation.settings import Settings
 from server.foundation.state import AppState

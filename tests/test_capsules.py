@@ -18,9 +18,9 @@ import pytest
 from litestar import Litestar
 
 from server.domain.capsules.services import sealed_file_ids
-from server.domain.capsules.tables import TimeCapsule
-from server.domain.files.tables import File
-from server.domain.notifications.tables import Notification
+from server.domain.tables.capsules import TimeCapsule
+from server.domain.tables.files import File
+from server.domain.tables.notifications import Notification
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from tests.support.accounts import Account

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from server.domain.accounts.tables import Role, User
-from server.domain.admin.tables import AdminAuditLog
 from server.domain.cms.markdown import ALLOWED_TAGS, render_markdown
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.admin import AdminAuditLog
 from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
 from tests.support.accounts import Account
 from tests.support.community import Community

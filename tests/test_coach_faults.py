@@ -22,7 +22,7 @@ from centrifuge import ReplyError
 
 from server.domain.ai.coach import active_key, active_streams, reply_job_id, streams_key
 from server.domain.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
-from server.domain.ai.tables import AIUsage
+from server.domain.tables.ai import AIUsage
 from server.foundation.redis import queue_name
 from server.foundation.settings import Settings
 from server.foundation.state import AppState

@@ -12,11 +12,11 @@ import msgspec
 import pytest
 from litestar import Litestar
 
-from server.domain.billing.tables import Payment, PaymentStatus
-from server.domain.compliance.tables import ComplianceRequest
-from server.domain.files.tables import File
-from server.domain.knowledge.tables import KnowledgeChunk
-from server.domain.notifications.tables import Notification
+from server.domain.tables.billing import Payment, PaymentStatus
+from server.domain.tables.compliance import ComplianceRequest
+from server.domain.tables.files import File
+from server.domain.tables.knowledge import KnowledgeChunk
+from server.domain.tables.notifications import Notification
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD
 from tests.support.community import Community

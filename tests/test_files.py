@@ -20,9 +20,9 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.domain.chat.tables import MessageAttachment
-from server.domain.files.tables import File
-from server.domain.knowledge.tables import KnowledgeChunk
+from server.domain.tables.chat import MessageAttachment
+from server.domain.tables.files import File
+from server.domain.tables.knowledge import KnowledgeChunk
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader

@@ -24,7 +24,7 @@ import pytest
 from litestar import Litestar
 
 from server.app import create_app
-from server.domain.accounts.tables import OAuthAccount, User
+from server.domain.tables.accounts import OAuthAccount, User
 from server.foundation.control import control_channel, decode_control
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from server.domain.accounts.tables import Role, User
+from server.domain.tables.accounts import Role, User
 from tests.support.accounts import Account
 from tests.support.community import Community
 

@@ -6,7 +6,7 @@ import uuid
 
 import httpx
 
-from server.domain.notifications.tables import Notification
+from server.domain.tables.notifications import Notification
 from tests.support.community import Community
 
 LOUNGES = "/api/v1/lounges"

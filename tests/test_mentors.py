@@ -17,12 +17,12 @@ import asyncpg
 import httpx
 import pytest
 
-from server.domain.accounts.tables import Role, User
-from server.domain.admin.tables import AdminAuditLog
-from server.domain.lounges.tables import Lounge
 from server.domain.mentors.services import STARTER_CATEGORIES, seed_categories
-from server.domain.mentors.tables import Mentor
-from server.domain.notifications.tables import Notification
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.admin import AdminAuditLog
+from server.domain.tables.lounges import Lounge
+from server.domain.tables.mentors import Mentor
+from server.domain.tables.notifications import Notification
 from tests.support.accounts import Account, signed_in
 
 ROOT = Path(__file__).resolve().parents[1]

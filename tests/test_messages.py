@@ -10,7 +10,7 @@ import httpx
 import msgspec
 from litestar import Litestar
 
-from server.domain.chat.tables import Message
+from server.domain.tables.chat import Message
 from server.streams.broker import WIRE_PUBLICATION, WIRE_REWRITE, Wire, pubsub_channel
 from server.streams.tables import ChannelPublication
 from tests.support.accounts import Account

@@ -17,8 +17,8 @@ from litestar import Litestar
 
 from server.domain.knowledge import ingest
 from server.domain.knowledge.embeddings import HashingEmbedder, get_embedder
-from server.domain.knowledge.tables import KnowledgeChunk
-from server.domain.notes.tables import Note
+from server.domain.tables.knowledge import KnowledgeChunk
+from server.domain.tables.notes import Note
 from server.foundation.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community

@@ -11,8 +11,6 @@ import httpx
 import pytest
 from litestar import Litestar
 
-from server.domain.accounts.tables import Role, User
-from server.domain.mentors.tables import Mentor, MentorStatus
 from server.domain.notifications.services import (
     create_notification,
     deliver_notification,
@@ -20,7 +18,9 @@ from server.domain.notifications.services import (
     notify,
     notify_budget_nearly_used,
 )
-from server.domain.notifications.tables import Notification
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.mentors import Mentor, MentorStatus
+from server.domain.tables.notifications import Notification
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from tests.support.community import Community

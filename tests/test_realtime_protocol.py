@@ -22,7 +22,7 @@ import jwt
 import pytest
 from centrifuge import Client, ClientState, ReplyError, ServerSubscribedContext, Subscription, SubscriptionState
 
-from server.domain.accounts.tables import Role, User, UserSession
+from server.domain.tables.accounts import Role, User, UserSession
 from server.foundation.settings import Settings
 from server.streams.broker import broadcast_ephemeral
 from tests.support.accounts import PASSWORD, Account, login

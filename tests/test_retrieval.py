@@ -28,7 +28,6 @@ import uvicorn
 from arq import Retry
 from litestar import Litestar
 
-from server.domain.files.tables import File
 from server.domain.knowledge import embeddings, ingest
 from server.domain.knowledge.chunking import UnsupportedContent, chunk_text, extract_text
 from server.domain.knowledge.embeddings import (
@@ -39,8 +38,9 @@ from server.domain.knowledge.embeddings import (
     resolve_provider,
 )
 from server.domain.knowledge.retrieval import FILE, NOTE, ann_sql, nearest_chunks, retrieve
-from server.domain.knowledge.tables import EmbeddingModel, KnowledgeChunk, hnsw_index
-from server.domain.notes.tables import Note
+from server.domain.tables.files import File
+from server.domain.tables.knowledge import EmbeddingModel, KnowledgeChunk, hnsw_index
+from server.domain.tables.notes import Note
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from tests.support.community import Community

@@ -17,7 +17,7 @@ from litestar.di import NamedDependency
 
 from server.app import create_app
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import Role, User
+from server.domain.tables.accounts import Role, User
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, signed_in
 from tests.support.lifespan import running_lifespan

@@ -33,9 +33,9 @@ from piccolo.conf.apps import AppConfig
 from piccolo.constraints import Check
 from piccolo.table import Table, create_table_class
 
-from server.domain.accounts.tables import User
-from server.domain.chat.tables import Message
-from server.domain.knowledge.tables import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
+from server.domain.tables.accounts import User
+from server.domain.tables.chat import Message
+from server.domain.tables.knowledge import EMBEDDING_DIMENSIONS, KnowledgeSourceType, hnsw_index
 from server.foundation.db_columns import Vector
 from server.piccolo_app import ALL_TABLES, APP_CONFIG
 

@@ -30,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from server.domain.accounts.tables import Role, User
+from server.domain.tables.accounts import Role, User
 from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode

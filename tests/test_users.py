@@ -6,9 +6,9 @@ import uuid
 
 import httpx
 
-from server.domain.accounts.tables import User
-from server.domain.compliance.tables import ComplianceRequest
-from server.domain.notes.tables import Note
+from server.domain.tables.accounts import User
+from server.domain.tables.compliance import ComplianceRequest
+from server.domain.tables.notes import Note
 from tests.support.accounts import PASSWORD, login, signed_in
 
 ME = "/api/v1/users/me"

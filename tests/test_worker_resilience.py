@@ -23,7 +23,7 @@ import msgspec
 from arq.worker import JobExecutionFailed
 
 from server.devstack import Supervisor
-from server.domain.ai.tables import AIUsage
+from server.domain.tables.ai import AIUsage
 from server.foundation.redis import create_redis, deserialize_job, serialize_job
 from server.foundation.settings import Settings
 from tests.support.coach_faults import Worker, ai_messages, open_thread, pid_alive, post

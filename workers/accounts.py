@@ -8,14 +8,14 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from server.domain.accounts.tables import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
-from server.domain.capsules.tables import TimeCapsule
 from server.domain.chat.messages import ERASED_NAME, erase_authored_messages
-from server.domain.chat.tables import ChatThread, Message
 from server.domain.compliance.services import erase_owned_data, purge_erased_files
-from server.domain.compliance.tables import ComplianceRequest
-from server.domain.notes.tables import Note
-from server.domain.notifications.tables import Notification
+from server.domain.tables.accounts import ActionToken, OAuthAccount, SecurityEvent, User, UserSession
+from server.domain.tables.capsules import TimeCapsule
+from server.domain.tables.chat import ChatThread, Message
+from server.domain.tables.compliance import ComplianceRequest
+from server.domain.tables.notes import Note
+from server.domain.tables.notifications import Notification
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import forget_channels

@@ -43,8 +43,8 @@ from server.domain.ai.streams import (
 )
 from server.domain.ai.titles import title_thread
 from server.domain.billing.entitlements import ai_budget
-from server.domain.chat.tables import MessageStatus
 from server.domain.notifications.services import notify_budget_nearly_used
+from server.domain.tables.chat import MessageStatus
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
 from server.streams.broker import broadcast_ephemeral, ephemeral_wire

@@ -20,10 +20,10 @@ from arq.worker import func
 from miniopy_async.error import S3Error
 
 from server.domain.files import services
-from server.domain.files.tables import File, FilePurpose, FileStatus
 from server.domain.knowledge.chunking import UnsupportedContent
 from server.domain.knowledge.embeddings import EmbeddingError
 from server.domain.knowledge.ingest import ingest_file
+from server.domain.tables.files import File, FilePurpose, FileStatus
 from server.foundation.errors import Unavailable
 from server.foundation.state import AppState
 

@@ -20,7 +20,7 @@ from litestar import Request
 from litestar.di import NamedDependency, Provide
 
 from server.domain.accounts.services import ClientInfo, Principal, authenticate
-from server.domain.accounts.tables import Role
+from server.domain.tables.accounts import Role
 from server.foundation.errors import Forbidden, Unauthorized
 from server.foundation.state import AppState
 

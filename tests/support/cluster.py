@@ -14,7 +14,7 @@ from typing import Any
 
 from centrifuge import CentrifugeError, Client, Subscription
 
-from server.domain.chat.tables import Message
+from server.domain.tables.chat import Message
 from server.foundation.settings import Settings
 from server.streams.tables import Channel
 from tests.support.accounts import Account

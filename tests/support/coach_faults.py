@@ -17,7 +17,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from server.domain.ai.streams import live_key
-from server.domain.chat.tables import Message, SenderType
+from server.domain.tables.chat import Message, SenderType
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.streams.broker import pubsub_channel

@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from server.domain.accounts.tables import Role, User
-from server.domain.mentors.tables import Mentor, MentorStatus
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.mentors import Mentor, MentorStatus
 from tests.support.accounts import Account, signed_in
 from tests.support.smtp import SmtpSink
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from server.domain.accounts.passwords import check_password_policy, hash_password
 from server.domain.accounts.services import normalize_email
-from server.domain.accounts.tables import Role, User
+from server.domain.tables.accounts import Role, User
 from server.foundation.clock import now
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.errors import AppError

@@ -33,7 +33,7 @@ from server.domain.accounts.services import (
     record_event,
     revoke_sessions,
 )
-from server.domain.accounts.tables import OAuthAccount, OAuthProvider, User
+from server.domain.tables.accounts import OAuthAccount, OAuthProvider, User
 from server.foundation.errors import BadRequest, Conflict, Unauthorized, Unavailable
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work

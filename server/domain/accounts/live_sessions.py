@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from server.domain.accounts.tables import User, UserSession
+from server.domain.tables.accounts import User, UserSession
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,8 @@ from server.domain.accounts.schemas import (
     UpdateProfileRequest,
     UserOut,
 )
-from server.domain.accounts.tables import (
+from server.domain.accounts.tokens import hash_secret, keys_of, new_secret
+from server.domain.tables.accounts import (
     ActionToken,
     ActionTokenPurpose,
     RefreshToken,
@@ -34,9 +35,8 @@ from server.domain.accounts.tables import (
     User,
     UserSession,
 )
-from server.domain.accounts.tokens import hash_secret, keys_of, new_secret
-from server.domain.compliance.tables import ComplianceRequest
-from server.domain.files.tables import File, FilePurpose, FileStatus
+from server.domain.tables.compliance import ComplianceRequest
+from server.domain.tables.files import File, FilePurpose, FileStatus
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed

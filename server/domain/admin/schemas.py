@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from server.domain.accounts.tables import Role
+from server.domain.tables.accounts import Role
 
 # -- stats -------------------------------------------------------------------------------------
 

@@ -16,7 +16,6 @@ from typing import Any
 import msgspec
 
 from server.domain.accounts.services import ClientInfo, Principal
-from server.domain.accounts.tables import Role, User
 from server.domain.admin.schemas import (
     AdminUserOut,
     AdminUserPage,
@@ -28,11 +27,12 @@ from server.domain.admin.schemas import (
     StatsOut,
     UserStats,
 )
-from server.domain.admin.tables import AdminAuditLog
-from server.domain.billing.tables import Payment, PaymentStatus
-from server.domain.chat.tables import Message
-from server.domain.mentors.tables import Mentor, MentorStatus
 from server.domain.notifications.services import notify_on_commit
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.admin import AdminAuditLog
+from server.domain.tables.billing import Payment, PaymentStatus
+from server.domain.tables.chat import Message
+from server.domain.tables.mentors import Mentor, MentorStatus
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound
 from server.foundation.pagination import keyset_page, like_pattern

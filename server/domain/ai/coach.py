@@ -21,9 +21,9 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import Role
 from server.domain.billing.entitlements import AIBudget, enforce
-from server.domain.lounges.tables import AIReplyPolicy
+from server.domain.tables.accounts import Role
+from server.domain.tables.lounges import AIReplyPolicy
 from server.foundation.errors import Forbidden, NotFound
 from server.foundation.redis import ring_doorbell
 from server.foundation.state import AppState

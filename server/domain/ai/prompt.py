@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from server.domain.ai.providers import ChatTurn, Prompt, estimate_input_tokens
-from server.domain.chat.tables import Message, SenderType
 from server.domain.knowledge.embeddings import get_embedder
 from server.domain.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
-from server.domain.lounges.tables import Lounge
-from server.domain.notes.tables import Note
+from server.domain.tables.chat import Message, SenderType
+from server.domain.tables.lounges import Lounge
+from server.domain.tables.notes import Note
 from server.foundation.errors import Conflict
 from server.foundation.state import AppState
 from server.streams.channels import ChannelName

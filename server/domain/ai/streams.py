@@ -35,9 +35,9 @@ from redis.exceptions import RedisError
 
 from server.domain.ai.coach import StreamState, active_key, cancel_key, reply_job_id, streams_key
 from server.domain.ai.providers import Usage, estimate_text_tokens
-from server.domain.ai.tables import AIUsage
 from server.domain.chat.messages import ReplyAlreadyStored, do_store_ai_reply
-from server.domain.chat.tables import MessageStatus
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.chat import MessageStatus
 from server.foundation.redis import queue_name
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work

@@ -6,8 +6,8 @@ import contextlib
 import re
 
 from server.domain.ai.providers import ChatTurn, Prompt, ProviderError, TextDelta, build_providers, stream_reply
-from server.domain.chat.tables import ChatThread
 from server.domain.chat.threads import DEFAULT_TITLE
+from server.domain.tables.chat import ChatThread
 from server.foundation.state import AppState
 
 TITLE_CHARS = 60

@@ -43,9 +43,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from server.domain.ai.tables import AIUsage
-from server.domain.billing.tables import Plan, Subscription, SubscriptionStatus
-from server.domain.lounges.tables import Lounge, LoungeMembership
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.billing import Plan, Subscription, SubscriptionStatus
+from server.domain.tables.lounges import Lounge, LoungeMembership
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import AppError
 from server.foundation.state import AppState

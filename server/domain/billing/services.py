@@ -22,7 +22,6 @@ import uuid
 from typing import Any
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import User
 from server.domain.billing.entitlements import (
     ENTITLING_SQL,
     FREE_PLAN_CODE,
@@ -41,8 +40,9 @@ from server.domain.billing.schemas import (
     SubscriptionState,
 )
 from server.domain.billing.stripe_client import check_configured, stripe_client
-from server.domain.billing.tables import BillingCustomer, Payment, Plan, PlanInterval, Subscription
 from server.domain.billing.webhooks import subscription_fields
+from server.domain.tables.accounts import User
+from server.domain.tables.billing import BillingCustomer, Payment, Plan, PlanInterval, Subscription
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
 from server.foundation.settings import Settings

@@ -48,7 +48,6 @@ from typing import Any
 
 import msgspec
 
-from server.domain.accounts.tables import User
 from server.domain.billing.entitlements import (
     ENTITLING_SQL,
     ENTITLING_STATUSES,
@@ -57,7 +56,9 @@ from server.domain.billing.entitlements import (
 )
 from server.domain.billing.schemas import StripeEventIn, WebhookAck
 from server.domain.billing.stripe_client import verify_webhook
-from server.domain.billing.tables import (
+from server.domain.notifications.services import notify_on_commit
+from server.domain.tables.accounts import User
+from server.domain.tables.billing import (
     BillingCustomer,
     Payment,
     PaymentStatus,
@@ -66,8 +67,7 @@ from server.domain.billing.tables import (
     Subscription,
     SubscriptionStatus,
 )
-from server.domain.lounges.tables import LoungeMembership
-from server.domain.notifications.services import notify_on_commit
+from server.domain.tables.lounges import LoungeMembership
 from server.foundation.errors import BadRequest
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work

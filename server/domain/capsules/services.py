@@ -37,8 +37,8 @@ import msgspec
 
 from server.domain.accounts.services import Principal
 from server.domain.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage, CapsuleSummary
-from server.domain.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
 from server.domain.notifications.services import NotificationKind, create_notification, deliver_notification
+from server.domain.tables.capsules import CapsuleAttachment, CapsuleStatus, TimeCapsule
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page

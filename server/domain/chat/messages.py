@@ -23,7 +23,6 @@ import msgspec
 from redis.exceptions import RedisError
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import Role
 from server.domain.ai.coach import maybe_answer, stop_replies_to
 from server.domain.ai.providers import Usage
 from server.domain.capsules.services import sealed_file_ids
@@ -35,11 +34,12 @@ from server.domain.chat.rows import (
     select_messages,
 )
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
-from server.domain.chat.tables import ChatThread, Message, MessageReaction, MessageStatus, SenderType
-from server.domain.files.tables import File
 from server.domain.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
-from server.domain.lounges.tables import LoungeMembership
 from server.domain.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
+from server.domain.tables.accounts import Role
+from server.domain.tables.chat import ChatThread, Message, MessageReaction, MessageStatus, SenderType
+from server.domain.tables.files import File
+from server.domain.tables.lounges import LoungeMembership
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.settings import parse_rate

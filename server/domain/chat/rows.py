@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from server.domain.chat.schemas import MessageOut, SenderOut
-from server.domain.chat.tables import Message, SenderType
+from server.domain.tables.chat import Message, SenderType
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,

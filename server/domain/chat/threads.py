@@ -11,8 +11,8 @@ import msgspec
 
 from server.domain.accounts.services import Principal
 from server.domain.chat.schemas import ThreadCreate, ThreadOut, ThreadPage, ThreadUpdate
-from server.domain.chat.tables import ChatThread, Message
 from server.domain.lounges.services import check_can_read_messages, lounge_context
+from server.domain.tables.chat import ChatThread, Message
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work

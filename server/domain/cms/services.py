@@ -33,7 +33,7 @@ from server.domain.cms.schemas import (
     PageOut,
     PageUpdate,
 )
-from server.domain.cms.tables import FAQ, StaticPage
+from server.domain.tables.cms import FAQ, StaticPage
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import unit_of_work

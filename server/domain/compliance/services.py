@@ -43,21 +43,21 @@ import msgspec
 from piccolo.table import Table
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import OAuthAccount, SecurityEvent, User, UserSession
-from server.domain.ai.tables import AIUsage
-from server.domain.billing.tables import BillingCustomer, Payment, Subscription
-from server.domain.capsules.tables import CapsuleAttachment, CapsuleStatus, TimeCapsule
-from server.domain.chat.tables import ChatThread, Message, MessageReaction
 from server.domain.compliance.schemas import ExportList, ExportOut
-from server.domain.compliance.tables import ComplianceKind, ComplianceRequest, ComplianceStatus
 from server.domain.files.services import detach, discard_upload, purge_files
-from server.domain.files.tables import File, FilePurpose, FileStatus
-from server.domain.knowledge.tables import KnowledgeChunk
-from server.domain.lounges.tables import Lounge, LoungeMembership
-from server.domain.mentors.tables import Mentor
-from server.domain.notes.tables import Note
 from server.domain.notifications.services import notify_on_commit
-from server.domain.notifications.tables import Notification
+from server.domain.tables.accounts import OAuthAccount, SecurityEvent, User, UserSession
+from server.domain.tables.ai import AIUsage
+from server.domain.tables.billing import BillingCustomer, Payment, Subscription
+from server.domain.tables.capsules import CapsuleAttachment, CapsuleStatus, TimeCapsule
+from server.domain.tables.chat import ChatThread, Message, MessageReaction
+from server.domain.tables.compliance import ComplianceKind, ComplianceRequest, ComplianceStatus
+from server.domain.tables.files import File, FilePurpose, FileStatus
+from server.domain.tables.knowledge import KnowledgeChunk
+from server.domain.tables.lounges import Lounge, LoungeMembership
+from server.domain.tables.mentors import Mentor
+from server.domain.tables.notes import Note
+from server.domain.tables.notifications import Notification
 from server.foundation.clock import now
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState

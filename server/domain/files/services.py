@@ -56,15 +56,15 @@ import filetype
 import multipart
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import Role, User
 from server.domain.capsules.services import check_files_not_sealed
-from server.domain.capsules.tables import CapsuleAttachment
-from server.domain.chat.tables import MessageAttachment
 from server.domain.files.schemas import FileOut, FilePage, UploadPurpose
-from server.domain.files.tables import File, FilePurpose, FileStatus
 from server.domain.knowledge.chunking import PDF_TYPES, TEXT_TYPES
-from server.domain.knowledge.tables import KnowledgeChunk
 from server.domain.lounges.services import check_can_read_messages, lounge_context
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.capsules import CapsuleAttachment
+from server.domain.tables.chat import MessageAttachment
+from server.domain.tables.files import File, FilePurpose, FileStatus
+from server.domain.tables.knowledge import KnowledgeChunk
 from server.foundation.clock import now
 from server.foundation.errors import (
     AppError,

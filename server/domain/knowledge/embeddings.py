@@ -37,7 +37,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from server.domain.knowledge.tables import EMBEDDING_DIMENSIONS, EmbeddingModel
+from server.domain.tables.knowledge import EMBEDDING_DIMENSIONS, EmbeddingModel
 from server.foundation.settings import Settings, load_settings
 
 log = logging.getLogger("lounges.embeddings")

@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from server.domain.files.tables import File, FileStatus
 from server.domain.knowledge.chunking import chunk_text, extract_text
 from server.domain.knowledge.embeddings import Embedder, environment_settings, get_embedder
-from server.domain.knowledge.tables import KnowledgeChunk
-from server.domain.notes.tables import Note
+from server.domain.tables.files import File, FileStatus
+from server.domain.tables.knowledge import KnowledgeChunk
+from server.domain.tables.notes import Note
 from server.foundation.settings import Settings
 
 _INSERT = """

@@ -50,14 +50,14 @@ from piccolo.engine.postgres import PostgresEngine
 
 from server.domain.ai.providers import Passage
 from server.domain.knowledge.embeddings import Embedder, EmbeddingError, default_embedder, environment_settings
-from server.domain.knowledge.tables import (
+from server.domain.tables.knowledge import (
     EMBEDDING_DIMENSIONS,
     EmbeddingModel,
     KnowledgeChunk,
     KnowledgeSourceType,
     hnsw_index,
 )
-from server.domain.lounges.tables import LoungeMembership, MembershipStatus
+from server.domain.tables.lounges import LoungeMembership, MembershipStatus
 
 log = logging.getLogger("lounges.retrieval")
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import msgspec
 
-from server.domain.lounges.tables import AIReplyPolicy, LoungeAccess, MembershipRole
+from server.domain.tables.lounges import AIReplyPolicy, LoungeAccess, MembershipRole
 from server.foundation.types import Text
 
 Title = Annotated[Text, msgspec.Meta(min_length=1, max_length=120)]

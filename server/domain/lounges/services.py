@@ -26,7 +26,6 @@ from typing import Any
 import msgspec
 
 from server.domain.accounts.services import Principal
-from server.domain.accounts.tables import Role, User
 from server.domain.billing.entitlements import CreateLounge, JoinPaidLounge, require
 from server.domain.lounges.schemas import (
     JoinResult,
@@ -38,9 +37,10 @@ from server.domain.lounges.schemas import (
     MemberPage,
     MemberUpdate,
 )
-from server.domain.lounges.tables import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
-from server.domain.mentors.tables import Category, Mentor, MentorStatus
 from server.domain.notifications.services import notify_on_commit
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.lounges import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
+from server.domain.tables.mentors import Category, Mentor, MentorStatus
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed

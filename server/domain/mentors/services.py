@@ -14,7 +14,6 @@ import asyncpg
 import msgspec
 
 from server.domain.accounts.services import ClientInfo, Principal
-from server.domain.accounts.tables import Role, User
 from server.domain.admin.services import check_admin, record_admin_action
 from server.domain.lounges.services import PRIVATE_LISTED_TO
 from server.domain.mentors.schemas import (
@@ -30,8 +29,9 @@ from server.domain.mentors.schemas import (
     PendingMentorPage,
     UpdateCategoryRequest,
 )
-from server.domain.mentors.tables import Category, Mentor, MentorCategory, MentorStatus
 from server.domain.notifications.services import notify_on_commit
+from server.domain.tables.accounts import Role, User
+from server.domain.tables.mentors import Category, Mentor, MentorCategory, MentorStatus
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState

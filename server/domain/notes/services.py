@@ -44,7 +44,7 @@ from server.domain.notes.schemas import (
     SearchRequest,
     SearchResults,
 )
-from server.domain.notes.tables import Note
+from server.domain.tables.notes import Note
 from server.foundation.errors import NotFound, ValidationFailed
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work

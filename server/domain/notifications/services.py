@@ -44,7 +44,7 @@ import msgspec
 
 from server.domain.accounts.services import Principal
 from server.domain.notifications.schemas import NotificationOut, NotificationPage, ReadResult
-from server.domain.notifications.tables import Notification
+from server.domain.tables.notifications import Notification
 from server.foundation.errors import NotFound
 from server.foundation.links import public_base_url
 from server.foundation.mail import Mail, queue_mail

@@ -12,7 +12,6 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 
 from server.domain.accounts.services import ClientInfo, Principal
-from server.domain.accounts.tables import Role
 from server.domain.admin import services as admin
 from server.domain.admin.schemas import AdminUserOut, AdminUserPage, AuditPage, RoleChange, StatsOut
 from server.domain.mentors import services as mentors
@@ -24,6 +23,7 @@ from server.domain.mentors.schemas import (
     RejectRequest,
     UpdateCategoryRequest,
 )
+from server.domain.tables.accounts import Role
 from server.foundation.state import AppState
 from server.http.params import text_query
 from server.http.problems import problem_responses

@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from server.domain.accounts.services import Principal
 from server.domain.capsules import services
 from server.domain.capsules.schemas import CapsuleCreate, CapsuleOut, CapsulePage
-from server.domain.capsules.tables import CapsuleStatus
+from server.domain.tables.capsules import CapsuleStatus
 from server.foundation.state import AppState
 from server.http.params import text_query
 from server.http.problems import problem_responses

@@ -20,7 +20,7 @@ from litestar.status_codes import HTTP_201_CREATED, HTTP_204_NO_CONTENT, HTTP_30
 from server.domain.accounts.services import Principal
 from server.domain.files import services
 from server.domain.files.schemas import FileOut, FilePage, UploadPurpose
-from server.domain.files.tables import FilePurpose
+from server.domain.tables.files import FilePurpose
 from server.foundation.errors import BadRequest
 from server.foundation.state import AppState
 from server.http.params import int_query, text_query

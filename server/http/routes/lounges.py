@@ -25,7 +25,7 @@ from server.domain.lounges.schemas import (
     MemberPage,
     MemberUpdate,
 )
-from server.domain.lounges.tables import LoungeAccess, MembershipStatus
+from server.domain.tables.lounges import LoungeAccess, MembershipStatus
 from server.foundation.state import AppState
 from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
 from server.http.params import int_query, text_query

@@ -20,7 +20,7 @@ from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.constraints import Check
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
+from server.domain.tables.accounts import User
 from server.foundation.db_columns import in_choices
 
 

@@ -12,7 +12,7 @@ from piccolo.columns import (
 )
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
+from server.domain.tables.accounts import User
 
 
 class AdminAuditLog(Table, tablename="admin_audit_log"):

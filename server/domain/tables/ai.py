@@ -15,9 +15,9 @@ from piccolo.columns import (
 from piccolo.constraints import Check
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.chat.tables import ChatThread, Message
-from server.domain.lounges.tables import Lounge
+from server.domain.tables.accounts import User
+from server.domain.tables.chat import ChatThread, Message
+from server.domain.tables.lounges import Lounge
 from server.foundation.db_columns import in_choices
 
 

@@ -19,9 +19,9 @@ from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.files.tables import File
-from server.domain.lounges.tables import Lounge
+from server.domain.tables.accounts import User
+from server.domain.tables.files import File
+from server.domain.tables.lounges import Lounge
 from server.foundation.db_columns import in_choices
 
 

@@ -15,8 +15,8 @@ from piccolo.columns import (
 from piccolo.constraints import Check
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.lounges.tables import Lounge
+from server.domain.tables.accounts import User
+from server.domain.tables.lounges import Lounge
 from server.foundation.db_columns import in_choices
 
 

@@ -15,7 +15,7 @@ from piccolo.columns import (
 from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
+from server.domain.tables.accounts import User
 
 
 class StaticPage(Table, tablename="static_pages"):

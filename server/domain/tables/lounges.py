@@ -19,8 +19,8 @@ from piccolo.columns.defaults.timestamptz import TimestamptzNow
 from piccolo.constraints import Check, Unique
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.mentors.tables import Category, Mentor
+from server.domain.tables.accounts import User
+from server.domain.tables.mentors import Category, Mentor
 from server.foundation.db_columns import in_choices
 
 

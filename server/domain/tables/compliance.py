@@ -15,8 +15,8 @@ from piccolo.columns import (
 from piccolo.constraints import Check
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.files.tables import File
+from server.domain.tables.accounts import User
+from server.domain.tables.files import File
 from server.foundation.db_columns import in_choices
 
 

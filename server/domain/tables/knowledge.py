@@ -16,10 +16,10 @@ from piccolo.columns import (
 from piccolo.constraints import Check
 from piccolo.table import Table
 
-from server.domain.accounts.tables import User
-from server.domain.files.tables import File
-from server.domain.lounges.tables import Lounge
-from server.domain.notes.tables import Note
+from server.domain.tables.accounts import User
+from server.domain.tables.files import File
+from server.domain.tables.lounges import Lounge
+from server.domain.tables.notes import Note
 from server.foundation.db_columns import Vector, in_choices
 
 
