@@ -401,7 +401,7 @@ async def load(connection: Any, corpus: Corpus, *, bulk_index: bool, batch: int 
 
 def hnsw_index_names(model: str) -> list[str]:
     """The model's partial HNSW indexes, one per source type."""
-    from server.domain.knowledge.tables import EmbeddingModel, KnowledgeSourceType, hnsw_index
+    from server.domain.tables.knowledge import EmbeddingModel, KnowledgeSourceType, hnsw_index
 
     return [hnsw_index(EmbeddingModel(model), source) for source in KnowledgeSourceType]
 
@@ -556,7 +556,7 @@ async def explain_naive(pool: Any, corpus: Corpus) -> str:
 
 async def measure(corpus: Corpus, queries: list[Query], exact_max: int) -> dict[str, list[dict[str, Any]]]:
     from server.domain.knowledge.retrieval import retrieve
-    from server.domain.knowledge.tables import KnowledgeChunk
+    from server.domain.tables.knowledge import KnowledgeChunk
 
     pool = KnowledgeChunk._meta.db.pool
     embedder = FixedEmbedder(corpus.model)
@@ -627,7 +627,7 @@ async def profile_steps(corpus: Corpus, queries: list[Query], repeats: int = 5) 
     import re
 
     from server.domain.knowledge import retrieval
-    from server.domain.knowledge.tables import KnowledgeChunk
+    from server.domain.tables.knowledge import KnowledgeChunk
 
     pool = KnowledgeChunk._meta.db.pool
     picks: dict[str, Query] = {}
