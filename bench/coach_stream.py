@@ -549,11 +549,11 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
     import statistics
 
     from server.domain.ai.prompt import build_prompt
-    from server.domain.ai.providers import build_providers
     from server.domain.ai.streams import LiveReply, acquire_slot, forget_reply
     from server.domain.billing.entitlements import ai_budget
     from server.domain.knowledge.embeddings import get_embedder
     from server.domain.knowledge.retrieval import retrieve
+    from server.domain.llm.registry import build_providers
     from server.foundation.database import acquire_engine, release_engine
     from server.foundation.redis import create_redis
     from server.foundation.settings import load_settings

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from server.domain.ai.anthropic_provider import AnthropicProvider
-from server.domain.ai.offline_provider import MODEL as OFFLINE_MODEL
-from server.domain.ai.offline_provider import OfflineProvider, offline_reply
-from server.domain.ai.openai_provider import OpenAIProvider
-from server.domain.ai.providers import (
+from server.domain.llm.anthropic_provider import AnthropicProvider
+from server.domain.llm.offline_provider import MODEL as OFFLINE_MODEL
+from server.domain.llm.offline_provider import OfflineProvider, offline_reply
+from server.domain.llm.openai_provider import OpenAIProvider
+from server.domain.llm.providers import (
     ChatTurn,
     Passage,
     Prompt,
@@ -27,14 +27,13 @@ from server.domain.ai.providers import (
     ProviderError,
     TextDelta,
     Usage,
-    build_providers,
     cited_numbers,
     estimate_input_tokens,
     estimate_text_tokens,
-    provider_order,
     stream_reply,
     system_text,
 )
+from server.domain.llm.registry import build_providers, provider_order
 from server.foundation.settings import SettingsError, load_settings
 from tests.support.llm_standins import (
     AnthropicStandin,

@@ -22,15 +22,6 @@ from redis.exceptions import RedisError
 
 from server.domain.ai.coach import StreamState, cancel_key, check_budget
 from server.domain.ai.prompt import build_prompt
-from server.domain.ai.providers import (
-    ProviderError,
-    TextDelta,
-    Usage,
-    build_providers,
-    estimate_input_tokens,
-    estimate_text_tokens,
-    stream_reply,
-)
 from server.domain.ai.streams import (
     LeaseKeeper,
     LiveReply,
@@ -43,6 +34,15 @@ from server.domain.ai.streams import (
 )
 from server.domain.ai.titles import title_thread
 from server.domain.billing.entitlements import ai_budget
+from server.domain.llm.providers import (
+    ProviderError,
+    TextDelta,
+    Usage,
+    estimate_input_tokens,
+    estimate_text_tokens,
+    stream_reply,
+)
+from server.domain.llm.registry import build_providers
 from server.domain.notifications.services import notify_budget_nearly_used
 from server.domain.tables.chat import MessageStatus
 from server.foundation.errors import AppError

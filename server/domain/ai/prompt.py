@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from server.domain.ai.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.domain.knowledge.embeddings import get_embedder
 from server.domain.knowledge.retrieval import Part, as_passages, eligible_parts, embed_query, search_parts
+from server.domain.llm.providers import ChatTurn, Prompt, estimate_input_tokens
 from server.domain.tables.chat import Message, SenderType
 from server.domain.tables.lounges import Lounge
 from server.domain.tables.notes import Note

@@ -34,8 +34,8 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_pref
 from redis.exceptions import RedisError
 
 from server.domain.ai.coach import StreamState, active_key, cancel_key, reply_job_id, streams_key
-from server.domain.ai.providers import Usage, estimate_text_tokens
 from server.domain.chat.messages import ReplyAlreadyStored, do_store_ai_reply
+from server.domain.llm.providers import Usage, estimate_text_tokens
 from server.domain.tables.ai import AIUsage
 from server.domain.tables.chat import MessageStatus
 from server.foundation.redis import queue_name

@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import re
 
-from server.domain.ai.providers import ChatTurn, Prompt, ProviderError, TextDelta, build_providers, stream_reply
 from server.domain.chat.threads import DEFAULT_TITLE
+from server.domain.llm.providers import ChatTurn, Prompt, ProviderError, TextDelta, stream_reply
+from server.domain.llm.registry import build_providers
 from server.domain.tables.chat import ChatThread
 from server.foundation.state import AppState
 

@@ -24,7 +24,6 @@ from redis.exceptions import RedisError
 
 from server.domain.accounts.services import Principal
 from server.domain.ai.coach import maybe_answer, stop_replies_to
-from server.domain.ai.providers import Usage
 from server.domain.capsules.services import sealed_file_ids
 from server.domain.chat.rows import (
     LockedMessage,
@@ -34,6 +33,7 @@ from server.domain.chat.rows import (
     select_messages,
 )
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
+from server.domain.llm.providers import Usage
 from server.domain.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.domain.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
 from server.domain.tables.accounts import Role

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from piccolo.engine.postgres import PostgresEngine
 
-from server.domain.ai.providers import Passage
 from server.domain.knowledge.embeddings import Embedder, EmbeddingError, default_embedder, environment_settings
+from server.domain.llm.providers import Passage
 from server.domain.tables.knowledge import (
     EMBEDDING_DIMENSIONS,
     EmbeddingModel,

@@ -20,7 +20,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator, Sequence
 
-from server.domain.ai.providers import (
+from server.domain.llm.providers import (
     Passage,
     Prompt,
     StreamEvent,

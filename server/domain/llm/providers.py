@@ -5,10 +5,10 @@ last, one :class:`Usage`. :func:`stream_reply` tries the configured providers
 in order; a provider that fails *before its first token* is skipped for the
 next one, a failure after that is the reply's failure (the text so far is kept).
 
-Providers: :mod:`server.domain.ai.openai_provider` (OpenAI and any OpenAI-compatible
-server through a base URL), :mod:`server.domain.ai.anthropic_provider` and
-:mod:`server.domain.ai.offline_provider` (deterministic, no network, clearly labelled).
-:func:`build_providers` makes the ordered list from the settings.
+Providers: :mod:`server.domain.llm.openai_provider` (OpenAI and any OpenAI-compatible
+server through a base URL), :mod:`server.domain.llm.anthropic_provider` and
+:mod:`server.domain.llm.offline_provider` (deterministic, no network, clearly labelled).
+:func:`server.domain.llm.registry.build_providers` makes the ordered list from the settings.
 """
 
 from __future__ import annotations
@@ -17,12 +17,9 @@ import logging
 import math
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import Literal, Protocol
 
 import msgspec
-
-if TYPE_CHECKING:
-    from server.foundation.settings import Settings
 
 log = logging.getLogger("lounges.ai")
 
@@ -294,61 +291,3 @@ async def stream_reply(
                 await close()
     detail = "; ".join(f"{e.provider}: {e.code}" for e in failures) or "no provider is configured"
     raise ProviderError(f"every AI provider failed ({detail})", code=ALL_PROVIDERS_FAILED, causes=failures)
-
-
-# -- configuration ---------------------------------------------------------------------------
-
-PROVIDER_NAMES = ("openai", "anthropic", "offline")
-_built: dict[tuple[object, ...], list[Provider]] = {}
-
-
-def provider_order(spec: str) -> list[str]:
-    """``AI_PROVIDERS`` as an ordered list of known names, without repeats, ``offline`` moved last."""
-    names: list[str] = []
-    for raw in spec.split(","):
-        name = raw.strip().lower()
-        if name in PROVIDER_NAMES and name not in names:
-            names.append(name)
-    if "offline" in names:  # it always answers, so anything after it would never be tried
-        names.remove("offline")
-        names.append("offline")
-    return names
-
-
-def build_providers(settings: Settings) -> list[Provider]:
-    """The providers of ``AI_PROVIDERS`` in order, leaving out those whose API key is missing.
-
-    With no key at all only ``offline`` remains (when listed). The result is cached
-    per configuration, so the SDK clients (and their connection pools) are reused.
-    """
-    key = (
-        settings.ai_providers,
-        settings.openai_api_key,
-        settings.openai_base_url,
-        settings.openai_model,
-        settings.anthropic_api_key,
-        settings.anthropic_base_url,
-        settings.anthropic_model,
-        settings.ai_timeout_seconds,
-        settings.ai_max_retries,
-        settings.ai_max_output_tokens,
-        settings.ai_offline_words_per_second,
-    )
-    built = _built.get(key)
-    if built is None:
-        built = []
-        for name in provider_order(settings.ai_providers):
-            if name == "openai" and settings.openai_api_key:
-                from server.domain.ai.openai_provider import OpenAIProvider
-
-                built.append(OpenAIProvider.from_settings(settings))
-            elif name == "anthropic" and settings.anthropic_api_key:
-                from server.domain.ai.anthropic_provider import AnthropicProvider
-
-                built.append(AnthropicProvider.from_settings(settings))
-            elif name == "offline":
-                from server.domain.ai.offline_provider import OfflineProvider
-
-                built.append(OfflineProvider(settings.ai_offline_words_per_second))
-        _built[key] = built
-    return list(built)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import anthropic
 
-from server.domain.ai.providers import (
+from server.domain.llm.providers import (
     BAD_REQUEST,
     PROVIDER_UNAVAILABLE,
     ChatTurn,
@@ -26,7 +26,7 @@ from server.domain.ai.providers import (
     failure,
     system_text,
 )
-from server.domain.ai.sdk_provider import SDKProvider
+from server.domain.llm.sdk_provider import SDKProvider
 
 if TYPE_CHECKING:
     from server.foundation.settings import Settings

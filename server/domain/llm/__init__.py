@@ -1,0 +1,1 @@
+"""Language models: one streaming interface over OpenAI, Anthropic and the offline coach, with fallback."""
