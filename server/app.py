@@ -15,6 +15,8 @@ from litestar.openapi.spec import Components, SecurityScheme
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.domain.accounts.tokens import keys_of
+from server.domain.ai import coach
+from server.domain.chat.coach_link import connect_coach
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.logging import configure_logging
 from server.foundation.redis import create_redis
@@ -67,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. ``settings`` default to the environment's."""
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    connect_coach(coach)  # the message store answers posts through the coach above it
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 import msgspec
 
+from server.domain.access.policy import channel_access
 from server.domain.accounts import live_sessions
 from server.domain.accounts.services import Principal, authenticate
 from server.domain.ai import coach
@@ -91,7 +92,7 @@ def _as_object(struct: msgspec.Struct) -> dict[str, Any]:
 async def typing(state: AppState, principal: Principal, data: msgspec.Raw) -> None:
     """Tell the channel's subscribers this user is typing (ephemeral)."""
     args = _decode(data, ChannelArgs)
-    await messages.channel_access(principal, args.channel, write=True)
+    await channel_access(principal, args.channel, write=True)
     await broadcast_ephemeral(
         state,
         args.channel,
@@ -130,7 +131,7 @@ async def reaction(state: AppState, principal: Principal, data: msgspec.Raw) -> 
 async def ai_cancel(state: AppState, principal: Principal, data: msgspec.Raw) -> None:
     """Stop a streaming coach reply (the asker, the lounge's mentor or an admin)."""
     args = _decode(data, CancelArgs)
-    await messages.channel_access(principal, args.channel, write=False)
+    await channel_access(principal, args.channel, write=False)
     await coach.do_cancel(state, principal, args.channel, args.stream_id)
 
 
@@ -173,7 +174,7 @@ class GatewayDomain:
         return dataclasses.replace(_principal(principal), role=role)
 
     async def authorize(self, principal: ports.Principal, channel: str, *, write: bool) -> None:
-        await messages.channel_access(_principal(principal), channel, write=write)
+        await channel_access(_principal(principal), channel, write=write)
 
     async def post_message(self, principal: ports.Principal, channel: str, data: msgspec.Raw) -> None:
         message = _decode(data, MessageIn)

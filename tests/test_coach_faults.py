@@ -20,8 +20,17 @@ import pytest
 from arq.constants import in_progress_key_prefix
 from centrifuge import ReplyError
 
-from server.domain.ai.coach import active_key, active_streams, reply_job_id, streams_key
-from server.domain.ai.streams import LiveReply, acquire_slot, begin_reply, forget_reply, live_key
+from server.domain.ai.coach import active_streams
+from server.domain.ai.streams import (
+    LiveReply,
+    acquire_slot,
+    active_key,
+    begin_reply,
+    forget_reply,
+    live_key,
+    reply_job_id,
+    streams_key,
+)
 from server.domain.tables.ai import AIUsage
 from server.foundation.redis import queue_name
 from server.foundation.settings import Settings

@@ -28,7 +28,7 @@ import httpx
 import msgspec
 import pytest
 
-from server.domain.ai.coach import streams_key
+from server.domain.ai.streams import streams_key
 from server.foundation.settings import Settings
 from server.streams.broker import history_key
 from tests.support.accounts import PASSWORD, Account

@@ -1,7 +1,8 @@
 """When the coach answers, who may stop it, and what it may spend.
 
-The message store calls :func:`maybe_answer` after every stored user message.
-A reply is a job for the arq worker (``workers/coach.py``), so it is
+The message store calls :func:`maybe_answer` after every stored user message and
+:func:`stop_replies_to` after a deletion (through ``server/domain/chat/coach_link.py``).
+A reply is a job for the arq worker (``server/domain/ai/replies.py``), so it is
 independent of the socket or the web node that triggered it. While it runs,
 its state lives in Redis: the stream's text so far (for ``ai.snapshot``) in
 ``{prefix}:ai:streams:<channel>``, a cancel flag in
@@ -15,12 +16,24 @@ import asyncio
 import logging
 import re
 import uuid
-from typing import Any
 
 import msgspec
 from redis.exceptions import RedisError
 
+from server.domain.access.policy import LoungeRow, lounge_context
 from server.domain.accounts.services import Principal
+from server.domain.ai.streams import (
+    StreamState,
+    cancel_key,
+    end_lost_reply,
+    lease_key,
+    live_key,
+    live_reply,
+    process_id,
+    reap_dead_replies,
+    reply_job_id,
+    streams_key,
+)
 from server.domain.billing.entitlements import AIBudget, enforce
 from server.domain.tables.accounts import Role
 from server.domain.tables.lounges import AIReplyPolicy
@@ -33,41 +46,13 @@ log = logging.getLogger("lounges.coach")
 MENTION = re.compile(r"(?<![\w@])@coach\b", re.IGNORECASE)
 
 
-class StreamState(msgspec.Struct):
-    """A reply being streamed: what a late subscriber needs for its ``ai.snapshot``."""
-
-    stream_id: str
-    channel: str
-    user_id: str
-    reply_to: int
-    seq: int = 0
-    text: str = ""
-
-
-def streams_key(state: AppState, channel: str) -> str:
-    return f"{state.settings.redis_prefix}:ai:streams:{channel}"
-
-
-def cancel_key(state: AppState, stream_id: str) -> str:
-    return f"{state.settings.redis_prefix}:ai:cancel:{stream_id}"
-
-
-def active_key(state: AppState, user_id: uuid.UUID | str) -> str:
-    return f"{state.settings.redis_prefix}:ai:active:{user_id}"
-
-
-def reply_job_id(stream_id: str) -> str:
-    """The arq job that runs the reply ``stream_id``."""
-    return f"coach:{stream_id}"
-
-
-def wants_reply(kind: str, lounge: dict[str, Any] | None, text: str) -> bool:
+def wants_reply(kind: str, lounge: LoungeRow | None, text: str) -> bool:
     """Threads: always. Lounges: by the mentor's policy, unless paused."""
     if kind == "thread":
         return True
-    if lounge is None or lounge["ai_paused"] or lounge["archived_at"] is not None:
+    if lounge is None or lounge.ai_paused or lounge.archived_at is not None:
         return False
-    policy = lounge["ai_reply_policy"]
+    policy = lounge.ai_reply_policy
     return policy == AIReplyPolicy.always or (policy == AIReplyPolicy.mention and bool(MENTION.search(text)))
 
 
@@ -77,7 +62,7 @@ def check_budget(state: AppState, budget: AIBudget, prompt_tokens: int) -> None:
 
 
 async def maybe_answer(
-    state: AppState, *, channel: str, kind: str, lounge: dict[str, Any] | None, asker: uuid.UUID, offset: int, text: str
+    state: AppState, *, channel: str, kind: str, lounge: LoungeRow | None, asker: uuid.UUID, offset: int, text: str
 ) -> str | None:
     """Queue a coach reply to the message at ``offset`` if the channel wants one; returns the stream id."""
     if not wants_reply(kind, lounge, text):
@@ -93,8 +78,6 @@ async def maybe_answer(
 async def active_streams(state: AppState, channel: str) -> list[StreamState]:
     """The channel's replies still streaming, for a subscriber's ``ai.snapshot``. A reply
     whose worker died is ended here (its ``ai.error`` follows) instead of served as streaming."""
-    from server.domain.ai.streams import lease_key, live_key, process_id, reap_dead_replies
-
     snapshots = await state.redis.hvals(streams_key(state, channel))  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
     streams = [msgspec.json.decode(raw, type=StreamState) for raw in snapshots]
     if not streams:
@@ -144,14 +127,10 @@ async def do_cancel(state: AppState, principal: Principal, channel: str, stream_
     stream = msgspec.json.decode(raw, type=StreamState)
     allowed = principal.role == Role.admin or str(principal.user_id) == stream.user_id
     if not allowed and channel.startswith("lounge:"):
-        from server.domain.lounges.services import lounge_context
-
         context = await lounge_context(principal, uuid.UUID(channel.removeprefix("lounge:")))
         allowed = context.is_mentor
     if not allowed:
         raise Forbidden("only the asker, the mentor or an admin may stop this reply", code="not_allowed_to_cancel")
-    from server.domain.ai.streams import end_lost_reply, live_reply, process_id
-
     live, leased = await live_reply(state, stream_id)
     if live is None:  # its snapshot outlived it
         await state.redis.hdel(streams_key(state, channel), stream_id)  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T

@@ -9,6 +9,9 @@ A reply is *live* from the moment a worker takes it until it is stored:
 - the asker's slot: a member of ``{prefix}:ai:active:<user>`` (a sorted set) scored by
   the lease's expiry, so a slot whose worker died frees itself.
 
+Its snapshot for late subscribers (:class:`StreamState`) lives in ``{prefix}:ai:streams:<channel>``
+and its cancel flag in ``{prefix}:ai:cancel:<stream id>``.
+
 A live reply without a lease lost its worker (kill -9, out of memory, a lost host).
 :func:`reap_dead_replies` (every worker, each second; the web node when someone
 subscribes to the channel or cancels the reply) ends it: the text streamed so far
@@ -33,7 +36,6 @@ import msgspec
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.exceptions import RedisError
 
-from server.domain.ai.coach import StreamState, active_key, cancel_key, reply_job_id, streams_key
 from server.domain.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.domain.llm.providers import Usage, estimate_text_tokens
 from server.domain.tables.ai import AIUsage
@@ -47,6 +49,34 @@ from server.streams.channels import Publication
 log = logging.getLogger("lounges.coach")
 
 WORKER_LOST = "worker_lost"
+
+
+class StreamState(msgspec.Struct):
+    """A reply being streamed: what a late subscriber needs for its ``ai.snapshot``."""
+
+    stream_id: str
+    channel: str
+    user_id: str
+    reply_to: int
+    seq: int = 0
+    text: str = ""
+
+
+def streams_key(state: AppState, channel: str) -> str:
+    return f"{state.settings.redis_prefix}:ai:streams:{channel}"
+
+
+def cancel_key(state: AppState, stream_id: str) -> str:
+    return f"{state.settings.redis_prefix}:ai:cancel:{stream_id}"
+
+
+def active_key(state: AppState, user_id: uuid.UUID | str) -> str:
+    return f"{state.settings.redis_prefix}:ai:active:{user_id}"
+
+
+def reply_job_id(stream_id: str) -> str:
+    """The arq job that runs the reply ``stream_id``."""
+    return f"coach:{stream_id}"
 
 
 class LiveReply(msgspec.Struct):

@@ -22,9 +22,10 @@ import asyncpg
 import msgspec
 from redis.exceptions import RedisError
 
+from server.domain.access.policy import ChannelAccess, channel_access
 from server.domain.accounts.services import Principal
-from server.domain.ai.coach import maybe_answer, stop_replies_to
 from server.domain.capsules.services import sealed_file_ids
+from server.domain.chat.coach_link import maybe_answer, stop_replies_to
 from server.domain.chat.rows import (
     LockedMessage,
     MentioningMessage,
@@ -34,9 +35,7 @@ from server.domain.chat.rows import (
 )
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.domain.llm.providers import Usage
-from server.domain.lounges.services import LoungeContext, check_can_post, check_can_read_messages, lounge_context
 from server.domain.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
-from server.domain.tables.accounts import Role
 from server.domain.tables.chat import ChatThread, Message, MessageReaction, MessageStatus, SenderType
 from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
@@ -46,56 +45,12 @@ from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import broadcast
-from server.streams.channels import ChannelName, Publication, append, next_offset, publication_statement, rewrite
+from server.streams.channels import Publication, append, next_offset, publication_statement, rewrite
 from server.streams.tables import Channel, ChannelPublication
 
 _json = msgspec.json.Encoder()
 log = logging.getLogger("lounges.chat")
 COACH_QUEUE_TIMEOUT = 1.0  # seconds a post waits to queue its coach reply
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelAccess:
-    """What the caller may do in one channel, and as whom they post."""
-
-    name: ChannelName
-    principal: Principal
-    lounge: LoungeContext | None = None
-    thread: dict[str, Any] | None = None
-
-    @property
-    def sender_type(self) -> SenderType:
-        if self.lounge is not None and self.lounge.is_mentor:
-            return SenderType.mentor
-        return SenderType.user
-
-    @property
-    def is_moderator(self) -> bool:
-        """May delete other people's messages here."""
-        return self.lounge.is_staff if self.lounge is not None else self.principal.role == Role.admin
-
-
-# -- permissions ---------------------------------------------------------------------------
-
-
-async def channel_access(principal: Principal, channel: str, *, write: bool) -> ChannelAccess:
-    """Resolve ``channel`` for the caller, checking read (and, with ``write``, post) rights.
-
-    A channel the caller may not know of is reported as not found.
-    """
-    name = ChannelName.parse(channel)
-    if name is None:
-        raise NotFound("no such channel", code="channel_not_found")
-    if name.kind == "lounge":
-        context = await lounge_context(principal, name.id)
-        check_can_post(context) if write else check_can_read_messages(context)
-        return ChannelAccess(name=name, principal=principal, lounge=context)
-    thread = await ChatThread.select().where(ChatThread.id == name.id).first()
-    if thread is None or thread["user"] != principal.user_id:
-        raise NotFound("no such thread", code="thread_not_found")
-    if write and thread["archived_at"] is not None:
-        raise Conflict("the thread is archived", code="thread_archived")
-    return ChannelAccess(name=name, principal=principal, thread=thread)
 
 
 # -- reads ---------------------------------------------------------------------------------
@@ -261,7 +216,7 @@ async def _post_message(
                 draft.created_at,
                 attachments,
                 _json.encode({"type": "message", "message": draft}).decode(),
-                access.thread["id"] if access.thread is not None else None,
+                access.thread.id if access.thread is not None else None,
             )
     except asyncpg.UniqueViolationError:
         # A concurrent retry with the same client_id won the race; answer with its message.
@@ -372,7 +327,7 @@ async def do_store_ai_reply(
 
 async def _touch_thread(access: ChannelAccess) -> None:
     if access.thread is not None:
-        await ChatThread.update({ChatThread.updated_at: now()}).where(ChatThread.id == access.thread["id"])
+        await ChatThread.update({ChatThread.updated_at: now()}).where(ChatThread.id == access.thread.id)
 
 
 async def _locked_message(name: str, offset: int) -> LockedMessage:
@@ -642,14 +597,14 @@ async def do_mark_read(state: AppState, principal: Principal, channel: str, offs
             """UPDATE lounge_memberships SET last_read_offset = greatest(last_read_offset, {}), updated_at = now()
                WHERE id = {} RETURNING last_read_offset""",
             offset,
-            access.lounge.membership["id"],
+            access.lounge.membership.id,
         )
     else:
         assert access.thread is not None  # a channel is a lounge's or a thread's
         rows = await ChatThread.raw(
             "UPDATE chat_threads SET last_read_offset = greatest(last_read_offset, {}) WHERE id = {} RETURNING last_read_offset",
             offset,
-            access.thread["id"],
+            access.thread.id,
         )
     position = rows[0]["last_read_offset"]
     return ReadOut(

@@ -9,9 +9,9 @@ from typing import Any
 
 import msgspec
 
+from server.domain.access.policy import check_can_read_messages, lounge_context
 from server.domain.accounts.services import Principal
 from server.domain.chat.schemas import ThreadCreate, ThreadOut, ThreadPage, ThreadUpdate
-from server.domain.lounges.services import check_can_read_messages, lounge_context
 from server.domain.tables.chat import ChatThread, Message
 from server.foundation.errors import NotFound
 from server.foundation.state import AppState
@@ -40,11 +40,11 @@ def thread_out(row: dict[str, Any]) -> ThreadOut:
     )
 
 
-async def _own_thread(principal: Principal, thread_id: uuid.UUID) -> dict[str, Any]:
+async def _own_thread(principal: Principal, thread_id: uuid.UUID) -> ThreadOut:
     rows = await ChatThread.raw(_THREAD_SELECT + ' WHERE t.id = {} AND t."user" = {}', thread_id, principal.user_id)
     if not rows:
         raise NotFound("no such thread", code="thread_not_found")
-    return rows[0]
+    return thread_out(rows[0])
 
 
 async def do_create_thread(state: AppState, principal: Principal, data: ThreadCreate) -> ThreadOut:
@@ -63,7 +63,7 @@ async def do_create_thread(state: AppState, principal: Principal, data: ThreadCr
                 lounge=data.lounge_id,
             )
         )
-    return thread_out(await _own_thread(principal, thread_id))
+    return await _own_thread(principal, thread_id)
 
 
 async def list_threads(principal: Principal, *, archived: bool, limit: int, offset: int) -> ThreadPage:
@@ -82,7 +82,7 @@ async def list_threads(principal: Principal, *, archived: bool, limit: int, offs
 
 
 async def get_thread(principal: Principal, thread_id: uuid.UUID) -> ThreadOut:
-    return thread_out(await _own_thread(principal, thread_id))
+    return await _own_thread(principal, thread_id)
 
 
 async def do_update_thread(principal: Principal, thread_id: uuid.UUID, data: ThreadUpdate) -> ThreadOut:
@@ -101,7 +101,7 @@ async def do_delete_thread(state: AppState, principal: Principal, thread_id: uui
     """Delete the thread with its messages, its channel log and the log's Redis cache."""
     thread = await _own_thread(principal, thread_id)
     async with unit_of_work(state.engine):
-        await Message.delete().where(Message.channel == thread["channel"])
+        await Message.delete().where(Message.channel == thread.channel)
         await ChatThread.delete().where(ChatThread.id == thread_id)
-        await delete_channel(thread["channel"])
-        await on_commit(partial(forget_channels, state, [thread["channel"]]))
+        await delete_channel(thread.channel)
+        await on_commit(partial(forget_channels, state, [thread.channel]))

@@ -55,11 +55,11 @@ from typing import Any
 import filetype
 import multipart
 
+from server.domain.access.policy import check_can_read_messages, lounge_context
 from server.domain.accounts.services import Principal
 from server.domain.capsules.services import check_files_not_sealed
 from server.domain.files.schemas import FileOut, FilePage, UploadPurpose
 from server.domain.knowledge.chunking import PDF_TYPES, TEXT_TYPES
-from server.domain.lounges.services import check_can_read_messages, lounge_context
 from server.domain.tables.accounts import Role, User
 from server.domain.tables.capsules import CapsuleAttachment
 from server.domain.tables.chat import MessageAttachment

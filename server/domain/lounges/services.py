@@ -1,11 +1,9 @@
 """Lounge actions: create/update/archive, join/leave, invitations, requests, moderation.
 
-Who may do what (checked here, so REST and the socket gateway share it):
+Who may do what (checked here, so REST and the socket gateway share it; who may
+read, post in and see a lounge in a listing is the access policy's,
+:mod:`server.domain.access.policy`):
 
-- anyone may list and read public and paid lounges; private lounges are
-  unlisted (listed, on every route that lists lounges, only to their active and
-  invited members, their mentor and admins) but readable by id, so a shared link
-  lets someone ask to join;
 - the persona prompt (``ai_persona``) is the mentor's work: only the lounge's
   mentor and admins see it, everyone else gets ``null``;
 - joining needs a verified email; public: at once (capacity permitting);
@@ -13,18 +11,22 @@ Who may do what (checked here, so REST and the socket gateway share it):
   entitlement;
 - staff = the lounge's mentor, its moderators, and admins: they invite, approve,
   remove, mute; only the mentor and admins promote moderators and edit the lounge;
-- reading and posting messages need an active membership (admins may read);
-  muted members may read, not post; archived lounges are read-only.
+- archived lounges are read-only.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
+from server.domain.access.policy import (
+    PRIVATE_LISTED_TO,
+    LoungeContext,
+    check_can_read_messages,
+    lounge_context,
+)
 from server.domain.accounts.services import Principal
 from server.domain.billing.entitlements import CreateLounge, JoinPaidLounge, require
 from server.domain.lounges.schemas import (
@@ -62,62 +64,6 @@ JOIN mentors m ON m.id = l.mentor
 LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
 """
 
-# Whether a listing may show lounge ``l``: not private, or the viewer is an active or invited
-# member (``me``: their membership row), its mentor (``m``: the lounge's mentors row) or an
-# admin. Placeholders: the viewer's user id (or None), whether the viewer is an admin.
-# Shared by every route that lists lounges, so none forgets the private ones.
-PRIVATE_LISTED_TO = "(l.access <> 'private' OR me.status IN ('active', 'invited') OR m.\"user\" = {} OR {})"
-
-# What a permission check needs (every post and subscribe runs one): no counts.
-_CONTEXT_SELECT = """
-SELECT l.*, m."user" AS mentor_user_id, me.status AS my_status
-FROM lounges l
-JOIN mentors m ON m.id = l.mentor
-LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
-WHERE l.id = {}
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class LoungeContext:
-    """A lounge as seen by one caller: the row and the caller's membership (if any)."""
-
-    lounge: dict[str, Any]
-    membership: dict[str, Any] | None
-    principal: Principal | None
-
-    @property
-    def is_admin(self) -> bool:
-        return self.principal is not None and self.principal.role == Role.admin
-
-    @property
-    def is_mentor(self) -> bool:
-        return self.principal is not None and self.principal.user_id == self.lounge["mentor_user_id"]
-
-    @property
-    def active_membership(self) -> dict[str, Any] | None:
-        """The caller's membership row if it is active, else None."""
-        membership = self.membership
-        return membership if membership is not None and membership["status"] == MembershipStatus.active else None
-
-    @property
-    def is_active_member(self) -> bool:
-        return self.active_membership is not None
-
-    @property
-    def is_staff(self) -> bool:
-        """Mentor, active moderator or admin."""
-        membership = self.active_membership
-        return (
-            self.is_admin
-            or self.is_mentor
-            or (membership is not None and membership["role"] in (MembershipRole.mentor, MembershipRole.moderator))
-        )
-
-    @property
-    def archived(self) -> bool:
-        return self.lounge["archived_at"] is not None
-
 
 def lounge_out(row: dict[str, Any], viewer: Principal | None) -> LoungeOut:
     """The lounge as ``viewer`` may see it: the persona prompt only for its mentor and admins."""
@@ -148,41 +94,6 @@ async def _load(lounge_id: uuid.UUID, viewer: uuid.UUID | None) -> dict[str, Any
     """The lounge with its member count and the viewer's status and unread count."""
     rows = await Lounge.raw(_LOUNGE_SELECT + " WHERE l.id = {}", viewer, lounge_id)
     return rows[0] if rows else None
-
-
-async def lounge_context(principal: Principal | None, lounge_id: uuid.UUID, *, lock: bool = False) -> LoungeContext:
-    """The lounge and the caller's membership, for permission checks (the lounge row
-    has no member or unread counts: :func:`get_lounge` has them); 404 when it does
-    not exist."""
-    rows = await Lounge.raw(
-        _CONTEXT_SELECT + (" FOR UPDATE OF l" if lock else ""), principal.user_id if principal else None, lounge_id
-    )
-    if not rows:
-        raise NotFound("no such lounge", code="lounge_not_found")
-    row = rows[0]
-    membership = None
-    if principal is not None and row["my_status"] is not None:
-        found = await LoungeMembership.raw(
-            'SELECT * FROM lounge_memberships WHERE lounge = {} AND "user" = {}', lounge_id, principal.user_id
-        )
-        membership = found[0] if found else None
-    return LoungeContext(lounge=row, membership=membership, principal=principal)
-
-
-def check_can_read_messages(context: LoungeContext) -> None:
-    if not (context.is_active_member or context.is_admin):
-        raise Forbidden("join the lounge to read its messages", code="not_a_member")
-
-
-def check_can_post(context: LoungeContext) -> None:
-    membership = context.active_membership
-    if membership is None:
-        raise Forbidden("join the lounge to post", code="not_a_member")
-    if context.archived:
-        raise Conflict("the lounge is archived", code="lounge_archived")
-    muted_until = membership["muted_until"]
-    if muted_until is not None and muted_until > now():
-        raise Forbidden(f"you are muted until {muted_until.isoformat()}", code="muted")
 
 
 def _check_staff(context: LoungeContext) -> None:
@@ -327,7 +238,7 @@ async def do_delete_lounge(state: AppState, principal: Principal, lounge_id: uui
     """Archive a lounge that has history; delete one that never had a message."""
     context = await lounge_context(principal, lounge_id)
     _check_owner(context)
-    channel = context.lounge["channel"]
+    channel = context.lounge.channel
     async with unit_of_work(state.engine):
         if await has_history(channel):
             await Lounge.update({Lounge.archived_at: now()}).where(Lounge.id == lounge_id, Lounge.archived_at.is_null())
@@ -347,8 +258,8 @@ async def _active_count(lounge_id: uuid.UUID) -> int:
 
 
 async def _activate(context: LoungeContext, user_id: uuid.UUID) -> None:
-    capacity = context.lounge["capacity"]
-    if capacity is not None and await _active_count(context.lounge["id"]) >= capacity:
+    capacity = context.lounge.capacity
+    if capacity is not None and await _active_count(context.lounge.id) >= capacity:
         raise Conflict("the lounge is full", code="lounge_full")
     await LoungeMembership.raw(
         """
@@ -357,7 +268,7 @@ async def _activate(context: LoungeContext, user_id: uuid.UUID) -> None:
         ON CONFLICT (lounge, "user") DO UPDATE SET status = 'active', joined_at = now(), updated_at = now()
         """,
         uuid.uuid4(),
-        context.lounge["id"],
+        context.lounge.id,
         user_id,
     )
 
@@ -368,12 +279,12 @@ async def do_join(state: AppState, principal: Principal, lounge_id: uuid.UUID) -
         context = await lounge_context(principal, lounge_id, lock=True)
         if context.archived:
             raise Conflict("the lounge is archived", code="lounge_archived")
-        status = context.membership["status"] if context.membership else None
+        status = context.membership.status if context.membership else None
         if status == MembershipStatus.active:
             outcome = "active"
         elif status == MembershipStatus.removed:
             raise Forbidden("you were removed from this lounge", code="removed_from_lounge")
-        elif context.lounge["access"] == LoungeAccess.private and status != MembershipStatus.invited:
+        elif context.lounge.access == LoungeAccess.private and status != MembershipStatus.invited:
             if status != MembershipStatus.requested:
                 await LoungeMembership.insert(
                     LoungeMembership(
@@ -385,7 +296,7 @@ async def do_join(state: AppState, principal: Principal, lounge_id: uuid.UUID) -
                 )
             outcome = "requested"
         else:
-            if context.lounge["access"] == LoungeAccess.paid and not context.is_admin:
+            if context.lounge.access == LoungeAccess.paid and not context.is_admin:
                 await require(state, principal.user_id, JoinPaidLounge())
             await _activate(context, principal.user_id)
             outcome = "active"
@@ -396,10 +307,10 @@ async def do_leave(state: AppState, principal: Principal, lounge_id: uuid.UUID) 
     context = await lounge_context(principal, lounge_id)
     if context.is_mentor:
         raise Conflict("the mentor cannot leave their own lounge; archive it instead", code="mentor_cannot_leave")
-    if context.membership is None or context.membership["status"] == MembershipStatus.removed:
+    if context.membership is None or context.membership.status == MembershipStatus.removed:
         raise NotFound("you are not a member", code="not_a_member")
-    await LoungeMembership.delete().where(LoungeMembership.id == context.membership["id"])
-    await _announce_access_lost(state, principal.user_id, context.lounge["channel"], "left")
+    await LoungeMembership.delete().where(LoungeMembership.id == context.membership.id)
+    await _announce_access_lost(state, principal.user_id, context.lounge.channel, "left")
 
 
 async def list_members(
@@ -442,7 +353,7 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
             raise Conflict("already a member", code="already_a_member")
         if existing and existing["status"] == MembershipStatus.requested:
             await _activate(context, user_id)
-            kind, title = "lounge.request_approved", f"You joined {context.lounge['title']}"
+            kind, title = "lounge.request_approved", f"You joined {context.lounge.title}"
         else:
             if existing:
                 await LoungeMembership.update({LoungeMembership.status: MembershipStatus.invited}).where(
@@ -454,7 +365,7 @@ async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID,
                         lounge=lounge_id, user=user_id, role=MembershipRole.member, status=MembershipStatus.invited
                     )
                 )
-            kind, title = "lounge.invite", f"You are invited to {context.lounge['title']}"
+            kind, title = "lounge.invite", f"You are invited to {context.lounge.title}"
         await notify_on_commit(
             state,
             user_id,
@@ -517,7 +428,7 @@ async def do_remove_member(state: AppState, principal: Principal, lounge_id: uui
     await LoungeMembership.update(
         {LoungeMembership.status: MembershipStatus.removed, LoungeMembership.role: MembershipRole.member}
     ).where(LoungeMembership.id == target["id"])
-    await _announce_access_lost(state, user_id, context.lounge["channel"], "removed")
+    await _announce_access_lost(state, user_id, context.lounge.channel, "removed")
 
 
 def _member_query() -> Any:

@@ -10,6 +10,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
+from server.domain.access.policy import channel_access
 from server.domain.accounts.services import Principal
 from server.domain.chat import messages, threads
 from server.domain.chat.schemas import (
@@ -88,7 +89,7 @@ class ThreadController(Controller):
         limit: HistoryLimit = 50,
     ) -> MessagePage:
         """History by offset: newest first page by default; ``before``/``after`` page either way."""
-        access = await messages.channel_access(principal, _channel(id), write=False)
+        access = await channel_access(principal, _channel(id), write=False)
         return await messages.history(access, before=before, after=after, limit=limit)
 
     @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))

@@ -1,0 +1,1 @@
+"""The access policy: who may read and write which channel (``policy``)."""
