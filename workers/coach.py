@@ -1,208 +1,24 @@
-"""Job: the coach's reply, streamed to everyone in the channel and stored at the end.
-
-Frames on the channel: ``ai.start`` → numbered ``ai.delta`` (coalesced, at most
-one every ``AI_DELTA_INTERVAL_MS``) → the reply stored at its offset as
-``ai.end`` (complete or cancelled) or ``ai.error`` (failed). Every outcome
-writes the tokens spent to the usage ledger.
-
-While it runs, the reply holds a lease (``server/domain/ai/streams.py``): if this worker
-dies, any other worker (or the web node) ends the reply as ``worker_lost`` within
-about ``AI_STREAM_LEASE_SECONDS``, keeping the text streamed so far.
-"""
+"""Job: the coach's reply to one message (``server/domain/ai/replies.py``)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import uuid
 from typing import Any
 
-from redis.exceptions import RedisError
-
-from server.domain.ai.coach import StreamState, cancel_key, check_budget
-from server.domain.ai.prompt import build_prompt
-from server.domain.ai.streams import (
-    LeaseKeeper,
-    LiveReply,
-    acquire_slot,
-    begin_reply,
-    end_lost_reply,
-    end_reply,
-    forget_reply,
-    live_reply,
-)
-from server.domain.ai.titles import title_thread
-from server.domain.billing.entitlements import ai_budget
-from server.domain.llm.providers import (
-    ProviderError,
-    TextDelta,
-    Usage,
-    estimate_input_tokens,
-    estimate_text_tokens,
-    stream_reply,
-)
-from server.domain.llm.registry import build_providers
-from server.domain.notifications.services import notify_budget_nearly_used
-from server.domain.tables.chat import MessageStatus
-from server.foundation.errors import AppError
-from server.foundation.state import AppState
-from server.streams.broker import broadcast_ephemeral, ephemeral_wire
-
-log = logging.getLogger("lounges.coach")
+from server.domain.ai import replies
 
 
 async def generate_reply(
     ctx: dict[str, Any], channel: str, reply_to: int, asker: str, stream_id: str, question: str | None = None
 ) -> str:
-    """Answer the message at ``reply_to`` in ``channel`` (whose text is ``question``,
-    when the caller had it at hand); returns the outcome."""
-    state: AppState = ctx["state"]
-    live = LiveReply(stream_id=stream_id, channel=channel, user_id=asker, reply_to=reply_to, worker=ctx["worker_id"])
-    if ctx.get("job_try", 1) > 1:
-        # arq replays a job whose worker vanished mid-run. A model cannot go on from the
-        # middle of its reply, so the reply ends as worker_lost (unless it ended already).
-        listed, _ = await live_reply(state, stream_id)
-        ended = await end_lost_reply(state, listed or live, live.worker)
-        log.warning("coach reply job replayed", extra={"stream_id": stream_id, "ended_now": ended})
-        return "worker_lost" if ended else "ended already"
-    asker_id = uuid.UUID(asker)
-    if not await acquire_slot(state, asker_id, stream_id):
-        await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
-        return "refused"
-    await begin_reply(state, live)
-    async with LeaseKeeper(state, live) as lease:
-        try:
-            (prompt, context), budget = await asyncio.gather(
-                build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
-                ai_budget(state, asker_id),
-            )
-            check_budget(state, budget, estimate_input_tokens(prompt))
-        except AppError as exc:
-            await forget_reply(state, live)
-            await _refuse(state, channel, stream_id, reply_to, exc.code, exc.detail)
-            return "refused"
-        except Exception:  # stored as failed rather than left for the reaper to call it worker_lost
-            await end_reply(
-                state,
-                live,
-                text="",
-                status=MessageStatus.failed,
-                error_code="internal",
-                usage=Usage(input_tokens=0, output_tokens=0),
-            )
-            raise
-        live.input_tokens = estimate_input_tokens(prompt)
-        live.citations = context.get("citations", [])
-        return await _stream(state, live, lease, prompt, context)
-
-
-async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, code: str, detail: str) -> None:
-    await broadcast_ephemeral(
-        state,
-        channel,
-        {"type": "ai.error", "stream_id": stream_id, "reply_to": reply_to, "code": code, "detail": detail},
+    """Answer the message at ``reply_to`` in ``channel``; returns the outcome. A replayed
+    job (its worker vanished mid-run) ends the reply as ``worker_lost``."""
+    return await replies.generate_reply(
+        ctx["state"],
+        worker=ctx["worker_id"],
+        attempt=ctx.get("job_try", 1),
+        channel=channel,
+        reply_to=reply_to,
+        asker=asker,
+        stream_id=stream_id,
+        question=question,
     )
-
-
-async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: Any, context: dict[str, Any]) -> str:
-    settings = state.settings
-    interval = settings.ai_delta_interval_ms / 1000
-    channel, stream_id, asker = live.channel, live.stream_id, uuid.UUID(live.user_id)
-    stream = StreamState(stream_id=stream_id, channel=channel, user_id=live.user_id, reply_to=live.reply_to)
-    cancel = cancel_key(state, stream_id)
-
-    text: list[str] = []
-    pending: list[str] = []
-    usage = Usage(input_tokens=0, output_tokens=0)
-    status, error_code = MessageStatus.complete, ""
-
-    first_text = asyncio.Event()
-
-    async def consume() -> None:
-        nonlocal usage
-        async with contextlib.aclosing(stream_reply(build_providers(settings), prompt)) as events:
-            async for provider, event in events:
-                live.provider, live.model = provider.name, provider.model  # the lease keeper saves them
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                    pending.append(event.text)
-                    first_text.set()
-                elif isinstance(event, Usage):
-                    usage = event
-
-    async def flush() -> None:
-        if not pending or lease.lost.is_set():
-            return
-        stream.seq += 1
-        delta = "".join(pending)
-        pending.clear()
-        stream.text = "".join(text)
-        # The snapshot and the delta at once: a late subscriber's snapshot never lacks a
-        # delta it will not receive, and nothing goes out once a reaper took the reply.
-        frame = ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta})
-        if await lease.publish(stream, frame) and stream.seq == 1:
-            await lease.renew()  # the provider answering is known now: a reaper must not store "none"
-
-    # The provider's request goes out while the stream is announced.
-    generation = asyncio.create_task(consume())
-    try:
-        await lease.publish(
-            stream, ephemeral_wire({"type": "ai.start", "stream_id": stream_id, "reply_to": live.reply_to})
-        )
-        # The first text goes out the moment it arrives (time to first token is what
-        # the room feels); then one tick per interval: coalesced deltas out, the cancel
-        # flag checked even while the provider is silent between tokens.
-        first = asyncio.create_task(first_text.wait())
-        try:
-            while not generation.done():
-                waiting = {generation} if stream.seq else {generation, first}
-                await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-                await flush()
-                if lease.lost.is_set():  # a reaper ended the reply: going on would answer twice
-                    status, error_code = MessageStatus.failed, "worker_lost"
-                    generation.cancel()
-                elif not generation.done() and await state.redis.exists(cancel):
-                    status = MessageStatus.cancelled
-                    generation.cancel()
-        finally:
-            first.cancel()
-        if status == MessageStatus.complete:
-            generation.result()
-    except asyncio.CancelledError:
-        if status != MessageStatus.cancelled:
-            status, error_code = MessageStatus.failed, "interrupted"
-            generation.cancel()
-            raise
-    except ProviderError as exc:
-        status, error_code = MessageStatus.failed, exc.code
-        if exc.usage is not None:
-            usage = exc.usage
-        if exc.provider:
-            live.provider = exc.provider
-        log.warning("coach reply failed", extra={"stream_id": stream_id, "code": exc.code, "error": str(exc)})
-    except Exception:  # Redis gone mid-stream, say: store what there is as failed
-        status, error_code = MessageStatus.failed, "internal"
-        generation.cancel()
-        raise
-    finally:
-        with contextlib.suppress(RedisError, OSError):  # the reply is stored even with Redis gone
-            await flush()
-        full_text = "".join(text)
-        if usage.output_tokens == 0 and full_text:
-            usage = Usage(
-                input_tokens=usage.input_tokens or live.input_tokens,
-                output_tokens=estimate_text_tokens(full_text),
-            )
-        stored = await end_reply(state, live, text=full_text, status=status, error_code=error_code, usage=usage)
-        if stored is not None and (usage.input_tokens or usage.output_tokens):
-            # once a month, past AI_BUDGET_WARNING_PERCENT
-            budget = await ai_budget(state, asker)
-            await notify_budget_nearly_used(state, asker, budget.used, budget.allowance)
-    if stored is None:
-        return "worker_lost"
-    if status == MessageStatus.complete and channel.startswith("thread:"):
-        title = await title_thread(state, channel, context.get("question", ""), "".join(text))
-        if title is not None:
-            await broadcast_ephemeral(state, channel, {"type": "thread.title", "title": title})
-    return str(status)

@@ -41,7 +41,7 @@ FUNCTIONS = [
     func(erase_user, max_tries=5),
     # A failed reply is stored as failed and not run again (that would answer twice). The
     # second try exists for arq's replay of a job whose worker vanished: it ends the reply
-    # as worker_lost (workers/coach.py) rather than arq dropping it as "max retries exceeded".
+    # as worker_lost (server/domain/ai/replies.py) rather than arq dropping it as "max retries exceeded".
     func(generate_reply, max_tries=2, timeout=600),
     *KNOWLEDGE_FUNCTIONS,
     *BILLING_FUNCTIONS,
