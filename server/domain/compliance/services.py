@@ -21,7 +21,7 @@ secrets), ``identities``, ``sessions``, ``security_events``,
 included.
 
 **Erasure** (the ``erase_user`` job of ``DELETE /users/me``, in
-``workers/accounts.py``) calls :func:`erase_owned_data` inside its
+:mod:`server.domain.compliance.erasure`) calls :func:`erase_owned_data` inside its
 transaction and :func:`purge_erased_files` after it commits: every file the
 user owns is detached and deleted (object and row), knowledge chunks they own
 (note and knowledge-file embeddings) are deleted, and payments, subscriptions
