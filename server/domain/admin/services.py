@@ -1,5 +1,6 @@
-"""Administrative actions: the admin check and audit log every area shares, platform
-stats, user search and role changes, and reading the audit log.
+"""Administrative actions: platform stats, user search and role changes, and reading the
+audit log (the admin check and the audit row every area shares are
+:mod:`server.domain.accounts.audit`).
 
 Every ``do_*`` action checks the caller itself and commits its audit row in the
 same transaction as the change.
@@ -15,6 +16,7 @@ from typing import Any
 
 import msgspec
 
+from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
 from server.domain.admin.schemas import (
     AdminUserOut,
@@ -43,35 +45,6 @@ DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
 DEFAULT_STAT_DAYS = 14
 MAX_STAT_DAYS = 90
-
-
-def check_admin(principal: Principal) -> None:
-    """Raise 403 ``role_required`` unless the caller is an administrator."""
-    if principal.role != Role.admin:
-        raise Forbidden("administrators only", code="role_required")
-
-
-async def record_admin_action(
-    actor: Principal | uuid.UUID,
-    action: str,
-    *,
-    target_type: str,
-    target_id: uuid.UUID | str,
-    client: ClientInfo,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    """Write one audit row (inside the caller's transaction, so it commits with the action)."""
-    actor_id = actor.user_id if isinstance(actor, Principal) else actor
-    await AdminAuditLog.insert(
-        AdminAuditLog(
-            actor=actor_id,
-            action=action[:100],
-            target_type=target_type[:50],
-            target_id=str(target_id)[:64],
-            detail=detail or {},
-            ip=client.ip[:64],
-        )
-    )
 
 
 # -- stats -------------------------------------------------------------------------------------

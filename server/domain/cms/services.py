@@ -18,8 +18,8 @@ import msgspec
 from piccolo.query import OrderByRaw
 from piccolo.table import Table
 
+from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
-from server.domain.admin.services import check_admin, record_admin_action
 from server.domain.cms.markdown import render_markdown
 from server.domain.cms.schemas import (
     AdminFaqList,

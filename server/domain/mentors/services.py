@@ -13,9 +13,9 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from server.domain.access.policy import PRIVATE_LISTED_TO
+from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
-from server.domain.admin.services import check_admin, record_admin_action
-from server.domain.lounges.services import PRIVATE_LISTED_TO
 from server.domain.mentors.schemas import (
     ApplyRequest,
     CategoryOut,
@@ -415,7 +415,7 @@ async def get_mentor(mentor_id: uuid.UUID, viewer: Principal | None) -> MentorOu
 
 async def list_mentor_lounges(mentor_id: uuid.UUID, viewer: Principal | None) -> list[MentorLoungeOut]:
     """The mentor's lounges that are not archived, oldest first; private ones only for
-    their members, the mentor and admins (:data:`~server.domain.lounges.services.PRIVATE_LISTED_TO`)."""
+    their members, the mentor and admins (:data:`~server.domain.access.policy.PRIVATE_LISTED_TO`)."""
     await _visible_mentor(mentor_id, viewer)
     viewer_id = viewer.user_id if viewer else None
     rows = await Mentor.raw(
