@@ -27,6 +27,8 @@ from arq.worker import func
 
 from server.domain.knowledge import ingest
 from server.domain.knowledge.embeddings import EmbeddingError, get_embedder
+from server.foundation.redis import create_redis
+from server.foundation.settings import load_settings
 from server.foundation.state import AppState
 
 log = logging.getLogger("lounges.knowledge")
@@ -78,9 +80,6 @@ KNOWLEDGE_FUNCTIONS = [
 
 
 async def _enqueue_reindex() -> str:
-    from server.foundation.redis import create_redis
-    from server.foundation.settings import load_settings
-
     settings = load_settings()
     redis = create_redis(settings)
     try:
