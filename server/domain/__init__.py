@@ -1,1 +1,3 @@
-"""The domain layer: one package per area (tables, services, schemas), below the transports."""
+"""The domain layer, below the transports: one package per area (services, schemas), every
+area's tables in ``tables``, the channel access policy in ``access``, the language models
+in ``llm``; the areas' order is pyproject's ``domain-layers`` import contract."""
