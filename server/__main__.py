@@ -1,7 +1,9 @@
-"""Command line: ``python -m server {dev,serve,worker,migrate}``.
+"""Command line: ``python -m server {dev,serve,worker,migrate,create-admin,seed-plans}``.
 
 Configuration errors end the command with one line naming the variable and
-exit status 2, never a traceback.
+exit status 2, never a traceback. Each command imports only what it runs, inside
+its function: ``migrate`` or ``create-admin`` do not load the app or the worker
+(seconds of imports), and ``serve``/``worker`` freeze what they imported (``gc.freeze``).
 """
 
 from __future__ import annotations
