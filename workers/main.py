@@ -18,7 +18,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from server.domain.accounts.tokens import keys_of
+from server.domain.ai import coach
 from server.domain.ai.streams import process_id, reap_dead_replies
+from server.domain.chat.coach_link import connect_coach
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
@@ -178,6 +180,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
 
     async def startup(ctx: dict[str, Any]) -> None:
+        connect_coach(coach)  # as the web process: jobs that delete messages stop the coach's replies
         engine = await acquire_engine(settings, ALL_TABLES)
         ctx["state"] = state = AppState(settings=settings, engine=engine, redis=ctx["redis"])
         keys_of(state)  # as the web process: its signing keys at start

@@ -3,8 +3,8 @@ stops the replies to it.
 
 The coach (:mod:`server.domain.ai.coach`) sits above the message store: it stores its
 replies through it, and stopping a reply may end one whose worker died, which stores
-it. So the store does not import the coach; the app connects it here once, at wiring
-(:func:`connect_coach`, in ``server.app.create_app``).
+it. So the store does not import the coach; each process connects it here once, at
+wiring (:func:`connect_coach`: ``server.app.create_app``, the worker's start-up).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def connect_coach(coach: Coach) -> None:
 
 def _coach() -> Coach:
     if _connected is None:
-        raise RuntimeError("the coach is not connected (server.app.create_app connects it)")
+        raise RuntimeError("the coach is not connected (create_app and the worker connect it)")
     return _connected
 
 
