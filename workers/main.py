@@ -21,6 +21,7 @@ from server.domain.accounts.tokens import keys_of
 from server.domain.ai import coach
 from server.domain.ai.streams import process_id, reap_dead_replies
 from server.domain.chat.coach_link import connect_coach
+from server.domain.llm.registry import build_providers
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
@@ -184,6 +185,9 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         engine = await acquire_engine(settings, ALL_TABLES)
         ctx["state"] = state = AppState(settings=settings, engine=engine, redis=ctx["redis"])
         keys_of(state)  # as the web process: its signing keys at start
+        # The model SDKs take seconds to import, which would block the event loop inside the
+        # first reply and could outlast its lease (reaped as worker_lost): import them now.
+        build_providers(settings)
         ctx["worker_id"] = process_id("worker")
         ctx["reaper"] = asyncio.create_task(_reap_forever(state, ctx["worker_id"]), name="coach-reaper")
 
