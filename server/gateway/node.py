@@ -38,6 +38,9 @@ from server.streams.broker import WIRE_JOIN, WIRE_LEAVE, WIRE_PUBLICATION, Wire,
 
 log = logging.getLogger("lounges.realtime")
 
+# How long stop() waits for its cancelled tasks (the pub/sub reader, the sweeps) to end.
+STOP_TIMEOUT = 5.0
+
 
 class Node:
     """Sockets and channel hubs of this process, linked to the others through Redis."""
@@ -75,10 +78,16 @@ class Node:
             self.state.local_delivery = None
         for connection in list(self.connections):
             connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
+        self.subscriber.closing = True
         tasks = [task for task in (self.subscriber.reader, self.sweeps.ticker, *self._tasks) if task is not None]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            # Bounded: a task stuck in a client library (Redis going away mid-command) must not
+            # hold the process's shutdown; it is left cancelled.
+            _, pending = await asyncio.wait(tasks, timeout=STOP_TIMEOUT)
+            if pending:
+                log.warning("realtime tasks did not stop in time", extra={"tasks": [t.get_name() for t in pending]})
         await self.subscriber.close()
 
     async def drain(self) -> None:

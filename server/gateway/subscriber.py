@@ -44,6 +44,7 @@ class Subscriber:
         self._pubsub: PubSub | None = None
         self._linked = False  # the link is subscribed to every hub and user (False: it is reconnecting)
         self._control = control_channel(node.prefix)
+        self.closing = False  # set by the node's stop: no new link after that
 
     def start(self) -> None:
         self.reader = asyncio.create_task(self._read_forever(), name="realtime-pubsub")
@@ -73,6 +74,8 @@ class Subscriber:
 
     def _relink(self) -> None:
         """Drop the link and start a new one, which subscribes everything again and catches up."""
+        if self.closing:
+            return
         self._linked = False
         if self.reader is not None:
             self.reader.cancel()
@@ -82,7 +85,7 @@ class Subscriber:
         """Keep one pub/sub connection alive; after any outage, resubscribe and catch up."""
         node = self.node
         delay = 0.1
-        while True:
+        while not self.closing:  # a cancellation swallowed inside redis-py must not keep it alive
             pubsub = node.state.redis.pubsub(ignore_subscribe_messages=True)
             self._pubsub = pubsub
             try:
