@@ -17,6 +17,7 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.foundation.settings import Settings
+from tests.support import sdk
 from tests.support.cluster import Cluster
 from tests.support.community import Community
 from tests.support.js_sdk import install_js_sdk
@@ -189,6 +190,15 @@ async def cluster(app: Litestar, settings: Settings, private_redis: RedisServer)
         yield running
     finally:
         await running.close()
+
+
+@pytest.fixture(params=sdk.ENCODINGS)
+def encoding(request: pytest.FixtureRequest) -> Iterator[sdk.Encoding]:
+    """Run the test once per encoding of the socket protocol (a module opts in with
+    ``pytestmark = pytest.mark.usefixtures("encoding")``): SDK clients it makes speak it."""
+    sdk.current_encoding = request.param
+    yield request.param
+    sdk.current_encoding = "json"
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,9 @@ from centrifuge import ReplyError
 from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.nodes import WebNode
-from tests.support.sdk import sdk_client, subscription
+from tests.support.sdk import payload, sdk_client, subscription
+
+pytestmark = pytest.mark.usefixtures("encoding")
 
 
 @pytest.fixture(params=["gateway", "uvicorn"])
@@ -40,7 +42,7 @@ async def test_sdk_connects_subscribes_and_chats(node: WebNode, community: Commu
         await sub_b.subscribe()
         await sub_a.ready()
         await sub_b.ready()
-        await sub_b.publish({"text": "hello from the socket", "client_id": str(uuid.uuid4())})
+        await sub_b.publish(payload(sub_b, {"text": "hello from the socket", "client_id": str(uuid.uuid4())}))
         await seen_a.wait_for(lambda r: len(r.stored) == 1)
         await seen_b.wait_for(lambda r: len(r.stored) == 1)
         offset, data = seen_a.publications[0]
@@ -54,7 +56,7 @@ async def test_sdk_connects_subscribes_and_chats(node: WebNode, community: Commu
         assert presence.num_users == 2
 
         with pytest.raises(ReplyError) as refused:
-            await sub_b.publish({"text": ""})
+            await sub_b.publish(payload(sub_b, {"text": ""}))
         assert refused.value.code == 107
         assert alice_events.connected
     finally:

@@ -65,7 +65,7 @@ async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -
     """Run every command of a frame, in order. A frame too large runs none of them (each
     is refused by id); one of more than ``MAX_COMMANDS_PER_FRAME`` commands is a protocol
     violation that closes the socket."""
-    commands = protocol.decode_commands(frame)
+    commands = connection.codec.decode_commands(frame)
     if len(commands) > protocol.MAX_COMMANDS_PER_FRAME:
         connection.abort(protocol.DISCONNECT_BAD_REQUEST, "too many commands")
         return
@@ -95,7 +95,7 @@ async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -
 
 def _fail(connection: Connection, command_id: int, error: ReplyError) -> None:
     """Answer a failed command; failures the client caused count towards ``WS_MAX_ERRORS``."""
-    connection.enqueue(protocol.error_reply(command_id, error))
+    connection.enqueue(connection.codec.error_reply(command_id, error))
     if error.code not in (protocol.ERROR_INTERNAL, protocol.ERROR_NOT_AVAILABLE):
         connection.count_failure()
 
@@ -120,7 +120,7 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         if isinstance(result, AfterReply):
             result, follow_up = result.result, result.then
         if result is not None and command.id:
-            connection.enqueue(protocol.reply(command.id, method, result))
+            connection.enqueue(connection.codec.reply(command.id, method, result))
         if follow_up is not None:
             await follow_up()
     except ProtocolError as exc:
@@ -166,7 +166,7 @@ def _answer(connection: Connection, command: Command, error: ReplyError) -> None
             close, reason = protocol.DISCONNECT_SERVER_ERROR, "temporarily unavailable"
         else:
             close, reason = protocol.DISCONNECT_INVALID_TOKEN, "unauthorized"
-        frame = protocol.error_reply(command.id, error)
+        frame = connection.codec.error_reply(command.id, error)
         connection.node.spawn(_reply_then_close(connection, frame, close, reason))
         return
     _fail(connection, command.id, error)
@@ -225,7 +225,7 @@ async def _authenticate_connection(node: Node, connection: Connection, command: 
         "pong": True,
         "subs": {personal: {}},
     }
-    await connection.send_now(protocol.reply(command.id, "connect", result))
+    await connection.send_now(connection.codec.reply(command.id, "connect", result))
     connection.start_writer()
 
 
@@ -309,7 +309,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
         # A reply still streaming: its text so far first, then the live deltas (numbered,
         # so the client drops those the snapshot already holds).
         for snapshot in snapshots:
-            connection.enqueue(hub.frames.publication(snapshot, 0))
+            connection.enqueue(hub.push_frames(connection.codec).publication(snapshot, 0))
         for offset, frame in sub.buffer:
             if offset == 0 or offset > position:
                 connection.enqueue(frame)

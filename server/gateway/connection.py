@@ -2,8 +2,8 @@
 
 Frames for a socket are queued and flushed by the node on a later event-loop turn
 (:class:`~server.gateway.flusher.Flusher`): all frames queued for one socket since its last flush
-leave in a single WebSocket text frame (newline-separated, as the protocol
-allows). Under uvicorn with the gateway's protocol the frame is written straight
+leave in a single WebSocket message, joined as the socket's encoding allows
+(:mod:`server.gateway.codec`: newline-separated JSON text, or length-delimited Protobuf). Under uvicorn with the gateway's protocol the frame is written straight
 to the socket (:mod:`server.gateway.frame_writer`; a broadcast's frame is built
 once for all its sockets); elsewhere a writer task sends it through ASGI. A client
 that does not read falls behind; once more than ``WS_OUTBOUND_MAX_BYTES`` wait
@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from server.gateway import protocol
-from server.gateway.frame_writer import FrameWriter, text_frame
+from server.gateway.codec import Codec
+from server.gateway.frame_writer import FrameWriter
+from server.gateway.json_codec import JSON
 from server.gateway.ports import Principal
 
 if TYPE_CHECKING:
@@ -63,6 +65,7 @@ class Connection:
         "client_id",
         "close_code",
         "closed",
+        "codec",
         "connected",
         "deadline",
         "errors",
@@ -78,8 +81,9 @@ class Connection:
         "subs",
     )
 
-    def __init__(self, node: Node, send: Send, frames: FrameWriter | None = None) -> None:
+    def __init__(self, node: Node, send: Send, frames: FrameWriter | None = None, codec: Codec = JSON) -> None:
         self.node = node
+        self.codec = codec
         self._send = send
         self._frames = frames  # writes frames synchronously; None: send through ASGI
         self.client_id = uuid.uuid4().hex
@@ -153,8 +157,11 @@ class Connection:
                 wakeup.set_result(None)
             return
         frames, self.queue = self.queue, []
+        codec = self.codec
         # A frame queued alone (a broadcast's, usually) is framed once for all its sockets.
-        frame = self.node.flusher.wire_frame(frames[0]) if len(frames) == 1 else text_frame(b"\n".join(frames))
+        frame = (
+            self.node.flusher.wire_frame(frames[0], codec) if len(frames) == 1 else codec.ws_frame(codec.batch(frames))
+        )
         unsent = self._frames.write_frame(frame)
         if unsent < 0:  # the socket is closing; the reader sees the disconnect
             self.closed = True
@@ -169,10 +176,10 @@ class Connection:
     async def send_now(self, frame: bytes) -> None:
         """Write a frame directly, ahead of the queue (the connect reply, a goodbye)."""
         if self._frames is not None:
-            if self._frames.write_frame(text_frame(frame)) < 0:
+            if self._frames.write_frame(self.codec.ws_frame(frame)) < 0:
                 raise ConnectionError("the socket is closed")
             return
-        await self._send({"type": "websocket.send", "bytes": None, "text": frame.decode()})
+        await self._send(self.codec.asgi_message(frame))
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -187,7 +194,7 @@ class Connection:
                     continue
                 frames, self.queue = self.queue, []
                 self.queued_bytes = 0
-                await self._send({"type": "websocket.send", "bytes": None, "text": b"\n".join(frames).decode()})
+                await self._send(self.codec.asgi_message(self.codec.batch(frames)))
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket is gone; the reader sees the disconnect

@@ -15,6 +15,7 @@ A plain HTTP request to the path reaches the Litestar route and gets 426.
 from __future__ import annotations
 
 import logging
+from typing import cast
 
 from litestar.datastructures import State
 from litestar.enums import ScopeType
@@ -22,6 +23,7 @@ from litestar.handlers import asgi
 from litestar.types import ASGIApp, Receive, Scope, Send
 
 from server.gateway import protocol
+from server.gateway.codec import negotiate
 from server.gateway.commands import handle_frame
 from server.gateway.connection import Connection
 from server.gateway.frame_writer import EXTENSION, FrameWriter
@@ -54,14 +56,17 @@ def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
 
 
 async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send) -> None:
-    """Speak the Centrifuge client protocol v2 (JSON) with one client."""
+    """Speak the Centrifuge client protocol v2 with one client, in the encoding its
+    handshake asks for (:func:`~server.gateway.codec.negotiate`)."""
     await receive()  # websocket.connect
     if node.draining:
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
         return
-    await send({"type": "websocket.accept", "subprotocol": None, "headers": []})
+    subprotocols = cast("list[str]", scope.get("subprotocols") or [])
+    codec, subprotocol = negotiate(subprotocols, scope.get("query_string", b""))
+    await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
     writer = (scope.get("extensions") or {}).get(EXTENSION)
-    connection = Connection(node, send, writer if isinstance(writer, FrameWriter) else None)
+    connection = Connection(node, send, writer if isinstance(writer, FrameWriter) else None, codec)
     node.add(connection)
     try:
         while True:

@@ -14,9 +14,8 @@ import asyncio
 from collections import deque
 from typing import TYPE_CHECKING
 
-from server.gateway.frame_writer import text_frame
-
 if TYPE_CHECKING:
+    from server.gateway.codec import Codec
     from server.gateway.connection import Connection
 
 FLUSH_BATCH = 16  # sockets flushed per event-loop iteration
@@ -51,12 +50,13 @@ class Flusher:
                 self._flushing = False
                 self._wire_frames.clear()
 
-    def wire_frame(self, payload: bytes) -> bytes:
-        """``payload`` as a WebSocket frame, built once for every socket it goes to in this round of flushes."""
+    def wire_frame(self, payload: bytes, codec: Codec) -> bytes:
+        """``payload`` (in ``codec``'s encoding) as a WebSocket frame, built once for every socket
+        it goes to in this round of flushes."""
         cached = self._wire_frames.get(id(payload))
         if cached is not None and cached[0] is payload:
             return cached[1]
-        frame = text_frame(payload)
+        frame = codec.ws_frame(payload)
         if len(self._wire_frames) >= WIRE_FRAMES_KEPT:  # flushes that never run dry keep no history
             self._wire_frames.clear()
         self._wire_frames[id(payload)] = (payload, frame)  # holding payload keeps its id unique

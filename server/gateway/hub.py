@@ -10,7 +10,8 @@ writer's commit). Duplicates (offset ≤ delivered) are dropped. After a Redis
 outage the node resubscribes and reads from the log what it missed
 (:func:`catch_up`).
 
-Fan-out. A publication is encoded once per hub (``PushFrames``) and queued on every
+Fan-out. A publication is encoded once per hub and encoding in use among its
+subscribers (JSON, Protobuf: :mod:`server.gateway.codec`) and queued on every
 subscriber; the node's :class:`~server.gateway.flusher.Flusher` writes the sockets.
 """
 
@@ -21,11 +22,11 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING
 
-from server.gateway import protocol
 from server.streams import history
 from server.streams.broker import WIRE_JOIN, WIRE_PUBLICATION, WIRE_REWRITE, Wire
 
 if TYPE_CHECKING:
+    from server.gateway.codec import Codec, PushEncoder
     from server.gateway.connection import Connection
     from server.gateway.node import Node
 
@@ -41,9 +42,9 @@ class Hub:
 
     __slots__ = (
         "_ready_waiter",
+        "encoders",
         "epoch",
         "filling",
-        "frames",
         "name",
         "node",
         "offset",
@@ -59,7 +60,7 @@ class Hub:
     def __init__(self, node: Node, name: str) -> None:
         self.node = node
         self.name = name
-        self.frames = protocol.PushFrames(name)
+        self.encoders: dict[Codec, PushEncoder] = {}
         self.subscribers: set[Connection] = set()
         self.offset = 0
         self.epoch = ""
@@ -76,6 +77,13 @@ class Hub:
     def current(self) -> bool:
         """Still the node's hub for its channel (not closed, nor replaced)."""
         return self.node.hubs.get(self.name) is self
+
+    def push_frames(self, codec: Codec) -> PushEncoder:
+        """This channel's push encoder for ``codec``."""
+        encoder = self.encoders.get(codec)
+        if encoder is None:
+            encoder = self.encoders[codec] = codec.push_frames(self.name)
+        return encoder
 
     # -- positioning -------------------------------------------------------------------------
 
@@ -162,16 +170,20 @@ class Hub:
             self.rewrite(wire.offset, bytes(wire.data), wire.rewrites)
             return
         if wire.kind != WIRE_PUBLICATION:
-            frame = self.frames.join(wire.data) if wire.kind == WIRE_JOIN else self.frames.leave(wire.data)
+            info = bytes(wire.data)
+            join = wire.kind == WIRE_JOIN
+            frames: dict[Codec, bytes] = {}
             for connection in self.subscribers:
                 sub = connection.subs.get(self.name)
                 if sub is not None and sub.join_leave and not sub.recovering:
+                    frame = frames.get(connection.codec)
+                    if frame is None:
+                        encoder = self.push_frames(connection.codec)
+                        frame = frames[connection.codec] = encoder.join(info) if join else encoder.leave(info)
                     connection.enqueue(frame)
             return
         if wire.offset == 0:
-            frame = self.frames.publication(wire.data, 0)
-            for connection in self.subscribers:
-                connection.push(self.name, 0, frame)
+            self._broadcast(0, bytes(wire.data))
             return
         if wire.offset <= self.offset and self.ready:
             return  # duplicate
@@ -194,9 +206,17 @@ class Hub:
         if self.rewritten:
             data = self.rewritten.pop(offset, data)
         self.remember(offset, data)
-        frame = self.frames.publication(data, offset)
+        self._broadcast(offset, data)
+
+    def _broadcast(self, offset: int, data: bytes) -> None:
+        """Push a publication to every subscriber, encoded once per encoding among them."""
+        frames: dict[Codec, bytes] = {}
         name = self.name
         for connection in self.subscribers:
+            codec = connection.codec
+            frame = frames.get(codec)
+            if frame is None:
+                frame = frames[codec] = self.push_frames(codec).publication(data, offset)
             connection.push(name, offset, frame)
 
     async def _fill_gap(self) -> None:

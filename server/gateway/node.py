@@ -98,9 +98,9 @@ class Node:
         if not connections:
             return
         pause = self.settings.drain_seconds / len(connections)
-        push = protocol.disconnect_push(protocol.DISCONNECT_SHUTDOWN, "shutdown")
         for connection in connections:
             if connection.connected and not connection.closed:
+                push = connection.codec.disconnect_push(protocol.DISCONNECT_SHUTDOWN, "shutdown")
                 with contextlib.suppress(Exception):  # a peer already gone needs no goodbye
                     await asyncio.wait_for(connection.send_now(push), timeout=1.0)
             connection.abort(protocol.DISCONNECT_SHUTDOWN, "shutdown")
@@ -227,9 +227,9 @@ class Node:
         connections = self.by_user.get(user_id)
         if not connections or wire.kind != WIRE_PUBLICATION:
             return
-        frame = protocol.PushFrames(name).publication(wire.data, 0)
+        data = bytes(wire.data)
         for connection in connections:
-            connection.push(name, 0, frame)
+            connection.push(name, 0, connection.codec.push_frames(name).publication(data, 0))
 
     async def _close_hub(self, hub: Hub) -> None:
         self.hubs.pop(hub.name, None)
@@ -266,7 +266,7 @@ class Node:
 
     def take_away(self, connection: Connection, channel: str, reason: str) -> None:
         """Unsubscribe ``connection`` from ``channel`` on the server's order (the socket stays)."""
-        connection.enqueue(protocol.unsubscribe_push(channel, protocol.UNSUBSCRIBE_SERVER, reason))
+        connection.enqueue(connection.codec.unsubscribe_push(channel, protocol.UNSUBSCRIBE_SERVER, reason))
         self.spawn(self.unsubscribe(connection, channel))
 
     async def announce_join(self, connection: Connection, channel: str) -> None:

@@ -1,15 +1,15 @@
-"""The Centrifuge client protocol v2, JSON encoding: commands in, replies and pushes out.
+"""The Centrifuge client protocol v2, whatever its encoding: codes, commands and errors.
 
-A WebSocket text frame carries one or more JSON objects separated by newlines.
-Commands are decoded with msgspec (unknown fields ignored, as the protocol
-evolves); replies are encoded once and, for publications, shared by every
-subscriber. Only this module and :mod:`server.gateway.codec` know the wire
-format, so the Protobuf encoding can be added beside them.
+A command, in either encoding, is decoded into the :class:`Command` below and
+validated by msgspec against the bounds declared here (an id is a uint32, an offset
+fits PostgreSQL's bigint, ...), so the command handlers never see which encoding a
+client speaks. The encodings themselves (:mod:`server.gateway.json_codec`,
+:mod:`server.gateway.protobuf_codec`) turn frames into commands and results into
+frames; :mod:`server.gateway.codec` picks one per socket.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 import msgspec
@@ -181,119 +181,3 @@ class Disconnect(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-_encoder = msgspec.json.Encoder()
-_command_decoder = msgspec.json.Decoder(Command)
-encode = _encoder.encode
-
-
-def decode_commands(frame: str | bytes) -> list[Command | ProtocolError]:
-    """Split a frame into commands (one per non-empty line); a line that is not a command
-    becomes its error. A line holding a JSON array is refused element by element, so
-    each command in it is answered by its id."""
-    if isinstance(frame, str):
-        frame = frame.encode(errors="surrogateescape")
-    commands: list[Command | ProtocolError] = []
-    for line in frame.split(b"\n"):
-        if not line.strip():
-            continue
-        if line.lstrip().startswith(b"["):
-            commands.extend(_refuse_array(line))
-        else:
-            commands.append(decode_command(line))
-    return commands
-
-
-_ARRAY_REFUSED = "malformed command: commands go one per line, not in a JSON array"
-_array_decoder = msgspec.json.Decoder(list[msgspec.Raw])
-
-
-def _refuse_array(line: bytes) -> list[ProtocolError]:
-    try:
-        elements = _array_decoder.decode(line)
-    except (msgspec.DecodeError, RecursionError):
-        return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED)]
-    if not elements:
-        return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED)]
-    return [ProtocolError(ERROR_BAD_REQUEST, _ARRAY_REFUSED, command_id=salvage_id(bytes(e))) for e in elements]
-
-
-def decode_command(line: bytes) -> Command | ProtocolError:
-    try:
-        return _command_decoder.decode(line)
-    except msgspec.DecodeError as exc:
-        return ProtocolError(ERROR_BAD_REQUEST, f"malformed command: {exc}", command_id=salvage_id(line))
-    except RecursionError:  # msgspec refuses nesting deeper than the interpreter's stack allows
-        return ProtocolError(ERROR_BAD_REQUEST, "malformed command: nested too deeply", command_id=salvage_id(line))
-
-
-class _IdOnly(msgspec.Struct):
-    id: CommandId = 0
-
-
-_id_decoder = msgspec.json.Decoder(_IdOnly)
-
-
-_LEADING_ID = re.compile(rb'\s*\{\s*"id"\s*:\s*(\d{1,10})\s*,')
-
-
-def salvage_id(line: bytes) -> int:
-    """The id of a command that failed validation, so its error reply can be matched
-    (0 when it has none the protocol allows). Other fields are skipped, not built; a
-    line nested too deeply to skip still has its id read when it comes first (as the SDKs send it)."""
-    try:
-        return _id_decoder.decode(line).id
-    except msgspec.DecodeError:
-        return 0
-    except RecursionError:
-        found = _LEADING_ID.match(line)
-        command_id = int(found.group(1)) if found else 0
-        return command_id if command_id <= 2**32 - 1 else 0
-
-
-def reply(command_id: int, method: str, result: Any) -> bytes:
-    return _encoder.encode({"id": command_id, method: result})
-
-
-def error_reply(command_id: int, error: ReplyError) -> bytes:
-    return _encoder.encode({"id": command_id, "error": error})
-
-
-PING = b"{}"
-
-
-class PushFrames:
-    """Pre-encoded pieces of one channel's pushes, so a publication is encoded
-    once per broadcast and shared by every subscriber."""
-
-    __slots__ = ("_join", "_leave", "_pub")
-
-    def __init__(self, channel: str) -> None:
-        name = _encoder.encode(channel)
-        self._pub = b'{"push":{"channel":' + name + b',"pub":{"data":'
-        self._join = b'{"push":{"channel":' + name + b',"join":{"info":'
-        self._leave = b'{"push":{"channel":' + name + b',"leave":{"info":'
-
-    def publication(self, data: bytes, offset: int) -> bytes:
-        if offset:
-            return b'%s%s,"offset":%d}}}' % (self._pub, data, offset)
-        return self._pub + data + b"}}}"
-
-    def join(self, info: bytes) -> bytes:
-        return self._join + info + b"}}}"
-
-    def leave(self, info: bytes) -> bytes:
-        return self._leave + info + b"}}}"
-
-
-def unsubscribe_push(channel: str, code: int, reason: str) -> bytes:
-    return _encoder.encode({"push": {"channel": channel, "unsubscribe": {"code": code, "reason": reason}}})
-
-
-def subscribe_push(channel: str, result: dict[str, Any]) -> bytes:
-    return _encoder.encode({"push": {"channel": channel, "subscribe": result}})
-
-
-def disconnect_push(code: int, reason: str) -> bytes:
-    return _encoder.encode({"push": {"disconnect": {"code": code, "reason": reason}}})

@@ -84,7 +84,7 @@ class Sweeps:
             elif connection.expires_at and time.time() > connection.expires_at + settings.ws_expired_close_delay:
                 connection.abort(protocol.DISCONNECT_EXPIRED, "connection expired")
             elif now >= connection.next_ping:
-                connection.enqueue(protocol.PING)
+                connection.enqueue(connection.codec.ping)
                 connection.next_ping = now + settings.ws_ping_interval
                 connection.pong_due = now + settings.ws_pong_timeout
 

@@ -1,10 +1,20 @@
-"""The official centrifuge-python SDK, wired to collect what a test needs to check."""
+"""The official centrifuge-python SDK, wired to collect what a test needs to check.
+
+Clients speak JSON or Protobuf (``use_protobuf``, the SDK's own switch): the encoding
+comes from the test's ``encoding`` parameter (tests/conftest.py) unless a test names
+one. In Protobuf, publication, publish and rpc ``data`` are bytes carrying the JSON
+document (docs/protocol.md): :func:`payload` encodes what a test sends the way a client
+of that encoding must, and everything recorded is decoded back, so assertions read the
+same on both.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import weakref
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from centrifuge import (
     Client,
@@ -34,7 +44,7 @@ class Recorder(SubscriptionEventHandler):
     leaves: list[LeaveContext] = field(default_factory=list)
 
     async def on_publication(self, ctx: PublicationContext) -> None:
-        self.publications.append((ctx.pub.offset, ctx.pub.data))
+        self.publications.append((ctx.pub.offset, decoded(ctx.pub.data)))
 
     async def on_subscribed(self, ctx: SubscribedContext) -> None:
         self.subscribed.append(ctx)
@@ -79,7 +89,7 @@ class ClientRecorder(ClientEventHandler):
         self.disconnected.append(ctx)
 
     async def on_publication(self, ctx: ServerPublicationContext) -> None:
-        self.personal.append(ctx.pub.data)
+        self.personal.append(decoded(ctx.pub.data))
 
     async def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         async with asyncio.timeout(timeout):
@@ -87,14 +97,39 @@ class ClientRecorder(ClientEventHandler):
                 await asyncio.sleep(0.02)
 
 
-def sdk_client(url: str, token: str, **options: Any) -> tuple[Client, ClientRecorder]:
+Encoding = Literal["json", "protobuf"]
+ENCODINGS: tuple[Encoding, ...] = ("json", "protobuf")
+current_encoding: Encoding = "json"  # set for each test by the `encoding` fixture
+_encoding_of: weakref.WeakKeyDictionary[Client | Subscription, Encoding] = weakref.WeakKeyDictionary()
+
+
+def sdk_client(
+    url: str, token: str, *, encoding: Encoding | None = None, **options: Any
+) -> tuple[Client, ClientRecorder]:
     events = ClientRecorder()
+    encoding = encoding or current_encoding
     options.setdefault("max_reconnect_delay", 1.0)
-    return Client(url, token=token, events=events, **options), events
+    client = Client(url, token=token, events=events, use_protobuf=encoding == "protobuf", **options)
+    _encoding_of[client] = encoding
+    return client, events
 
 
 def subscription(client: Client, channel: str, **options: Any) -> tuple[Subscription, Recorder]:
     recorder = Recorder()
     options.setdefault("recoverable", True)
     options.setdefault("positioned", True)
-    return client.new_subscription(channel, events=recorder, **options), recorder
+    sub = client.new_subscription(channel, events=recorder, **options)
+    _encoding_of[sub] = _encoding_of.get(client, "json")
+    return sub, recorder
+
+
+def payload(sender: Client | Subscription, value: Any) -> Any:
+    """``value`` as ``sender`` must hand it to ``publish``/``rpc``: the JSON document's bytes in Protobuf."""
+    if _encoding_of.get(sender, "json") == "protobuf":
+        return json.dumps(value).encode()
+    return value
+
+
+def decoded(data: Any) -> Any:
+    """Publication or rpc ``data`` as the JSON value it carries, in either encoding."""
+    return json.loads(data) if isinstance(data, bytes) else data
