@@ -23,7 +23,7 @@ from server.foundation.settings import Settings
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
 from tests.support.nodes import WebNode, WorkerProcess
-from tests.support.sdk import Recorder, sdk_client, subscription
+from tests.support.sdk import Recorder, payload, sdk_client, subscription
 
 KEY = "sk-test-coach"
 REPLY = " ".join(f"word{i}" for i in range(60))
@@ -85,6 +85,7 @@ async def _room(community: Community, policy: str = "always") -> tuple[dict, lis
     return lounge, members
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_three_clients_see_the_same_stream_and_the_same_stored_reply(stack, community: Community) -> None:
     node, llm = stack
     lounge, (_, *members) = await _room(community)
@@ -98,7 +99,9 @@ async def test_three_clients_see_the_same_stream_and_the_same_stored_reply(stack
             await sub.ready()
             clients.append((client, sub))
             recorders.append(recorder)
-        await clients[0][1].publish({"text": "How do I keep a pace?", "client_id": str(uuid.uuid4())})
+        await clients[0][1].publish(
+            payload(clients[0][1], {"text": "How do I keep a pace?", "client_id": str(uuid.uuid4())})
+        )
         for recorder in recorders:
             await recorder.wait_for(lambda r: ended(r) is not None, timeout=20)
     finally:
@@ -131,6 +134,7 @@ async def test_three_clients_see_the_same_stream_and_the_same_stored_reply(stack
     assert "running coach" in llm.last.body["messages"][0]["content"]
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_a_late_subscriber_gets_a_snapshot_then_the_rest(stack, community: Community) -> None:
     node, llm = stack
     llm.reset(reply=REPLY, api_key=KEY, chunk_size=4, chunk_delay=0.03)  # ~3 s of streaming
@@ -143,7 +147,7 @@ async def test_a_late_subscriber_gets_a_snapshot_then_the_rest(stack, community:
         sub, seen = subscription(asking, lounge["channel"])
         await sub.subscribe()
         await sub.ready()
-        await sub.publish({"text": "tell me everything", "client_id": str(uuid.uuid4())})
+        await sub.publish(payload(sub, {"text": "tell me everything", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(
             lambda r: len([1 for _, d in r.publications if d.get("type") == "ai.delta"]) >= 5, timeout=20
         )
@@ -163,6 +167,7 @@ async def test_a_late_subscriber_gets_a_snapshot_then_the_rest(stack, community:
     )
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_cancel_stops_within_a_second_and_keeps_the_partial_text(stack, community: Community) -> None:
     node, llm = stack
     llm.reset(reply=" ".join(f"w{i}" for i in range(400)), api_key=KEY, chunk_size=4, chunk_delay=0.05)
@@ -173,11 +178,11 @@ async def test_cancel_stops_within_a_second_and_keeps_the_partial_text(stack, co
         sub, seen = subscription(client, lounge["channel"])
         await sub.subscribe()
         await sub.ready()
-        await sub.publish({"text": "go on forever", "client_id": str(uuid.uuid4())})
+        await sub.publish(payload(sub, {"text": "go on forever", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(lambda r: len(r.of_type("ai.delta")) >= 3, timeout=20)
         stream_id = seen.of_type("ai.start")[0]["stream_id"]
         started = asyncio.get_running_loop().time()
-        await client.rpc("ai.cancel", {"channel": lounge["channel"], "stream_id": stream_id})
+        await client.rpc("ai.cancel", payload(client, {"channel": lounge["channel"], "stream_id": stream_id}))
         await seen.wait_for(lambda r: ended(r) is not None, timeout=5)
         elapsed = asyncio.get_running_loop().time() - started
     finally:
@@ -195,6 +200,7 @@ async def test_cancel_stops_within_a_second_and_keeps_the_partial_text(stack, co
     assert usage["outcome"] == "cancelled" and usage["output_tokens"] > 0
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_the_askers_disconnect_does_not_stop_the_reply_and_recovery_delivers_it(
     stack, community: Community
 ) -> None:
@@ -210,7 +216,7 @@ async def test_the_askers_disconnect_does_not_stop_the_reply_and_recovery_delive
         for s in (sub, watch_sub):
             await s.subscribe()
             await s.ready()
-        await sub.publish({"text": "I'll be right back", "client_id": str(uuid.uuid4())})
+        await sub.publish(payload(sub, {"text": "I'll be right back", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(lambda r: bool(r.of_type("ai.start")), timeout=20)
         await asking.disconnect()
         await watched.wait_for(lambda r: ended(r) is not None, timeout=20)
@@ -303,6 +309,7 @@ async def test_a_note_is_retrieved_cited_and_sent_to_the_model(stack, community:
     assert "conversational pace" in sent and "heart-rate strap" not in sent
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, community: Community) -> None:
     node, llm = stack
     llm.reset(reply=REPLY, api_key=KEY, chunk_size=4, chunk_delay=0.05)  # ~5 s per reply
@@ -316,7 +323,7 @@ async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, commun
         await sub.subscribe()
         await sub.ready()
         for i in range(3):  # at most two replies per user at once (AI_MAX_CONCURRENT_PER_USER)
-            await sub.publish({"text": f"question {i}", "client_id": str(uuid.uuid4())})
+            await sub.publish(payload(sub, {"text": f"question {i}", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(
             lambda r: any(d.get("code") == "ai_busy" for d in r.of_type("ai.error")) and r.of_type("ai.start"),
             timeout=20,
@@ -326,7 +333,7 @@ async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, commun
         watch_sub, _ = subscription(watcher, lounge["channel"])
         await watch_sub.subscribe()
         with pytest.raises(ReplyError) as refused:
-            await watcher.rpc("ai.cancel", {"channel": lounge["channel"], "stream_id": stream_id})
+            await watcher.rpc("ai.cancel", payload(watcher, {"channel": lounge["channel"], "stream_id": stream_id}))
         assert refused.value.code == 103
         await seen.wait_for(lambda r: len([d for d in r.of_type("ai.end")]) == 2, timeout=30)
 
@@ -340,7 +347,7 @@ async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, commun
                 outcome="complete",
             )
         )
-        await sub.publish({"text": "one more?", "client_id": str(uuid.uuid4())})
+        await sub.publish(payload(sub, {"text": "one more?", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(
             lambda r: any(d.get("code") == "ai_budget_exceeded" for d in r.of_type("ai.error")), timeout=20
         )
@@ -349,6 +356,7 @@ async def test_budgets_and_concurrency_limits_answer_with_ai_error(stack, commun
         await watcher.disconnect()
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_the_mentor_may_cancel_anyones_reply(stack, community: Community) -> None:
     node, llm = stack
     llm.reset(reply=" ".join(f"w{i}" for i in range(400)), api_key=KEY, chunk_size=4, chunk_delay=0.05)
@@ -361,14 +369,13 @@ async def test_the_mentor_may_cancel_anyones_reply(stack, community: Community) 
         sub, seen = subscription(asking, lounge["channel"])
         await sub.subscribe()
         await sub.ready()
-        await sub.publish({"text": "talk a lot please", "client_id": str(uuid.uuid4())})
+        await sub.publish(payload(sub, {"text": "talk a lot please", "client_id": str(uuid.uuid4())}))
         await seen.wait_for(lambda r: bool(r.of_type("ai.delta")), timeout=20)
         mentor_sub, _ = subscription(moderating, lounge["channel"])
         await mentor_sub.subscribe()
         await mentor_sub.ready()
-        await moderating.rpc(
-            "ai.cancel", {"channel": lounge["channel"], "stream_id": seen.of_type("ai.start")[0]["stream_id"]}
-        )
+        stream_id = seen.of_type("ai.start")[0]["stream_id"]
+        await moderating.rpc("ai.cancel", payload(moderating, {"channel": lounge["channel"], "stream_id": stream_id}))
         await seen.wait_for(lambda r: ended(r) is not None, timeout=5)
     finally:
         await asking.disconnect()

@@ -39,7 +39,7 @@ from tests.support.coach_faults import WireWatch, Worker, ai_messages, live_work
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
 from tests.support.nodes import WebNode
-from tests.support.sdk import sdk_client, subscription
+from tests.support.sdk import payload, sdk_client, subscription
 
 KEY = "sk-test-coach-faults"
 LEASE = 2.0
@@ -177,6 +177,7 @@ async def test_a_stalled_worker_taken_for_dead_sends_and_stores_nothing_more(
             worker.close()
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_with_no_worker_left_a_subscribe_or_a_cancel_ends_the_dead_reply(
     state: AppState, client, community: Community, settings: Settings, llm: OpenAIStandin
 ) -> None:
@@ -210,12 +211,12 @@ async def test_with_no_worker_left_a_subscribe_or_a_cancel_ends_the_dead_reply(
                 assert ended["message"]["text"] == one.streamed(one_id)
 
                 # The asker's ai.cancel ends the other one at once.
-                await socket.rpc("ai.cancel", {"channel": second_channel, "stream_id": two_id})
+                await socket.rpc("ai.cancel", payload(socket, {"channel": second_channel, "stream_id": two_id}))
                 await two.wait_for(lambda w: w.ended(two_id) is not None, timeout=2)
                 assert two.ended(two_id)["message"]["text"] == two.streamed(two_id)
                 # ... and, ended, it is no longer there to cancel.
                 with pytest.raises(ReplyError) as refused:
-                    await socket.rpc("ai.cancel", {"channel": second_channel, "stream_id": two_id})
+                    await socket.rpc("ai.cancel", payload(socket, {"channel": second_channel, "stream_id": two_id}))
                 assert refused.value.code == 107 and "stream_not_found" in refused.value.message
             finally:
                 await socket.disconnect()

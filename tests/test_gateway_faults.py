@@ -28,6 +28,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
+import pytest
 from centrifuge import CentrifugeError, SubscriptionState
 
 from server.foundation.settings import Settings
@@ -43,8 +44,10 @@ from tests.support.cluster import (
 from tests.support.community import Community
 from tests.support.proxy import TcpProxy
 from tests.support.rawws import RawClient
+from tests.support.sdk import payload
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, community: Community) -> None:
     (node_a, node_b), (lounge, (mentor, alice, bob)) = await asyncio.gather(
         cluster.start_nodes(), lounge_with_members(community, 3)
@@ -57,7 +60,7 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
     listener, _ = await cluster.connect(node_a.ws_url, bob)
     raw = await RawClient.open(node_a.ws_url)
     await raw.connect(mentor.access_token)
-    await publisher.publish(channel, message("before"))
+    await publisher.publish(channel, payload(publisher, message("before")))
     await on_b.wait_for(lambda r: len(r.stored) == 1)
 
     await asyncio.to_thread(cluster.redis.stop)
@@ -71,7 +74,7 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
     for index in range(3):
         client_id = str(uuid.uuid4())
         try:
-            await publisher.publish(channel, message(f"during #{index}", client_id), timeout=5)
+            await publisher.publish(channel, payload(publisher, message(f"during #{index}", client_id)), timeout=5)
         except CentrifugeError as exc:
             raise AssertionError(f"publish #{index} failed during the outage: {exc!r}") from None
         sent.append(client_id)
@@ -79,7 +82,9 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
     assert [client_id for _, client_id in log[1:]] == sent, "one message per publish, none missing or doubled"
     # A thread message is stored too, though its coach reply cannot be queued without Redis.
     try:
-        await publisher.publish(thread["channel"], message("to the coach, during the outage"), timeout=5)
+        await publisher.publish(
+            thread["channel"], payload(publisher, message("to the coach, during the outage")), timeout=5
+        )
     except CentrifugeError as exc:
         raise AssertionError(f"a stored thread message was answered with an error: {exc!r}") from None
     assert len(await stored_log(thread["channel"])) == 1
@@ -91,7 +96,7 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
     restarted = time.monotonic()
     await wait_for_all({"mentor@B": on_b}, 4, timeout=6)
     caught_up_in = time.monotonic() - restarted
-    await publisher.publish(channel, message("after"))
+    await publisher.publish(channel, payload(publisher, message("after")))
     log = await stored_log(channel)
     await wait_for_all({"mentor@B": on_b}, len(log), timeout=5)
     assert_exact_stream(on_b, log, "mentor@B")
@@ -102,6 +107,7 @@ async def test_subscribe_and_publish_while_redis_is_down(cluster: Cluster, commu
     await raw.close()
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_redis_killed_and_restarted_under_load(cluster: Cluster, community: Community) -> None:
     (node_a, node_b), (lounge, (mentor, alice, bob, carol)) = await asyncio.gather(
         cluster.start_nodes(), lounge_with_members(community, 4)

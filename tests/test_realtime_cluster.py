@@ -66,7 +66,9 @@ from tests.support.cluster import (
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.proxy import TcpProxy
-from tests.support.sdk import ClientRecorder, Recorder
+from tests.support.sdk import ClientRecorder, Recorder, payload
+
+pytestmark = pytest.mark.usefixtures("encoding")  # every test runs on both socket encodings
 
 DISCONNECT_SHUTDOWN = 3001
 
@@ -102,7 +104,9 @@ async def test_order_across_nodes(cluster: Cluster, community: Community) -> Non
         ids = []
         for index in range(30):
             client_id = str(uuid.uuid4())
-            await client.publish(channel, message(f"{name} #{index}", client_id))  # any error fails the test
+            await client.publish(
+                channel, payload(client, message(f"{name} #{index}", client_id))
+            )  # any error fails the test
             ids.append(client_id)
         return ids
 
@@ -152,7 +156,7 @@ async def test_recovery_exactly_what_was_missed_and_past_the_limit(cluster: Clus
 
     async def talk(count: int) -> None:
         for index in range(count):
-            await talker.publish(channel, message(f"while alice is away #{index}"))
+            await talker.publish(channel, payload(talker, message(f"while alice is away #{index}")))
         top = await channel_top(channel)
         await witness.wait_for(lambda r: len(r.stored) == top)
 
@@ -304,7 +308,7 @@ async def test_flushall_recovery_falls_back_to_postgresql(cluster: Cluster, comm
     async def talk(count: int) -> None:
         for index in range(count):
             client_id = str(uuid.uuid4())
-            await talker.publish(channel, message(f"#{len(acked) + index}", client_id))
+            await talker.publish(channel, payload(talker, message(f"#{len(acked) + index}", client_id)))
             acked.append(client_id)
         await witness.wait_for(lambda r: len(r.stored) == len(acked))
 
@@ -361,8 +365,8 @@ async def test_redis_restart_nodes_reconnect_and_catch_up(cluster: Cluster, comm
     publisher_b, _ = await cluster.connect(node_b.ws_url, bob)
 
     for index in range(2):
-        await publisher_a.publish(channel, message(f"alice before #{index}"))
-        await publisher_b.publish(channel, message(f"bob before #{index}"))
+        await publisher_a.publish(channel, payload(publisher_a, message(f"alice before #{index}")))
+        await publisher_b.publish(channel, payload(publisher_b, message(f"bob before #{index}")))
     await wait_for_all(recorders, 4, timeout=10)
 
     await asyncio.to_thread(cluster.redis.stop)
@@ -393,7 +397,7 @@ async def test_redis_restart_nodes_reconnect_and_catch_up(cluster: Cluster, comm
     for index in range(3):
         for client, name in ((publisher_a, "alice"), (publisher_b, "bob")):
             client_id = str(uuid.uuid4())
-            await client.publish(channel, message(f"{name} after #{index}", client_id))
+            await client.publish(channel, payload(client, message(f"{name} after #{index}", client_id)))
             acked.append(client_id)
     await wait_for_all(recorders, 11, timeout=10)
     log = await stored_log(channel)
@@ -527,14 +531,14 @@ async def test_publisher_dies_between_commit_and_broadcast(cluster: Cluster, com
     _, on_b = await cluster.subscribe(subscriber, channel)
     talker, _ = await cluster.connect(node_b.ws_url, bob)
 
-    await talker.publish(channel, message("before"))
+    await talker.publish(channel, payload(talker, message("before")))
     await on_b.wait_for(lambda r: len(r.stored) == 1)
 
     request, lost_offset = await commit_without_broadcast(node_a, redis_link, lounge, alice)
     node_a.kill()
     with contextlib.suppress(httpx.HTTPError):
         await request
-    await talker.publish(channel, message("after"))
+    await talker.publish(channel, payload(talker, message("after")))
     try:
         await wait_for_all({"mentor@B": on_b}, lost_offset + 1, timeout=2)
     except AssertionError as exc:
@@ -562,7 +566,7 @@ async def test_publication_arriving_during_gap_fill_does_not_wedge_the_channel(
     subscriber, _ = await cluster.connect(node_b.ws_url, mentor)
     _, on_b = await cluster.subscribe(subscriber, channel)
     talker, _ = await cluster.connect(node_b.ws_url, bob)
-    await talker.publish(channel, message("before"))
+    await talker.publish(channel, payload(talker, message("before")))
     await on_b.wait_for(lambda r: len(r.stored) == 1)
 
     locker = await asyncpg.connect(settings.database_url)
@@ -571,7 +575,7 @@ async def test_publication_arriving_during_gap_fill_does_not_wedge_the_channel(
             request, late = await commit_without_broadcast(node_a, redis_link, lounge, alice)
             lock = locker.transaction()
             await lock.start()
-            await talker.publish(channel, message("overtakes"))  # offset late+1 reaches B first
+            await talker.publish(channel, payload(talker, message("overtakes")))  # offset late+1 reaches B first
             # B's gap fill reads the log 50 ms after late+1 arrived: hold that read.
             await locker.execute("LOCK TABLE channel_publications IN ACCESS EXCLUSIVE MODE")
             held = await gap_fill_waiting(locker)
@@ -590,7 +594,7 @@ async def test_publication_arriving_during_gap_fill_does_not_wedge_the_channel(
 
     for round_ in range(3):
         request, gap = await commit_without_broadcast(node_a, redis_link, lounge, alice)
-        await talker.publish(channel, message(f"after gap {round_}"))
+        await talker.publish(channel, payload(talker, message(f"after gap {round_}")))
         try:
             await wait_for_all({"mentor@B": on_b}, gap + 1, timeout=2)
         except AssertionError as exc:
@@ -641,12 +645,12 @@ async def test_client_ahead_of_a_lagging_node_recovers_without_duplicates(
     _, witness = await cluster.subscribe(witness_client, channel)
     talker, _ = await cluster.connect(node_a.ws_url, bob)
 
-    await talker.publish(channel, message("one"))
+    await talker.publish(channel, payload(talker, message("one")))
     await alice_seen.wait_for(lambda r: len(r.stored) == 1)
     await witness.wait_for(lambda r: len(r.stored) == 1)
 
     redis_link.pause()  # B falls behind
-    await talker.publish(channel, message("two"))
+    await talker.publish(channel, payload(talker, message("two")))
     await alice_seen.wait_for(lambda r: len(r.stored) == 2)
     assert len(witness.stored) == 1
 
@@ -654,7 +658,7 @@ async def test_client_ahead_of_a_lagging_node_recovers_without_duplicates(
     await link.sever()
     await alice_seen.wait_for(lambda r: len(r.subscribed) == 2, timeout=10)
     redis_link.resume()
-    await talker.publish(channel, message("three"))
+    await talker.publish(channel, payload(talker, message("three")))
     await witness.wait_for(lambda r: len(r.stored) == 3)
     await alice_seen.wait_for(lambda r: r.stored and r.stored[-1] == 3)
     await asyncio.sleep(0.3)

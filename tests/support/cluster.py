@@ -22,7 +22,7 @@ from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer
-from tests.support.sdk import ClientRecorder, Recorder, sdk_client, subscription
+from tests.support.sdk import ClientRecorder, Recorder, payload, sdk_client, subscription
 
 # Every node of these tests: the private Redis, no publish throttling, a short drain.
 NODE_ENV = {"PUBLISH_RATE_LIMIT": "1000/1", "DRAIN_SECONDS": "1"}
@@ -189,7 +189,9 @@ class Conversation:
             ids.append(client_id)
             while True:
                 try:
-                    await client.publish(self.channel, message(f"{name} #{index}", client_id), timeout=2)
+                    await client.publish(
+                        self.channel, payload(client, message(f"{name} #{index}", client_id)), timeout=2
+                    )
                 except CentrifugeError as exc:
                     self.failures.append((name, index, repr(exc)))
                     await asyncio.sleep(0.05)
