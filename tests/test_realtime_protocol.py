@@ -29,7 +29,9 @@ from tests.support.accounts import PASSWORD, Account, login
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.rawws import RawClient
-from tests.support.sdk import ClientRecorder, Recorder, sdk_client, subscription
+from tests.support.sdk import ClientRecorder, Recorder, decoded, payload, sdk_client, subscription
+
+pytestmark = pytest.mark.usefixtures("encoding")  # every test runs on both socket encodings
 
 # The shared node runs with small limits so the limit paths are cheap to reach.
 MAX_FRAME = 4096
@@ -197,7 +199,7 @@ async def test_a_thread_is_its_owner_s_only(node: WebNode, community: Community)
         await sub_laptop.subscribe()
         await sub_phone.ready(timeout=10)
         await sub_laptop.ready(timeout=10)
-        await sub_phone.publish(message("note to self"))
+        await sub_phone.publish(payload(sub_phone, message("note to self")))
         await seen_laptop.wait_for(lambda r: r.stored == [1])
         await seen_phone.wait_for(lambda r: r.stored == [1])
 
@@ -272,7 +274,7 @@ async def both_subscribed(
     for s in (sub, other_sub):
         await s.subscribe()
         await s.ready(timeout=10)
-    await other_sub.publish(message("before"))
+    await other_sub.publish(payload(other_sub, message("before")))
     for recorder in (seen, other_seen):
         await recorder.wait_for(lambda r: r.stored == [1])
     return (sub, seen), (other_sub, other_seen)
@@ -293,9 +295,9 @@ async def assert_channel_taken_away(
     assert sub.state == SubscriptionState.UNSUBSCRIBED
     channel = sub.channel
     with pytest.raises(ReplyError) as refused:
-        await client.publish(channel, message("after"))
+        await client.publish(channel, payload(client, message("after")))
     assert refused.value.code == 103, refused.value
-    await other_sub.publish(message("the others only"))
+    await other_sub.publish(payload(other_sub, message("the others only")))
     await other_seen.wait_for(lambda r: r.stored == [1, 2])
     await asyncio.sleep(0.3)
     assert seen.stored == [1]
@@ -375,18 +377,35 @@ async def test_deleted_account_is_disconnected(node: WebNode, community: Communi
 # -- protocol errors as frames -----------------------------------------------------------
 
 
-async def test_malformed_lines_are_answered_with_107_and_the_socket_stays(node: WebNode, community: Community) -> None:
+async def test_malformed_lines_are_answered_with_107_and_the_socket_stays(
+    node: WebNode, community: Community, encoding: str
+) -> None:
     _, member, lounge = await lounge_with_member(community)
     async with raw(node.ws_url, member.access_token) as sock:
-        await sock.send_raw("{this is not json")
-        broken = await sock.next(lambda m: "error" in m)
-        assert broken["error"]["code"] == 107 and broken.get("id", 0) == 0, broken
-
-        # Valid JSON, wrong shape: the id is salvaged so the reply can be matched.
-        await sock.send_raw('{"id": 41, "subscribe": "not an object"}')
-        assert error_code(await sock.reply(41)) == 107
-        await sock.send_raw('{"id": 42, "publish": {"channel": 7}}')
-        assert error_code(await sock.reply(42)) == 107
+        if encoding == "json":
+            await sock.send_raw("{this is not json")
+            broken = await sock.next(lambda m: "error" in m)
+            assert broken["error"]["code"] == 107 and broken.get("id", 0) == 0, broken
+            # Valid JSON, wrong shape: the id is salvaged so the reply can be matched.
+            await sock.send_raw('{"id": 41, "subscribe": "not an object"}')
+            assert error_code(await sock.reply(41)) == 107
+            await sock.send_raw('{"id": 42, "publish": {"channel": 7}}')
+            assert error_code(await sock.reply(42)) == 107
+        else:
+            # Bytes that are no Command (a subscribe request cut short): the leading id is salvaged.
+            await sock.send_raw(b"\x06\x08\x29\x2a\x02\xff\xff")
+            assert error_code(await sock.reply(41)) == 107
+            # An offset beyond the protocol's bounds (a uint64 past bigint).
+            too_far = {"id": 42, "subscribe": {"channel": lounge["channel"], "recover": True, "offset": 2**64 - 1}}
+            await sock.send(too_far)
+            assert error_code(await sock.reply(42)) == 107
+            # A length prefix running past the frame's end.
+            await sock.send_raw(b"\x7f\x08\x2b")
+            broken = await sock.next(lambda m: "error" in m)
+            assert broken["error"]["code"] == 107 and broken.get("id", 0) == 0, broken
+            # Publish data that is not a JSON document.
+            await sock.send_raw(b"\x0f\x08\x2c\x3a\x0b\x0a\x01x\x12\x06\xff\x00\xfe\x01\x02\x03")
+            assert error_code(await sock.reply(44)) == 107
         # A publish whose data is not a message.
         bad = await sock.call("publish", {"channel": lounge["channel"], "data": {"text": "no client id"}})
         assert error_code(bad) == 107, bad
@@ -887,37 +906,43 @@ async def test_rpc_typing_read_edit_delete_and_reaction(node: WebNode, community
         for s in (sub_a, sub_b):
             await s.subscribe()
             await s.ready(timeout=10)
-        await sub_a.publish(message("first"))
-        await sub_a.publish(message("second"))
-        await sub_b.publish(message("bob's"))
+        await sub_a.publish(payload(sub_a, message("first")))
+        await sub_a.publish(payload(sub_a, message("second")))
+        await sub_b.publish(payload(sub_b, message("bob's")))
         await seen_a.wait_for(lambda r: r.stored == [1, 2, 3])
 
         # typing: ephemeral (offset 0), to the others.
-        assert (await bob.rpc("typing", {"channel": channel})).data is None
+        assert decoded((await bob.rpc("typing", payload(bob, {"channel": channel}))).data) is None
         await seen_a.wait_for(lambda r: r.of_type("typing"))
         offset, typing = next((o, d) for o, d in seen_a.publications if d["type"] == "typing")
         assert offset == 0 and typing["user"]["id"] == member.id and typing["user"]["full_name"]
 
         # read: the position and the unread count come back; the others get a receipt.
-        read = (await bob.rpc("read", {"channel": channel, "offset": 1})).data
+        read = decoded((await bob.rpc("read", payload(bob, {"channel": channel, "offset": 1}))).data)
         assert read == {"channel": channel, "last_read_offset": 1, "unread": 1}  # "second"; bob's own is not unread
         await seen_a.wait_for(lambda r: r.of_type("read"))
         offset, receipt = next((o, d) for o, d in seen_a.publications if d["type"] == "read")
         assert offset == 0 and receipt == {"type": "read", "user_id": member.id, "offset": 1}
 
         # message.edit: stored, with an offset; only by the author.
-        edited = (await bob.rpc("message.edit", {"channel": channel, "offset": 3, "text": "bob's, edited"})).data
+        edited = decoded(
+            (
+                await bob.rpc("message.edit", payload(bob, {"channel": channel, "offset": 3, "text": "bob's, edited"}))
+            ).data
+        )
         assert edited["text"] == "bob's, edited" and edited["offset"] == 3 and edited["edited_at"]
         await seen_a.wait_for(lambda r: r.of_type("message.edited"))
         assert seen_a.publications[-1][0] == 4
         assert seen_a.publications[-1][1]["message_offset"] == 3
         assert seen_a.publications[-1][1]["text"] == "bob's, edited"
         with pytest.raises(ReplyError) as not_author:
-            await bob.rpc("message.edit", {"channel": channel, "offset": 1, "text": "hijack"})
+            await bob.rpc("message.edit", payload(bob, {"channel": channel, "offset": 1, "text": "hijack"}))
         assert not_author.value.code == 103
 
         # reaction: stored, with counts.
-        reacted = (await alice.rpc("reaction", {"channel": channel, "offset": 3, "emoji": "👍"})).data
+        reacted = decoded(
+            (await alice.rpc("reaction", payload(alice, {"channel": channel, "offset": 3, "emoji": "👍"}))).data
+        )
         assert reacted == {"reactions": {"👍": 1}}
         await seen_b.wait_for(lambda r: r.of_type("reaction"))
         offset, reaction = next((o, d) for o, d in seen_b.publications if d["type"] == "reaction")
@@ -926,16 +951,18 @@ async def test_rpc_typing_read_edit_delete_and_reaction(node: WebNode, community
         assert reaction["user_id"] == mentor.id and reaction["count"] == 1
 
         # message.delete: the mentor moderates bob's message.
-        assert (await alice.rpc("message.delete", {"channel": channel, "offset": 3})).data is None
+        assert (
+            decoded((await alice.rpc("message.delete", payload(alice, {"channel": channel, "offset": 3}))).data) is None
+        )
         await seen_b.wait_for(lambda r: r.of_type("message.deleted"))
         assert seen_b.publications[-1] == (6, {"type": "message.deleted", "message_offset": 3})
 
         # Bad arguments and unknown methods are error replies, not dropped sockets.
         with pytest.raises(ReplyError) as bad:
-            await bob.rpc("read", {"channel": channel})
+            await bob.rpc("read", payload(bob, {"channel": channel}))
         assert bad.value.code == 107
         with pytest.raises(ReplyError) as unknown:
-            await bob.rpc("message.pin", {"channel": channel, "offset": 1})
+            await bob.rpc("message.pin", payload(bob, {"channel": channel, "offset": 1}))
         assert unknown.value.code == 104
         assert seen_a.stored == [1, 2, 3, 4, 5, 6] and seen_b.stored == [1, 2, 3, 4, 5, 6]
         assert bob.state == ClientState.CONNECTED
@@ -962,7 +989,9 @@ async def test_the_personal_channel_reaches_all_of_the_user_s_connections_only(
 
     async with raw(node.ws_url) as sock:
         connected = await sock.connect(user.access_token)
-        assert connected["subs"] == {personal: {}}, connected
+        # Subscribed server-side to the personal channel, with nothing to recover (an empty
+        # result; Protobuf shows its fields at their defaults).
+        assert list(connected["subs"]) == [personal] and not any(connected["subs"][personal].values()), connected
         assert error_code(await sock.call("unsubscribe", {"channel": personal})) == 103
 
     clients = []

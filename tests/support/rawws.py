@@ -3,14 +3,21 @@ official SDKs would never send (malformed lines, unknown methods, oversized
 frames, commands before ``connect``) and for peers that misbehave on purpose
 (never answer pings, stop reading).
 
-Frames are Centrifuge protocol v2 JSON: one or more JSON objects separated by
-newlines. Everything received is split into messages and kept in ``inbox``
-until a test takes it; replies are matched by command id.
+A client speaks the encoding of the test (``sdk.current_encoding``) unless told one.
+In JSON, frames are one or more JSON objects separated by newlines. In Protobuf, commands
+written as the same dicts are built into the official SDK's ``client_pb2.Command``
+(bytes fields carry the JSON document, as a Protobuf client must send them) and framed
+length-delimited; replies are parsed with its ``client_pb2.Reply`` and read back into
+the JSON encoding's shape (64-bit numbers as ints, bytes as the JSON they carry, absent
+scalars at their defaults), so a test's assertions hold on both. Everything received is
+split into messages and kept in ``inbox`` until a test takes it; replies are matched by
+command id.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import socket
 from collections import deque
@@ -18,8 +25,13 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+from centrifuge.protocol import client_pb2 as pb
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.json_format import MessageToDict, ParseDict
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+
+from tests.support import sdk
 
 Message = dict[str, Any]
 
@@ -27,9 +39,10 @@ Message = dict[str, Any]
 class RawClient:
     """One WebSocket to the gateway, driven command by command."""
 
-    def __init__(self, ws: ClientConnection, *, answer_pings: bool) -> None:
+    def __init__(self, ws: ClientConnection, *, answer_pings: bool, encoding: sdk.Encoding) -> None:
         self.ws = ws
         self.answer_pings = answer_pings
+        self.protobuf = encoding == "protobuf"
         self.inbox: deque[Message] = deque()
         self.pings = 0
         self._next_id = 0
@@ -43,6 +56,7 @@ class RawClient:
         rcvbuf: int | None = None,
         mss: int | None = None,
         max_queue: int | None = 16,
+        encoding: sdk.Encoding | None = None,
     ) -> RawClient:
         """Connect a WebSocket (no protocol ``connect`` yet).
 
@@ -64,9 +78,11 @@ class RawClient:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, mss)
             sock.setblocking(False)
             await asyncio.get_running_loop().sock_connect(sock, (parts.hostname, parts.port))
+        encoding = encoding or sdk.current_encoding
         ws = await connect(
             url,
             sock=sock,
+            subprotocols=["centrifuge-protobuf"] if encoding == "protobuf" else None,  # type: ignore[list-item]
             compression=None,  # byte counts on the wire are what the test reasons about
             proxy=None,
             ping_interval=None,  # no WebSocket-level pings: only the protocol's own
@@ -75,7 +91,7 @@ class RawClient:
             open_timeout=10,
             close_timeout=2,
         )
-        return cls(ws, answer_pings=answer_pings)
+        return cls(ws, answer_pings=answer_pings, encoding=encoding)
 
     # -- sending -------------------------------------------------------------------------
 
@@ -84,8 +100,8 @@ class RawClient:
         return self._next_id
 
     async def send_raw(self, frame: str | bytes) -> None:
-        """Send a text frame exactly as given."""
-        await self.ws.send(frame if isinstance(frame, str) else frame.decode())
+        """Send a frame exactly as given: text for ``str``, binary for ``bytes``."""
+        await self.ws.send(frame)
 
     async def send(self, *commands: Message) -> list[int]:
         """Send commands in one frame (newline-separated); an ``id`` is added to each
@@ -94,7 +110,10 @@ class RawClient:
         for command in commands:
             command.setdefault("id", self.new_id())
             ids.append(command["id"])
-        await self.send_raw("\n".join(json.dumps(c) for c in commands))
+        if self.protobuf:
+            await self.send_raw(b"".join(_delimited(_command_bytes(c)) for c in commands))
+        else:
+            await self.send_raw("\n".join(json.dumps(c) for c in commands))
         return ids
 
     async def call(self, method: str, params: Message | None = None, timeout: float = 10.0) -> Message:
@@ -112,16 +131,18 @@ class RawClient:
     async def _read(self) -> None:
         """Read one frame into the inbox (answering pings if asked to)."""
         frame = await self.ws.recv()
-        if isinstance(frame, bytes):
-            frame = frame.decode()
-        for line in frame.split("\n"):
-            if not line.strip():
-                continue
-            message = json.loads(line)
-            if message == {}:
+        if self.protobuf:
+            assert isinstance(frame, bytes), f"a text frame on a Protobuf socket: {frame!r}"
+            messages = _replies(frame)
+        else:
+            if isinstance(frame, bytes):
+                frame = frame.decode()
+            messages = [json.loads(line) for line in frame.split("\n") if line.strip()]
+        for message in messages:
+            if message == {} or message == {"id": 0}:
                 self.pings += 1
                 if self.answer_pings:
-                    await self.send_raw("{}")
+                    await self.send_raw(b"\x00" if self.protobuf else "{}")
                 continue
             self.inbox.append(message)
 
@@ -159,3 +180,93 @@ class RawClient:
     @property
     def local_port(self) -> int:
         return self.ws.transport.get_extra_info("sockname")[1]
+
+
+# -- the Protobuf encoding, through the official SDK's client_pb2 ----------------------------
+
+
+def _delimited(message: bytes) -> bytes:
+    length, prefix = len(message), bytearray()
+    while length >= 0x80:
+        prefix.append((length & 0x7F) | 0x80)
+        length >>= 7
+    prefix.append(length)
+    return bytes(prefix) + message
+
+
+def _command_bytes(command: Message) -> bytes:
+    """A JSON-shaped command as a ``client_pb2.Command`` (a method unknown to the protocol is
+    dropped, as an encoder that does not know it would: the server sees an id alone)."""
+    return ParseDict(
+        _to_protobuf_json(pb.Command.DESCRIPTOR, command), pb.Command(), ignore_unknown_fields=True
+    ).SerializeToString()
+
+
+def _to_protobuf_json(descriptor: Descriptor, value: Message) -> Message:
+    """Bytes fields (``data``) as the base64 of the JSON document they carry (ParseDict's form)."""
+    out: Message = {}
+    for name, item in value.items():
+        field = descriptor.fields_by_name.get(name)
+        if field is None:
+            out[name] = item
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            raw = item if isinstance(item, bytes) else json.dumps(item).encode()
+            out[name] = base64.b64encode(raw).decode()
+        elif (
+            field.message_type is not None and not field.message_type.GetOptions().map_entry and isinstance(item, dict)
+        ):
+            out[name] = _to_protobuf_json(field.message_type, item)
+        else:
+            out[name] = item
+    return out
+
+
+def _replies(frame: bytes) -> list[Message]:
+    replies, position = [], 0
+    while position < len(frame):
+        length = shift = 0
+        while True:
+            byte = frame[position]
+            position += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        reply = pb.Reply()
+        reply.ParseFromString(frame[position : position + length])
+        position += length
+        plain = MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        replies.append(_from_protobuf_json(pb.Reply.DESCRIPTOR, plain))
+    return replies
+
+
+def _from_protobuf_json(descriptor: Descriptor, value: Message) -> Message:
+    """MessageToDict's output in the JSON encoding's shape: 64-bit numbers as ints, bytes as the
+    JSON they carry (or the bytes, when they carry none), empty repeated fields left out."""
+    out: Message = {}
+    for name, item in value.items():
+        field = descriptor.fields_by_name[name]
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                entry = field.message_type.fields_by_name["value"]
+                out[name] = {
+                    k: _from_protobuf_json(entry.message_type, v) if entry.message_type is not None else v
+                    for k, v in item.items()
+                }
+            elif field.is_repeated:
+                if item:
+                    out[name] = [_from_protobuf_json(field.message_type, element) for element in item]
+            else:
+                out[name] = _from_protobuf_json(field.message_type, item)
+        elif field.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64):
+            out[name] = int(item)
+        elif field.type == FieldDescriptor.TYPE_BYTES:
+            raw = base64.b64decode(item)
+            if raw:
+                try:
+                    out[name] = json.loads(raw)
+                except ValueError:
+                    out[name] = raw
+        else:
+            out[name] = item
+    return out
