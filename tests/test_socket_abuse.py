@@ -98,6 +98,7 @@ async def test_hostile_values_are_answered_107_not_100(node: WebNode, community:
     await still_serves(node, community)
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_failed_commands_are_capped_with_3509(node: WebNode, community: Community) -> None:
     user = await community.user(f"prober-{uuid.uuid4().hex[:8]}@example.com")
     async with raw(node.ws_url, user.access_token) as sock:
@@ -129,6 +130,7 @@ async def test_a_json_array_of_commands_is_answered_per_command(node: WebNode, c
     await still_serves(node, community)
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_a_frame_of_too_many_commands_closes_with_3501(node: WebNode, community: Community) -> None:
     _, member, lounge = await lounge_with_member(community)
     channel = lounge["channel"]

@@ -1,7 +1,9 @@
 """Socket fuzzing: hypothesis generates frames no SDK would send (random and mutated
 commands, wrong types, numbers beyond 64 bits, unknown fields, NUL and lone
 surrogates, invalid UTF-8, deep nesting, JSON arrays, giant frames, floods of
-lines) and each is sent to a real web process on a fresh raw WebSocket.
+lines) and each is sent to a real web process on a fresh raw WebSocket; then the
+same for the Protobuf encoding (commands the upstream schema encodes, mutated bytes,
+random bytes, giant frames, floods of empty commands).
 
 For every frame: each reply is a JSON protocol object, none is ``100 internal
 error``; a socket the server closes is closed with a documented code for the
@@ -19,12 +21,14 @@ import json
 import uuid
 from typing import Any
 
+from centrifuge.protocol import client_pb2 as pb
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from server.foundation.settings import Settings
+from server.gateway.protobuf_codec import delimited
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.rawws import RawClient
@@ -202,6 +206,155 @@ async def test_fuzzed_frames_get_protocol_errors_never_a_crash(settings: Setting
         assert grown < 64 * 1024 * 1024, f"the node grew by {grown / 2**20:.0f} MiB over the run"
         # Still serving: an official-shaped session works end to end.
         sock = await RawClient.open(url)
+        try:
+            await sock.connect(mentor.access_token)
+            assert "subscribe" in await sock.call("subscribe", {"channel": channel})
+        finally:
+            await sock.close()
+    finally:
+        await web.stop()
+
+
+# -- the Protobuf encoding ---------------------------------------------------------------------
+
+
+def utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+PROTOBUF_EXAMPLES = 500
+
+
+def protobuf_frames(lounge: str, thread: str, personal: str) -> st.SearchStrategy[bytes]:
+    """Binary frames for a Protobuf socket: commands the upstream schema can encode (any
+    method, any field values its types allow, 64-bit extremes included), then the same
+    bytes mutated (flipped, cut, spliced), random bytes, giant and flooded frames."""
+    # Protobuf strings are UTF-8: a lone surrogate cannot even be encoded (the mutations
+    # below still send invalid UTF-8 where a string goes).
+    channel = channels(lounge, thread, personal).filter(utf8)
+    utf8_texts = texts.filter(utf8)
+    uint64 = st.sampled_from([0, 1, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1]) | st.integers(0, 2**64 - 1)
+    int64 = st.sampled_from([0, -1, -(2**63), 2**63 - 1]) | st.integers(-(2**63), 2**63 - 1)
+    documents = json_values(channel).map(lambda v: json.dumps(v).encode()) | st.binary(max_size=60)
+    requests = {
+        "connect": st.builds(lambda t: pb.ConnectRequest(token=t), utf8_texts),
+        "subscribe": st.builds(
+            lambda c, r, o, e, f, j: pb.SubscribeRequest(channel=c, recover=r, offset=o, epoch=e, flag=f, join_leave=j),
+            channel,
+            st.booleans(),
+            uint64,
+            utf8_texts,
+            int64,
+            st.booleans(),
+        ),
+        "unsubscribe": st.builds(lambda c: pb.UnsubscribeRequest(channel=c), channel),
+        "publish": st.builds(lambda c, d: pb.PublishRequest(channel=c, data=d), channel, documents),
+        "presence": st.builds(lambda c: pb.PresenceRequest(channel=c), channel),
+        "presence_stats": st.builds(lambda c: pb.PresenceStatsRequest(channel=c), channel),
+        "history": st.builds(
+            lambda c, n, o, r: pb.HistoryRequest(channel=c, limit=n, since=pb.StreamPosition(offset=o), reverse=r),
+            channel,
+            st.integers(-(2**31), 2**31 - 1),
+            uint64,
+            st.booleans(),
+        ),
+        "rpc": st.builds(
+            lambda m, d: pb.RPCRequest(method=m, data=d), st.sampled_from(RPC_METHODS) | utf8_texts, documents
+        ),
+        "refresh": st.builds(lambda t: pb.RefreshRequest(token=t), utf8_texts),
+        "sub_refresh": st.builds(lambda c: pb.SubRefreshRequest(channel=c), channel),
+        "send": st.builds(lambda d: pb.SendRequest(data=d), documents),
+        "ping": st.just(pb.PingRequest()),
+    }
+
+    def command(method: str, request: Any, command_id: int) -> bytes:
+        message = pb.Command(id=command_id)
+        getattr(message, method).CopyFrom(request)
+        return message.SerializeToString()
+
+    one = st.sampled_from(sorted(requests)).flatmap(
+        lambda method: st.builds(command, st.just(method), requests[method], st.integers(0, 2**32 - 1))
+    )
+    framed = st.lists(one, min_size=1, max_size=6).map(lambda cs: b"".join(delimited(c) for c in cs))
+
+    def mutate(frame: bytes, data: st.DataObject) -> bytes:
+        for _ in range(data.draw(st.integers(1, 4))):
+            at = data.draw(st.integers(0, len(frame)))
+            action = data.draw(st.sampled_from(["insert", "delete", "replace", "truncate"]))
+            piece = data.draw(st.binary(min_size=1, max_size=3) | st.sampled_from([b"\xff" * 10, b"\x7f", b"\x00"]))
+            if action == "insert":
+                frame = frame[:at] + piece + frame[at:]
+            elif action == "delete":
+                frame = frame[:at] + frame[at + 1 :]
+            elif action == "replace":
+                frame = frame[:at] + piece + frame[at + len(piece) :]
+            else:
+                frame = frame[:at]
+        return frame
+
+    mutated = st.tuples(framed, st.data()).map(lambda pair: mutate(*pair))
+    giant = st.sampled_from([MAX_FRAME + 1, 4 * MAX_FRAME, 1024 * 1024 + 10]).map(
+        lambda size: delimited(command("publish", pb.PublishRequest(channel=lounge, data=b'"' + b"x" * size + b'"'), 9))
+    )
+    flood = st.integers(50, 5000).map(lambda n: b"\x00" * n)  # empty commands: pongs, past the per-frame cap
+    return st.one_of(framed, mutated, st.binary(min_size=1, max_size=300), giant, flood)
+
+
+async def probe_protobuf(url: str, token: str, frame: bytes, connect_first: bool, lounge: str) -> None:
+    """:func:`probe` for a Protobuf socket."""
+    sock = await RawClient.open(url, encoding="protobuf")
+    try:
+        if connect_first:
+            await sock.connect(token)
+        try:
+            await sock.send_raw(frame)
+            await sock.send({"id": SENTINEL, "presence_stats": {"channel": lounge}})
+            await sock.reply(SENTINEL, timeout=10)
+        except ConnectionClosed:
+            pass
+        code = sock.ws.close_code
+        errors = [m["error"] for m in sock.inbox if "error" in m]
+        assert all(error["code"] != 100 for error in errors), errors
+        allowed = CLIENT_FAULT_CLOSES
+        if len(frame) > WEB_SERVER_LIMIT:
+            allowed = allowed | {1006}
+        assert code is None or code in allowed, (code, sock.ws.close_reason)
+        if code is None and connect_first:
+            await sock.send({"id": SENTINEL + 1, "presence_stats": {"channel": lounge}})
+            assert "error" not in await sock.reply(SENTINEL + 1), "the socket works on"
+    finally:
+        await sock.close()
+
+
+async def test_fuzzed_protobuf_frames_get_protocol_errors_never_a_crash(
+    settings: Settings, community: Community
+) -> None:
+    mentor, member, lounge = await lounge_with_member(community)
+    thread = (await community.client.post("/api/v1/chat/threads", json={}, headers=member.headers)).json()
+    web = await WebNode(settings, **NODE_ENV).start()
+    try:
+        assert web.process is not None
+        url, token, channel = web.ws_url, member.access_token, lounge["channel"]
+        rss_before = rss_bytes(web.process.pid)
+
+        @hypothesis_settings(FUZZ_SETTINGS, max_examples=PROTOBUF_EXAMPLES)
+        @given(
+            frame=protobuf_frames(channel, thread["channel"], f"user#{member.id}"),
+            connect_first=st.booleans() | st.just(True),
+        )
+        def fuzz(frame: bytes, connect_first: bool) -> None:
+            asyncio.run(probe_protobuf(url, token, frame, connect_first, channel))
+            assert web.process is not None and web.process.poll() is None, "the node died"
+
+        await asyncio.to_thread(fuzz)
+
+        grown = rss_bytes(web.process.pid) - rss_before
+        assert grown < 64 * 1024 * 1024, f"the node grew by {grown / 2**20:.0f} MiB over the run"
+        sock = await RawClient.open(url, encoding="protobuf")
         try:
             await sock.connect(mentor.access_token)
             assert "subscribe" in await sock.call("subscribe", {"channel": channel})

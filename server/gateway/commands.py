@@ -175,6 +175,8 @@ def _answer(connection: Connection, command: Command, error: ReplyError) -> None
 async def _reply_then_close(connection: Connection, frame: bytes, code: int, reason: str) -> None:
     try:
         await connection.send_now(frame)
+    except ConnectionError:
+        pass  # the peer is already gone: there is no one left to tell
     finally:
         connection.abort(code, reason)
 

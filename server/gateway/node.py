@@ -126,7 +126,12 @@ class Node:
         """Run a background coroutine owned by the node (kept referenced until done)."""
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("background task failed", exc_info=error, extra={"task": task.get_name()})
 
     # -- connections -------------------------------------------------------------------------
 

@@ -242,7 +242,7 @@ def _replies(frame: bytes) -> list[Message]:
 
 def _from_protobuf_json(descriptor: Descriptor, value: Message) -> Message:
     """MessageToDict's output in the JSON encoding's shape: 64-bit numbers as ints, bytes as the
-    JSON they carry (or the bytes, when they carry none), empty repeated fields left out."""
+    JSON they carry (or the bytes, when they carry none)."""
     out: Message = {}
     for name, item in value.items():
         field = descriptor.fields_by_name[name]
@@ -254,8 +254,7 @@ def _from_protobuf_json(descriptor: Descriptor, value: Message) -> Message:
                     for k, v in item.items()
                 }
             elif field.is_repeated:
-                if item:
-                    out[name] = [_from_protobuf_json(field.message_type, element) for element in item]
+                out[name] = [_from_protobuf_json(field.message_type, element) for element in item]
             else:
                 out[name] = _from_protobuf_json(field.message_type, item)
         elif field.type in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64):
