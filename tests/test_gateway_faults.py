@@ -177,6 +177,7 @@ async def timed_call(sock: RawClient, method: str, params: dict[str, Any]) -> tu
     return reply, time.monotonic() - started
 
 
+@pytest.mark.usefixtures("encoding")
 async def test_postgresql_stall_is_bounded_and_not_charged(
     cluster: Cluster, community: Community, settings: Settings
 ) -> None:
