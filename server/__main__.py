@@ -13,6 +13,7 @@ import asyncio
 import gc
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -66,34 +67,48 @@ def serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     from server.app import create_app
+    from server.foundation.logging import configure_logging
     from server.gateway.endpoint import gateway_dispatch
     from server.gateway.shutdown import DrainingServer
+    from server.process_group import ProcessGroup
 
     settings = _settings("database_url", "redis_url")
-    app = create_app(settings)
-    config = uvicorn.Config(
-        # Sockets on the gateway's path go to the gateway, everything else to the app.
-        gateway_dispatch(app, app.state),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_config=None,
-        access_log=False,
-        # Forwarded headers are applied by the app, from TRUSTED_PROXIES only (server/app.py);
-        # uvicorn's default would believe any caller on 127.0.0.1.
-        proxy_headers=False,
-        # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames, when the
-        # installed uvicorn allows (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
-        ws=_websocket_protocol() if args.ws_protocol == "gateway" else STOCK_WS_PROTOCOL,
-        ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
-        ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
-        ws_per_message_deflate=False,  # a zlib context per socket costs far more than the bytes it saves here
-        timeout_graceful_shutdown=20,
-    )
-    # Everything imported so far lives as long as the process: keep it out of the
-    # collector's full passes, which otherwise stall every socket for ~200 ms.
+    host, port = args.host or settings.host, args.port or settings.port
+    # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames, when the
+    # installed uvicorn allows (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
+    ws_protocol = _websocket_protocol() if args.ws_protocol == "gateway" else STOCK_WS_PROTOCOL
+
+    def run(sockets: list[socket.socket] | None) -> None:
+        """One node: the app, with sockets on the gateway's path going to the gateway."""
+        app = create_app(settings)
+        config = uvicorn.Config(
+            gateway_dispatch(app, app.state),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            # Forwarded headers are applied by the app, from TRUSTED_PROXIES only (server/app.py);
+            # uvicorn's default would believe any caller on 127.0.0.1.
+            proxy_headers=False,
+            ws=ws_protocol,
+            ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
+            ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers
+            ws_per_message_deflate=False,  # a zlib context per socket costs far more than the bytes it saves here
+            timeout_graceful_shutdown=20,
+        )
+        DrainingServer(config, app).run(sockets)
+
+    # Everything imported so far lives as long as the process (and, with --workers, is
+    # shared by the forked nodes): keep it out of the collector's full passes, which
+    # otherwise stall every socket for ~200 ms.
     gc.collect()
     gc.freeze()
-    DrainingServer(config, app).run()
+    if args.workers <= 1:
+        run(None)
+        return
+    configure_logging(settings.log_level, settings.log_format)
+    listener = uvicorn.Config(app=run, host=host, port=port, log_config=None).bind_socket()
+    sys.exit(ProcessGroup(args.workers, listener, lambda sock: run([sock])).run())
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -149,6 +164,16 @@ def dev(args: argparse.Namespace) -> None:
     sys.exit(run_dev_stack(_settings(dev_stack=False)))
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m server", description="Lounges backend")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -163,6 +188,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=("gateway", "uvicorn"),
         default="gateway",
         help="WebSocket protocol: uvicorn's plus direct frame writes (default), or uvicorn's stock one",
+    )
+    serve_parser.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.environ.get("WEB_CONCURRENCY") or "1",
+        help="web processes sharing the port, each a full node (default: WEB_CONCURRENCY, else 1)",
     )
     serve_parser.set_defaults(handler=serve)
     worker_parser = commands.add_parser("worker", help="run the arq worker")

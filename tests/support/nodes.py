@@ -59,12 +59,14 @@ class WebNode:
         ws_protocol: str = "gateway",
         *,
         launcher: tuple[str, ...] = ("-m", "server"),
+        args: tuple[str, ...] = (),
         stderr: IO[bytes] | None = None,
         **env: str,
     ) -> None:
         self.port = free_port()
         self.ws_protocol = ws_protocol
         self.launcher = launcher
+        self.args = args
         self.stderr = stderr
         self.env = node_env(settings, **env)
         self.process: subprocess.Popen[bytes] | None = None
@@ -79,7 +81,16 @@ class WebNode:
 
     async def start(self, timeout: float = 30.0) -> WebNode:
         self.process = subprocess.Popen(
-            [sys.executable, *self.launcher, "serve", "--port", str(self.port), "--ws-protocol", self.ws_protocol],
+            [
+                sys.executable,
+                *self.launcher,
+                "serve",
+                "--port",
+                str(self.port),
+                "--ws-protocol",
+                self.ws_protocol,
+                *self.args,
+            ],
             cwd=ROOT,
             env=self.env,
             stderr=self.stderr,
