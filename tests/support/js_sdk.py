@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.sdk import Encoding
+
 JS_DIR = Path(__file__).parents[1] / "js"
 NODE_MIN_MAJOR = 20
 INSTALL_TIMEOUT = 300.0
@@ -73,11 +75,23 @@ def install_js_sdk() -> Path:
 
 
 async def run_smoke(
-    ws_url: str, token: str, channel: str, when_published: Callable[[], Awaitable[None]]
+    ws_url: str,
+    token: str,
+    channel: str,
+    when_published: Callable[[], Awaitable[None]],
+    *,
+    encoding: Encoding = "json",
+    when_awaiting_recovery: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, list[dict[str, Any]], str]:
     """``node smoke.mjs``: exit status, its JSON lines (the last is the summary), stderr.
     ``when_published`` runs once the JS client has seen its own message come back
-    (smoke.mjs then waits for one message from someone else)."""
+    (smoke.mjs then waits for one message from someone else). ``encoding``: the SDK's
+    JSON or Protobuf build. With ``when_awaiting_recovery``, smoke.mjs then waits to be
+    recovered: that callback must cut its connection, publish two messages meanwhile
+    and let it reconnect."""
+    options = ["--protobuf"] if encoding == "protobuf" else []
+    if when_awaiting_recovery is not None:
+        options.append("--recovery")
     lines: list[dict[str, Any]] = []
     with js_dir_lock():
         process = await asyncio.create_subprocess_exec(
@@ -87,6 +101,7 @@ async def run_smoke(
             token,
             channel,
             "20000",
+            *options,
             cwd=JS_DIR,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -98,8 +113,11 @@ async def run_smoke(
             async with asyncio.timeout(RUN_TIMEOUT):
                 while line := await process.stdout.readline():
                     lines.append(json.loads(line))
-                    if lines[-1].get("event") == "published":
+                    event = lines[-1].get("event")
+                    if event == "published":
                         await when_published()
+                    elif event == "awaiting_recovery" and when_awaiting_recovery is not None:
+                        await when_awaiting_recovery()
                 returncode = await process.wait()
         except TimeoutError:
             process.kill()
