@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +127,111 @@ async def run_smoke(
             stderr = (await stderr_task).decode()
     assert lines, f"no output from node smoke.mjs (exit {process.returncode}); stderr:\n{stderr}"
     return returncode, lines, stderr
+
+
+class JsListener:
+    """``node listen.mjs``: a centrifuge-js subscriber of ``channel`` kept running for a
+    test (``async with JsListener(...) as listener``), recording what it sees. Its
+    stored and ephemeral publications, joins and leaves read like a
+    :class:`tests.support.sdk.Recorder`'s; ``summary`` (the wire, errors) is set once
+    it has stopped."""
+
+    def __init__(
+        self, ws_url: str, token: str, channel: str, *, encoding: Encoding = "protobuf", join_leave: bool = False
+    ) -> None:
+        self.arguments = [ws_url, token, channel]
+        if encoding == "protobuf":
+            self.arguments.append("--protobuf")
+        if join_leave:
+            self.arguments.append("--join-leave")
+        self.publications: list[tuple[int, Any]] = []
+        self.data_kinds: list[str] = []
+        self.joins: list[dict[str, Any]] = []
+        self.leaves: list[dict[str, Any]] = []
+        self.subscribed: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.summary: dict[str, Any] | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._stderr: asyncio.Task[bytes] | None = None
+        self._lock: ExitStack | None = None
+
+    @property
+    def stored(self) -> list[int]:
+        return [offset for offset, _ in self.publications if offset]
+
+    async def __aenter__(self) -> JsListener:
+        self._lock = ExitStack()
+        self._lock.enter_context(js_dir_lock())
+        self._process = await asyncio.create_subprocess_exec(
+            tool("node"),
+            "listen.mjs",
+            *self.arguments,
+            cwd=JS_DIR,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+        assert self._process.stdout is not None and self._process.stderr is not None
+        self._stderr = asyncio.create_task(self._process.stderr.read())
+        self._reader = asyncio.create_task(self._read(self._process.stdout))
+        try:
+            await self.wait_for(lambda listener: bool(listener.subscribed), timeout=15)
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _read(self, stdout: asyncio.StreamReader) -> None:
+        while line := await stdout.readline():
+            event = json.loads(line)
+            kind = event.pop("event")
+            if kind == "publication":
+                self.publications.append((event["offset"], event["data"]))
+                self.data_kinds.append(event["kind"])
+            elif kind in ("join", "leave"):
+                (self.joins if kind == "join" else self.leaves).append(event["info"])
+            elif kind == "subscribed":
+                self.subscribed.append(event)
+            elif kind == "error":
+                self.errors.append(event)
+            elif kind == "summary":
+                self.summary = event
+
+    async def wait_for(self, predicate: Callable[[JsListener], bool], timeout: float = 10.0) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate(self):
+                    if self._reader is not None and self._reader.done():
+                        raise AssertionError("node listen.mjs ended early")
+                    await asyncio.sleep(0.02)
+        except (TimeoutError, AssertionError) as exc:
+            stderr = await self._stop()
+            raise AssertionError(
+                f"centrifuge-js listener: {exc or 'timed out'}; errors {self.errors}, stored {self.stored[-10:]}\n"
+                f"stderr:\n{stderr}"
+            ) from None
+
+    async def _stop(self) -> str:
+        """Close its stdin (it disconnects and reports), or kill it after a few seconds; its stderr."""
+        process, self._process = self._process, None
+        if process is None:
+            return ""
+        try:
+            assert process.stdin is not None
+            process.stdin.close()
+            async with asyncio.timeout(5):
+                await process.wait()
+        except (TimeoutError, OSError):
+            process.kill()
+            await process.wait()
+        finally:
+            if self._reader is not None:
+                await asyncio.gather(self._reader, return_exceptions=True)
+            if self._lock is not None:
+                self._lock.close()
+        return (await self._stderr).decode() if self._stderr is not None else ""
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._stop()
