@@ -7,7 +7,10 @@ afford that. This client parses the server's (unmasked) frames straight from
 the transport's buffer, splits text messages on newlines (the Centrifuge JSON
 protocol's batching) and hands every line with one receive timestamp per
 ``data_received`` call to :meth:`RawWebSocket.on_line`; subclasses decode
-only what they need (with msgspec).
+only what they need (with msgspec), or take whole messages in
+:meth:`RawWebSocket.on_message` (binary ones, e.g. Centrifuge's Protobuf encoding).
+A subclass that sets :attr:`RawWebSocket.subprotocol` offers it in the handshake
+and refuses an answer that does not accept it (:class:`SubprotocolRefused`).
 
 Client frames are masked as RFC 6455 requires (a random key per socket). Only
 what the benchmarks need is implemented: text and binary messages (with
@@ -35,6 +38,12 @@ class HandshakeError(ConnectionError):
     pass
 
 
+class SubprotocolRefused(RuntimeError):
+    """The server's 101 answer did not accept the subprotocol offered. Not an ``OSError``:
+    callers that count failed sockets must not swallow it (the run would silently
+    measure another encoding)."""
+
+
 def _mask(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the repeated 4-byte ``key`` (one big-int operation, no Python loop)."""
     n = len(payload)
@@ -56,9 +65,20 @@ def encode_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
     return head + key + _mask(payload, key)
 
 
+def _header(head: bytes, name: bytes) -> bytes | None:
+    """The value of header ``name`` (lower case) in an HTTP head, or ``None``."""
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == name:
+            return value.strip()
+    return None
+
+
 class RawWebSocket(asyncio.Protocol):
     """A client WebSocket. ``opened`` resolves after the 101 answer, ``done`` when the TCP
     connection is gone (with the close code the server sent, or 1006)."""
+
+    subprotocol: str | None = None  # offered in the handshake (Sec-WebSocket-Protocol) when set
 
     def __init__(self, host: str, port: int, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -84,10 +104,11 @@ class RawWebSocket(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         key = base64.b64encode(os.urandom(16)).decode()
+        offer = f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else ""
         request = (
             f"GET {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nUpgrade: websocket\r\n"
             f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            "User-Agent: lounges-bench\r\n\r\n"
+            f"{offer}User-Agent: lounges-bench\r\n\r\n"
         )
         self.transport.write(request.encode())
 
@@ -131,12 +152,19 @@ class RawWebSocket(asyncio.Protocol):
         if not status.startswith(b"HTTP/1.1 101"):
             self._fail_handshake(status.decode(errors="replace"))
             return b""
+        if self.subprotocol:
+            accepted = _header(head[:end], b"sec-websocket-protocol")
+            if accepted != self.subprotocol.encode():
+                self._fail_handshake(
+                    f"offered subprotocol {self.subprotocol!r}, the server accepted {accepted!r}", SubprotocolRefused
+                )
+                return b""
         self.opened.set_result(None)
         return head[end + 4 :]
 
-    def _fail_handshake(self, why: str) -> None:
+    def _fail_handshake(self, why: str, error: type[Exception] = HandshakeError) -> None:
         if not self.opened.done():
-            self.opened.set_exception(HandshakeError(why))
+            self.opened.set_exception(error(why))
         assert self.transport is not None
         self.transport.close()
 
@@ -160,7 +188,7 @@ class RawWebSocket(asyncio.Protocol):
             stop = start + length
             if stop > end:
                 break
-            if b0 == 0x81:  # a whole text message: the hot path, no detour through _frame
+            if b0 == 0x81 or b0 == 0x82:  # a whole text/binary message: the hot path, no detour through _frame
                 self.frames_received += 1
                 self.on_message(data[start:stop], now)
             else:
@@ -223,7 +251,7 @@ class RawWebSocket(asyncio.Protocol):
     # -- for subclasses ------------------------------------------------------------------------
 
     def on_message(self, payload: bytes, now: float) -> None:
-        """A complete text message: split into lines (the protocol batches with ``\\n``)."""
+        """A complete message (text or binary): split into lines (the JSON protocol batches with ``\\n``)."""
         if b"\n" in payload:
             for line in payload.split(b"\n"):
                 if line:
@@ -246,6 +274,9 @@ class RawWebSocket(asyncio.Protocol):
 
     def send_text(self, payload: bytes) -> None:
         self._write(_OP_TEXT, payload)
+
+    def send_binary(self, payload: bytes) -> None:
+        self._write(_OP_BINARY, payload)
 
     def close(self, code: int = 1000) -> None:
         """Start the closing handshake; the transport closes when the server echoes it."""
