@@ -1,7 +1,12 @@
 """WebSocket load generator: a separate process, raw asyncio sockets (:mod:`bench.wsclient`).
 
-``python -m bench.ws_load SCENARIO --target {ours,peer} --port P --setup FILE [...]``
-prints one JSON object on stdout. Scenarios:
+``python -m bench.ws_load SCENARIO --target {ours,ours-pb,peer} --port P --setup FILE [...]``
+prints one JSON object on stdout. Targets: ``ours`` is our gateway in the JSON
+encoding (:class:`CentrifugeSocket`), ``ours-pb`` the same gateway in the
+Protobuf encoding (:class:`ProtobufSocket`: the ``centrifuge-protobuf``
+subprotocol, binary frames of length-delimited ``client_pb2`` messages; every
+socket of the run, publishers included, speaks it), ``peer`` the raw broadcast
+peer (``bench.ws_peer``). Scenarios:
 
 - ``idle``      — open N sockets (ours: each sends ``connect`` with its own
   user's token and waits for the reply), hold them ``--hold`` s answering the
@@ -16,12 +21,16 @@ prints one JSON object on stdout. Scenarios:
   call that brought it: delivered/s over the measured window, and
   publish→deliver latency of *every* delivery of every message sent in the
   window (no sampling). Per-subscriber offsets are checked for gaps and
-  duplicates.
+  duplicates, and the first subscriber's texts against the publisher's. For
+  ours, bytes on the wire per delivery: the WebSocket payload bytes of
+  publication pushes (JSON: the push's line and its ``\\n`` separators;
+  Protobuf: the delimited ``Reply`` with its length prefix) and the same plus
+  the frame headers of the frames that carry them, divided by the deliveries.
 - ``storm``     — S subscribers with known positions disconnect, ``--missed``
   messages are published, then all S reconnect at once and resubscribe with
   ``recover: true`` + offset/epoch (peer: ``/ws?since=K``); measures the time
   until the last one has its missed publications and checks each got exactly
-  offsets pos+1..pos+M. ``--cold`` leaves no other subscriber of the lounge on
+  offsets pos+1..pos+M (ours: with the texts that were published). ``--cold`` leaves no other subscriber of the lounge on
   the node (its hub and in-memory ring are gone: recovery reads Redis);
   otherwise the publisher's socket stays subscribed (the ring serves it).
 - ``publish``   — the publisher child of ``broadcast``.
@@ -49,12 +58,18 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from centrifuge.protocol import client_pb2
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from bench.loadgen import percentile
 from bench.procfs import cpu_seconds, machine_cpu_seconds, raise_nofile, rss_kib
 from bench.wsclient import RawWebSocket, clock, open_socket
 
 OURS_PATH = "/connection/websocket"
+OURS, OURS_PB, PEER = "ours", "ours-pb", "peer"
+TARGETS = (OURS, OURS_PB, PEER)
+PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 QUANTILES = [*range(0, 100), 99.5, 99.9, 100]
 
 _encode = msgspec.json.encode
@@ -92,7 +107,13 @@ class _PeerMessage(msgspec.Struct):
 
 
 _push_decoder = msgspec.json.Decoder(_Push)
+_data_decoder = msgspec.json.Decoder(_Data)
 _peer_decoder = msgspec.json.Decoder(_PeerMessage)
+
+
+def _frame_header(size: int) -> int:
+    """Bytes of an unmasked server frame's header for a payload of ``size`` bytes."""
+    return 2 if size < 126 else 4 if size < 65536 else 10
 
 
 def message_text(seq: int, sent: float) -> str:
@@ -111,6 +132,10 @@ class Tally:
         self.gaps = 0
         self.duplicates = 0
         self.max_seq = 0  # highest seq (peer) seen
+        # Bytes on the wire (ours): publication pushes only, every one received (not only the window's).
+        self.pub_pushes = 0
+        self.pub_payload_bytes = 0  # WebSocket payload bytes that belong to publication pushes
+        self.pub_frame_bytes = 0  # the same + the headers of the frames carrying them
 
     def set_window(self, start: float, end: float) -> None:
         self.window = (start, end)
@@ -120,7 +145,10 @@ class Tally:
 
 
 class CentrifugeSocket(RawWebSocket):
-    """A client of our gateway: commands with ids, pongs, publication pushes tallied."""
+    """A client of our gateway in the JSON encoding: commands with ids, pongs, publication
+    pushes tallied."""
+
+    encoding = "json"
 
     def __init__(self, host: str, port: int, path: str, tally: Tally | None = None) -> None:
         super().__init__(host, port, path)
@@ -132,14 +160,18 @@ class CentrifugeSocket(RawWebSocket):
         self.pushes = 0
         self.first_push: asyncio.Future | None = None
         self.wait_offset: tuple[int, asyncio.Future] | None = None
+        self.texts: list[str] | None = None  # when a list: every publication's text, in arrival order
 
     def request(self, **command: Any) -> asyncio.Future:
         """Send one command; the future resolves with ``(reply dict, receive time)``."""
         command_id = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self.pending[command_id] = future
-        self.send_text(_encode({"id": command_id, **command}))
+        self.send_command(command_id, command)
         return future
+
+    def send_command(self, command_id: int, command: dict[str, Any]) -> None:
+        self.send_text(_encode({"id": command_id, **command}))
 
     async def call(self, timeout: float, **command: Any) -> tuple[dict, float]:
         reply, at = await asyncio.wait_for(self.request(**command), timeout)
@@ -151,35 +183,54 @@ class CentrifugeSocket(RawWebSocket):
         # The hot path (one call per WebSocket message, pushes handled inline): at 100,000
         # deliveries/s every Python call counts.
         lines = payload.split(b"\n") if b"\n" in payload else (payload,)
-        tally = self.tally
+        other = 0  # payload bytes of everything but publications (each line with one separator)
+        pubs = 0
         for line in lines:
             if not line.startswith(b'{"push"'):
                 if line:
                     self.on_line(line, now)
+                other += len(line) + 1
                 continue
             pub = _push_decoder.decode(line).push.pub  # type: ignore[union-attr]
             if pub is None:
+                other += len(line) + 1
                 continue
-            offset = pub.offset
-            self.pushes += 1
-            if offset:
-                last = self.offset
-                if last and offset != last + 1 and tally is not None:
-                    if offset <= last:
-                        tally.duplicates += 1
-                    else:
-                        tally.gaps += offset - last - 1
-                if offset > last:
-                    self.offset = offset
-                waiting = self.wait_offset
-                if waiting is not None and offset >= waiting[0] and not waiting[1].done():
-                    waiting[1].set_result(now)
-            if tally is not None and pub.data is not None and pub.data.message is not None:
+            pubs += 1
+            data = pub.data
+            self.publication(
+                pub.offset, data.message.text if data is not None and data.message is not None else None, now
+            )
+        tally = self.tally
+        if pubs and tally is not None:
+            size = len(payload)
+            tally.pub_pushes += pubs
+            tally.pub_payload_bytes += size - other
+            tally.pub_frame_bytes += size - other + _frame_header(size)
+
+    def publication(self, offset: int, text: str | None, now: float) -> None:
+        """One publication push received (either encoding): order checks, tally, waiters."""
+        self.pushes += 1
+        tally = self.tally
+        if offset:
+            last = self.offset
+            if last and offset != last + 1 and tally is not None:
+                if offset <= last:
+                    tally.duplicates += 1
+                else:
+                    tally.gaps += offset - last - 1
+            if offset > last:
+                self.offset = offset
+            waiting = self.wait_offset
+            if waiting is not None and offset >= waiting[0] and not waiting[1].done():
+                waiting[1].set_result(now)
+        if text is not None:
+            if self.texts is not None:
+                self.texts.append(text)
+            if tally is not None:
                 tally.total += 1
                 start, end = tally.window
                 if start <= now <= end:
                     tally.in_window += 1
-                text = pub.data.message.text
                 sent = float(text[: text.find(" ")])
                 if start <= sent <= end:
                     tally.latencies.append(now - sent)
@@ -191,7 +242,10 @@ class CentrifugeSocket(RawWebSocket):
             self.send_text(b"{}")
             return
         reply = _decode(line)
-        future = self.pending.pop(reply.get("id", 0), None)
+        self.on_reply(reply.get("id", 0), reply, now)
+
+    def on_reply(self, command_id: int, reply: dict, now: float) -> None:
+        future = self.pending.pop(command_id, None)
         if future is not None and not future.done():
             future.set_result((reply, now))
 
@@ -208,6 +262,122 @@ class CentrifugeSocket(RawWebSocket):
             if not future.done():
                 future.set_exception(ConnectionResetError(f"closed with {self.close_code} {self.close_reason}"))
         self.pending.clear()
+
+
+# Protobuf: what the SDKs' generated client_pb2 parses; commands built from the same dicts.
+_parse_reply = client_pb2.Reply.FromString
+_PONG = b"\x00"  # one delimited empty Command
+_BYTES = FieldDescriptor.TYPE_BYTES
+
+
+def _delimited(message: bytes) -> bytes:
+    """``message`` preceded by its length as a varint."""
+    length = len(message)
+    prefix = bytearray()
+    while length >= 0x80:
+        prefix.append((length & 0x7F) | 0x80)
+        length >>= 7
+    prefix.append(length)
+    return bytes(prefix) + message
+
+
+def _fill(message: Message, values: dict[str, Any]) -> None:
+    """Set a request's fields from the JSON encoding's dict (``data`` as its JSON document)."""
+    message.SetInParent()
+    fields = message.DESCRIPTOR.fields_by_name
+    for name, value in values.items():
+        if fields[name].type == _BYTES:
+            setattr(message, name, _encode(value))
+        else:
+            setattr(message, name, value)
+
+
+def reply_dict(message: Message) -> dict[str, Any]:
+    """A ``Reply`` (or any message) as the JSON encoding's dict: fields set, ``bytes`` fields
+    decoded from the JSON document they carry, integers left integers."""
+    values: dict[str, Any] = {}
+    for field, value in message.ListFields():
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                values[field.name] = {k: reply_dict(v) if isinstance(v, Message) else v for k, v in value.items()}
+            elif field.is_repeated:
+                values[field.name] = [reply_dict(item) for item in value]
+            else:
+                values[field.name] = reply_dict(value)
+        elif field.type == _BYTES:
+            values[field.name] = _decode(value) if value else None
+        elif field.is_repeated:
+            values[field.name] = list(value)
+        else:
+            values[field.name] = value
+    return values
+
+
+class ProtobufSocket(CentrifugeSocket):
+    """A client of our gateway in the Protobuf encoding: offers ``centrifuge-protobuf`` (a
+    101 answer that does not accept it fails the run), sends binary frames of delimited
+    ``Command`` messages, parses every delimited ``Reply`` with the SDK's ``client_pb2``.
+    A publication's ``data`` is the JSON document the JSON encoding carries inline."""
+
+    encoding = "protobuf"
+    subprotocol = PROTOBUF_SUBPROTOCOL
+
+    def send_command(self, command_id: int, command: dict[str, Any]) -> None:
+        message = client_pb2.Command(id=command_id)
+        for method, params in command.items():
+            _fill(getattr(message, method), params)
+        self.send_binary(_delimited(message.SerializeToString()))
+
+    def on_message(self, payload: bytes, now: float) -> None:
+        # The hot path: parse each delimited Reply, take push.pub's offset and data (JSON).
+        pos, end = 0, len(payload)
+        other = 0  # payload bytes of everything but publications (with their length prefixes)
+        pubs = 0
+        while pos < end:
+            start = pos
+            length = payload[pos]
+            pos += 1
+            if length & 0x80:
+                length &= 0x7F
+                shift = 7
+                while True:
+                    byte = payload[pos]
+                    pos += 1
+                    length |= (byte & 0x7F) << shift
+                    if not byte & 0x80:
+                        break
+                    shift += 7
+            stop = pos + length
+            if not length:  # an empty Reply: the server's ping
+                other += stop - start
+                self.pings += 1
+                self.send_binary(_PONG)
+                pos = stop
+                continue
+            reply = _parse_reply(payload[pos:stop])
+            pos = stop
+            if reply.id:
+                other += stop - start
+                self.on_reply(reply.id, reply_dict(reply), now)
+                continue
+            pub = reply.push.pub
+            data = pub.data
+            if not data:  # a push that is not a publication (join, leave, unsubscribe, ...)
+                other += stop - start
+                continue
+            pubs += 1
+            message = _data_decoder.decode(data).message
+            self.publication(pub.offset, message.text if message is not None else None, now)
+        tally = self.tally
+        if pubs and tally is not None:
+            tally.pub_pushes += pubs
+            tally.pub_payload_bytes += end - other
+            tally.pub_frame_bytes += end - other + _frame_header(end)
+
+
+def socket_class(target: str) -> type[CentrifugeSocket]:
+    """The client class of one of our targets."""
+    return ProtobufSocket if target == OURS_PB else CentrifugeSocket
 
 
 class PeerSocket(RawWebSocket):
@@ -354,6 +524,28 @@ async def pool(count: int, concurrency: int, job: Callable[[int], Awaitable[None
     await asyncio.gather(*(worker() for _ in range(min(concurrency, count))))
 
 
+def _encoding(target: str) -> str | None:
+    return socket_class(target).encoding if target != PEER else None
+
+
+def _text_check(sent: list[str] | None, subscribers: list[RawWebSocket]) -> dict[str, Any] | None:
+    """The first subscriber's publication texts against the publisher's (as multisets: 16
+    publisher connections may be ordered differently by the server)."""
+    checked = next((s for s in subscribers if getattr(s, "texts", None) is not None), None)
+    if sent is None or checked is None:
+        return None
+    received: list[str] = checked.texts  # type: ignore[attr-defined]
+    missing = Counter(sent) - Counter(received)
+    unexpected = Counter(received) - Counter(sent)
+    return {
+        "sent": len(sent),
+        "received": len(received),
+        "missing": sum(missing.values()),
+        "unexpected": sum(unexpected.values()),
+        "unexpected_sample": list(unexpected)[:3],
+    }
+
+
 def load_setup(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
@@ -375,7 +567,9 @@ class Opener:
         started = clock()
         sock = None
         try:
-            sock = await open_socket(CentrifugeSocket, args.host, args.port, OURS_PATH, args.timeout, tally=self.tally)
+            sock = await open_socket(
+                socket_class(args.target), args.host, args.port, OURS_PATH, args.timeout, tally=self.tally
+            )
             await sock.call(args.timeout, connect={"token": token, "name": "bench"})
             self.connect_times.append(clock() - started)
             subscribed = None
@@ -424,12 +618,12 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     setup = load_setup(args.setup)
     tokens: list[str] = setup.get("idle_tokens", [])
     count = args.sockets
-    if args.target == "ours" and len(tokens) < count + args.warmup_sockets:
+    if args.target != PEER and len(tokens) < count + args.warmup_sockets:
         raise SystemExit(f"need {count + args.warmup_sockets} tokens, the setup has {len(tokens)}")
     opener = Opener(args)
 
     async def open_one(index: int, into: list[RawWebSocket]) -> None:
-        if args.target == "ours":
+        if args.target != PEER:
             opened = await opener.ours(tokens[index])
             if opened is not None:
                 into.append(opened[0])
@@ -468,6 +662,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "scenario": "idle",
         "target": args.target,
+        "encoding": _encoding(args.target),
         "sockets_requested": count,
         "sockets_open": opened,
         "errors": dict(opener.errors),
@@ -504,9 +699,11 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     channel = setup.get("channel")
 
     async def open_one(index: int) -> None:
-        if args.target == "ours":
+        if args.target != PEER:
             opened = await opener.ours(setup["subscriber_tokens"][index], channel)
             if opened is not None:
+                if index == 0:  # the one whose texts are checked against the publisher's
+                    opened[0].texts = []
                 subscribers.append(opened[0])
         else:
             sock = await opener.peer("/ws")
@@ -577,9 +774,20 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     await close_all(subscribers, args.timeout)
     latencies = sorted(tally.latencies)
     latencies_ms = [v * 1000 for v in latencies]
+    texts = _text_check(published.get("texts"), subscribers)
+    pushes = tally.pub_pushes
+    wire = {
+        "publication_pushes": pushes,
+        "payload_bytes": tally.pub_payload_bytes,
+        "frame_bytes": tally.pub_frame_bytes,
+        "payload_bytes_per_delivery": tally.pub_payload_bytes / pushes if pushes else None,
+        "frame_bytes_per_delivery": tally.pub_frame_bytes / pushes if pushes else None,
+    }
+    published.pop("texts", None)
     return {
         "scenario": "broadcast",
         "target": args.target,
+        "encoding": _encoding(args.target),
         "rate": args.rate,
         "subscribers": len(subscribers),
         "subscriber_errors": dict(opener.errors),
@@ -599,6 +807,8 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "duplicates": tally.duplicates,
         "dropped_subscribers": dropped,
         "close_codes": dict(close_codes),
+        "text_check": texts,
+        "wire": wire if args.target != PEER else None,
         "latency_ms": ms_summary(latencies),
         "quantiles_ms": {str(q): round(percentile(latencies_ms, q), 3) for q in QUANTILES},
         **measured,
@@ -611,7 +821,7 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
     measure_from, until = args.window
     opener = Opener(args)
     sockets: list[Any] = []
-    if args.target == "ours":
+    if args.target != PEER:
         for token in setup["publisher_tokens"][: args.publishers]:
             opened = await opener.ours(token)
             if opened is not None:
@@ -628,6 +838,7 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
     errors: Counter = Counter()
     pending: list[asyncio.Future] = []
     sent_in_window = 0
+    texts: list[str] = []
     lag: list[float] = []
     own0 = time.process_time()
     late_start = clock() - args.start  # > 0: connecting took longer than the margin given
@@ -655,8 +866,10 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         if measure_from <= sent <= until:
             sent_in_window += 1
         sock = sockets[seq % len(sockets)]
-        if args.target == "ours":
-            data = {"text": message_text(seq, sent), "client_id": str(uuid.uuid4())}
+        if args.target != PEER:
+            text = message_text(seq, sent)
+            texts.append(text)
+            data = {"text": text, "client_id": str(uuid.uuid4())}
             future = sock.request(publish={"channel": setup["channel"], "data": data})
             future.add_done_callback(lambda f, s=sent: on_ack(s, f))
             pending.append(future)
@@ -674,11 +887,12 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         "late_start_s": max(0.0, late_start),
         "send_span_s": last_sent - args.start,
         "schedule_lag_ms": ms_summary(lag),
-        "ack_ms": ms_summary(acks) if args.target == "ours" else None,
+        "ack_ms": ms_summary(acks) if args.target != PEER else None,
         "errors": dict(errors),
         "unanswered": unanswered,
         "connections": len(sockets),
         "cpu_percent": 100 * own_cpu / max(1e-9, last_sent - args.start),
+        "texts": texts if args.target != PEER else None,  # checked by the parent, then dropped
     }
 
 
@@ -687,21 +901,25 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
 
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
     setup = load_setup(args.setup)
-    if args.target == "ours":
+    if args.target != PEER:
         return await _storm_ours(args, setup)
     return await _storm_peer(args)
 
 
-async def _publish_and_wait(pub: CentrifugeSocket, channel: str, count: int, timeout: float) -> int:
-    """Publish ``count`` messages (acknowledged one by one); returns errors."""
+async def _publish_and_wait(pub: CentrifugeSocket, channel: str, count: int, timeout: float) -> tuple[int, list[str]]:
+    """Publish ``count`` messages (acknowledged one by one); returns errors and the texts published."""
     errors = 0
+    texts = []
     for seq in range(count):
-        data = {"text": message_text(seq, clock()), "client_id": str(uuid.uuid4())}
+        text = message_text(seq, clock())
+        data = {"text": text, "client_id": str(uuid.uuid4())}
         try:
             await pub.call(timeout, publish={"channel": channel, "data": data})
         except (CommandError, TimeoutError, OSError):
             errors += 1
-    return errors
+        else:
+            texts.append(text)
+    return errors, texts
 
 
 async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[str, Any]:
@@ -726,7 +944,7 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     await pool(len(tokens), args.concurrency, first)
     live = [s for s in subscribers if s is not None]
     # A few live publications first: positions are then what each client last received.
-    pre_errors = await _publish_and_wait(publisher, channel, args.live, args.timeout)
+    pre_errors, _ = await _publish_and_wait(publisher, channel, args.live, args.timeout)
     top = max((s.offset for s in live), default=0)
     waits = [s.until_offset(top) for s in live]
     if waits:
@@ -734,7 +952,7 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     positions = {i: s.offset for i, s in enumerate(subscribers) if s is not None}
     await close_all(live, args.timeout)
     await asyncio.sleep(1.0)  # the server unsubscribes and announces the leaves
-    missed_errors = await _publish_and_wait(publisher, channel, args.missed, args.timeout)
+    missed_errors, missed_texts = await _publish_and_wait(publisher, channel, args.missed, args.timeout)
     if not args.cold:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(publisher.until_offset(max(positions.values()) + args.missed), args.timeout)
@@ -748,7 +966,7 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     async def again(index: int) -> None:
         position = positions[index]
         try:
-            sock = await open_socket(CentrifugeSocket, args.host, args.port, OURS_PATH, args.timeout)
+            sock = await open_socket(socket_class(args.target), args.host, args.port, OURS_PATH, args.timeout)
         except (OSError, TimeoutError) as exc:
             errors[f"open: {type(exc).__name__}"] += 1
             return
@@ -762,10 +980,16 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
             errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
             return
         result = reply["subscribe"]
-        offsets = [p.get("offset", 0) for p in result.get("publications", [])]
-        ok = result.get("recovered") is True and offsets == list(range(position + 1, position + args.missed + 1))
+        publications = result.get("publications", [])
+        offsets = [p.get("offset", 0) for p in publications]
+        texts = [((p.get("data") or {}).get("message") or {}).get("text") for p in publications]
+        ok = (
+            result.get("recovered") is True
+            and offsets == list(range(position + 1, position + args.missed + 1))
+            and texts == missed_texts
+        )
         if not ok:
-            errors["wrong recovery"] += 1
+            errors["wrong recovery" if texts == missed_texts else "wrong recovery (texts)"] += 1
         results[index] = {"seconds": at - t0, "ok": ok, "count": len(offsets)}
 
     await asyncio.wait_for(asyncio.gather(*(again(i) for i in positions)), args.timeout + 30)
@@ -775,7 +999,8 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     await close_all([*reconnected, publisher], args.timeout)
     return {
         "scenario": "storm",
-        "target": "ours",
+        "target": args.target,
+        "encoding": _encoding(args.target),
         "mode": "cold" if args.cold else "warm",
         "clients": len(positions),
         "setup_errors": dict(opener.errors),
@@ -881,7 +1106,7 @@ def command(scenario: str, target: str, port: int, **options: Any) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ws_load", description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=SCENARIOS)
-    parser.add_argument("--target", choices=("ours", "peer"), required=True)
+    parser.add_argument("--target", choices=TARGETS, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--setup", help="JSON file with tokens and the channel (ours)")
