@@ -1,10 +1,17 @@
 """WebSocket gateway benchmark: our ``/connection/websocket`` against a raw ASGI broadcast peer.
 
+Three targets: ``ours`` (our gateway, JSON encoding), ``ours-pb`` (the same
+server in the Protobuf encoding: the ``centrifuge-protobuf`` subprotocol,
+binary frames, publication ``data`` as JSON bytes; every socket of its runs,
+publishers included, speaks Protobuf) and ``peer``.
+
 Scenarios (``bench.ws_load`` runs each in its own process, pinned to the load-generator CPU):
 
 - **idle**      — N authenticated connections held (pings answered): server RSS per socket;
 - **broadcast** — 1,000 subscribers of one lounge, a publisher at a steady rate R for D s:
   delivered messages/s and publish→deliver latency, for each R in ``--ws-rates``;
+  for ours, bytes on the wire per delivery (WebSocket payload of publication
+  pushes, and with frame headers);
 - **storm**     — 1,000 subscribers disconnect, 50 messages are published, all reconnect
   at once with ``recover``: time until every one has exactly the 50 it missed.
   ``warm``: another subscriber keeps the node's hub (and its in-memory ring)
@@ -12,7 +19,12 @@ Scenarios (``bench.ws_load`` runs each in its own process, pinned to the load-ge
 
 Both servers run one uvicorn worker pinned to the server CPU (ours is ``python
 -m server serve`` with the real app, PostgreSQL and Valkey; the peer is
-``bench.ws_peer`` with the same WebSocket options). Their open-file limits are
+``bench.ws_peer`` with the same WebSocket options). Both encodings of ours are
+measured on the same server process, except idle: each idle run gets a fresh
+process (the Protobuf one a second ``serve``, stopped after its run).
+Broadcast and storm runs are interleaved by repeat (peer, JSON, Protobuf per
+rate or mode) so drift hits every target alike. The verdicts against the
+issue's targets are the JSON encoding's; Protobuf's are reported beside them. Their open-file limits are
 raised to the hard limit. Publishing is rate limited per user in production;
 the benchmark raises ``PUBLISH_RATE_LIMIT`` (and ``ACCESS_TOKEN_TTL``, so the
 minted tokens outlive a full run) for our server.
@@ -43,7 +55,7 @@ from bench.results import (
     pyplot,
     save_json,
 )
-from bench.stack import HOST, REPO_ROOT, BenchStack, Server, run_pinned_json
+from bench.stack import HOST, REPO_ROOT, BenchStack, Server, run_pinned_json, stop_process
 from bench.ws_load import command as ws_command
 
 log = logging.getLogger("bench")
@@ -60,8 +72,18 @@ OURS_ENV = {
     "AUTH_RATE_LIMIT_ACCOUNT": "100000/60",
     "ACCESS_TOKEN_TTL": "7200",  # tokens are minted once, at setup
 }
-PEER, OURS = "peer", "ours"
-STORM_MODES = [("peer", PEER, False), ("ours warm", OURS, False), ("ours cold", OURS, True)]
+PEER, OURS, OURS_PB = "peer", "ours", "ours-pb"  # ours = the JSON encoding, ours-pb = Protobuf
+TARGETS = (PEER, OURS, OURS_PB)
+LABELS = {PEER: "peer", OURS: "ours json", OURS_PB: "ours pb"}
+# (mode, target, cold), in run order: both encodings of one mode back to back.
+STORM_MODES = [
+    ("peer", PEER, False),
+    ("ours warm", OURS, False),
+    ("ours-pb warm", OURS_PB, False),
+    ("ours cold", OURS, True),
+    ("ours-pb cold", OURS_PB, True),
+]
+JSON_MODE = {"ours-pb warm": "ours warm", "ours-pb cold": "ours cold"}  # the JSON run a Protobuf one pairs with
 
 
 @dataclass
@@ -139,6 +161,15 @@ def _run(argv: list[str], cpu: int | None, timeout: float, busy: float | None) -
     return result
 
 
+def _alive(server: Server, result: dict[str, Any]) -> dict[str, Any]:
+    """Flag a run whose server was gone by its end (its sockets were then refused, not slow)."""
+    code = server.process.poll()
+    if code is not None:
+        log.error("%s (pid %d) exited with %s during the run", server.name, server.pid, code)
+        result["server_exited"] = code
+    return result
+
+
 def run(args: argparse.Namespace) -> int:
     plan = defaults(args)
     server_cpu, loadgen_cpu = _pin_plan(args.server_cpu, args.loadgen_cpu)
@@ -152,8 +183,8 @@ def run(args: argparse.Namespace) -> int:
         plan["idle"] = max(100, hard - 264)
     log.info("open-file limit: soft %d, hard %d (raised to %d for every bench process)", soft, hard, own_limit)
 
-    idle_cells = {PEER: Cell("peer", PEER), OURS: Cell("ours", OURS)}
-    bcast_cells = {(rate, t): Cell(f"{t} {rate:g}/s", t) for rate in plan["rates"] for t in (PEER, OURS)}
+    idle_cells = {t: Cell(t, t) for t in TARGETS}
+    bcast_cells = {(rate, t): Cell(f"{t} {rate:g}/s", t) for rate in plan["rates"] for t in TARGETS}
     storm_cells = {name: Cell(name, target) for name, target, _ in STORM_MODES}
 
     with BenchStack(keep_logs=args.keep_logs) as stack:
@@ -175,10 +206,11 @@ def run(args: argparse.Namespace) -> int:
             publishers=plan["publishers"],
         )
         rss_start = {name: s.rss_kib() for name, s in servers.items()}
+        servers[OURS_PB] = ours  # broadcast and storm: the same process, the other encoding
         busy_before = machine_busy_percent(1.0)
         if busy_before > BUSY_WARNING:
             log.warning("the machine is busy (%.0f%% of one CPU in use): expect noisy numbers", busy_before)
-        total = 2 + args.repeats * (len(plan["rates"]) * 2 + len(STORM_MODES))
+        total = len(TARGETS) + args.repeats * (len(plan["rates"]) * len(TARGETS) + len(STORM_MODES))
         done = 0
 
         def progress(what: str) -> None:
@@ -186,10 +218,12 @@ def run(args: argparse.Namespace) -> int:
             done += 1
             print(f"[{done}/{total}] {what} ...", file=sys.stderr, flush=True)
 
-        # 1. idle: once per server, on fresh processes (RSS deltas of a second run on the same
-        #    process would reuse memory the first one freed).
-        for target in (OURS, PEER):
+        # 1. idle: once per target, on fresh processes (RSS deltas of a second run on the same
+        #    process would reuse memory the first one freed): Protobuf gets a server of its own.
+        for target in (OURS, OURS_PB, PEER):
             server = servers[target]
+            if target == OURS_PB:
+                server = stack.start_ours(cpu=server_cpu, name="ours-pb-idle", extra_env=OURS_ENV, nofile=hard)
             progress(f"idle {target}: {plan['idle']:,} sockets held {plan['hold']:g} s")
             busy = _quiet(args)
             argv = ws_command(
@@ -202,12 +236,15 @@ def run(args: argparse.Namespace) -> int:
                 hold=plan["hold"],
                 watch_pid=server.pid,
             )
-            idle_cells[target].runs.append(_run(argv, loadgen_cpu, plan["idle"] / 20 + plan["hold"] + 180, busy))
+            result = _run(argv, loadgen_cpu, plan["idle"] / 20 + plan["hold"] + 180, busy)
+            idle_cells[target].runs.append(_alive(server, result))
+            if server is not servers[target]:
+                stop_process(server.process, server.name)
 
-        # 2. broadcast, interleaved by repeat so drift hits peer and ours alike.
+        # 2. broadcast, interleaved by repeat so drift hits every target alike.
         for repeat in range(args.repeats):
             for rate in plan["rates"]:
-                for target in (PEER, OURS):
+                for target in TARGETS:
                     server = servers[target]
                     progress(f"broadcast {target} {rate:g}/s x {plan['subscribers']} (run {repeat + 1})")
                     busy = _quiet(args)
@@ -224,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
                         publishers=plan["publishers"],
                         watch_pid=server.pid,
                     )
-                    result = _run(argv, loadgen_cpu, args.warmup + args.duration + plan["drain"] + 240, busy)
+                    result = _alive(
+                        server, _run(argv, loadgen_cpu, args.warmup + args.duration + plan["drain"] + 240, busy)
+                    )
                     result["repeat"] = repeat
                     bcast_cells[(rate, target)].runs.append(result)
 
@@ -244,10 +283,10 @@ def run(args: argparse.Namespace) -> int:
                     cold=cold,
                     watch_pid=server.pid,
                 )
-                result = _run(argv, loadgen_cpu, 300, busy)
+                result = _alive(server, _run(argv, loadgen_cpu, 300, busy))
                 result["repeat"] = repeat
                 storm_cells[name].runs.append(result)
-        rss_end = {name: s.rss_kib() for name, s in servers.items()}
+        rss_end = {name: s.rss_kib() for name, s in servers.items() if name != OURS_PB}
 
     config = {
         "repeats": args.repeats,
@@ -256,6 +295,7 @@ def run(args: argparse.Namespace) -> int:
         "server_cpu": server_cpu,
         "loadgen_cpu": loadgen_cpu,
         "uvicorn_workers": 1,
+        "targets": {PEER: "bench.ws_peer", OURS: "ours, JSON encoding", OURS_PB: "ours, Protobuf encoding"},
         "machine_busy_before_percent": round(busy_before, 1),
         "quiet_wait_s": args.quiet_wait,
         "nofile": {"soft": soft, "hard": hard},
@@ -306,12 +346,14 @@ def run(args: argparse.Namespace) -> int:
 def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
     rows = []
     peer_kib = cells[PEER].median("per_socket_kib")
-    for cell in (cells[OURS], cells[PEER]):
+    json_kib = cells[OURS].median("per_socket_kib")
+    for cell in (cells[OURS], cells[OURS_PB], cells[PEER]):
         run = cell.runs[0] if cell.runs else {}
         kib = run.get("per_socket_kib")
         rows.append(
             {
                 "target": cell.target,
+                "encoding": run.get("encoding"),
                 "failed": run.get("failed"),
                 "sockets_requested": run.get("sockets_requested"),
                 "sockets_open": run.get("sockets_open"),
@@ -326,6 +368,7 @@ def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
                 "per_socket_kib": kib,
                 "per_socket_kib_max": run.get("per_socket_kib_max"),
                 "vs_peer": kib / peer_kib if kib and peer_kib else None,
+                "vs_json": kib / json_kib if cell.target == OURS_PB and kib and json_kib else None,
                 "pings_answered": run.get("pings_answered"),
                 "dropped_while_held": run.get("dropped_while_held"),
                 "hold_server_cpu_percent": (run.get("holding") or {}).get("server_cpu_percent"),
@@ -342,10 +385,12 @@ def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]
     rows = []
     for rate in rates:
         peer = cells[(rate, PEER)]
-        for target in (PEER, OURS):
+        json_cell = cells[(rate, OURS)]
+        for target in TARGETS:
             cell = cells[(rate, target)]
             ok = [r for r in cell.runs if "failed" not in r]
             delivered = [r["delivered_per_s"] for r in ok]
+            texts: list[dict[str, Any]] = [r["text_check"] for r in ok if r.get("text_check")]
             row = {
                 "rate": rate,
                 "target": target,
@@ -377,6 +422,28 @@ def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]
                 "server_rss_kib_max": cell.median("server_rss_kib_max"),
                 "delivered_vs_peer": paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")),
                 "p99_vs_peer": paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")),
+                "delivered_vs_json": (
+                    paired_ratio(cell.stat("delivered_per_s"), json_cell.stat("delivered_per_s"))
+                    if target == OURS_PB
+                    else None
+                ),
+                "p99_vs_json": (
+                    paired_ratio(cell.stat("latency_ms", "p99"), json_cell.stat("latency_ms", "p99"))
+                    if target == OURS_PB
+                    else None
+                ),
+                "server_cpu_vs_json": (
+                    paired_ratio(cell.stat("server_cpu_percent"), json_cell.stat("server_cpu_percent"))
+                    if target == OURS_PB
+                    else None
+                ),
+                # Bytes on the wire per delivery (publication pushes only; ours): WebSocket payload,
+                # and payload + the headers of the frames carrying them.
+                "payload_bytes_per_delivery": cell.median("wire", "payload_bytes_per_delivery"),
+                "frame_bytes_per_delivery": cell.median("wire", "frame_bytes_per_delivery"),
+                # The first subscriber's texts against the publisher's: missing + unexpected, all runs.
+                "text_checked": sum(t["received"] for t in texts) if texts else None,
+                "text_mismatches": sum(t["missing"] + t["unexpected"] for t in texts) if texts else None,
                 "delivered_runs": delivered,
                 "p99_runs": [r["latency_ms"]["p99"] for r in ok],
                 "other_cpu_runs": [r.get("other_cpu_percent") for r in ok],
@@ -396,13 +463,14 @@ def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]
 def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
     rows = []
     peer = cells["peer"]
-    for name, _, _ in STORM_MODES:
+    for name, target, _ in STORM_MODES:
         cell = cells[name]
         ok_runs = [r for r in cell.runs if "failed" not in r]
         times = [r.get("all_recovered_s") for r in ok_runs]
         rows.append(
             {
                 "mode": name,
+                "target": target,
                 "runs": len(cell.runs),
                 "failed_runs": len(cell.runs) - len(ok_runs),
                 "clients": cell.median("clients"),
@@ -418,6 +486,11 @@ def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
                 "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
                 "other_cpu_percent": cell.median("other_cpu_percent"),
                 "vs_peer": paired_ratio(cell.stat("all_recovered_s"), peer.stat("all_recovered_s")),
+                "vs_json": (
+                    paired_ratio(cell.stat("all_recovered_s"), cells[JSON_MODE[name]].stat("all_recovered_s"))
+                    if name in JSON_MODE
+                    else None
+                ),
             }
         )
     return rows
@@ -426,7 +499,19 @@ def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
 def verdicts(
     summary: dict[str, Any], plan: dict[str, Any], bcast_cells: dict[tuple[float, str], Cell]
 ) -> dict[str, Any]:
-    idle = next(r for r in summary["idle"] if r["target"] == OURS)
+    """The issue's targets for the JSON encoding (the verdict), with the same checks for the
+    Protobuf encoding under ``protobuf`` (reported beside it; it never decides a verdict)."""
+    return {
+        **_verdicts(summary, plan, bcast_cells, OURS),
+        "protobuf": _verdicts(summary, plan, bcast_cells, OURS_PB),
+    }
+
+
+def _verdicts(
+    summary: dict[str, Any], plan: dict[str, Any], bcast_cells: dict[tuple[float, str], Cell], which: str
+) -> dict[str, Any]:
+    warm, cold = f"{which} warm", f"{which} cold"
+    idle = next(r for r in summary["idle"] if r["target"] == which)
     idle_met = bool(
         idle["per_socket_kib"] is not None
         and idle["per_socket_kib"] <= TARGET_IDLE_KIB
@@ -434,7 +519,7 @@ def verdicts(
         and idle["sockets_requested"] >= 10_000
         and not idle["dropped_while_held"]
     )
-    ours_b = [r for r in summary["broadcast"] if r["target"] == OURS]
+    ours_b = [r for r in summary["broadcast"] if r["target"] == which]
     good = [
         r
         for r in ours_b
@@ -454,14 +539,14 @@ def verdicts(
             "other_cpu_percent": run.get("other_cpu_percent"),
         }
         for (rate, target), cell in bcast_cells.items()
-        if target == OURS
+        if target == which
         for run in cell.runs
         if "failed" not in run
         and run["delivered_per_s"] >= TARGET_DELIVERED_PER_S
         and run["latency_ms"]["p99"] <= TARGET_P99_MS
         and not run["missing_after_drain"]
     ]
-    runs_total = sum(len(cell.runs) for (_, target), cell in bcast_cells.items() if target == OURS)
+    runs_total = sum(len(cell.runs) for (_, target), cell in bcast_cells.items() if target == which)
     storm = {r["mode"]: r for r in summary["storm"]}
     storm_met = {
         mode: bool(
@@ -469,7 +554,7 @@ def verdicts(
             and storm[mode]["all_recovered_s"] <= TARGET_STORM_S
             and storm[mode]["recovered_ok_min"] == storm[mode]["clients"]
         )
-        for mode in ("ours warm", "ours cold")
+        for mode in (warm, cold)
     }
     return {
         "idle": {
@@ -489,9 +574,9 @@ def verdicts(
         },
         "storm": {
             "target": f"1,000 clients missing {plan['missed']} each all recovered within {TARGET_STORM_S:g} s",
-            "warm_s": storm["ours warm"]["all_recovered_s"],
-            "cold_s": storm["ours cold"]["all_recovered_s"],
-            "met": storm_met,
+            "warm_s": storm[warm]["all_recovered_s"],
+            "cold_s": storm[cold]["all_recovered_s"],
+            "met": {"ours warm": storm_met[warm], "ours cold": storm_met[cold]},
         },
     }
 
@@ -511,8 +596,11 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     out = [
         f"WebSocket gateway: 1 uvicorn worker on CPU {config['server_cpu']}, load generator on CPU "
         f"{config['loadgen_cpu']}; medians of {config['repeats']} run(s) of {config['duration_s']:g} s "
-        f"(+{config['warmup_s']:g} s warm-up) for broadcast and storm; idle once per server; code "
+        f"(+{config['warmup_s']:g} s warm-up) for broadcast and storm; idle once per target; code "
         f"{config['code']['git_head']} + {config['code']['server_files_changed']} changed file(s) in server/",
+        "",
+        "targets: ours json / ours pb = our gateway in the JSON / Protobuf encoding (the same process, "
+        "but a fresh one per idle run), peer = the raw ASGI broadcast peer",
         "",
         f"1. idle: {config['idle']:,} sockets held {config['hold']:g} s (ours: connect with a token each, pings answered)",
     ]
@@ -520,7 +608,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     for r in summary["idle"]:
         rows.append(
             [
-                r["target"],
+                LABELS[r["target"]],
                 f"{r['sockets_open'] or 0:,}/{r['sockets_requested'] or 0:,}",
                 fmt(r["open_s"], 1),
                 fmt(r["connects_per_s"], 0),
@@ -530,6 +618,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 fmt(r["per_socket_kib"], 1),
                 fmt(r["per_socket_kib_max"], 1),
                 fmt_ratio(r["vs_peer"]),
+                fmt_ratio(r["vs_json"]),
                 str(r["pings_answered"]),
                 str(r["dropped_while_held"]),
                 fmt(r["open_server_cpu_percent"], 0, "%"),
@@ -550,6 +639,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "KiB/socket",
                 "KiB/socket (peak)",
                 "vs peer",
+                "vs json",
                 "pings",
                 "dropped",
                 "srv CPU opening",
@@ -564,7 +654,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     for r in summary["broadcast"]:
         rows.append(
             [
-                f"{r['target']} {r['rate']:g}/s",
+                f"{LABELS[r['target']]} {r['rate']:g}/s",
                 fmt(r["offered_per_s"], 0),
                 fmt(r["delivered_per_s"], 0),
                 f"{fmt(r['delivered_min'], 0)}-{fmt(r['delivered_max'], 0)}",
@@ -573,7 +663,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 fmt(r["max_ms"], 1),
                 fmt(r["ack_p99_ms"], 1),
                 str(r["missing"]),
-                f"{r['gaps']}/{r['duplicates']}",
+                f"{r['gaps']}/{r['duplicates']}/{r['text_mismatches'] if r['text_mismatches'] is not None else '-'}",
                 str(r["dropped_subscribers"]),
                 _yes(r["keeps_up"]),
                 fmt_ratio(r["delivered_vs_peer"]),
@@ -595,7 +685,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "max ms",
                 "ack p99",
                 "missing",
-                "gap/dup",
+                "gap/dup/text",
                 "dropped",
                 "keeps up",
                 "deliv vs peer",
@@ -603,6 +693,53 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "server CPU",
                 "loadgen CPU",
                 "other CPU",
+            ],
+            rows,
+        )
+    )
+    out += [
+        "",
+        "2b. the encodings: bytes on the wire per delivery (publication pushes only, counted by the load generator: "
+        "WebSocket payload = JSON line + its newline separators / Protobuf delimited Reply + its length prefix; "
+        "frame = payload + the headers of the frames carrying them; medians of runs); Protobuf / JSON ratios pair "
+        "runs of the same repeat",
+    ]
+    rows = []
+    by_key = {(r["rate"], r["target"]): r for r in summary["broadcast"]}
+    for rate in config["rates"]:
+        js, pb = by_key.get((rate, OURS)), by_key.get((rate, OURS_PB))
+        if js is None or pb is None:
+            continue
+        payload_ratio = (
+            pb["payload_bytes_per_delivery"] / js["payload_bytes_per_delivery"]
+            if pb["payload_bytes_per_delivery"] and js["payload_bytes_per_delivery"]
+            else None
+        )
+        rows.append(
+            [
+                f"{rate:g}/s",
+                fmt(js["payload_bytes_per_delivery"], 1),
+                fmt(js["frame_bytes_per_delivery"], 1),
+                fmt(pb["payload_bytes_per_delivery"], 1),
+                fmt(pb["frame_bytes_per_delivery"], 1),
+                fmt_ratio(payload_ratio),
+                fmt_ratio(pb["delivered_vs_json"]),
+                fmt_ratio(pb["p99_vs_json"]),
+                fmt_ratio(pb["server_cpu_vs_json"]),
+            ]
+        )
+    out.append(
+        format_table(
+            [
+                "rate",
+                "json B/deliv payload",
+                "json B/deliv frame",
+                "pb B/deliv payload",
+                "pb B/deliv frame",
+                "pb/json payload",
+                "pb/json delivered",
+                "pb/json p99",
+                "pb/json server CPU",
             ],
             rows,
         )
@@ -622,6 +759,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 fmt(r["client_p99_ms"], 0),
                 f"{r['recovered_ok_min']}/{r['clients'] or 0:.0f}",
                 fmt_ratio(r["vs_peer"]),
+                fmt_ratio(r["vs_json"]),
                 fmt(r["server_cpu_percent"], 0, "%"),
                 fmt(r["loadgen_cpu_percent"], 0, "%"),
                 fmt(r["other_cpu_percent"], 0, "%"),
@@ -639,6 +777,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "client p99 ms",
                 "exact (min)",
                 "vs peer",
+                "vs json",
                 "server CPU",
                 "loadgen CPU",
                 "other CPU",
@@ -647,9 +786,22 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         )
     )
     t = summary["targets"]
+    out += ["", "Targets (per web process), the JSON encoding's verdict:", *_target_lines(t)]
+    out += ["", "The same checks for the Protobuf encoding (reported, not a verdict):", *_target_lines(t["protobuf"])]
     out += [
         "",
-        "Targets (per web process):",
+        "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "
+        "(PostgreSQL, Valkey, the publisher, other jobs).",
+        "'keeps up': >= 95% of the offered deliveries/s inside the window, nothing missing, the backlog drained "
+        "within 1 s of the window's end.",
+        "'text': publication texts of the first subscriber that differ from the publisher's (missing + unexpected); "
+        "'exact': recovered with exactly the missed offsets and their texts.",
+    ]
+    return "\n".join(out)
+
+
+def _target_lines(t: dict[str, Any]) -> list[str]:
+    return [
         f"  idle      {t['idle']['target']}: {fmt(t['idle']['measured_kib'], 1)} KiB -> {_yes(t['idle']['met'])}",
         f"  broadcast {t['broadcast']['target']}: highest rate kept up "
         f"{fmt(t['broadcast']['highest_rate_kept_up'], 0)}/s, max delivered "
@@ -663,13 +815,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         f"  storm     {t['storm']['target']}: warm {fmt(t['storm']['warm_s'], 2)} s "
         f"({_yes(t['storm']['met']['ours warm'])}), cold {fmt(t['storm']['cold_s'], 2)} s "
         f"({_yes(t['storm']['met']['ours cold'])})",
-        "",
-        "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "
-        "(PostgreSQL, Valkey, the publisher, other jobs).",
-        "'keeps up': >= 95% of the offered deliveries/s inside the window, nothing missing, the backlog drained "
-        "within 1 s of the window's end.",
     ]
-    return "\n".join(out)
 
 
 # -- plot ------------------------------------------------------------------------------------
@@ -680,10 +826,11 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     fig, axes = plt.subplots(2, 2, figsize=(15, 10))
     (ax_idle, ax_rate), (ax_lat, ax_storm) = axes
     idle = {r["target"]: r for r in summary["idle"]}
+    idle_targets = [t for t in (OURS, OURS_PB, PEER) if t in idle]
     bar_panel(
         ax_idle,
-        [f"{t}\n{(idle[t]['sockets_open'] or 0):,} sockets" for t in (OURS, PEER)],
-        {"KiB per idle socket": [idle[t]["per_socket_kib"] for t in (OURS, PEER)]},
+        [f"{LABELS[t]}\n{(idle[t]['sockets_open'] or 0):,} sockets" for t in idle_targets],
+        {"KiB per idle socket": [idle[t]["per_socket_kib"] for t in idle_targets]},
         title="Server RSS per idle socket",
         ylabel="KiB",
         value_format="{:.1f}",
@@ -700,17 +847,19 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     )
 
     rows = summary["broadcast"]
-    for target, marker, color in ((PEER, "s", "C0"), (OURS, "o", "C1")):
+    for target, marker, color in ((PEER, "s", "C0"), (OURS, "o", "C1"), (OURS_PB, "^", "C2")):
         mine = [r for r in rows if r["target"] == target]
         offered = [r["offered_per_s"] or r["rate"] * 1000 for r in mine]
-        ax_rate.plot(offered, [r["delivered_per_s"] for r in mine], marker=marker, color=color, label=target)
+        wire = median(r.get("payload_bytes_per_delivery") for r in mine)
+        label = LABELS[target] + (f" ({wire:.0f} B payload/delivery)" if wire else "")
+        ax_rate.plot(offered, [r["delivered_per_s"] for r in mine], marker=marker, color=color, label=label)
         for x, r in zip(offered, mine, strict=True):
             ax_rate.scatter([x] * len(r["delivered_runs"]), r["delivered_runs"], s=10, color="black", zorder=3)
         p50 = [r["p50_ms"] for r in mine]
         p99 = [r["p99_ms"] for r in mine]
         rates = [r["rate"] for r in mine]
-        ax_lat.plot(rates, p50, marker=marker, color=color, linestyle=":", label=f"{target} p50")
-        ax_lat.plot(rates, p99, marker=marker, color=color, label=f"{target} p99")
+        ax_lat.plot(rates, p50, marker=marker, color=color, linestyle=":", label=f"{LABELS[target]} p50")
+        ax_lat.plot(rates, p99, marker=marker, color=color, label=f"{LABELS[target]} p99")
         for rate, r in zip(rates, mine, strict=True):
             ax_lat.scatter([rate] * len(r["p99_runs"]), r["p99_runs"], s=8, color="black", zorder=3)
     top = max([r["offered_per_s"] or 0 for r in rows] + [TARGET_DELIVERED_PER_S])
@@ -735,12 +884,14 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     notes = []
     for index, r in enumerate(storm):
         note = f"{fmt_ratio(r['vs_peer'])} peer" if index and r["vs_peer"] is not None else ""
+        if r.get("vs_json") is not None:
+            note += f", {fmt_ratio(r['vs_json'])} json"
         if r["recovered_ok_min"] != r["clients"]:
             note = f"{note}\nonly {r['recovered_ok_min']}/{r['clients']:.0f} exact".strip()
         notes.append(note or None)
     bar_panel(
         ax_storm,
-        [r["mode"] for r in storm],
+        [r["mode"].replace("ours-pb", "ours pb") for r in storm],
         {"all recovered": bars},
         points={"all recovered": [[t for t in r["all_recovered_runs"] if t is not None] for r in storm]},
         notes={"all recovered": notes},
@@ -750,7 +901,7 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     )
     ax_storm.axhline(TARGET_STORM_S, color="red", linestyle="--", linewidth=1)
     fig.suptitle(
-        f"WebSocket gateway vs raw ASGI broadcast peer - 1 uvicorn worker on CPU {config['server_cpu']}, "
+        f"WebSocket gateway (JSON and Protobuf encodings) vs raw ASGI broadcast peer - 1 uvicorn worker on CPU {config['server_cpu']}, "
         f"load generator on CPU {config['loadgen_cpu']}, {config['repeats']} run(s)\n"
         f"{machine.get('cpu_model', '')}, {machine.get('cpus')} CPUs, Python {machine.get('python')}",
         fontsize=11,
