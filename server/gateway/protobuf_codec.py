@@ -29,6 +29,7 @@ from server.gateway.protocol import (
     ClientInfo,
     Command,
     ProtocolError,
+    Publication,
     ReplyError,
 )
 
@@ -154,8 +155,12 @@ def _fill(message: Message, values: Mapping[str, Any] | msgspec.Struct) -> None:
                     else:
                         _fill(target[key], item)
             elif field.is_repeated:
+                add = target.add
                 for item in value:
-                    _fill(target.add(), item)
+                    if isinstance(item, Publication):  # a recovery's or a history page's: the hot case
+                        add(data=bytes(item.data), offset=item.offset)
+                    else:
+                        _fill(add(), item)
             else:
                 _fill(target, value)
         elif field.type == FieldDescriptor.TYPE_BYTES:
