@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from litestar.params import PathParameter, QueryParameter
 
+from server.foundation.pagination import MAX_CURSOR_LENGTH
 from server.foundation.types import INT64_MAX, NO_NUL_PATTERN
 
 
@@ -32,3 +33,13 @@ def text_query(**kwargs: Any) -> QueryParameter:
 def text_path(**kwargs: Any) -> PathParameter:
     """A text path parameter that refuses NUL (plus any length limits given)."""
     return PathParameter(pattern=NO_NUL_PATTERN, **kwargs)
+
+
+Cursor = Annotated[
+    str | None,
+    text_query(
+        max_length=MAX_CURSOR_LENGTH,
+        description="the next_cursor of the previous page (opaque); send the same filters with it",
+    ),
+]
+"""``?cursor=`` of every paginated list (answers are ``{"items": [...], "next_cursor": ...}``)."""

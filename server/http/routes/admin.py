@@ -25,7 +25,7 @@ from server.domain.mentors.schemas import (
 )
 from server.domain.tables.accounts import Role
 from server.foundation.state import AppState
-from server.http.params import text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
@@ -45,7 +45,7 @@ class AdminMentorController(Controller):
         self,
         admin_principal: Admin,
         limit: Annotated[int, QueryParameter(ge=1, le=mentors.MAX_PAGE_SIZE)] = mentors.DEFAULT_PAGE_SIZE,
-        cursor: Annotated[str | None, text_query(max_length=200)] = None,
+        cursor: Cursor = None,
     ) -> PendingMentorPage:
         """Applications waiting for review, oldest first."""
         return await mentors.list_pending(admin_principal, limit=limit, cursor=cursor)
@@ -115,7 +115,6 @@ class AdminCategoryController(Controller):
 
 
 Limit = Annotated[int, QueryParameter(ge=1, le=admin.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class AdminStatsController(Controller):

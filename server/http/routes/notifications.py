@@ -13,14 +13,13 @@ from server.domain.accounts.services import Principal
 from server.domain.notifications import services
 from server.domain.notifications.schemas import NotificationPage, ReadResult
 from server.foundation.state import AppState
-from server.http.params import text_query
+from server.http.params import Cursor
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class NotificationController(Controller):
