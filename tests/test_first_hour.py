@@ -215,7 +215,7 @@ async def test_a_clean_clone_from_the_docs_alone(js_sdk: Path) -> None:
             token = (await mailed_link(outbox, mentor, "verify-email")).split("token=")[1]
             assert (await http.post("/api/v1/auth/verify-email", json={"token": token})).status_code == 200
             mentor_auth = await sign_in(http, mentor, password)
-            [category, *_] = (await http.get("/api/v1/categories")).json()
+            [category, *_] = (await http.get("/api/v1/categories")).json()["items"]
             applied = await http.post(
                 "/api/v1/mentors/apply",
                 headers=mentor_auth,

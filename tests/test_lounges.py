@@ -8,6 +8,7 @@ import httpx
 
 from server.domain.tables.notifications import Notification
 from tests.support.community import Community
+from tests.support.pages import walk
 
 LOUNGES = "/api/v1/lounges"
 
@@ -179,14 +180,14 @@ async def test_listing_filters_and_pagination(client: httpx.AsyncClient, communi
     for i in range(7):
         await community.lounge(mentor, title=f"Room {i}", description="yoga" if i % 2 else "stoic")
     member = await community.user("reader@example.com")
-    seen: list[str] = []
-    for offset in (0, 3, 6):
-        page = (await client.get(f"{LOUNGES}?limit=3&offset={offset}")).json()
-        assert page["total"] == 7
-        seen += [item["id"] for item in page["items"]]
-    assert len(seen) == len(set(seen)) == 7
-    yoga = (await client.get(f"{LOUNGES}?q=YOGA")).json()
-    assert yoga["total"] == 3
+    everything = await walk(client, LOUNGES)
+    assert [item["title"] for item in everything] == [f"Room {i}" for i in reversed(range(7))]  # newest first
+    for limit in (1, 2, 3):
+        assert await walk(client, LOUNGES, limit=limit) == everything
+    yoga = await walk(client, LOUNGES, params={"q": "YOGA"}, limit=1)  # the filter holds on every page
+    assert [item["title"] for item in yoga] == ["Room 5", "Room 3", "Room 1"]
+    bogus = await client.get(LOUNGES, params={"cursor": "bogus"})
+    assert bogus.status_code == 422 and bogus.json()["code"] == "invalid_cursor"
     first = (await client.get(LOUNGES)).json()["items"][0]
     await community.join(member, first)
     mine = (await client.get(f"{LOUNGES}?mine=true", headers=member.headers)).json()

@@ -24,6 +24,7 @@ from server.domain.tables.lounges import Lounge
 from server.domain.tables.mentors import Mentor
 from server.domain.tables.notifications import Notification
 from tests.support.accounts import Account, signed_in
+from tests.support.pages import envelope, walk
 
 ROOT = Path(__file__).resolve().parents[1]
 API = "/api/v1"
@@ -63,7 +64,7 @@ async def admin(verified) -> Account:
 async def categories(api: httpx.AsyncClient) -> dict[str, str]:
     """The starter categories (tables are emptied before each test), by slug."""
     await seed_categories()
-    return {c["slug"]: c["id"] for c in (await api.get(f"{API}/categories")).json()}
+    return {c["slug"]: c["id"] for c in (await api.get(f"{API}/categories")).json()["items"]}
 
 
 async def apply(
@@ -117,11 +118,11 @@ async def notifications_of(account: Account) -> list[dict[str, Any]]:
 
 
 async def test_categories_are_public_and_in_display_order(api: httpx.AsyncClient) -> None:
-    assert (await api.get(f"{API}/categories")).json() == []
+    assert (await api.get(f"{API}/categories")).json() == {"items": [], "next_cursor": None}
     assert await seed_categories() == len(STARTER_CATEGORIES)
     assert await seed_categories() == 0  # idempotent
 
-    listed = (await api.get(f"{API}/categories")).json()
+    listed = (await api.get(f"{API}/categories")).json()["items"]
     assert [c["slug"] for c in listed] == [c["slug"] for c in STARTER_CATEGORIES]
     assert [c["position"] for c in listed] == sorted(c["position"] for c in listed)
     assert {
@@ -161,7 +162,7 @@ async def test_admin_creates_edits_and_deletes_categories(api: httpx.AsyncClient
     assert created.status_code == 201, created.text
     parenting = created.json()
     assert parenting["position"] == max(c["position"] for c in STARTER_CATEGORIES) + 10  # appended
-    assert (await api.get(f"{API}/categories")).json()[-1]["slug"] == "parenting"
+    assert (await api.get(f"{API}/categories")).json()["items"][-1]["slug"] == "parenting"
 
     duplicate = await api.post(
         f"{API}/admin/categories", headers=admin.headers, json={"slug": "parenting", "name": "Again"}
@@ -172,7 +173,7 @@ async def test_admin_creates_edits_and_deletes_categories(api: httpx.AsyncClient
         f"{API}/admin/categories", headers=admin.headers, json={"slug": "first", "name": "First", "position": 0}
     )
     assert first.status_code == 201
-    assert (await api.get(f"{API}/categories")).json()[0]["slug"] == "first"
+    assert (await api.get(f"{API}/categories")).json()["items"][0]["slug"] == "first"
 
     updated = await api.put(
         f"{API}/admin/categories/{parenting['id']}",
@@ -192,7 +193,7 @@ async def test_admin_creates_edits_and_deletes_categories(api: httpx.AsyncClient
 
     deleted = await api.delete(f"{API}/admin/categories/{parenting['id']}", headers=admin.headers)
     assert deleted.status_code == 204
-    assert "family" not in {c["slug"] for c in (await api.get(f"{API}/categories")).json()}
+    assert "family" not in {c["slug"] for c in (await api.get(f"{API}/categories")).json()["items"]}
     assert_problem(
         await api.delete(f"{API}/admin/categories/{parenting['id']}", headers=admin.headers), 404, "category_not_found"
     )
@@ -213,7 +214,7 @@ async def test_admin_creates_edits_and_deletes_categories(api: httpx.AsyncClient
 
 async def test_category_input_is_validated(api: httpx.AsyncClient, admin: Account) -> None:
     await seed_categories()
-    career = next(c for c in (await api.get(f"{API}/categories")).json() if c["slug"] == "career")
+    career = next(c for c in (await api.get(f"{API}/categories")).json()["items"] if c["slug"] == "career")
     for body in (
         {"slug": "Not A Slug", "name": "X"},
         {"slug": "-dash", "name": "X"},
@@ -446,7 +447,7 @@ async def test_admin_routes_refuse_everyone_else(
     assert_problem(await api.post(f"{API}/admin/categories", json=bad_body), 401, "missing_token")
     assert_problem(await api.post(f"{API}/admin/categories", json=bad_body, headers=user.headers), 403, "role_required")
     assert (await Mentor.select(Mentor.status).where(Mentor.id == target).first())["status"] == "pending"
-    assert next(c["name"] for c in (await api.get(f"{API}/categories")).json()) == "Career"
+    assert next(c["name"] for c in (await api.get(f"{API}/categories")).json()["items"]) == "Career"
     assert await AdminAuditLog.count() == 0
 
 
@@ -615,20 +616,22 @@ async def test_mentor_lounges_lists_the_open_ones(
         await Lounge.insert(row)
     await Lounge.insert(lounge(waiting["id"], "Not yet"))
 
-    listed = await api.get(f"{API}/mentors/{mentor['id']}/lounges")
-    assert listed.status_code == 200, listed.text
-    assert [(item["title"], item["access"], item["channel"]) for item in listed.json()] == [
+    listed = envelope(await api.get(f"{API}/mentors/{mentor['id']}/lounges"))
+    assert [(item["title"], item["access"], item["channel"]) for item in listed["items"]] == [
         ("Morning calm", "public", f"lounge:{morning.id}"),
         ("Evening wind-down", "paid", f"lounge:{evening.id}"),
     ]
-    first = listed.json()[0]
+    assert listed["next_cursor"] is None
+    first = listed["items"][0]
     assert first["id"] == str(morning.id) and first["description"] == "About Morning calm"
     assert first["category"] == {"id": categories["mindfulness"], "slug": "mindfulness", "name": "Mindfulness"}
-    assert listed.json()[1]["category"] is None
+    assert listed["items"][1]["category"] is None
+    assert await walk(api, f"{API}/mentors/{mentor['id']}/lounges", limit=1) == listed["items"]
+    assert_problem(await api.get(f"{API}/mentors/{mentor['id']}/lounges?cursor=bogus"), 422, "invalid_cursor")
 
     assert_problem(await api.get(f"{API}/mentors/{waiting['id']}/lounges"), 404, "mentor_not_found")
     own = await api.get(f"{API}/mentors/{waiting['id']}/lounges", headers=other.headers)
-    assert [item["title"] for item in own.json()] == ["Not yet"]
+    assert [item["title"] for item in own.json()["items"]] == ["Not yet"]
     assert_problem(await api.get(f"{API}/mentors/{uuid.uuid4()}/lounges"), 404, "mentor_not_found")
     bad_token = await api.get(f"{API}/mentors/{mentor['id']}/lounges", headers={"Authorization": "Bearer nonsense"})
     assert bad_token.status_code == 401

@@ -64,10 +64,10 @@ class LoungeOut(msgspec.Struct):
 
 
 class LoungePage(msgspec.Struct):
+    """One page of lounges, newest first; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
     items: list[LoungeOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None
 
 
 class JoinResult(msgspec.Struct):
@@ -88,10 +88,10 @@ class MemberOut(msgspec.Struct):
 
 
 class MemberPage(msgspec.Struct):
+    """One page of memberships, oldest first; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
     items: list[MemberOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None
 
 
 class InviteRequest(msgspec.Struct, forbid_unknown_fields=True):

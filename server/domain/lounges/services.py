@@ -46,6 +46,7 @@ from server.domain.tables.mentors import Category, Mentor, MentorStatus
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import unit_of_work
 from server.streams.channels import create_channel, delete_channel, has_history
@@ -168,8 +169,10 @@ async def list_lounges(
     mine: bool,
     include_archived: bool,
     limit: int,
-    offset: int,
+    cursor: str | None = None,
 ) -> LoungePage:
+    """Lounges newest first, filtered; private ones only for those
+    :data:`~server.domain.access.policy.PRIVATE_LISTED_TO` names."""
     viewer = principal.user_id if principal else None
     where = [PRIVATE_LISTED_TO]
     args: list[Any] = [viewer, bool(principal and principal.role == Role.admin)]
@@ -186,27 +189,20 @@ async def list_lounges(
         args.append(access)
     if q:
         where.append("(l.title ILIKE {} OR l.description ILIKE {})")
-        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = like_pattern(q)
         args += [pattern, pattern]
     if mine:
         where.append("me.status = 'active'")
-    condition = " AND ".join(where)
-    total_rows = await Lounge.raw(
-        f"""SELECT count(*) AS total FROM lounges l JOIN mentors m ON m.id = l.mentor
-            LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {{}} WHERE {condition}""",
-        viewer,
-        *args,
+    rows, next_cursor = await keyset_page(
+        Lounge,
+        _LOUNGE_SELECT + " WHERE " + " AND ".join(where),
+        [viewer, *args],
+        moment="l.created_at",
+        row_id="l.id",
+        cursor=cursor,
+        limit=limit,
     )
-    rows = await Lounge.raw(
-        _LOUNGE_SELECT + f" WHERE {condition} ORDER BY l.created_at DESC, l.id LIMIT {{}} OFFSET {{}}",
-        viewer,
-        *args,
-        limit,
-        offset,
-    )
-    return LoungePage(
-        items=[lounge_out(r, principal) for r in rows], total=total_rows[0]["total"], limit=limit, offset=offset
-    )
+    return LoungePage(items=[lounge_out(r, principal) for r in rows], next_cursor=next_cursor)
 
 
 async def get_lounge(principal: Principal | None, lounge_id: uuid.UUID) -> LoungeOut:
@@ -314,24 +310,28 @@ async def do_leave(state: AppState, principal: Principal, lounge_id: uuid.UUID) 
 
 
 async def list_members(
-    principal: Principal, lounge_id: uuid.UUID, *, status: str, limit: int, offset: int
+    principal: Principal, lounge_id: uuid.UUID, *, status: str, limit: int, cursor: str | None = None
 ) -> MemberPage:
+    """Memberships in ``status``, in the order they were made (active ones for members, the rest for staff)."""
     context = await lounge_context(principal, lounge_id)
     if status != MembershipStatus.active:
         _check_staff(context)
     else:
         check_can_read_messages(context)
-    condition = (LoungeMembership.lounge == lounge_id) & (LoungeMembership.status == status)
-    total = await LoungeMembership.count().where(condition)
-    rows = (
-        await _member_query()
-        .where(condition)
-        .order_by(LoungeMembership.created_at)
-        .order_by(LoungeMembership.id)
-        .limit(limit)
-        .offset(offset)
+    rows, next_cursor = await keyset_page(
+        LoungeMembership,
+        """SELECT ms."user", u.full_name, ms.role, ms.status, ms.muted_until, ms.joined_at, ms.last_read_offset,
+                  ms.created_at, ms.id
+           FROM lounge_memberships ms JOIN users u ON u.id = ms."user"
+           WHERE ms.lounge = {} AND ms.status = {}""",
+        [lounge_id, str(status)],
+        moment="ms.created_at",
+        row_id="ms.id",
+        cursor=cursor,
+        limit=limit,
+        descending=False,
     )
-    return MemberPage(items=[_member_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    return MemberPage(items=[_member_out(r) for r in rows], next_cursor=next_cursor)
 
 
 async def do_invite(state: AppState, principal: Principal, lounge_id: uuid.UUID, user_id: uuid.UUID) -> MemberOut:

@@ -31,6 +31,13 @@ class CategoryOut(msgspec.Struct):
     position: int
 
 
+class CategoryList(msgspec.Struct):
+    """Every category, in display order: one short list, so ``next_cursor`` is always null."""
+
+    items: list[CategoryOut]
+    next_cursor: str | None
+
+
 class CategoryRef(msgspec.Struct):
     """A category as it appears on a mentor or a lounge."""
 
@@ -136,3 +143,10 @@ class MentorLoungeOut(msgspec.Struct):
     category: CategoryRef | None
     channel: str
     created_at: datetime
+
+
+class MentorLoungePage(msgspec.Struct):
+    """One page of a mentor's lounges, oldest first; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
+    items: list[MentorLoungeOut]
+    next_cursor: str | None

@@ -18,11 +18,13 @@ from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
 from server.domain.mentors.schemas import (
     ApplyRequest,
+    CategoryList,
     CategoryOut,
     CategoryRef,
     CreateCategoryRequest,
     MentorApplicationOut,
     MentorLoungeOut,
+    MentorLoungePage,
     MentorOut,
     MentorPage,
     PendingMentorOut,
@@ -219,9 +221,10 @@ async def seed_categories() -> int:
     return len(rows)
 
 
-async def list_categories() -> list[CategoryOut]:
-    rows = await Category.select().order_by(Category.position, Category.name)
-    return [_category_out(row) for row in rows]
+async def list_categories() -> CategoryList:
+    """Every category in display order (a short list an admin curates: one page)."""
+    rows = await Category.select().order_by(Category.position, Category.name, Category.id)
+    return CategoryList(items=[_category_out(row) for row in rows], next_cursor=None)
 
 
 async def do_create_category(
@@ -413,26 +416,25 @@ async def get_mentor(mentor_id: uuid.UUID, viewer: Principal | None) -> MentorOu
     return _public_out(row, (await _categories_of([mentor_id]))[mentor_id])
 
 
-async def list_mentor_lounges(mentor_id: uuid.UUID, viewer: Principal | None) -> list[MentorLoungeOut]:
+async def list_mentor_lounges(
+    mentor_id: uuid.UUID, viewer: Principal | None, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+) -> MentorLoungePage:
     """The mentor's lounges that are not archived, oldest first; private ones only for
     their members, the mentor and admins (:data:`~server.domain.access.policy.PRIVATE_LISTED_TO`)."""
     await _visible_mentor(mentor_id, viewer)
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
     viewer_id = viewer.user_id if viewer else None
-    rows = await Mentor.raw(
-        f"""
+    sql = f"""
         SELECT l.id, l.title, l.description, l.access, l.channel, l.created_at,
                c.id AS category_id, c.slug AS category_slug, c.name AS category_name
         FROM lounges l JOIN mentors m ON m.id = l.mentor LEFT JOIN categories c ON c.id = l.category
         LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {{}}
-        WHERE l.mentor = {{}} AND l.archived_at IS NULL AND {PRIVATE_LISTED_TO}
-        ORDER BY l.created_at, l.id
-        """,
-        viewer_id,
-        mentor_id,
-        viewer_id,
-        viewer is not None and viewer.role == Role.admin,
+        WHERE l.mentor = {{}} AND l.archived_at IS NULL AND {PRIVATE_LISTED_TO}"""
+    args: list[Any] = [viewer_id, mentor_id, viewer_id, viewer is not None and viewer.role == Role.admin]
+    rows, next_cursor = await keyset_page(
+        Mentor, sql, args, moment="l.created_at", row_id="l.id", cursor=cursor, limit=limit, descending=False
     )
-    return [
+    items = [
         MentorLoungeOut(
             id=row["id"],
             title=row["title"],
@@ -448,6 +450,7 @@ async def list_mentor_lounges(mentor_id: uuid.UUID, viewer: Principal | None) ->
         )
         for row in rows
     ]
+    return MentorLoungePage(items=items, next_cursor=next_cursor)
 
 
 # -- admin review ------------------------------------------------------------------------------

@@ -29,13 +29,12 @@ from server.domain.lounges.schemas import (
 from server.domain.tables.lounges import LoungeAccess, MembershipStatus
 from server.foundation.state import AppState
 from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
-from server.http.params import int_query, text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, int_query()]
 
 
 def _channel(id: uuid.UUID) -> str:
@@ -49,7 +48,7 @@ class LoungeController(Controller):
     tags = ["lounges"]
     security = [{"BearerToken": []}]
 
-    @get("", security=[], responses=problem_responses(401))
+    @get("", security=[], responses=problem_responses(401, 422))
     async def list_lounges(
         self,
         viewer: NamedDependency[Principal | None],
@@ -60,7 +59,7 @@ class LoungeController(Controller):
         mine: FromQuery[bool] = False,
         include_archived: FromQuery[bool] = False,
         limit: Limit = 20,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> LoungePage:
         """Public and paid lounges for everyone; private ones for their members. ``mine``: joined only."""
         return await services.list_lounges(
@@ -72,7 +71,7 @@ class LoungeController(Controller):
             mine=mine and viewer is not None,
             include_archived=include_archived,
             limit=limit,
-            offset=offset,
+            cursor=cursor,
         )
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 422))
@@ -107,17 +106,17 @@ class LoungeController(Controller):
         """Leave a lounge; your sockets lose the channel at once (the mentor cannot: 409)."""
         await services.do_leave(app_state, principal, id)
 
-    @get("/{id:uuid}/members", responses=problem_responses(401, 403, 404))
+    @get("/{id:uuid}/members", responses=problem_responses(401, 403, 404, 422))
     async def members(
         self,
         id: FromPath[uuid.UUID],
         principal: Caller,
         status: FromQuery[MembershipStatus] = MembershipStatus.active,
         limit: Limit = 50,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> MemberPage:
-        """Active members for members; invited/requested/removed lists for the staff."""
-        return await services.list_members(principal, id, status=status, limit=limit, offset=offset)
+        """Active members for members; invited/requested/removed lists for the staff. Oldest first."""
+        return await services.list_members(principal, id, status=status, limit=limit, cursor=cursor)
 
     @post("/{id:uuid}/members", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409))
     async def invite(

@@ -13,21 +13,20 @@ from server.domain.accounts.services import Principal
 from server.domain.mentors import services
 from server.domain.mentors.schemas import (
     ApplyRequest,
-    CategoryOut,
+    CategoryList,
     MentorApplicationOut,
-    MentorLoungeOut,
+    MentorLoungePage,
     MentorOut,
     MentorPage,
 )
 from server.foundation.state import AppState
-from server.http.params import text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class CategoryController(Controller):
@@ -37,8 +36,8 @@ class CategoryController(Controller):
     tags = ["categories"]
 
     @get("")
-    async def list_categories(self) -> list[CategoryOut]:
-        """Every category, in display order."""
+    async def list_categories(self) -> CategoryList:
+        """Every category, in display order (one page: ``next_cursor`` is null)."""
         return await services.list_categories()
 
 
@@ -76,9 +75,13 @@ class MentorController(Controller):
         """An approved mentor; applicants (with their token) also see their own in any status."""
         return await services.get_mentor(mentor_id, viewer)
 
-    @get("/{mentor_id:uuid}/lounges", responses=problem_responses(401, 404))
+    @get("/{mentor_id:uuid}/lounges", responses=problem_responses(401, 404, 422))
     async def mentor_lounges(
-        self, mentor_id: FromPath[uuid.UUID], viewer: NamedDependency[Principal | None]
-    ) -> list[MentorLoungeOut]:
-        """The mentor's lounges that are not archived (private ones only for their members, the mentor, admins)."""
-        return await services.list_mentor_lounges(mentor_id, viewer)
+        self,
+        mentor_id: FromPath[uuid.UUID],
+        viewer: NamedDependency[Principal | None],
+        limit: Limit = services.DEFAULT_PAGE_SIZE,
+        cursor: Cursor = None,
+    ) -> MentorLoungePage:
+        """The mentor's lounges that are not archived, oldest first (private ones only for their members, the mentor, admins)."""
+        return await services.list_mentor_lounges(mentor_id, viewer, limit=limit, cursor=cursor)
