@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import httpx
 import msgspec
@@ -15,6 +16,7 @@ from server.streams.broker import WIRE_PUBLICATION, WIRE_REWRITE, Wire, pubsub_c
 from server.streams.tables import ChannelPublication
 from tests.support.accounts import Account
 from tests.support.community import Community
+from tests.support.pages import envelope, walk
 
 LOUNGES = "/api/v1/lounges"
 THREADS = "/api/v1/chat/threads"
@@ -112,29 +114,37 @@ async def test_pages_return_each_message_exactly_once(client: httpx.AsyncClient,
     for i in range(25):
         assert (await community.post(member, path, f"m{i}")).status_code == 201
 
+    # The newest page, then older ones through next_cursor; each page in offset order.
     backwards: list[int] = []
-    page = (await client.get(f"{path}/messages?limit=10", headers=member.headers)).json()
-    assert page["last_offset"] == 25
+    query: dict[str, Any] = {"limit": 10}
     while True:
+        page = envelope(await client.get(f"{path}/messages", params=query, headers=member.headers))
+        assert page["last_offset"] == 25
         offsets = [m["offset"] for m in page["items"]]
         assert offsets == sorted(offsets)
         backwards = offsets + backwards
-        if not page["has_more"]:
+        if page["next_cursor"] is None:
             break
-        page = (await client.get(f"{path}/messages?limit=10&before={offsets[0]}", headers=member.headers)).json()
+        query = {"limit": 10, "cursor": page["next_cursor"]}
     assert backwards == list(range(1, 26))
 
+    # From an offset (what a client that lost its socket position holds), then onwards by cursor.
     forwards: list[int] = []
-    after = 0
+    query = {"limit": 7, "after": 0}
     while True:
-        page = (await client.get(f"{path}/messages?limit=7&after={after}", headers=member.headers)).json()
+        page = envelope(await client.get(f"{path}/messages", params=query, headers=member.headers))
         forwards += [m["offset"] for m in page["items"]]
-        if not page["has_more"]:
+        if page["next_cursor"] is None:
             break
-        after = forwards[-1]
+        query = {"limit": 7, "cursor": page["next_cursor"]}
     assert forwards == list(range(1, 26))
-    both = await client.get(f"{path}/messages?before=5&after=1", headers=member.headers)
-    assert both.status_code == 422
+    older = envelope(await client.get(f"{path}/messages?before=5&limit=2", headers=member.headers))
+    assert [m["offset"] for m in older["items"]] == [3, 4] and older["next_cursor"] is not None
+    for query_string in ("before=5&after=1", f"after=1&cursor={older['next_cursor']}"):
+        refused = await client.get(f"{path}/messages?{query_string}", headers=member.headers)
+        assert refused.status_code == 422 and refused.json()["code"] == "invalid_pagination", refused.text
+    bogus = await client.get(f"{path}/messages?cursor=bogus", headers=member.headers)
+    assert bogus.status_code == 422 and bogus.json()["code"] == "invalid_cursor"
 
 
 async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
@@ -211,9 +221,10 @@ async def test_threads_are_private_to_their_owner(client: httpx.AsyncClient, com
 
     posted = await community.post(owner, f"{THREADS}/{thread['id']}", "What should I learn next?")
     assert posted.status_code == 201 and posted.json()["offset"] == 1
-    listed = (await client.get(THREADS, headers=owner.headers)).json()
-    assert listed["total"] == 2 and listed["items"][0]["id"] == thread["id"]  # most recently active first
-    assert listed["items"][0]["last_offset"] == 1
+    listed = envelope(await client.get(THREADS, headers=owner.headers))
+    assert len(listed["items"]) == 2 and listed["items"][0]["id"] == thread["id"]  # most recently active first
+    assert listed["items"][0]["last_offset"] == 1 and listed["next_cursor"] is None
+    assert await walk(client, THREADS, headers=owner.headers, limit=1) == listed["items"]
 
     renamed = await client.patch(f"{THREADS}/{thread['id']}", json={"title": "Career"}, headers=owner.headers)
     assert renamed.json()["title"] == "Career"
@@ -221,7 +232,8 @@ async def test_threads_are_private_to_their_owner(client: httpx.AsyncClient, com
     assert archived.json()["archived"] is True
     closed = await community.post(owner, f"{THREADS}/{thread['id']}", "still there?")
     assert closed.status_code == 409 and closed.json()["code"] == "thread_archived"
-    assert (await client.get(f"{THREADS}?archived=true", headers=owner.headers)).json()["total"] == 1
+    archived_only = await walk(client, THREADS, headers=owner.headers, params={"archived": "true"}, limit=1)
+    assert [item["id"] for item in archived_only] == [thread["id"]]
 
     assert (await client.delete(f"{THREADS}/{thread['id']}", headers=owner.headers)).status_code == 204
     assert (await client.get(f"{THREADS}/{thread['id']}", headers=owner.headers)).status_code == 404

@@ -20,7 +20,9 @@ from server.domain.chat.schemas import MessageOut
 from server.http.params import int_path, int_query, text_path
 
 HistoryLimit = Annotated[int, QueryParameter(ge=1, le=200)]
-HistoryCursor = Annotated[int | None, int_query(description="a message offset")]
+HistoryOffset = Annotated[
+    int | None, int_query(description="a message offset (the page ends before or starts after it)")
+]
 MessageOffset = Annotated[int, int_path()]
 Emoji = Annotated[str, text_path(max_length=32)]
 

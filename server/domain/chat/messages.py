@@ -41,6 +41,7 @@ from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.pagination import decode_cursor, encode_cursor
 from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
@@ -63,12 +64,20 @@ async def get_message(channel: str, offset: int) -> MessageOut:
     return message_out(rows[0])
 
 
-async def history(access: ChannelAccess, *, before: int | None, after: int | None, limit: int) -> MessagePage:
+async def history(
+    access: ChannelAccess, *, before: int | None, after: int | None, limit: int, cursor: str | None = None
+) -> MessagePage:
     """A page of messages in offset order: the newest before ``before``, the oldest
-    after ``after``, or the newest of all."""
+    after ``after``, or the newest of all; ``cursor`` (a page's ``next_cursor``) goes on
+    the way its page went: older from a ``before`` page or the newest, newer from an ``after`` page."""
     channel = str(access.name)
-    if before is not None and after is not None:
-        raise ValidationFailed("give before or after, not both", code="invalid_pagination")
+    if sum(given is not None for given in (before, after, cursor)) > 1:
+        raise ValidationFailed("give one of before, after and cursor", code="invalid_pagination")
+    if cursor is not None:
+        direction, position = decode_cursor(cursor, ["text", "bigint"])
+        if direction not in ("before", "after") or position < 0:
+            raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor")
+        before, after = (position, None) if direction == "before" else (None, position)
     if after is not None:
         rows = await select_messages(
             ' WHERE m.channel = {} AND m."offset" > {} ORDER BY m."offset" LIMIT {}',
@@ -87,9 +96,13 @@ async def history(access: ChannelAccess, *, before: int | None, after: int | Non
     rows = rows[:limit]
     if after is None:
         rows.reverse()
+    items = [message_out(r) for r in rows]
+    next_cursor = None
+    if has_more:
+        next_cursor = encode_cursor(["after", items[-1].offset] if after is not None else ["before", items[0].offset])
     last = await Channel.select(Channel.last_offset).where(Channel.name == channel).first()
     assert last is not None  # the channel row exists: channel_access found it
-    return MessagePage(items=[message_out(r) for r in rows], has_more=has_more, last_offset=last["last_offset"])
+    return MessagePage(items=items, next_cursor=next_cursor, last_offset=last["last_offset"])
 
 
 # -- writes --------------------------------------------------------------------------------

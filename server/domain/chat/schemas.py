@@ -59,10 +59,12 @@ class MessageOut(msgspec.Struct):
 
 
 class MessagePage(msgspec.Struct):
-    """Messages in offset order. ``has_more``: more exist beyond this page in the direction asked."""
+    """Messages in offset order. ``next_cursor``: pass it as ``cursor`` for the next page in the
+    direction asked (older, or newer after ``after``); null when there is none. ``last_offset``:
+    the channel's newest offset."""
 
     items: list[MessageOut]
-    has_more: bool
+    next_cursor: str | None
     last_offset: int
 
 
@@ -95,7 +97,7 @@ class ThreadOut(msgspec.Struct):
 
 
 class ThreadPage(msgspec.Struct):
+    """One page of threads, most recently updated first; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
     items: list[ThreadOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None

@@ -14,6 +14,7 @@ from server.domain.accounts.services import Principal
 from server.domain.chat.schemas import ThreadCreate, ThreadOut, ThreadPage, ThreadUpdate
 from server.domain.tables.chat import ChatThread, Message
 from server.foundation.errors import NotFound
+from server.foundation.pagination import keyset_page
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import forget_channels
@@ -66,19 +67,19 @@ async def do_create_thread(state: AppState, principal: Principal, data: ThreadCr
     return await _own_thread(principal, thread_id)
 
 
-async def list_threads(principal: Principal, *, archived: bool, limit: int, offset: int) -> ThreadPage:
+async def list_threads(principal: Principal, *, archived: bool, limit: int, cursor: str | None = None) -> ThreadPage:
+    """The caller's threads, most recently updated first."""
     condition = "archived_at IS NOT NULL" if archived else "archived_at IS NULL"
-    total = await ChatThread.raw(
-        f'SELECT count(*) AS n FROM chat_threads WHERE "user" = {{}} AND {condition}', principal.user_id
+    rows, next_cursor = await keyset_page(
+        ChatThread,
+        _THREAD_SELECT + f' WHERE t."user" = {{}} AND t.{condition}',
+        [principal.user_id],
+        moment="t.updated_at",
+        row_id="t.id",
+        cursor=cursor,
+        limit=limit,
     )
-    rows = await ChatThread.raw(
-        _THREAD_SELECT
-        + f' WHERE t."user" = {{}} AND t.{condition} ORDER BY t.updated_at DESC, t.id LIMIT {{}} OFFSET {{}}',
-        principal.user_id,
-        limit,
-        offset,
-    )
-    return ThreadPage(items=[thread_out(r) for r in rows], total=total[0]["n"], limit=limit, offset=offset)
+    return ThreadPage(items=[thread_out(r) for r in rows], next_cursor=next_cursor)
 
 
 async def get_thread(principal: Principal, thread_id: uuid.UUID) -> ThreadOut:

@@ -28,7 +28,7 @@ from server.domain.lounges.schemas import (
 )
 from server.domain.tables.lounges import LoungeAccess, MembershipStatus
 from server.foundation.state import AppState
-from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
+from server.http.channel_messages import Emoji, HistoryLimit, HistoryOffset, MessageOffset, posted
 from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
@@ -153,13 +153,14 @@ class LoungeController(Controller):
         self,
         id: FromPath[uuid.UUID],
         principal: Caller,
-        before: HistoryCursor = None,
-        after: HistoryCursor = None,
+        before: HistoryOffset = None,
+        after: HistoryOffset = None,
+        cursor: Cursor = None,
         limit: HistoryLimit = 50,
     ) -> MessagePage:
-        """History by offset: newest first page by default; ``before``/``after`` page either way."""
+        """History by offset: the newest page by default; ``before``/``after`` an offset, then ``cursor`` onwards."""
         access = await channel_access(principal, _channel(id), write=False)
-        return await messages.history(access, before=before, after=after, limit=limit)
+        return await messages.history(access, before=before, after=after, cursor=cursor, limit=limit)
 
     @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))
     async def post_message(

@@ -27,14 +27,13 @@ from server.domain.chat.schemas import (
     ThreadUpdate,
 )
 from server.foundation.state import AppState
-from server.http.channel_messages import Emoji, HistoryCursor, HistoryLimit, MessageOffset, posted
-from server.http.params import int_query
+from server.http.channel_messages import Emoji, HistoryLimit, HistoryOffset, MessageOffset, posted
+from server.http.params import Cursor
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, int_query()]
 
 
 def _channel(id: uuid.UUID) -> str:
@@ -48,12 +47,12 @@ class ThreadController(Controller):
     tags = ["threads"]
     security = [{"BearerToken": []}]
 
-    @get("", responses=problem_responses(401))
+    @get("", responses=problem_responses(401, 422))
     async def list_threads(
-        self, principal: Caller, archived: FromQuery[bool] = False, limit: Limit = 50, offset: Offset = 0
+        self, principal: Caller, archived: FromQuery[bool] = False, limit: Limit = 50, cursor: Cursor = None
     ) -> ThreadPage:
         """Your threads with the coach, most recently active first (archived ones on request)."""
-        return await threads.list_threads(principal, archived=archived, limit=limit, offset=offset)
+        return await threads.list_threads(principal, archived=archived, limit=limit, cursor=cursor)
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 422))
     async def create_thread(self, data: JSONBody[ThreadCreate], app_state: State, principal: Caller) -> ThreadOut:
@@ -84,13 +83,14 @@ class ThreadController(Controller):
         self,
         id: FromPath[uuid.UUID],
         principal: Caller,
-        before: HistoryCursor = None,
-        after: HistoryCursor = None,
+        before: HistoryOffset = None,
+        after: HistoryOffset = None,
+        cursor: Cursor = None,
         limit: HistoryLimit = 50,
     ) -> MessagePage:
-        """History by offset: newest first page by default; ``before``/``after`` page either way."""
+        """History by offset: the newest page by default; ``before``/``after`` an offset, then ``cursor`` onwards."""
         access = await channel_access(principal, _channel(id), write=False)
-        return await messages.history(access, before=before, after=after, limit=limit)
+        return await messages.history(access, before=before, after=after, cursor=cursor, limit=limit)
 
     @post("/{id:uuid}/messages", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 404, 409, 422))
     async def post_message(
