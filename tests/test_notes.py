@@ -22,6 +22,7 @@ from server.domain.tables.notes import Note
 from server.foundation.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
+from tests.support.pages import envelope, walk
 from tests.support.worker import run_worker_until_idle
 
 NOTES = "/api/v1/notes"
@@ -41,6 +42,7 @@ async def create(api: httpx.AsyncClient, account: Account, **body: Any) -> dict[
 async def search(api: httpx.AsyncClient, account: Account, query: str, limit: int = 10) -> dict[str, Any]:
     response = await api.post(f"{NOTES}/search", json={"query": query, "limit": limit}, headers=account.headers)
     assert response.status_code == 200, response.text
+    assert response.json()["next_cursor"] is None  # the best `limit` hits are the whole answer
     return response.json()
 
 
@@ -112,20 +114,26 @@ async def test_crud_pin_tags_and_listing(api: httpx.AsyncClient, community: Comm
     assert again.json()["pinned"] is True
 
     others = [await create(api, me, title=f"Note {i}", tags=["work"] if i % 2 else []) for i in range(5)]
-    listing = (await api.get(NOTES, headers=me.headers)).json()
-    assert listing["total"] == 6
+    listing = envelope(await api.get(NOTES, headers=me.headers))
+    assert len(listing["items"]) == 6 and listing["next_cursor"] is None
     assert listing["items"][0]["id"] == note["id"]  # pinned first
     assert [n["id"] for n in listing["items"][1:]] == [n["id"] for n in reversed(others)]  # then newest edit
     assert [n["id"] for n in (await api.get(NOTES, params={"pinned": "true"}, headers=me.headers)).json()["items"]] == [
         note["id"]
     ]
-    unpinned = (await api.get(NOTES, params={"pinned": "false"}, headers=me.headers)).json()
-    assert unpinned["total"] == 5
-    work = (await api.get(NOTES, params={"tag": "WORK"}, headers=me.headers)).json()
-    assert {n["id"] for n in work["items"]} == {others[1]["id"], others[3]["id"]}
-    page = (await api.get(NOTES, params={"limit": 2, "offset": 2}, headers=me.headers)).json()
-    assert (page["total"], page["limit"], page["offset"]) == (6, 2, 2)
-    assert [n["id"] for n in page["items"]] == [n["id"] for n in listing["items"][2:4]]
+    unpinned = await walk(api, NOTES, params={"pinned": "false"}, headers=me.headers, limit=2)
+    assert unpinned == listing["items"][1:]
+    work = await walk(api, NOTES, params={"tag": "WORK"}, headers=me.headers, limit=1)
+    assert [n["id"] for n in work] == [others[3]["id"], others[1]["id"]]
+    # Page by page, across the pinned/unpinned boundary: every note once, in the same order.
+    for limit in (1, 2, 4):
+        assert await walk(api, NOTES, headers=me.headers, limit=limit) == listing["items"]
+    # A note edited meanwhile moves to the front; the pages already read are not read again.
+    first = envelope(await api.get(NOTES, params={"limit": 3}, headers=me.headers))
+    await api.patch(f"{NOTES}/{others[0]['id']}", json={"title": "Edited"}, headers=me.headers)
+    rest = await walk(api, NOTES, params={"cursor": first["next_cursor"]}, headers=me.headers, limit=3)
+    assert [n["id"] for n in first["items"] + rest] == [n["id"] for n in listing["items"][:-1]]
+    assert (await api.get(NOTES, params={"cursor": "bogus"}, headers=me.headers)).json()["code"] == "invalid_cursor"
     assert (await api.get(NOTES, params={"limit": 0}, headers=me.headers)).status_code == 422
     assert (await api.get(NOTES, params={"tag": "a/b"}, headers=me.headers)).status_code == 422
 
@@ -153,7 +161,7 @@ async def test_a_stranger_gets_404_on_every_route(api: httpx.AsyncClient, commun
         response = await api.request(method, url, json=body, headers=stranger.headers)
         assert response.status_code == 404, (method, url, response.text)
         assert response.json()["code"] == "note_not_found"
-    assert (await api.get(NOTES, headers=stranger.headers)).json()["total"] == 0
+    assert (await api.get(NOTES, headers=stranger.headers)).json() == {"items": [], "next_cursor": None}
     assert (await api.get(NOTES, params={"tag": "secret"}, headers=stranger.headers)).json()["items"] == []
     assert (await search(api, stranger, "quit the job in spring"))["items"] == []
     unchanged = (await api.get(path, headers=owner.headers)).json()

@@ -53,12 +53,11 @@ class NoteOut(msgspec.Struct):
 
 
 class NotePage(msgspec.Struct):
-    """Pinned notes first, then the most recently updated."""
+    """Pinned notes first, then the most recently updated; pass ``next_cursor`` as ``cursor``
+    for the next page (null at the end)."""
 
     items: list[NoteOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None
 
 
 class SearchRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -88,8 +87,10 @@ class SearchHit(msgspec.Struct):
 class SearchResults(msgspec.Struct):
     """``embedding_model``: the model of the vector ranking (null when it was
     unavailable and only full-text search ran); ``semantic`` is false for the
-    lexical ``hashing-384`` fallback and when no vector ranking ran."""
+    lexical ``hashing-384`` fallback and when no vector ranking ran. The best ``limit``
+    hits are the whole answer: ``next_cursor`` is always null."""
 
     items: list[SearchHit]
+    next_cursor: str | None
     embedding_model: str | None
     semantic: bool

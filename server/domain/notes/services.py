@@ -46,6 +46,7 @@ from server.domain.notes.schemas import (
 )
 from server.domain.tables.notes import Note
 from server.foundation.errors import NotFound, ValidationFailed
+from server.foundation.pagination import SortKey, keyset_page
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 
@@ -173,24 +174,32 @@ async def do_delete_note(state: AppState, principal: Principal, note_id: uuid.UU
 
 
 async def list_notes(
-    principal: Principal, *, pinned: bool | None, tag: str | None, limit: int, offset: int
+    principal: Principal, *, pinned: bool | None, tag: str | None, limit: int, cursor: str | None = None
 ) -> NotePage:
-    conditions = [Note.user == principal.user_id]
+    """The caller's notes: pinned first, then by ``updated_at``, newest first (the key
+    ``(pinned, updated_at, id)``, so a page boundary never skips or repeats a note)."""
+    sql = (
+        'SELECT n.id, n.title, n.content, n.tags, n.pinned, n.created_at, n.updated_at FROM notes n WHERE n."user" = {}'
+    )
+    args: list[Any] = [principal.user_id]
     if pinned is not None:
-        conditions.append(Note.pinned == pinned)
+        sql += " AND n.pinned = {}"
+        args.append(pinned)
     if tag is not None:
         [clean] = normalise_tags([tag])
-        conditions.append(Note.tags.any(clean))
-    total = await Note.count().where(*conditions)
-    rows = (
-        await Note.select()
-        .where(*conditions)
-        .order_by(Note.pinned, Note.updated_at, ascending=False)
-        .order_by(Note.id)
-        .limit(limit)
-        .offset(offset)
+        sql += " AND {} = ANY(n.tags)"
+        args.append(clean)
+    rows, next_cursor = await keyset_page(
+        Note,
+        sql,
+        args,
+        leading=[SortKey("n.pinned", "boolean")],
+        moment="n.updated_at",
+        row_id="n.id",
+        cursor=cursor,
+        limit=limit,
     )
-    return NotePage(items=[note_out(r) for r in rows], total=total, limit=limit, offset=offset)
+    return NotePage(items=[note_out(r) for r in rows], next_cursor=next_cursor)
 
 
 # -- search ---------------------------------------------------------------------------------
@@ -263,6 +272,7 @@ async def search_notes(state: AppState, principal: Principal, data: SearchReques
             items=[],
             embedding_model=embedder.model if embedder else None,
             semantic=bool(embedder and embedder.semantic),
+            next_cursor=None,
         )
 
     # Delimiters no note can contain (random per request), turned into <mark> after escaping.
@@ -306,4 +316,5 @@ async def search_notes(state: AppState, principal: Principal, data: SearchReques
         items=items,
         embedding_model=embedder.model if embedder else None,
         semantic=bool(embedder and embedder.semantic),
+        next_cursor=None,
     )

@@ -22,13 +22,12 @@ from server.domain.notes.schemas import (
     SearchResults,
 )
 from server.foundation.state import AppState
-from server.http.params import int_query, text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, int_query()]
 TagFilter = Annotated[str | None, text_query(min_length=1, max_length=50)]
 
 
@@ -46,10 +45,10 @@ class NotesController(Controller):
         pinned: FromQuery[bool | None] = None,
         tag: TagFilter = None,
         limit: Limit = 50,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> NotePage:
         """Your notes, pinned first then most recently updated; filter by ``pinned`` and ``tag``."""
-        return await services.list_notes(principal, pinned=pinned, tag=tag, limit=limit, offset=offset)
+        return await services.list_notes(principal, pinned=pinned, tag=tag, limit=limit, cursor=cursor)
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 422))
     async def create_note(self, data: JSONBody[NoteCreate], app_state: State, principal: Caller) -> NoteOut:
