@@ -268,9 +268,9 @@ async def test_another_user_cannot_read_or_delete(api: httpx.AsyncClient, commun
     ):
         assert response.status_code == 404 and response.json()["code"] == "file_not_found"
     assert (await api.get(f"/api/v1/files/{file['id']}")).status_code == 401
-    assert (await api.get("/api/v1/files", headers=bob.headers)).json()["total"] == 0
+    assert (await api.get("/api/v1/files", headers=bob.headers)).json() == {"items": [], "next_cursor": None}
     mine = await api.get("/api/v1/files", headers=alice.headers)
-    assert [f["id"] for f in mine.json()["items"]] == [file["id"]]
+    assert [f["id"] for f in mine.json()["items"]] == [file["id"]] and mine.json()["next_cursor"] is None
     assert mine.json()["items"][0]["download_url"] is None
 
 

@@ -39,9 +39,7 @@ class FileOut(msgspec.Struct):
 
 
 class FilePage(msgspec.Struct):
-    """Your files, newest first."""
+    """Your files, newest first; pass ``next_cursor`` as ``cursor`` for the next page (null at the end)."""
 
     items: list[FileOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None

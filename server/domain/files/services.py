@@ -75,6 +75,7 @@ from server.foundation.errors import (
     Unavailable,
     ValidationFailed,
 )
+from server.foundation.pagination import keyset_page
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader
 from server.foundation.unit_of_work import on_commit, unit_of_work
@@ -482,25 +483,20 @@ async def list_files(
     purpose: str | None,
     lounge_id: uuid.UUID | None,
     limit: int,
-    offset: int,
+    cursor: str | None = None,
 ) -> FilePage:
     """The caller's own files (not deleted), newest first, without links."""
-    conditions = [File.owner == principal.user_id, File.status != FileStatus.deleted]
+    sql = f"SELECT {_FILE_COLUMNS} FROM files WHERE owner = {{}} AND status <> {{}}"
+    args: list[Any] = [principal.user_id, str(FileStatus.deleted)]
     if purpose is not None:
-        conditions.append(File.purpose == purpose)
+        sql += " AND purpose = {}"
+        args.append(str(purpose))
     if lounge_id is not None:
-        conditions.append(File.lounge == lounge_id)
-    total = await File.count().where(*conditions)
-    rows = (
-        await File.select(*(getattr(File, c.strip()) for c in _FILE_COLUMNS.split(",")))
-        .where(*conditions)
-        .order_by(File.created_at, ascending=False)
-        .order_by(File.id)
-        .limit(limit)
-        .offset(offset)
-    )
+        sql += " AND lounge = {}"
+        args.append(lounge_id)
+    rows, next_cursor = await keyset_page(File, sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit)
     items = [await _out(state, row, with_link=False) for row in rows]
-    return FilePage(items=items, total=total, limit=limit, offset=offset)
+    return FilePage(items=items, next_cursor=next_cursor)
 
 
 # -- deletion --------------------------------------------------------------------------------

@@ -23,13 +23,12 @@ from server.domain.files.schemas import FileOut, FilePage, UploadPurpose
 from server.domain.tables.files import FilePurpose
 from server.foundation.errors import BadRequest
 from server.foundation.state import AppState
-from server.http.params import int_query, text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
 Caller = NamedDependency[Principal]
 Limit = Annotated[int, QueryParameter(ge=1, le=200)]
-Offset = Annotated[int, int_query()]
 Filename = Annotated[str | None, text_query(min_length=1, max_length=255)]
 
 
@@ -122,11 +121,11 @@ class FileController(Controller):
         purpose: FromQuery[FilePurpose | None] = None,
         lounge_id: FromQuery[uuid.UUID | None] = None,
         limit: Limit = 50,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> FilePage:
         """Your own files, newest first (no download links: ask ``GET /files/{id}``)."""
         return await services.list_files(
-            app_state, principal, purpose=purpose, lounge_id=lounge_id, limit=limit, offset=offset
+            app_state, principal, purpose=purpose, lounge_id=lounge_id, limit=limit, cursor=cursor
         )
 
     @get("/{id:uuid}", responses=problem_responses(401, 404, 503))
