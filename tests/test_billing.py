@@ -34,6 +34,7 @@ from server.foundation.state import AppState
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import WebNode
+from tests.support.pages import envelope, walk
 from tests.support.sdk import sdk_client, subscription
 from tests.support.smtp import SmtpSink
 from tests.support.stripe_standin import StripeStandin, event_payload, running_standin, serving, signature_header
@@ -197,9 +198,9 @@ async def test_seed_plans_command_is_idempotent_and_plans_are_listed_publicly(
     assert again.stdout.count("unchanged") == 3
     assert await Plan.count() == 3
 
-    listed = (await api.get(f"{BILLING}/plans")).json()
-    assert [p["code"] for p in listed] == ["free", "pro", "team"]
-    free, pro, team = listed
+    listed = envelope(await api.get(f"{BILLING}/plans"))
+    assert [p["code"] for p in listed["items"]] == ["free", "pro", "team"] and listed["next_cursor"] is None
+    free, pro, team = listed["items"]
     assert (free["purchasable"], free["max_lounges"], free["paid_lounge_access"]) == (False, 2, False)
     assert free["ai_tokens_per_month"] == billing_settings.ai_free_monthly_tokens
     assert (pro["purchasable"], pro["max_lounges"], pro["paid_lounge_access"]) == (True, 7, True)
@@ -257,8 +258,8 @@ async def test_subscribe_pay_join_payment_fails_cancel_and_access_is_removed(
     assert current["subscription"]["plan"]["code"] == "pro"
     assert current["entitlements"]["paid_lounge_access"] is True
     assert current["entitlements"]["plans"] == ["pro"]
-    invoices = (await api.get(f"{BILLING}/invoices", headers=member.headers)).json()
-    assert invoices["total"] == 1
+    invoices = envelope(await api.get(f"{BILLING}/invoices", headers=member.headers))
+    assert invoices["next_cursor"] is None
     [paid] = invoices["items"]
     assert (paid["status"], paid["amount_cents"], paid["currency"], paid["plan_code"]) == ("paid", 1200, "usd", "pro")
     assert paid["hosted_invoice_url"].startswith("https://invoice.stripe.com/i/")
@@ -280,9 +281,10 @@ async def test_subscribe_pay_join_payment_fails_cancel_and_access_is_removed(
         await deliver_all(api, standin, run_jobs)
         current = await state_of(api, member)
         assert current["subscription"]["status"] == "past_due" and current["subscription"]["entitled"]
-        invoices = (await api.get(f"{BILLING}/invoices", headers=member.headers)).json()
+        invoices = envelope(await api.get(f"{BILLING}/invoices", headers=member.headers))
         assert [i["status"] for i in invoices["items"]] == ["failed", "paid"]
         assert invoices["items"][0]["hosted_invoice_url"]
+        assert await walk(api, f"{BILLING}/invoices", headers=member.headers, limit=1) == invoices["items"]
         assert await notifications_of(member) == ["payment.succeeded", "payment.failed"]
         await personal.wait_for(
             lambda c: any(p.get("notification", {}).get("kind") == "payment.failed" for p in c.personal)
@@ -426,8 +428,8 @@ async def test_replayed_events_are_acknowledged_and_counted_once(
     rows = await StripeEvent.select(StripeEvent.attempts, StripeEvent.processed_at, StripeEvent.last_error)
     assert all(r["attempts"] == 1 and r["processed_at"] and r["last_error"] is None for r in rows)
     assert await notifications_of(buyer) == ["payment.succeeded"]
-    invoices = (await api.get(f"{BILLING}/invoices", headers=buyer.headers)).json()
-    assert invoices["total"] == 1
+    invoices = envelope(await api.get(f"{BILLING}/invoices", headers=buyer.headers))
+    assert len(invoices["items"]) == 1 and invoices["next_cursor"] is None
 
 
 async def test_out_of_order_delivery_ends_in_the_latest_state(

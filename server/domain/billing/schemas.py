@@ -25,6 +25,13 @@ class PlanOut(msgspec.Struct):
     purchasable: bool
 
 
+class PlanList(msgspec.Struct):
+    """The active plans, cheapest first: one short list, so ``next_cursor`` is always null."""
+
+    items: list[PlanOut]
+    next_cursor: str | None
+
+
 class CheckoutRequest(msgspec.Struct, forbid_unknown_fields=True):
     plan: PlanCode
 
@@ -80,10 +87,10 @@ class InvoiceOut(msgspec.Struct):
 
 
 class InvoicePage(msgspec.Struct):
+    """Your payments, newest first; pass ``next_cursor`` as ``cursor`` for the next page (null at the end)."""
+
     items: list[InvoiceOut]
-    total: int
-    limit: int
-    offset: int
+    next_cursor: str | None
 
 
 class WebhookAck(msgspec.Struct):

@@ -35,6 +35,7 @@ from server.domain.billing.schemas import (
     EntitlementsOut,
     InvoiceOut,
     InvoicePage,
+    PlanList,
     PlanOut,
     SubscriptionOut,
     SubscriptionState,
@@ -45,6 +46,7 @@ from server.domain.tables.accounts import User
 from server.domain.tables.billing import BillingCustomer, Payment, Plan, PlanInterval, Subscription
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
+from server.foundation.pagination import keyset_page
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import unit_of_work
@@ -81,11 +83,11 @@ def plan_out(row: dict[str, Any], prefix: str = "") -> PlanOut:
 # -- plans ---------------------------------------------------------------------------------------
 
 
-async def list_plans(state: AppState) -> list[PlanOut]:
-    """Active plans, cheapest first."""
+async def list_plans(state: AppState) -> PlanList:
+    """Active plans, cheapest first (a handful: one page)."""
     check_configured(state.settings)
     rows = await Plan.select().where(Plan.active.eq(True)).order_by(Plan.amount_cents).order_by(Plan.code)
-    return [plan_out(row) for row in rows]
+    return PlanList(items=[plan_out(row) for row in rows], next_cursor=None)
 
 
 def default_plans(settings: Settings, *, pro_price: str | None, team_price: str | None) -> list[dict[str, Any]]:
@@ -293,24 +295,23 @@ async def do_cancel_subscription(state: AppState, principal: Principal) -> Subsc
 # -- invoices ------------------------------------------------------------------------------------
 
 
-async def list_invoices(state: AppState, principal: Principal, *, limit: int, offset: int) -> InvoicePage:
+async def list_invoices(state: AppState, principal: Principal, *, limit: int, cursor: str | None = None) -> InvoicePage:
     """The caller's payments (one per Stripe invoice), newest first."""
     check_configured(state.settings)
-    total = await Payment.count().where(Payment.user == principal.user_id)
-    rows = await Payment.raw(
+    rows, next_cursor = await keyset_page(
+        Payment,
         """
         SELECT p.id, p.stripe_invoice_id, p.status, p.amount_cents, p.currency, p.hosted_invoice_url,
                p.created_at, pl.code AS plan_code
         FROM payments p
         LEFT JOIN subscriptions s ON s.id = p.subscription
         LEFT JOIN plans pl ON pl.id = s.plan
-        WHERE p."user" = {}
-        ORDER BY p.created_at DESC, p.id
-        LIMIT {} OFFSET {}
-        """,
-        principal.user_id,
-        limit,
-        offset,
+        WHERE p."user" = {}""",
+        [principal.user_id],
+        moment="p.created_at",
+        row_id="p.id",
+        cursor=cursor,
+        limit=limit,
     )
     return InvoicePage(
         items=[
@@ -326,7 +327,5 @@ async def list_invoices(state: AppState, principal: Principal, *, limit: int, of
             )
             for row in rows
         ],
-        total=total,
-        limit=limit,
-        offset=offset,
+        next_cursor=next_cursor,
     )

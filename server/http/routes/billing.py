@@ -18,12 +18,12 @@ from server.domain.billing.schemas import (
     CheckoutOut,
     CheckoutRequest,
     InvoicePage,
-    PlanOut,
+    PlanList,
     SubscriptionState,
     WebhookAck,
 )
 from server.foundation.state import AppState
-from server.http.params import int_query
+from server.http.params import Cursor
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
@@ -31,7 +31,6 @@ Caller = NamedDependency[Principal]
 BEARER: list[dict[str, list[str]]] = [{"BearerToken": []}]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=100)]
-Offset = Annotated[int, int_query()]
 
 
 class BillingController(Controller):
@@ -41,8 +40,8 @@ class BillingController(Controller):
     tags = ["billing"]
 
     @get("/plans", security=[], responses=problem_responses(503))
-    async def list_plans(self, app_state: State) -> list[PlanOut]:
-        """Active plans with their limits, cheapest first (public)."""
+    async def list_plans(self, app_state: State) -> PlanList:
+        """Active plans with their limits, cheapest first (public; one page: ``next_cursor`` is null)."""
         return await services.list_plans(app_state)
 
     @post(
@@ -73,10 +72,12 @@ class BillingController(Controller):
         """Cancel at the end of the paid period (access stays until then); idempotent."""
         return await services.do_cancel_subscription(app_state, principal)
 
-    @get("/invoices", security=BEARER, responses=problem_responses(401, 503))
-    async def invoices(self, app_state: State, principal: Caller, limit: Limit = 20, offset: Offset = 0) -> InvoicePage:
+    @get("/invoices", security=BEARER, responses=problem_responses(401, 422, 503))
+    async def invoices(
+        self, app_state: State, principal: Caller, limit: Limit = 20, cursor: Cursor = None
+    ) -> InvoicePage:
         """Your payments, newest first, with Stripe's hosted invoice links."""
-        return await services.list_invoices(app_state, principal, limit=limit, offset=offset)
+        return await services.list_invoices(app_state, principal, limit=limit, cursor=cursor)
 
     @post("/webhook", status_code=HTTP_200_OK, security=[], responses=problem_responses(400, 503))
     async def webhook(self, request: Request[Any, Any, Any], app_state: State) -> WebhookAck:
