@@ -19,6 +19,7 @@ from server.domain.tables.admin import AdminAuditLog
 from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
 from tests.support.accounts import Account
 from tests.support.community import Community
+from tests.support.pages import envelope, walk
 
 API = "/api/v1"
 CONTROLLERS = [CmsController, AdminCmsPageController, AdminFaqController]
@@ -287,12 +288,11 @@ async def test_admin_page_crud_is_validated_and_audited(api: httpx.AsyncClient, 
 
     one = await api.get(f"{API}/admin/cms/pages/{other['id']}", headers=admin.headers)
     assert one.status_code == 200 and one.json()["published"] is False
-    listing = (await api.get(f"{API}/admin/cms/pages", headers=admin.headers)).json()
-    assert [p["slug"] for p in listing["items"]] == ["help", "other"] and listing["total"] == 2
-    drafts = (await api.get(f"{API}/admin/cms/pages?published=false", headers=admin.headers)).json()
-    assert [p["slug"] for p in drafts["items"]] == ["other"] and drafts["total"] == 1
-    second = (await api.get(f"{API}/admin/cms/pages?limit=1&offset=1", headers=admin.headers)).json()
-    assert [p["slug"] for p in second["items"]] == ["other"]
+    listing = envelope(await api.get(f"{API}/admin/cms/pages", headers=admin.headers))
+    assert [p["slug"] for p in listing["items"]] == ["help", "other"] and listing["next_cursor"] is None
+    drafts = envelope(await api.get(f"{API}/admin/cms/pages?published=false", headers=admin.headers))
+    assert [p["slug"] for p in drafts["items"]] == ["other"] and drafts["next_cursor"] is None
+    assert await walk(api, f"{API}/admin/cms/pages", headers=admin.headers, limit=1) == listing["items"]
 
     assert (await api.delete(f"{API}/admin/cms/pages/{page['id']}", headers=admin.headers)).status_code == 204
     problem(await api.delete(f"{API}/admin/cms/pages/{page['id']}", headers=admin.headers), 404, "page_not_found")
@@ -336,7 +336,8 @@ async def test_faqs_public_list_order_and_cache(api: httpx.AsyncClient, admin: A
 
     response = await api.get(f"{API}/cms/faqs")
     assert response.status_code == 200
-    faqs = response.json()
+    assert response.json()["next_cursor"] is None  # one page
+    faqs = envelope(response)["items"]
     assert [f["id"] for f in faqs] == [general["id"], evil["id"], billing_1["id"], billing_2["id"]]
     assert draft["id"] not in {f["id"] for f in faqs}
     assert faqs[3]["answer_html"] == "<p>Within <strong>14 days</strong>.</p>\n"
@@ -347,17 +348,24 @@ async def test_faqs_public_list_order_and_cache(api: httpx.AsyncClient, admin: A
     assert response.headers["cache-control"] == "public, max-age=60"
     assert (await api.get(f"{API}/cms/faqs", headers={"If-None-Match": etag})).status_code == 304
 
-    only_billing = (await api.get(f"{API}/cms/faqs?category=billing")).json()
+    only_billing = (await api.get(f"{API}/cms/faqs?category=billing")).json()["items"]
     assert [f["id"] for f in only_billing] == [billing_1["id"], billing_2["id"]]
 
     # Publishing the draft changes the list, so the old tag no longer matches.
     updated = await api.put(f"{API}/admin/faqs/{draft['id']}", headers=admin.headers, json={"published": True})
     assert updated.status_code == 200 and updated.json()["published"] is True
     fresh = await api.get(f"{API}/cms/faqs", headers={"If-None-Match": etag})
-    assert fresh.status_code == 200 and draft["id"] in {f["id"] for f in fresh.json()}
+    assert fresh.status_code == 200 and draft["id"] in {f["id"] for f in fresh.json()["items"]}
 
-    admin_list = (await api.get(f"{API}/admin/faqs", headers=admin.headers)).json()
-    assert admin_list["total"] == 5
+    # Admins page through every FAQ in the public order (uncategorised first).
+    admin_list = envelope(await api.get(f"{API}/admin/faqs", headers=admin.headers))
+    in_order = [general, evil, billing_1, billing_2, draft]
+    assert [f["id"] for f in admin_list["items"]] == [f["id"] for f in in_order]
+    assert [f["id"] for f in fresh.json()["items"]] == [f["id"] for f in in_order]
+    for limit in (1, 2):
+        assert await walk(api, f"{API}/admin/faqs", headers=admin.headers, limit=limit) == admin_list["items"]
+    billing = await walk(api, f"{API}/admin/faqs", headers=admin.headers, params={"category": "billing"}, limit=1)
+    assert [f["id"] for f in billing] == [billing_1["id"], billing_2["id"], draft["id"]]
     unpublished = await api.put(f"{API}/admin/faqs/{draft['id']}", headers=admin.headers, json={"published": False})
     assert unpublished.json()["published"] is False
     drafts = (await api.get(f"{API}/admin/faqs?published=false", headers=admin.headers)).json()
@@ -403,7 +411,7 @@ async def test_admin_faq_edits_are_validated_and_audited(api: httpx.AsyncClient,
 
     assert (await api.delete(f"{API}/admin/faqs/{faq['id']}", headers=admin.headers)).status_code == 204
     problem(await api.get(f"{API}/admin/faqs/{faq['id']}", headers=admin.headers), 404, "faq_not_found")
-    assert (await api.get(f"{API}/cms/faqs")).json() == []
+    assert (await api.get(f"{API}/cms/faqs")).json() == {"items": [], "next_cursor": None}
 
     rows = await audit_rows(faq["id"])
     assert [row["action"] for row in rows] == ["faq.create", "faq.update", "faq.delete"]

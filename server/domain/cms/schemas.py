@@ -44,6 +44,13 @@ class FaqOut(msgspec.Struct):
     updated_at: datetime
 
 
+class FaqList(msgspec.Struct):
+    """The published FAQs: one page of at most 500, so ``next_cursor`` is always null."""
+
+    items: list[FaqOut]
+    next_cursor: str | None
+
+
 # -- admin -------------------------------------------------------------------------------------
 
 
@@ -62,8 +69,10 @@ class AdminPageOut(msgspec.Struct):
 
 
 class AdminPageList(msgspec.Struct):
+    """One page of pages, by slug; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
     items: list[AdminPageOut]
-    total: int
+    next_cursor: str | None
 
 
 class PageCreate(msgspec.Struct, forbid_unknown_fields=True):
@@ -95,8 +104,10 @@ class AdminFaqOut(msgspec.Struct):
 
 
 class AdminFaqList(msgspec.Struct):
+    """One page of FAQs in the public order; pass ``next_cursor`` as ``cursor`` for the next (null at the end)."""
+
     items: list[AdminFaqOut]
-    total: int
+    next_cursor: str | None
 
 
 class FaqCreate(msgspec.Struct, forbid_unknown_fields=True):

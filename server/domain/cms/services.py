@@ -27,6 +27,7 @@ from server.domain.cms.schemas import (
     AdminPageList,
     AdminPageOut,
     FaqCreate,
+    FaqList,
     FaqOut,
     FaqUpdate,
     PageCreate,
@@ -35,6 +36,7 @@ from server.domain.cms.schemas import (
 )
 from server.domain.tables.cms import FAQ, StaticPage
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
+from server.foundation.pagination import SortKey, keyset_page
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import unit_of_work
 
@@ -206,13 +208,14 @@ async def get_published_page(slug: str) -> PageOut:
     )
 
 
-async def list_published_faqs(category: str | None = None) -> list[FaqOut]:
-    """Published FAQs grouped by category (uncategorised first), in position order."""
+async def list_published_faqs(category: str | None = None) -> FaqList:
+    """Published FAQs grouped by category (uncategorised first), in position order: one
+    page of at most :data:`MAX_PUBLIC_FAQS`, so ``next_cursor`` is null."""
     query = FAQ.select().where(FAQ.published.eq(True))
     if category is not None:
         query = query.where(FAQ.category == category)
     rows = await query.order_by(_FAQ_ORDER).limit(MAX_PUBLIC_FAQS)
-    return [
+    items = [
         FaqOut(
             id=row["id"],
             question=row["question"],
@@ -224,24 +227,35 @@ async def list_published_faqs(category: str | None = None) -> list[FaqOut]:
         )
         for row in rows
     ]
+    return FaqList(items=items, next_cursor=None)
 
 
 # -- admin: pages ------------------------------------------------------------------------------
 
 
 async def list_pages(
-    admin: Principal, *, published: bool | None = None, limit: int = DEFAULT_PAGE_SIZE, offset: int = 0
+    admin: Principal, *, published: bool | None = None, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
 ) -> AdminPageList:
     """Every page (published or not, or filtered), by slug."""
     check_admin(admin)
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    query = StaticPage.select()
-    count = StaticPage.count()
+    sql = "SELECT p.* FROM static_pages p WHERE TRUE"
+    args: list[Any] = []
     if published is not None:
-        query = query.where(StaticPage.published == published)
-        count = count.where(StaticPage.published == published)
-    rows = await query.order_by(StaticPage.slug).limit(limit).offset(max(0, offset))
-    return AdminPageList(items=[_admin_page_out(row) for row in rows], total=await count)
+        sql += " AND p.published = {}"
+        args.append(published)
+    rows, next_cursor = await keyset_page(
+        StaticPage,
+        sql,
+        args,
+        leading=[SortKey("p.slug", "text")],
+        moment="p.created_at",
+        row_id="p.id",
+        cursor=cursor,
+        limit=limit,
+        descending=False,
+    )
+    return AdminPageList(items=[_admin_page_out(row) for row in rows], next_cursor=next_cursor)
 
 
 async def get_page(admin: Principal, page_id: uuid.UUID) -> AdminPageOut:
@@ -343,21 +357,32 @@ async def list_faqs(
     category: str | None = None,
     published: bool | None = None,
     limit: int = DEFAULT_PAGE_SIZE,
-    offset: int = 0,
+    cursor: str | None = None,
 ) -> AdminFaqList:
-    """Every FAQ (published or not, or filtered), in the public order."""
+    """Every FAQ (published or not, or filtered), in the public order (uncategorised first:
+    the key ``(coalesce(category, ''), position, created_at, id)``)."""
     check_admin(admin)
     limit = max(1, min(limit, MAX_PAGE_SIZE))
-    query = FAQ.select()
-    count = FAQ.count()
+    sql = "SELECT f.*, coalesce(f.category, '') AS category_key FROM faqs f WHERE TRUE"
+    args: list[Any] = []
     if category is not None:
-        query = query.where(FAQ.category == category)
-        count = count.where(FAQ.category == category)
+        sql += " AND f.category = {}"
+        args.append(category)
     if published is not None:
-        query = query.where(FAQ.published == published)
-        count = count.where(FAQ.published == published)
-    rows = await query.order_by(_FAQ_ORDER).limit(limit).offset(max(0, offset))
-    return AdminFaqList(items=[_admin_faq_out(row) for row in rows], total=await count)
+        sql += " AND f.published = {}"
+        args.append(published)
+    rows, next_cursor = await keyset_page(
+        FAQ,
+        sql,
+        args,
+        leading=[SortKey("coalesce(f.category, '')", "text", "category_key"), SortKey("f.position", "integer")],
+        moment="f.created_at",
+        row_id="f.id",
+        cursor=cursor,
+        limit=limit,
+        descending=False,
+    )
+    return AdminFaqList(items=[_admin_faq_out(row) for row in rows], next_cursor=next_cursor)
 
 
 async def get_faq(admin: Principal, faq_id: uuid.UUID) -> AdminFaqOut:

@@ -23,14 +23,14 @@ from server.domain.cms.schemas import (
     AdminPageList,
     AdminPageOut,
     FaqCreate,
-    FaqOut,
+    FaqList,
     FaqUpdate,
     PageCreate,
     PageOut,
     PageUpdate,
 )
 from server.foundation.state import AppState
-from server.http.params import int_query, text_query
+from server.http.params import Cursor, text_query
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
@@ -40,7 +40,6 @@ Client = NamedDependency[ClientInfo]
 # A client or shared cache may reuse a public CMS answer for a minute unasked, then revalidates.
 CACHE_CONTROL = "public, max-age=60"
 Limit = Annotated[int, QueryParameter(ge=1, le=services.MAX_PAGE_SIZE, description="page size")]
-Offset = Annotated[int, int_query(le=1_000_000, description="items to skip")]
 IfNoneMatch = Annotated[
     str | None,
     HeaderParameter(
@@ -108,7 +107,7 @@ class CmsController(Controller):
         self,
         category: Annotated[str | None, text_query(max_length=80, description="only this category")] = None,
         if_none_match: IfNoneMatch = None,
-    ) -> Response[list[FaqOut]]:
+    ) -> Response[FaqList]:
         """Published FAQs, uncategorised first, then by category and position; with ``ETag`` like pages."""
         return cacheable(await services.list_published_faqs(category), if_none_match)
 
@@ -129,10 +128,10 @@ class AdminCmsPageController(Controller):
         admin_principal: Admin,
         published: FromQuery[bool | None] = None,
         limit: Limit = services.DEFAULT_PAGE_SIZE,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> AdminPageList:
         """Every page, published or not (``published`` filters), by slug."""
-        return await services.list_pages(admin_principal, published=published, limit=limit, offset=offset)
+        return await services.list_pages(admin_principal, published=published, limit=limit, cursor=cursor)
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 409, 422))
     async def create_page(
@@ -180,11 +179,11 @@ class AdminFaqController(Controller):
         category: Annotated[str | None, text_query(max_length=80)] = None,
         published: FromQuery[bool | None] = None,
         limit: Limit = services.DEFAULT_PAGE_SIZE,
-        offset: Offset = 0,
+        cursor: Cursor = None,
     ) -> AdminFaqList:
         """Every FAQ, published or not, in the public order."""
         return await services.list_faqs(
-            admin_principal, category=category, published=published, limit=limit, offset=offset
+            admin_principal, category=category, published=published, limit=limit, cursor=cursor
         )
 
     @post("", status_code=HTTP_201_CREATED, responses=problem_responses(401, 403, 422))
