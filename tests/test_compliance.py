@@ -90,7 +90,8 @@ async def test_export_archive_holds_everything_the_user_owns(
 
     assert (await Notification.count().where(Notification.kind == "compliance.export_ready")) == 1
     listed = await api.get("/api/v1/users/me/exports", headers=alice.headers)
-    assert [e["id"] for e in listed.json()["items"]] == [request["id"]]
+    assert [e["id"] for e in listed.json()["items"]] == [request["id"]] and listed.json()["next_cursor"] is None
+    assert (await api.get("/api/v1/users/me/exports", headers=bob.headers)).json() == {"items": [], "next_cursor": None}
     # Nobody else sees it, and the archive is not among the files they can read.
     assert (await api.get(f"/api/v1/users/me/exports/{request['id']}", headers=bob.headers)).status_code == 404
     export_file = await ComplianceRequest.select(ComplianceRequest.result_file).first()

@@ -28,6 +28,7 @@ class ExportOut(msgspec.Struct):
 
 
 class ExportList(msgspec.Struct):
-    """Your most recent export requests, newest first."""
+    """Your export requests, newest first; pass ``next_cursor`` as ``cursor`` for the next page (null at the end)."""
 
     items: list[ExportOut]
+    next_cursor: str | None

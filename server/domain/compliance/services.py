@@ -60,6 +60,7 @@ from server.domain.tables.notes import Note
 from server.domain.tables.notifications import Notification
 from server.foundation.clock import now
 from server.foundation.errors import NotFound
+from server.foundation.pagination import keyset_page
 from server.foundation.state import AppState
 from server.foundation.storage import ChunkReader
 from server.foundation.unit_of_work import on_commit, unit_of_work
@@ -69,6 +70,8 @@ log = logging.getLogger("lounges.compliance")
 EXPORT_FORMAT = "lounges-export/1"
 EXPORT_JOB = "build_export"
 PAGE = 500
+DEFAULT_PAGE_SIZE = 20  # of GET /users/me/exports
+MAX_PAGE_SIZE = 100
 _OPEN = (ComplianceStatus.pending, ComplianceStatus.processing)
 _FILE_COLUMNS = (
     "id, owner, bucket, object_key, filename, content_type, size, sha256, purpose, lounge, status, created_at"
@@ -159,14 +162,21 @@ async def get_export(state: AppState, principal: Principal, request_id: uuid.UUI
     return await _export_out(state, row)
 
 
-async def list_exports(state: AppState, principal: Principal, *, limit: int = 20) -> ExportList:
-    rows = (
-        await ComplianceRequest.select()
-        .where(ComplianceRequest.user == principal.user_id, ComplianceRequest.kind == ComplianceKind.export)
-        .order_by(ComplianceRequest.requested_at, ascending=False)
-        .limit(limit)
+async def list_exports(
+    state: AppState, principal: Principal, *, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+) -> ExportList:
+    """The caller's export requests, newest first, each with a fresh link while its archive is kept."""
+    limit = max(1, min(limit, MAX_PAGE_SIZE))
+    rows, next_cursor = await keyset_page(
+        ComplianceRequest,
+        'SELECT r.* FROM compliance_requests r WHERE r."user" = {} AND r.kind = {}',
+        [principal.user_id, str(ComplianceKind.export)],
+        moment="r.requested_at",
+        row_id="r.id",
+        cursor=cursor,
+        limit=limit,
     )
-    return ExportList(items=[await _export_out(state, row) for row in rows])
+    return ExportList(items=[await _export_out(state, row) for row in rows], next_cursor=next_cursor)
 
 
 # -- the archive -----------------------------------------------------------------------------
