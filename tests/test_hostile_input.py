@@ -7,6 +7,8 @@ byte-for-byte what it was before the request. One parametrised test per route cl
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -91,6 +93,7 @@ async def _world(client: httpx.AsyncClient, community: Community) -> World:
         "faq": faq["id"],
         "page": page["id"],
         "application": application["id"],
+        "mentor": lounge["mentor_id"],
     }
     return World(admin, mentor, member, ids)
 
@@ -120,6 +123,14 @@ def _assert_refused(case: Case, response: httpx.Response) -> None:
         assert "NUL character (U+0000)" in body["detail"], f"{case}: {body}"
 
 
+def _cursor(values: list[Any]) -> str:
+    """A cursor as the API encodes one (URL-safe base64 of a JSON array), holding ``values``."""
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
+
+
+NOON = "2026-01-01T12:00:00+00:00"
+
+
 def _deeply_nested(depth: int = 100_000) -> bytes:
     return b'{"title": ' + b"[" * depth + b"]" * depth + b"}"
 
@@ -129,9 +140,13 @@ T = f"{API}/chat/threads/{{thread}}"
 
 CASES: dict[str, list[Case]] = {
     "lounges": [
-        Case("GET", f"{API}/lounges", "offset", who=None, params={"offset": BIG}),
+        Case("GET", f"{API}/lounges", "cursor", who=None, params={"cursor": NUL}),
         Case("GET", f"{API}/lounges", "q", who=None, params={"q": NUL}),
-        Case("GET", f"{L}/members", "offset", params={"offset": BIG}),
+        Case("GET", f"{L}/members", "cursor", params={"cursor": NUL}),
+        Case("GET", f"{L}/messages", "cursor", params={"cursor": NUL}),
+        # A well-formed cursor with an unstorable value inside: refused, never sent to PostgreSQL.
+        Case("GET", f"{L}/messages", None, params={"cursor": _cursor(["after", BIG])}),
+        Case("GET", f"{API}/lounges", None, who=None, params={"cursor": _cursor([NUL, str(uuid.uuid4())])}),
         Case("POST", f"{API}/lounges", "title", who="mentor", json={"title": NUL}),
         Case("POST", f"{API}/lounges", "description", who="mentor", json={"title": "t", "description": NUL}),
         Case("POST", f"{API}/lounges", "ai_persona", who="mentor", json={"title": "t", "ai_persona": NUL}),
@@ -154,7 +169,7 @@ CASES: dict[str, list[Case]] = {
         Case("POST", f"{L}/messages", None, content=_deeply_nested()),
     ],
     "threads": [
-        Case("GET", f"{API}/chat/threads", "offset", params={"offset": BIG}),
+        Case("GET", f"{API}/chat/threads", "cursor", params={"cursor": NUL}),
         Case("POST", f"{API}/chat/threads", "title", json={"title": NUL}),
         Case("PATCH", T, "title", json={"title": NUL}),
         Case("GET", f"{T}/messages", "before", params={"before": BIG}),
@@ -190,7 +205,8 @@ CASES: dict[str, list[Case]] = {
         Case("POST", f"{API}/admin/mentors/{{application}}/reject", "reason", "admin", json={"reason": NUL}),
     ],
     "notes": [
-        Case("GET", f"{API}/notes", "offset", params={"offset": BIG}),
+        Case("GET", f"{API}/notes", "cursor", params={"cursor": NUL}),
+        Case("GET", f"{API}/notes", None, params={"cursor": _cursor([True, "2026-01-01T00:00:00+00:00", NUL])}),
         Case("GET", f"{API}/notes", "tag", params={"tag": NUL}),
         Case("POST", f"{API}/notes", "title", json={"title": NUL}),
         Case("POST", f"{API}/notes", "content", json={"content": NUL}),
@@ -208,6 +224,13 @@ CASES: dict[str, list[Case]] = {
         Case("POST", f"{API}/admin/faqs", "answer_markdown", "admin", json={"question": "q", "answer_markdown": NUL}),
         Case("PUT", f"{API}/admin/faqs/{{faq}}", "category", "admin", json={"category": NUL}),
         Case("GET", f"{API}/admin/faqs", "category", "admin", params={"category": NUL}),
+        Case("GET", f"{API}/admin/faqs", None, "admin", params={"cursor": _cursor([NUL, 0, NOON, str(uuid.uuid4())])}),
+        Case(
+            "GET", f"{API}/admin/faqs", None, "admin", params={"cursor": _cursor(["a", BIG, NOON, str(uuid.uuid4())])}
+        ),
+        Case(
+            "GET", f"{API}/admin/cms/pages", None, "admin", params={"cursor": _cursor([NUL, NOON, str(uuid.uuid4())])}
+        ),
         Case("POST", f"{API}/admin/cms/pages", "title", "admin", json={"slug": "new", "title": NUL}),
         Case("PUT", f"{API}/admin/cms/pages/{{page}}", "body_markdown", "admin", json={"body_markdown": NUL}),
     ],
@@ -216,8 +239,10 @@ CASES: dict[str, list[Case]] = {
         Case("GET", f"{API}/admin/audit-log", "action", "admin", params={"action": NUL}),
         Case("GET", f"{API}/admin/audit-log", "target_type", "admin", params={"target_type": NUL}),
         Case("GET", f"{API}/admin/audit-log", "target_id", "admin", params={"target_id": NUL}),
-        Case("GET", f"{API}/files", "offset", params={"offset": BIG}),
-        Case("GET", f"{API}/billing/invoices", "offset", params={"offset": BIG}),
+        Case("GET", f"{API}/files", "cursor", params={"cursor": NUL}),
+        Case("GET", f"{API}/billing/invoices", "cursor", params={"cursor": NUL}),
+        Case("GET", f"{API}/users/me/exports", "cursor", params={"cursor": NUL}),
+        Case("GET", f"{API}/mentors/{{mentor}}/lounges", "cursor", None, params={"cursor": NUL}),
     ],
 }
 
