@@ -767,10 +767,10 @@ async def test_a_peer_that_never_answers_pings_is_closed_with_3012(settings: Set
 
 async def test_a_connection_whose_token_expires_is_closed_with_3005(settings: Settings, community: Community) -> None:
     user = await community.user("short-lived@example.com")
-    token = forge_token(settings, user, expires_in=2)
     # WS_EXPIRED_CLOSE_DELAY: the grace a connection gets to refresh after its expiry
     # (see the next tests); none here, so the test is quick.
     async with dedicated_node(settings, WS_EXPIRED_CLOSE_DELAY="0") as web, raw(web.ws_url) as sock:
+        token = forge_token(settings, user, expires_in=2)  # once the node is up: its start may take seconds
         connected = await sock.connect(token)
         assert connected["expires"] is True and 1 <= connected["ttl"] <= 2, connected
         code, _ = await sock.closed(timeout=6)
