@@ -32,6 +32,7 @@ from server.gateway.protobuf_codec import delimited
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.rawws import RawClient
+from tests.support.sdk import Encoding
 from tests.test_realtime_protocol import lounge_with_member, rss_bytes
 
 EXAMPLES = 700
@@ -156,15 +157,15 @@ def frames(lounge: str, thread: str, personal: str) -> st.SearchStrategy[bytes |
     return st.one_of(lines, mutated, arrays, nested, giant, flood, invalid_utf8)
 
 
-async def probe(url: str, token: str, frame: bytes | str, connect_first: bool, lounge: str) -> None:
-    """Send one fuzzed frame (and a sentinel command after it) and check what comes back."""
-    sock = await RawClient.open(url)
+async def probe(url: str, token: str, frame: bytes | str, connect_first: bool, lounge: str, encoding: Encoding) -> None:
+    """Send one fuzzed frame (and a sentinel command after it, in ``encoding``) and check what comes back."""
+    sock = await RawClient.open(url, encoding=encoding)
     try:
         if connect_first:
             await sock.connect(token)
         try:
             await sock.ws.send(frame)
-            await sock.send_raw(json.dumps({"id": SENTINEL, "presence_stats": {"channel": lounge}}))
+            await sock.send({"id": SENTINEL, "presence_stats": {"channel": lounge}})
             await sock.reply(SENTINEL, timeout=10)
         except ConnectionClosed:
             pass
@@ -197,7 +198,7 @@ async def test_fuzzed_frames_get_protocol_errors_never_a_crash(settings: Setting
             connect_first=st.booleans() | st.just(True),
         )
         def fuzz(frame: bytes | str, connect_first: bool) -> None:
-            asyncio.run(probe(url, token, frame, connect_first, channel))
+            asyncio.run(probe(url, token, frame, connect_first, channel, "json"))
             assert web.process is not None and web.process.poll() is None, "the node died"
 
         await asyncio.to_thread(fuzz)
@@ -304,32 +305,6 @@ def protobuf_frames(lounge: str, thread: str, personal: str) -> st.SearchStrateg
     return st.one_of(framed, mutated, st.binary(min_size=1, max_size=300), giant, flood)
 
 
-async def probe_protobuf(url: str, token: str, frame: bytes, connect_first: bool, lounge: str) -> None:
-    """:func:`probe` for a Protobuf socket."""
-    sock = await RawClient.open(url, encoding="protobuf")
-    try:
-        if connect_first:
-            await sock.connect(token)
-        try:
-            await sock.send_raw(frame)
-            await sock.send({"id": SENTINEL, "presence_stats": {"channel": lounge}})
-            await sock.reply(SENTINEL, timeout=10)
-        except ConnectionClosed:
-            pass
-        code = sock.ws.close_code
-        errors = [m["error"] for m in sock.inbox if "error" in m]
-        assert all(error["code"] != 100 for error in errors), errors
-        allowed = CLIENT_FAULT_CLOSES
-        if len(frame) > WEB_SERVER_LIMIT:
-            allowed = allowed | {1006}
-        assert code is None or code in allowed, (code, sock.ws.close_reason)
-        if code is None and connect_first:
-            await sock.send({"id": SENTINEL + 1, "presence_stats": {"channel": lounge}})
-            assert "error" not in await sock.reply(SENTINEL + 1), "the socket works on"
-    finally:
-        await sock.close()
-
-
 async def test_fuzzed_protobuf_frames_get_protocol_errors_never_a_crash(
     settings: Settings, community: Community
 ) -> None:
@@ -347,7 +322,7 @@ async def test_fuzzed_protobuf_frames_get_protocol_errors_never_a_crash(
             connect_first=st.booleans() | st.just(True),
         )
         def fuzz(frame: bytes, connect_first: bool) -> None:
-            asyncio.run(probe_protobuf(url, token, frame, connect_first, channel))
+            asyncio.run(probe(url, token, frame, connect_first, channel, "protobuf"))
             assert web.process is not None and web.process.poll() is None, "the node died"
 
         await asyncio.to_thread(fuzz)
