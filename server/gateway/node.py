@@ -35,6 +35,7 @@ from server.gateway.presence import Presence
 from server.gateway.subscriber import PERSONAL_PREFIX, REDIS_TIMEOUT, Subscriber, personal_channel, wire_decoder
 from server.gateway.sweeps import Sweeps
 from server.streams.broker import WIRE_JOIN, WIRE_LEAVE, WIRE_PUBLICATION, Wire, encode_wire, pubsub_channel
+from server.streams.online import mark_offline, mark_online
 
 log = logging.getLogger("lounges.realtime")
 
@@ -150,6 +151,19 @@ class Node:
             return
         self.by_user[principal.user_id] = {connection}
         await self.subscriber.listen(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
+        await self._set_online(principal.user_id, True)
+
+    async def _set_online(self, user_id: uuid.UUID, online: bool) -> None:
+        """Enter or leave this node in the user's online record (``server.streams.online``).
+        Never fails: without Redis the presence refresh enters it again, or it lapses."""
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                if online:
+                    await mark_online(self.state.redis, self.prefix, user_id, self.node_id, self.settings.presence_ttl)
+                elif user_id not in self.by_user:  # unless a new socket of the user came meanwhile
+                    await mark_offline(self.state.redis, self.prefix, user_id, self.node_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("online record not updated", extra={"user": str(user_id), "error": repr(exc)})
 
     def move_session(self, connection: Connection, old_session: uuid.UUID) -> None:
         """A refreshed token may belong to another session of the same user."""
@@ -167,6 +181,7 @@ class Node:
                 await self.subscriber.unlisten(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
             except RedisError as exc:
                 log.warning("unsubscribe from Redis failed", extra={"user": str(principal.user_id), "error": repr(exc)})
+            await self._set_online(principal.user_id, False)
 
     @staticmethod
     def _discard(index: dict[uuid.UUID, set[Connection]], key: uuid.UUID, connection: Connection) -> bool:

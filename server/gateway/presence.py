@@ -15,6 +15,7 @@ import msgspec
 
 from server.foundation.state import AppState
 from server.gateway.protocol import ClientInfo
+from server.streams.online import queue_refresh
 
 if TYPE_CHECKING:
     from server.gateway.connection import Connection
@@ -74,10 +75,11 @@ class Presence:
 
     async def refresh(self, node: Node) -> None:
         """Extend the expiry of every client of ``node`` in every channel it is in, and enter
-        those missing (their join fell into a Redis outage, or Redis came back empty)."""
+        those missing (their join fell into a Redis outage, or Redis came back empty); the
+        same for the node's entries in its users' online records."""
         expiry = time.time() + self._ttl
         async with self._redis.pipeline(transaction=False) as pipe:
-            queued = False
+            queued = queue_refresh(pipe, self._prefix, node.by_user, node.node_id, self._ttl)
             for hub in node.hubs.values():
                 members = [c for c in hub.subscribers if c.principal is not None and hub.name in c.subs]
                 if not members:
