@@ -34,6 +34,7 @@ from server.domain.tables.lounges import Lounge, LoungeMembership
 from server.domain.tables.mentors import Category, Mentor, MentorCategory
 from server.domain.tables.notes import Note
 from server.domain.tables.notifications import Notification
+from server.domain.tables.push import PushDevice, PushLog
 from server.streams.tables import Channel, ChannelPublication
 
 MIGRATIONS_FOLDER = Path(__file__).resolve().parent.parent / "piccolo_migrations"
@@ -69,6 +70,8 @@ ALL_TABLES: list[type[Table]] = [
     StripeEvent,
     AIUsage,
     Notification,
+    PushDevice,
+    PushLog,
     StaticPage,
     FAQ,
     ComplianceRequest,

@@ -70,6 +70,7 @@ RAW_INDEXES = {
     "notifications_user_created_at_idx",
     "notifications_user_unread_idx",
     "compliance_requests_status_requested_at_idx",
+    "push_log_user_created_at_idx",
 }
 
 # information_schema.columns.udt_name for each Piccolo column class.

@@ -185,6 +185,49 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Tell a user once a month when they have spent this percentage of their AI allowance.
     ai_budget_warning_percent: Annotated[int, msgspec.Meta(ge=1, le=100)] = 80
 
+    # Push notifications to sleeping mobile apps (docs/push.md). Neither APNS_KEY nor
+    # FCM_SERVICE_ACCOUNT set: nothing is queued for push and the rest of the product runs.
+    # APNs token-based provider auth: the .p8 key's PEM text ("\n" may stand for newlines),
+    # its key id (the JWT's kid) and the team id (its iss).
+    apns_key: str | None = None
+    apns_key_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{10}$")] | None = None
+    apns_team_id: Annotated[str, msgspec.Meta(pattern=r"^[A-Z0-9]{10}$")] | None = None
+    # Bundle ids (APNs topics) devices may register with; empty: any.
+    apns_bundle_ids: list[str] = msgspec.field(default_factory=list)
+    apns_base_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^/\s]+/?$")] = "https://api.push.apple.com"
+    apns_sandbox_base_url: Annotated[str, msgspec.Meta(pattern=r"^https://[^/\s]+/?$")] = (
+        "https://api.sandbox.push.apple.com"
+    )
+    # A PEM file of CA certificates to trust for APNs instead of the system's (an intercepting
+    # egress proxy; the tests' stand-in). Empty: the usual public roots.
+    apns_ca_file: str | None = None
+    # FCM HTTP v1: a Firebase service account's JSON key (its project_id is the default project).
+    fcm_service_account: str | None = None
+    fcm_api_base: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+/?$")] = "https://fcm.googleapis.com"
+    # What is pushed unless a user's notification_prefs say otherwise ("push": false stops all,
+    # "push:<kind>": true/false per kind, "mute:<lounge id>": true silences a lounge's messages).
+    push_kinds: list[str] = msgspec.field(
+        default_factory=lambda: [
+            "lounge.message",
+            "lounge.mention",
+            "thread.coach_reply",
+            "capsule.unlocked",
+            "lounge.invite",
+            "lounge.request_approved",
+            "lounge.request_declined",
+        ]
+    )
+    # Pushes one device may get per minute; more are dropped (and logged as rate_limited).
+    push_max_per_device_per_minute: PositiveInt = 10
+    # Devices one user may register; registering another drops the least recently registered.
+    push_max_devices_per_user: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+    # Attempts per push when APNs/FCM fail transiently (backoff 5 s, 10 s, 20 s ... at most 5 min).
+    push_max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 5
+    # Seconds per request to APNs, FCM and Google's token endpoint.
+    push_timeout: PositiveFloat = 10.0
+    # The push log (every attempt) is kept this many days (0: kept forever).
+    push_log_retention_days: Annotated[int, msgspec.Meta(ge=0)] = 30
+
     # Object storage and files. S3-compatible server (MinIO in production), e.g.
     # http://minio:9000. Empty: the dev launcher starts an embedded SeaweedFS S3 server;
     # elsewhere the file routes answer 503 storage_not_configured.
@@ -287,10 +330,44 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError("JWT_KEYS entries must be 'kid:secret' with a secret of at least 32 characters")
         if self.env == "production" and not self.jwt_keys:
             raise ValueError("JWT_KEYS must be set in production")
+        if self.apns_key is not None:
+            if "-----BEGIN PRIVATE KEY-----" not in apns_key_pem(self.apns_key):
+                raise ValueError("APNS_KEY must be the PEM text of the .p8 key (-----BEGIN PRIVATE KEY----- ...)")
+            if self.apns_key_id is None or self.apns_team_id is None:
+                raise ValueError("APNS_KEY needs APNS_KEY_ID and APNS_TEAM_ID")
+        if self.fcm_service_account is not None:
+            fcm_service_account_info(self.fcm_service_account)
 
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def push_configured(self) -> bool:
+        """Whether any push service is configured (otherwise nothing is queued for push)."""
+        return self.apns_key is not None or self.fcm_service_account is not None
+
+
+def apns_key_pem(value: str) -> str:
+    """``APNS_KEY`` as PEM text: a literal ``\\n`` stands for a newline (one-line env files)."""
+    return value.replace("\\n", "\n").strip() + "\n"
+
+
+_SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri", "project_id")
+
+
+def fcm_service_account_info(value: str) -> dict[str, str]:
+    """``FCM_SERVICE_ACCOUNT`` decoded: a service account's JSON key with the fields FCM needs."""
+    try:
+        info = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        raise ValueError("FCM_SERVICE_ACCOUNT must be a service account's JSON key") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account":
+        raise ValueError('FCM_SERVICE_ACCOUNT must be a JSON key of "type": "service_account"')
+    missing = [name for name in _SERVICE_ACCOUNT_FIELDS if not isinstance(info.get(name), str) or not info[name]]
+    if missing:
+        raise ValueError(f"FCM_SERVICE_ACCOUNT lacks {', '.join(missing)}")
+    return info
 
 
 def _check_url(variable: str, url: str, schemes: set[str]) -> None:
