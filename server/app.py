@@ -45,6 +45,7 @@ from server.http.routes.billing import BillingController
 from server.http.routes.capsules import CapsuleController
 from server.http.routes.cms import AdminCmsPageController, AdminFaqController, CmsController
 from server.http.routes.compliance import ExportController
+from server.http.routes.devices import AdminPushController, DeviceController
 from server.http.routes.files import FileController, UploadController
 from server.http.routes.lounges import LoungeController
 from server.http.routes.mentors import CategoryController, MentorController
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             NotesController,
             CapsuleController,
             NotificationController,
+            DeviceController,
             UploadController,
             FileController,
             ExportController,
@@ -109,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             AdminUserController,
             AdminStatsController,
             AdminAuditLogController,
+            AdminPushController,
             AdminCmsPageController,
             AdminFaqController,
         ],

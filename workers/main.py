@@ -22,6 +22,7 @@ from server.domain.ai import coach
 from server.domain.ai.streams import process_id, reap_dead_replies
 from server.domain.chat.coach_link import connect_coach
 from server.domain.llm.registry import build_providers
+from server.domain.push.providers import close_providers
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
@@ -36,6 +37,7 @@ from workers.files import FILES_FUNCTIONS, clean_files
 from workers.knowledge import KNOWLEDGE_FUNCTIONS
 from workers.mail import send_email
 from workers.notifications import prune_notifications
+from workers.push import PUSH_FUNCTIONS, prune_push
 
 log = logging.getLogger("lounges.worker")
 
@@ -50,6 +52,7 @@ FUNCTIONS = [
     *BILLING_FUNCTIONS,
     *FILES_FUNCTIONS,
     *COMPLIANCE_FUNCTIONS,
+    *PUSH_FUNCTIONS,
 ]
 
 # Scheduled jobs: ``unique`` (one run per slot across all workers), idempotent, retried with backoff.
@@ -57,6 +60,7 @@ FUNCTIONS = [
 CRON_JOBS = [
     cron(unlock_capsules, second=0, unique=True, max_tries=5, timeout=300),  # every minute
     cron(prune_notifications, hour=3, minute=17, second=0, unique=True, max_tries=5, timeout=600),  # daily
+    cron(prune_push, hour=3, minute=27, second=0, unique=True, max_tries=5, timeout=600),  # daily
     cron(billing_sweep, minute=set(range(0, 60, 5)), second=30, unique=True, max_tries=3, timeout=300),
     cron(clean_files, minute={7, 22, 37, 52}, second=0, unique=True, max_tries=3, timeout=900),  # orphaned files
 ]
@@ -189,6 +193,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         # first reply and could outlast its lease (reaped as worker_lost): import them now.
         build_providers(settings)
         ctx["worker_id"] = process_id("worker")
+        if not settings.push_configured:
+            log.info("push notifications are off: neither APNS_KEY nor FCM_SERVICE_ACCOUNT is set")
         ctx["reaper"] = asyncio.create_task(_reap_forever(state, ctx["worker_id"]), name="coach-reaper")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
@@ -198,6 +204,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             await asyncio.gather(reaper, return_exceptions=True)
         state: AppState | None = ctx.get("state")
         if state is not None:
+            await close_providers(state)
             await state.storage.close()
             await release_engine(state.engine)
 

@@ -36,12 +36,16 @@ TAGS = [
     Tag(name="files", description="Uploads (attachments, knowledge files, avatars) and downloads."),
     Tag(name="capsules", description="Time capsules: messages to yourself that unlock later."),
     Tag(name="notifications", description="In-app notifications and their read state."),
+    Tag(
+        name="devices",
+        description="Phones registered for push notifications (APNs, FCM) while no socket is connected, and the push log.",
+    ),
     Tag(name="billing", description="Plans, checkout and the customer portal (Stripe), usage."),
     Tag(name="cms", description="Public pages and FAQs."),
     Tag(name="compliance", description="Your data export."),
     Tag(
         name="admin",
-        description="Administration: mentor applications, users and roles, categories, CMS, stats, audit log.",
+        description="Administration: mentor applications, users and roles, categories, CMS, stats, audit log, push log.",
     ),
     Tag(name="health", description="Liveness and readiness probes."),
 ]

@@ -37,6 +37,7 @@ from server.domain.tables.accounts import (
 )
 from server.domain.tables.compliance import ComplianceRequest
 from server.domain.tables.files import File, FilePurpose, FileStatus
+from server.domain.tables.push import PushDevice
 from server.foundation.clock import now
 from server.foundation.control import ControlEvent, publish_control
 from server.foundation.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
@@ -185,7 +186,8 @@ async def _issue_pair(state: AppState, user_id: uuid.UUID, session_id: uuid.UUID
 async def revoke_sessions(
     user_id: uuid.UUID, reason: str, *, only: uuid.UUID | None = None, keep: uuid.UUID | None = None
 ) -> list[uuid.UUID]:
-    """Revoke the user's live sessions (one, or all but ``keep``); returns their ids."""
+    """Revoke the user's live sessions (one, or all but ``keep``); returns their ids. The push
+    devices those sessions registered go with them: a signed-out phone gets no more pushes."""
     query = UserSession.update({UserSession.revoked_at: now(), UserSession.revoked_reason: reason}).where(
         UserSession.user == user_id, UserSession.revoked_at.is_null()
     )
@@ -194,7 +196,10 @@ async def revoke_sessions(
     if keep is not None:
         query = query.where(UserSession.id != keep)
     rows = await query.returning(UserSession.id)
-    return [row["id"] for row in rows]
+    revoked = [row["id"] for row in rows]
+    if revoked:
+        await PushDevice.delete().where(PushDevice.session.is_in(revoked))
+    return revoked
 
 
 async def announce_revoked(state: AppState, user_id: uuid.UUID, session_ids: list[uuid.UUID], reason: str) -> None:

@@ -47,6 +47,7 @@ from server.domain.llm.providers import (
 )
 from server.domain.llm.registry import build_providers
 from server.domain.notifications.services import notify_budget_nearly_used
+from server.domain.push.delivery import queue_coach_reply_push, queue_lounge_message_push
 from server.domain.tables.chat import MessageStatus
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
@@ -212,6 +213,11 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
             await notify_budget_nearly_used(state, asker, budget.used, budget.allowance)
     if stored is None:
         return "worker_lost"
+    if status == MessageStatus.complete:  # to whoever is away (never raises)
+        if channel.startswith("thread:"):
+            await queue_coach_reply_push(state, channel, stored.offset)
+        elif channel.startswith("lounge:"):
+            await queue_lounge_message_push(state, channel, stored.offset)
     if status == MessageStatus.complete and channel.startswith("thread:"):
         title = await title_thread(state, channel, context.get("question", ""), "".join(text))
         if title is not None:

@@ -36,6 +36,7 @@ from server.domain.chat.rows import (
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
 from server.domain.llm.providers import Usage
 from server.domain.notifications.services import forget_mentions, notify_mentions, rename_mentions, reword_mentions
+from server.domain.push.delivery import queue_lounge_message_push
 from server.domain.tables.chat import ChatThread, Message, MessageReaction, MessageStatus, SenderType
 from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
@@ -252,6 +253,8 @@ async def _post_message(
     )
     await broadcast(state, [publication])
     await notify_mentions(state, name, message)
+    if access.name.kind == "lounge":  # to the members who are away (never raises)
+        await queue_lounge_message_push(state, name, offset)
     try:  # the message is stored: a coach reply that cannot be queued (Redis away) must not undo its ack
         async with asyncio.timeout(COACH_QUEUE_TIMEOUT):
             await maybe_answer(

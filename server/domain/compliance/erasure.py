@@ -16,6 +16,7 @@ from server.domain.tables.chat import ChatThread, Message
 from server.domain.tables.compliance import ComplianceRequest
 from server.domain.tables.notes import Note
 from server.domain.tables.notifications import Notification
+from server.domain.tables.push import PushDevice, PushLog
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import forget_channels
@@ -31,7 +32,7 @@ async def erase_account(state: AppState, user_id: str, request_id: str) -> str:
     attachments and reactions gone, author "Deleted user"), in the channel log and
     in every cache of it too (:func:`server.domain.chat.messages.erase_authored_messages`);
     one-to-one AI threads (messages and channel logs), notes, capsules, notifications,
-    sessions, identities and the security log go; so do the user's files (rows
+    push devices and the push log, sessions, identities and the security log go; so do the user's files (rows
     and objects) and knowledge chunks, while payments stay, anonymised
     (:mod:`server.domain.compliance.services`).
     """
@@ -54,6 +55,8 @@ async def erase_account(state: AppState, user_id: str, request_id: str) -> str:
             (Note, Note.user),
             (TimeCapsule, TimeCapsule.user),
             (Notification, Notification.user),
+            (PushLog, PushLog.user),
+            (PushDevice, PushDevice.user),
             (OAuthAccount, OAuthAccount.user),
             (ActionToken, ActionToken.user),
             (SecurityEvent, SecurityEvent.user),

@@ -15,7 +15,10 @@ secrets), ``identities``, ``sessions``, ``security_events``,
 (each with all its ``messages``, the coach's replies included),
 ``lounge_messages`` (the user's own posts in lounges), ``reactions``,
 ``notes``, ``capsules`` (metadata; the content only once unlocked),
-``notifications``, ``files`` (metadata; the bytes stay downloadable through
+``notifications``, ``push_devices`` (each device's platform, app, locale and dates with
+``token_hint``, the token's last 8 characters: the token itself is a delivery address
+for the push services, of no use to its owner and harmful in a leaked archive),
+``push_log`` (what was pushed: kinds, ids and outcomes, never text), ``files`` (metadata; the bytes stay downloadable through
 ``/files/{id}``), ``billing`` (customer, subscriptions, payments),
 ``ai_usage`` and ``compliance_requests``. Password and token hashes are never
 included.
@@ -46,6 +49,7 @@ from server.domain.accounts.services import Principal
 from server.domain.compliance.schemas import ExportList, ExportOut
 from server.domain.files.services import detach, discard_upload, purge_files
 from server.domain.notifications.services import notify_on_commit
+from server.domain.push.devices import export_devices
 from server.domain.tables.accounts import OAuthAccount, SecurityEvent, User, UserSession
 from server.domain.tables.ai import AIUsage
 from server.domain.tables.billing import BillingCustomer, Payment, Subscription
@@ -58,6 +62,7 @@ from server.domain.tables.lounges import Lounge, LoungeMembership
 from server.domain.tables.mentors import Mentor
 from server.domain.tables.notes import Note
 from server.domain.tables.notifications import Notification
+from server.domain.tables.push import PushLog
 from server.foundation.clock import now
 from server.foundation.errors import NotFound
 from server.foundation.pagination import keyset_page
@@ -256,6 +261,11 @@ async def _memberships(user_id: uuid.UUID) -> AsyncIterator[dict[str, Any]]:
         yield {**membership, "lounge_title": lounge["title"] if lounge else None}
 
 
+async def _push_devices(user_id: uuid.UUID) -> AsyncIterator[dict[str, Any]]:
+    for row in await export_devices(user_id):
+        yield row
+
+
 async def _nothing() -> AsyncIterator[dict[str, Any]]:
     return
     yield
@@ -313,6 +323,8 @@ async def export_chunks(user_id: uuid.UUID) -> AsyncIterator[bytes]:
         ("notes", _paged(Note, Note.user == user_id)),
         ("capsules", _capsules(user_id)),
         ("notifications", _paged(Notification, Notification.user == user_id)),
+        ("push_devices", _push_devices(user_id)),
+        ("push_log", _paged(PushLog, PushLog.user == user_id)),
         ("files", _files(user_id)),
         ("ai_usage", _paged(AIUsage, AIUsage.user == user_id)),
         ("compliance_requests", _paged(ComplianceRequest, ComplianceRequest.user == user_id)),

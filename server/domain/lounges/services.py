@@ -39,7 +39,7 @@ from server.domain.lounges.schemas import (
     MemberPage,
     MemberUpdate,
 )
-from server.domain.notifications.services import notify_on_commit
+from server.domain.notifications.services import NotificationKind, notify_on_commit
 from server.domain.tables.accounts import Role, User
 from server.domain.tables.lounges import Lounge, LoungeAccess, LoungeMembership, MembershipRole, MembershipStatus
 from server.domain.tables.mentors import Category, Mentor, MentorStatus
@@ -425,9 +425,19 @@ async def do_remove_member(state: AppState, principal: Principal, lounge_id: uui
         raise Forbidden("the mentor cannot be removed", code="cannot_moderate_mentor")
     if target["role"] == MembershipRole.moderator and not (context.is_mentor or context.is_admin):
         raise Forbidden("moderators cannot remove moderators", code="not_lounge_owner")
-    await LoungeMembership.update(
-        {LoungeMembership.status: MembershipStatus.removed, LoungeMembership.role: MembershipRole.member}
-    ).where(LoungeMembership.id == target["id"])
+    async with unit_of_work(state.engine):
+        await LoungeMembership.update(
+            {LoungeMembership.status: MembershipStatus.removed, LoungeMembership.role: MembershipRole.member}
+        ).where(LoungeMembership.id == target["id"])
+        if target["status"] == MembershipStatus.requested:  # a declined request: tell the asker
+            await notify_on_commit(
+                state,
+                user_id,
+                kind=NotificationKind.lounge_request_declined,
+                title=f"Your request to join {context.lounge.title} was declined",
+                body="",
+                data={"lounge_id": str(lounge_id), "by": str(principal.user_id)},
+            )
     await _announce_access_lost(state, user_id, context.lounge.channel, "removed")
 
 

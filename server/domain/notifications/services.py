@@ -17,6 +17,11 @@ Two steps, so that nothing is pushed or mailed for a transaction that rolls back
 for the commit. ``notify(state, user_id, ...)`` is the same in a unit of work of its own
 (billing: ``notify(state, user_id, kind=NotificationKind.payment_failed, ...)``).
 
+Push: once pushed live, a notification is queued for push to the user's phones
+(``push_notification``, :mod:`server.domain.push.delivery`, which decides at delivery time:
+not while a socket of the user is connected, and per the user's push preferences) when
+APNs or FCM is configured.
+
 Mail preferences live in ``users.notification_prefs``: ``{"email": false}`` stops
 all notification mail; ``{"email:<kind>": true|false}`` turns one kind on or off;
 otherwise ``NOTIFICATION_EMAIL_KINDS`` decides. Only active accounts with a
@@ -31,6 +36,7 @@ mentioned active members of that lounge, except the author, at most
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import re
@@ -41,6 +47,7 @@ from functools import partial
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from server.domain.accounts.services import Principal
 from server.domain.notifications.schemas import NotificationOut, NotificationPage, ReadResult
@@ -55,6 +62,11 @@ from server.foundation.unit_of_work import on_commit, unit_of_work
 from server.streams.broker import broadcast_ephemeral
 
 log = logging.getLogger("lounges.notifications")
+
+# The arq job that pushes a stored notification to the user's phones (server.domain.push,
+# which sits above this package, registers it under this name; workers/push.py).
+PUSH_JOB = "push_notification"
+PUSH_QUEUE_TIMEOUT = 1.0
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -74,6 +86,7 @@ class NotificationKind(enum.StrEnum):
     mentor_rejected = "mentor.rejected"  # mentor_id, reason
     lounge_invite = "lounge.invite"  # lounge_id, by
     lounge_request_approved = "lounge.request_approved"  # lounge_id, by
+    lounge_request_declined = "lounge.request_declined"  # lounge_id, by
     lounge_mention = "lounge.mention"  # lounge_id, channel, offset, message_id, by
     capsule_unlocked = "capsule.unlocked"  # capsule_id, title, unlock_at, unlocked_at
     payment_succeeded = "payment.succeeded"  # set by billing (e.g. invoice_id, amount, currency)
@@ -185,6 +198,7 @@ async def _deliver(state: AppState, notification_id: uuid.UUID) -> None:
             "unread_count": await unread_count(row["user"]),
         },
     )
+    await _queue_push(state, notification_id)
     prefs = _json(row["notification_prefs"]) or {}
     if (
         row["emailed_at"] is not None
@@ -204,6 +218,20 @@ async def _deliver(state: AppState, notification_id: uuid.UUID) -> None:
     except Exception:
         await Notification.raw("UPDATE notifications SET emailed_at = NULL WHERE id = {}", notification_id)
         raise
+
+
+async def _queue_push(state: AppState, notification_id: uuid.UUID) -> None:
+    """Queue the push of a delivered notification (once: the job id is the notification's).
+    A failure is logged: the notification is stored and pushed live already."""
+    if not state.settings.push_configured:
+        return
+    try:
+        async with asyncio.timeout(PUSH_QUEUE_TIMEOUT):
+            await state.redis.enqueue_job(
+                PUSH_JOB, str(notification_id), _job_id=f"push:notification:{notification_id}"
+            )
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("notification push not queued", extra={"notification_id": str(notification_id), "error": repr(exc)})
 
 
 def _mail(settings: Settings, row: dict[str, Any]) -> Mail:
