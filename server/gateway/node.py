@@ -151,16 +151,19 @@ class Node:
             return
         self.by_user[principal.user_id] = {connection}
         await self.subscriber.listen(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
-        await self._set_online(principal.user_id, True)
+        self.spawn(self._set_online(principal.user_id, True))  # beside the connect: never delays it
 
     async def _set_online(self, user_id: uuid.UUID, online: bool) -> None:
-        """Enter or leave this node in the user's online record (``server.streams.online``).
-        Never fails: without Redis the presence refresh enters it again, or it lapses."""
+        """Enter or leave this node in the user's online record (``server.streams.online``),
+        unless the user's sockets here came or went meanwhile. Never fails: without Redis the
+        presence refresh enters it again, or it lapses within ``PRESENCE_TTL``."""
+        if online != (user_id in self.by_user):
+            return
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 if online:
                     await mark_online(self.state.redis, self.prefix, user_id, self.node_id, self.settings.presence_ttl)
-                elif user_id not in self.by_user:  # unless a new socket of the user came meanwhile
+                else:
                     await mark_offline(self.state.redis, self.prefix, user_id, self.node_id)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("online record not updated", extra={"user": str(user_id), "error": repr(exc)})
