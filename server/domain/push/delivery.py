@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -55,6 +56,7 @@ COACH_REPLY_JOB = "push_coach_reply"
 RETRY_JOB = "push_retry"
 QUEUE_TIMEOUT = 1.0  # seconds a trigger waits for Redis to queue a push job; the push is lost past it
 CONCURRENCY = 20  # requests in flight per job (HTTP/2 multiplexes them on one APNs connection)
+BATCH = 500  # devices sent to, then logged, at a time
 
 
 # -- preferences -------------------------------------------------------------------------------
@@ -286,8 +288,20 @@ async def deliver(
         async with gate:
             return await _send(state, target, push, attempt)
 
-    outcomes = await asyncio.gather(*(one(target, push) for target, push in sends))
-    return await _settle(state, list(zip(sends, outcomes, strict=True)), attempt)
+    counts: Counter[str] = Counter()
+    for start in range(0, len(sends), BATCH):  # a big lounge's pushes are logged as they go
+        batch = sends[start : start + BATCH]
+        outcomes = await asyncio.gather(*(one(target, push) for target, push in batch))
+        counts += await _settle(state, list(zip(batch, outcomes, strict=True)), attempt)
+    if counts[PushStatus.skipped]:  # once per job, however many devices
+        unconfigured = sorted(
+            {target.platform for target, _ in sends if providers_of(state).of(target.platform) is None}
+        )
+        log.warning(
+            "push skipped: service not configured",
+            extra={"platforms": unconfigured, "devices": counts[PushStatus.skipped]},
+        )
+    return ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
 
 
 async def _unread_counts(user_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
@@ -317,14 +331,14 @@ async def _send(state: AppState, target: Target, push: Push, attempt: int) -> Ou
         return Outcome(PushStatus.failed, reason=f"{type(exc).__name__}"[:200])
 
 
-async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outcome]], attempt: int) -> str:
-    """Log every attempt, prune dead tokens, stamp the sent, queue the retries."""
+async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outcome]], attempt: int) -> Counter[str]:
+    """Log every attempt, prune dead tokens, stamp the sent, queue the retries; the count per status."""
     settings = state.settings
     final = attempt >= settings.push_max_attempts
     retries: list[dict[str, Any]] = []
     delay = 5.0 * 2 ** (attempt - 1)
     rows: list[PushLog] = []
-    counts: dict[str, int] = {}
+    counts: Counter[str] = Counter()
     for (target, push), outcome in results:
         status = outcome.status
         if status == PushStatus.retrying:
@@ -335,7 +349,7 @@ async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outc
                     {"device": str(target.device_id), "user": str(target.user_id), "push": msgspec.to_builtins(push)}
                 )
                 delay = max(delay, outcome.retry_after or 0.0)
-        counts[status] = counts.get(status, 0) + 1
+        counts[status] += 1
         rows.append(
             PushLog(
                 id=uuid.uuid4(),
@@ -363,9 +377,6 @@ async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outc
             await PushDevice.raw("UPDATE push_devices SET last_pushed_at = now() WHERE id = ANY({}::uuid[])", sent)
         if pruned:
             await PushDevice.raw("DELETE FROM push_devices WHERE id = ANY({}::uuid[])", pruned)
-    skipped = sorted({outcome.reason for _, outcome in results if outcome.status == PushStatus.skipped})
-    if skipped:
-        log.warning("push skipped: service not configured", extra={"reasons": skipped, "devices": counts["skipped"]})
     if retries:
         try:  # the attempts are logged: a failure here must not make the job send them all again
             await state.redis.enqueue_job(
@@ -373,7 +384,7 @@ async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outc
             )
         except (RedisError, OSError) as exc:
             log.error("push retries not queued", extra={"devices": len(retries), "error": repr(exc)})
-    return ", ".join(f"{status} {count}" for status, count in sorted(counts.items()))
+    return counts
 
 
 # -- housekeeping ------------------------------------------------------------------------------
