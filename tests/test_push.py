@@ -415,7 +415,7 @@ async def test_nothing_is_pushed_while_a_socket_is_connected_on_another_node(
     try:
         await socket.connect()
         await socket.ready()
-        async with asyncio.timeout(5):  # what the worker reads (written beside the connect)
+        async with asyncio.timeout(2):  # what the worker reads (written beside the connect)
             while await online_users(state.redis, prefix, [uid]) != {uid}:
                 await asyncio.sleep(0.02)
         await post(people, mentor, lounge, "Are you there?")
