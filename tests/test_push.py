@@ -22,7 +22,8 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.domain.compliance.services import export_chunks
-from server.domain.tables.accounts import Role, User
+from server.domain.push.delivery import prune_push_data
+from server.domain.tables.accounts import Role, User, UserSession
 from server.domain.tables.capsules import TimeCapsule
 from server.domain.tables.push import PushDevice, PushLog
 from server.foundation.settings import Settings
@@ -566,11 +567,13 @@ async def test_a_transient_failure_is_retried_with_backoff_for_that_device_only(
     await device(api, ada, "apns", flaky)
     await device(api, ada, "fcm", steady)
     apns.fail_times[flaky] = 1  # one 503, then fine
+    fcm.revoke_access_tokens(and_the_next=1)  # FCM refuses the worker's first access token: renewed, sent
     assert (await people.join(ada, lounge)).status_code == 200
     await post(people, mentor, lounge, "Keep going")
     await run_push_jobs()  # the retry is deferred ~5 s; the burst worker waits for it
     assert [r.status for r in apns.received] == [503, 200]
     assert len(fcm.delivered(steady)) == 1  # not pushed twice
+    assert [r.status for r in fcm.received] == [401, 200] and fcm.token_requests == 2
     logged = sorted((p["platform"], p["attempt"], p["status"]) for p in await pushes_of(api, ada))
     assert logged == [("apns", 1, "retrying"), ("apns", 2, "sent"), ("fcm", 1, "sent")]
 
@@ -700,3 +703,40 @@ async def test_a_device_whose_service_is_not_configured_is_skipped_and_logged_on
             ("apns", "skipped", "apns_not_configured"),
             ("fcm", "sent", ""),
         ]
+
+
+async def test_the_daily_job_prunes_the_old_log_and_devices_of_expired_sessions(
+    api: httpx.AsyncClient, people: Community, push_settings: Settings, state: AppState
+) -> None:
+    ada = await people.user("ada@example.com")
+    kept = await device(api, ada, "fcm", fcm_token())
+    later = await login(api, ada.email)
+    expired = (
+        await api.post(
+            f"{API}/devices",
+            json={"platform": "fcm", "token": fcm_token()},
+            headers={"Authorization": f"Bearer {later['access_token']}"},
+        )
+    ).json()["id"]
+    await UserSession.update({UserSession.expires_at: datetime.now(UTC) - timedelta(minutes=1)}).where(
+        UserSession.id
+        == (await PushDevice.select(PushDevice.session).where(PushDevice.id == uuid.UUID(expired)).first())["session"]
+    )
+    uid = uuid.UUID(ada.id)
+    for age in (31, 1):
+        await PushLog.insert(
+            PushLog(
+                user=uid,
+                platform="fcm",
+                token_hint="abcdefgh",
+                kind="lounge.message",
+                collapse_id="lounge:x",
+                status="sent",
+                reason="",
+                provider_id="",
+                created_at=datetime.now(UTC) - timedelta(days=age),
+            )
+        )
+    assert await prune_push_data(state) == (1, 1)
+    assert [str(row["id"]) for row in await PushDevice.select(PushDevice.id)] == [kept]
+    assert await PushLog.count() == 1

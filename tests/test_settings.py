@@ -40,6 +40,11 @@ def test_values_are_converted_from_strings() -> None:
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"APNS_KEY": "not a key", "APNS_KEY_ID": "ABC123DEFG", "APNS_TEAM_ID": "TEAM123456"}, "APNS_KEY"),
+        ({"APNS_KEY": "-----BEGIN PRIVATE KEY-----\\nMIG...\\n-----END PRIVATE KEY-----"}, "APNS_KEY_ID"),
+        ({"APNS_KEY_ID": "short"}, "APNS_KEY_ID"),
+        ({"FCM_SERVICE_ACCOUNT": "{not json"}, "FCM_SERVICE_ACCOUNT"),
+        ({"FCM_SERVICE_ACCOUNT": '{"type": "service_account", "project_id": "p"}'}, "FCM_SERVICE_ACCOUNT"),
     ],
 )
 def test_bad_values_name_the_variable(environ: dict[str, str], names: str) -> None:

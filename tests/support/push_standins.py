@@ -302,6 +302,7 @@ class FcmStandin:
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.private_key_id = secrets.token_hex(20)
         self._access_tokens: set[str] = set()
+        self._refuse = 0
 
     @property
     def token_uri(self) -> str:
@@ -332,9 +333,11 @@ class FcmStandin:
             if r.status == 200 and (token is None or r.body.get("message", {}).get("token") == token)
         ]
 
-    def revoke_access_tokens(self) -> None:
-        """Every access token issued so far stops working (401), as when it expires early."""
+    def revoke_access_tokens(self, *, and_the_next: int = 0) -> None:
+        """Every access token issued so far stops working (401), as when it expires early, and
+        so do the next ``and_the_next`` ones issued."""
         self._access_tokens.clear()
+        self._refuse = and_the_next
 
     def _token(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         self.token_requests += 1
@@ -357,7 +360,10 @@ class FcmStandin:
         if FCM_SCOPE not in str(claims.get("scope", "")).split():
             return 400, {"error": "invalid_scope"}
         token = "ya29." + secrets.token_urlsafe(32)
-        self._access_tokens.add(token)
+        if self._refuse:
+            self._refuse -= 1
+        else:
+            self._access_tokens.add(token)
         return 200, {"access_token": token, "expires_in": 3599, "token_type": "Bearer"}
 
     def _send(self, path: str, headers: dict[str, str], body: Any) -> tuple[int, dict[str, Any]]:
