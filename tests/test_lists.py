@@ -27,6 +27,7 @@ from server.domain.tables.admin import AdminAuditLog
 from server.domain.tables.billing import Payment, Plan
 from server.domain.tables.compliance import ComplianceRequest
 from server.domain.tables.notifications import Notification
+from server.domain.tables.push import PushLog
 from server.foundation.settings import Settings
 from tests.support.accounts import Account
 from tests.support.community import Community
@@ -52,6 +53,8 @@ TIED_COLUMNS = {
     "notes": ["updated_at"],
     "notifications": ["created_at"],
     "compliance_requests": ["requested_at"],
+    "push_devices": ["updated_at"],
+    "push_log": ["created_at"],
 }
 ENVELOPE_KEYS = {"items", "next_cursor"}
 OLD_KEYS = {"total", "offset", "limit", "has_more"}
@@ -152,8 +155,28 @@ async def _world(
         body = {"title": f"Capsule {i}", "content": "later", "unlock_at": unlock_at}
         await _ok(await api.post(f"{API}/capsules", json=body, headers=as_member))
 
+    for i in range(3):
+        body = {"platform": "fcm", "token": f"device-{i}-{uuid.uuid4().hex}:APA91b{uuid.uuid4().hex}"}
+        await _ok(await api.post(f"{API}/devices", json=body, headers=as_member))
+
     member_id = uuid.UUID(member.id)
     now = datetime.now(UTC)
+    await PushLog.insert(
+        *(
+            PushLog(
+                user=member_id,
+                platform="fcm",
+                token_hint="abcdefgh",
+                kind="lounge.message",
+                collapse_id="lounge:x",
+                status="sent",
+                reason="",
+                provider_id="",
+                created_at=now,
+            )
+            for _ in range(3)
+        )
+    )
     await Plan.insert(
         Plan(code="free", name="Free", amount_cents=0, created_at=now),
         Plan(code="pro", name="Pro", amount_cents=1200, created_at=now),
@@ -185,9 +208,12 @@ async def _world(
         Walk("GET /api/v1/billing/invoices", f"{API}/billing/invoices", "member", 3),
         Walk("GET /api/v1/capsules", f"{API}/capsules", "member", 3),
         Walk("GET /api/v1/categories", f"{API}/categories", None, 3, bounded=True),
+        Walk("GET /api/v1/admin/users/{user_id}/pushes", f"{API}/admin/users/{member_id}/pushes", "admin", 3),
         Walk("GET /api/v1/chat/threads", f"{API}/chat/threads", "member", 3),
         Walk("GET /api/v1/chat/threads/{id}/messages", f"{API}/chat/threads/{thread}/messages", "member", 3),
         Walk("GET /api/v1/cms/faqs", f"{API}/cms/faqs", None, 4, bounded=True),
+        Walk("GET /api/v1/devices", f"{API}/devices", "member", 3),
+        Walk("GET /api/v1/devices/pushes", f"{API}/devices/pushes", "member", 3),
         Walk("GET /api/v1/files", f"{API}/files", "member", 3),
         Walk("GET /api/v1/lounges", f"{API}/lounges", None, 3),  # the private one is not listed to strangers
         Walk("GET /api/v1/lounges", f"{API}/lounges", "mentor", 4),

@@ -16,7 +16,7 @@ from server.domain.accounts.services import Principal
 from server.domain.push import attempts, devices
 from server.domain.push.schemas import DeviceIn, DeviceOut, DevicePage, PushPage
 from server.foundation.state import AppState
-from server.http.params import text_query
+from server.http.params import Cursor
 from server.http.problems import problem_responses
 
 State = NamedDependency[AppState]
@@ -24,7 +24,6 @@ Caller = NamedDependency[Principal]
 Admin = NamedDependency[Principal]
 
 Limit = Annotated[int, QueryParameter(ge=1, le=devices.MAX_PAGE_SIZE, description="page size")]
-Cursor = Annotated[str | None, text_query(max_length=200, description="next_cursor of the previous page")]
 
 
 class DeviceController(Controller):
