@@ -110,3 +110,128 @@ def wait_for_quiet(max_wait: float, threshold: float = 15.0, interval: float = 0
         busy = machine_busy_percent(interval)
         if busy < threshold or time.monotonic() >= deadline:
             return busy
+
+
+# -- a process and its descendants (``serve --workers N``: a supervisor and N forked nodes) ------
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of ``pid`` (every thread's ``/proc/<pid>/task/<tid>/children``); ``[]`` if it is gone."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return found
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as listing:
+                found += [int(child) for child in listing.read().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return found
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` followed by all its descendants (depth first)."""
+    tree = [pid]
+    for child in children(pid):
+        tree += process_tree(child)
+    return tree
+
+
+def tree_rss_kib(pid: int) -> int | None:
+    """``VmRSS`` summed over ``pid`` and its descendants; ``None`` if ``pid`` is gone.
+
+    Pages a forked child still shares with its parent count once per process:
+    use differences (before/after), or :func:`pss_kib` for the group's real share.
+    """
+    readings = [rss_kib(p) for p in process_tree(pid)]
+    if readings[0] is None:
+        return None
+    return sum(r for r in readings if r is not None)
+
+
+def tree_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` and its live descendants; ``None`` if ``pid`` is gone."""
+    readings = [cpu_seconds(p) for p in process_tree(pid)]
+    if readings[0] is None:
+        return None
+    return sum(r for r in readings if r is not None)
+
+
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size of ``pid`` (``/proc/<pid>/smaps_rollup``): shared pages divided
+    among the processes sharing them, so a group's PSS adds up to what it really holds."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    return None
+
+
+def _socket_inodes(port: int, states: set[str]) -> set[str]:
+    """Inodes of the TCP sockets whose *local* port is ``port`` in one of ``states``
+    (``/proc/net/tcp`` codes: ``01`` established, ``0A`` listening)."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] in states:
+                        inodes.add(fields[9])
+        except FileNotFoundError:
+            continue
+    return inodes
+
+
+def _fds_of(pid: int, inodes: set[str]) -> list[int]:
+    """``pid``'s file descriptors that are sockets with one of ``inodes``."""
+    found: list[int] = []
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return found
+    for name in names:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            found.append(int(name))
+    return found
+
+
+def sockets_by_process(pid: int, port: int) -> dict[int, int]:
+    """Established TCP connections on local ``port`` held by ``pid`` and each descendant
+    (a server's clients, per process)."""
+    inodes = _socket_inodes(port, {"01"})
+    return {p: len(_fds_of(p, inodes)) for p in process_tree(pid)}
+
+
+def accepting(pid: int, port: int) -> bool:
+    """Whether ``pid``'s event loop watches its listening socket on ``port``: one of its
+    epoll instances lists that descriptor (``tfd:`` lines of ``/proc/<pid>/fdinfo``). A
+    forked node does so once it has started up and accepts connections."""
+    listening = set(_fds_of(pid, _socket_inodes(port, {"0A"})))
+    if not listening:
+        return False
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    for name in names:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{name}") != "anon_inode:[eventpoll]":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{name}", "rb") as info:
+                watched = {int(line.split()[1]) for line in info if line.startswith(b"tfd:")}
+        except OSError:
+            continue
+        if watched & listening:
+            return True
+    return False
