@@ -63,7 +63,17 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from bench.loadgen import percentile
-from bench.procfs import cpu_seconds, machine_cpu_seconds, raise_nofile, rss_kib
+from bench.procfs import (
+    cpu_seconds,
+    machine_cpu_seconds,
+    process_tree,
+    pss_kib,
+    raise_nofile,
+    rss_kib,
+    sockets_by_process,
+    tree_cpu_seconds,
+    tree_rss_kib,
+)
 from bench.wsclient import RawWebSocket, clock, open_socket
 
 OURS_PATH = "/connection/websocket"
@@ -434,17 +444,20 @@ class CommandError(RuntimeError):
 
 class Watch:
     """CPU of the watched server, of this process and of the machine between ``start`` and ``stop``;
-    RSS samples of the server every ``interval`` s meanwhile."""
+    RSS samples of the server every ``interval`` s meanwhile. With ``tree``, the server is the
+    watched process and all its descendants (``serve --workers N``), their CPU and RSS summed."""
 
-    def __init__(self, pid: int | None, interval: float = 0.25) -> None:
+    def __init__(self, pid: int | None, interval: float = 0.25, tree: bool = False) -> None:
         self.pid = pid
         self.interval = interval
+        self._cpu = tree_cpu_seconds if tree else cpu_seconds
+        self._rss = tree_rss_kib if tree else rss_kib
         self.samples: list[int] = []
         self._task: asyncio.Task | None = None
 
     def start(self) -> Watch:
         self.t0 = time.perf_counter()
-        self.server0 = cpu_seconds(self.pid) if self.pid else None
+        self.server0 = self._cpu(self.pid) if self.pid else None
         self.own0 = time.process_time()
         self.machine0, self.steal0 = machine_cpu_seconds()
         if self.pid:
@@ -453,7 +466,7 @@ class Watch:
 
     async def _sample(self) -> None:
         while True:
-            value = rss_kib(self.pid) if self.pid else None
+            value = self._rss(self.pid) if self.pid else None
             if value is not None:
                 self.samples.append(value)
             await asyncio.sleep(self.interval)
@@ -463,7 +476,7 @@ class Watch:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         elapsed = time.perf_counter() - self.t0
-        server1 = cpu_seconds(self.pid) if self.pid else None
+        server1 = self._cpu(self.pid) if self.pid else None
         own1 = time.process_time()
         machine1, steal1 = machine_cpu_seconds()
         out: dict[str, Any] = {
@@ -499,18 +512,37 @@ def ms_summary(seconds: list[float] | array.array) -> dict[str, float]:
     }
 
 
-async def settled_rss(pid: int | None, seconds: float = 1.0) -> int | None:
-    """The median of a few RSS readings after a pause (lets freed buffers and the GC settle)."""
+async def settled_rss(pid: int | None, seconds: float = 1.0, tree: bool = False) -> int | None:
+    """The median of a few RSS readings after a pause (lets freed buffers and the GC settle);
+    with ``tree``, of the process and its descendants summed."""
     if not pid:
         return None
     await asyncio.sleep(seconds)
     readings = []
     for _ in range(5):
-        value = rss_kib(pid)
+        value = (tree_rss_kib if tree else rss_kib)(pid)
         if value is not None:
             readings.append(value)
         await asyncio.sleep(0.1)
     return int(statistics.median(readings)) if readings else None
+
+
+def server_group(args: argparse.Namespace) -> dict[str, Any] | None:
+    """With ``--watch-tree``: each process of the watched server (the supervisor of ``serve
+    --workers N`` and its nodes), its RSS, PSS and the client sockets it holds on ``--port``."""
+    if not (args.watch_tree and args.watch_pid):
+        return None
+    sockets = sockets_by_process(args.watch_pid, args.port)
+    processes = [
+        {"pid": pid, "rss_kib": rss_kib(pid), "pss_kib": pss_kib(pid), "sockets": sockets.get(pid, 0)}
+        for pid in process_tree(args.watch_pid)
+    ]
+    return {
+        "processes": processes,
+        "rss_kib": sum(p["rss_kib"] or 0 for p in processes),
+        "pss_kib": sum(p["pss_kib"] or 0 for p in processes),
+        "sockets": sum(p["sockets"] for p in processes),
+    }
 
 
 async def pool(count: int, concurrency: int, job: Callable[[int], Awaitable[None]]) -> None:
@@ -639,25 +671,27 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     await close_all(warm, args.timeout)
     opener.errors.clear()
     opener.connect_times.clear()
-    rss_before = await settled_rss(args.watch_pid, 2.0)
+    rss_before = await settled_rss(args.watch_pid, 2.0, args.watch_tree)
+    group_before = server_group(args)
 
     sockets: list[RawWebSocket] = []
-    watch_open = Watch(args.watch_pid).start()
+    watch_open = Watch(args.watch_pid, tree=args.watch_tree).start()
     opened_at = clock()
     await pool(count, args.concurrency, lambda i: open_one(i, sockets))
     open_seconds = clock() - opened_at
     opening = await watch_open.stop()
 
-    watch = Watch(args.watch_pid, interval=0.5).start()
+    watch = Watch(args.watch_pid, interval=0.5, tree=args.watch_tree).start()
     deadline = clock() + args.hold
     while clock() < deadline:
         await asyncio.sleep(min(0.5, max(0.0, deadline - clock())))
     dropped = sum(1 for s in sockets if s.done.done())
     holding = await watch.stop()
-    rss_held = await settled_rss(args.watch_pid, 0.5)
+    rss_held = await settled_rss(args.watch_pid, 0.5, args.watch_tree)
+    group_held = server_group(args)
     pings = sum(getattr(s, "pings", 0) for s in sockets)
     aborted = await close_all(sockets, args.timeout)
-    rss_after = await settled_rss(args.watch_pid, 2.0)
+    rss_after = await settled_rss(args.watch_pid, 2.0, args.watch_tree)
     opened = len(sockets)
     return {
         "scenario": "idle",
@@ -685,6 +719,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
             if opened and rss_before
             else None
         ),
+        "server_group": {"before": group_before, "held": group_held} if group_held else None,
     }
 
 
@@ -714,6 +749,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     if not subscribers:
         raise SystemExit(f"no subscriber could connect: {dict(opener.errors)}")
     await asyncio.sleep(1.0)  # join announcements settle
+    group = server_group(args)  # which process holds which subscribers (before anything is timed)
     start = clock() + 2.0  # the publisher starts sending then (its own start-up is not timed)
     measure_from = start + args.warmup
     until = measure_from + args.duration
@@ -749,7 +785,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         await asyncio.sleep(max(0.0, measure_from - clock()))
-        watch = Watch(args.watch_pid, interval=0.1).start()
+        watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
         await asyncio.sleep(max(0.0, until - clock()))
         measured = await watch.stop()
         stdout, stderr = await asyncio.wait_for(child.communicate(), args.timeout + 30)
@@ -808,6 +844,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "dropped_subscribers": dropped,
         "close_codes": dict(close_codes),
         "text_check": texts,
+        "server_group": group,
         "wire": wire if args.target != PEER else None,
         "latency_ms": ms_summary(latencies),
         "quantiles_ms": {str(q): round(percentile(latencies_ms, q), 3) for q in QUANTILES},
@@ -960,7 +997,7 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     results: dict[int, dict[str, Any]] = {}
     errors: Counter = Counter()
     reconnected: list[CentrifugeSocket] = []
-    watch = Watch(args.watch_pid, interval=0.1).start()
+    watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
     t0 = clock()
 
     async def again(index: int) -> None:
@@ -1045,7 +1082,7 @@ async def _storm_peer(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     errors: Counter = Counter()
     reconnected: list[PeerSocket] = []
-    watch = Watch(args.watch_pid, interval=0.1).start()
+    watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
     t0 = clock()
 
     async def again(position: int) -> None:
@@ -1126,6 +1163,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold", action="store_true", help="storm: no subscriber keeps the hub alive")
     parser.add_argument("--timeout", type=float, default=20.0, help="bound on every single wait")
     parser.add_argument("--watch-pid", type=int, help="the server process to sample (RSS, CPU)")
+    parser.add_argument(
+        "--watch-tree",
+        action="store_true",
+        help="the server is --watch-pid and its descendants (serve --workers N): CPU and RSS summed, "
+        "sockets per process reported",
+    )
     args = parser.parse_args(argv)
     if args.scenario == "publish" and args.start is None:
         parser.error("publish needs --start")
