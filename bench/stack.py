@@ -32,7 +32,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.procfs import pin_preexec, rss_kib
+from bench.procfs import accepting, children, pin_preexec, rss_kib
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -80,6 +80,10 @@ class Server:
 
     def rss_kib(self) -> int | None:
         return rss_kib(self.pid)
+
+    def nodes(self) -> list[int]:
+        """The forked web processes of ``serve --workers N`` (none for one process)."""
+        return children(self.pid)
 
 
 def http_json(method: str, url: str, body: dict | None = None, token: str | None = None) -> tuple[int, dict]:
@@ -253,22 +257,40 @@ class BenchStack:
         name: str = "ours",
         extra_env: dict[str, str] | None = None,
         nofile: int | None = None,
+        workers: int = 1,
+        timeout: float = 30.0,
     ) -> Server:
-        """``python -m server serve``: one uvicorn worker with the real app, PostgreSQL and Redis.
+        """``python -m server serve``: the real app, PostgreSQL and Redis; one web process, or
+        with ``workers`` > 1 a supervisor and that many forked nodes sharing the port (ready
+        once every node accepts on it).
 
         ``extra_env`` overrides settings for this server only (e.g. raised rate limits).
         """
         if self.env is None:
             self.start_services()
         assert self.env is not None
-        return self.start_server(
+        started = time.monotonic()
+        server = self.start_server(
             name,
-            [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", "{port}"],
+            [sys.executable, "-m", "server", "serve", "--host", HOST, "--port", "{port}", "--workers", str(workers)],
             cpu=cpu,
             env={**self.env, **(extra_env or {})},
             ready_path="/ready",
+            timeout=timeout,
             nofile=nofile,
         )
+        if workers > 1:
+            while True:
+                nodes = server.nodes()
+                if len(nodes) == workers and all(accepting(pid, server.port) for pid in nodes):
+                    break
+                if server.process.poll() is not None or time.monotonic() - started > timeout:
+                    raise RuntimeError(
+                        f"{name}: {len(nodes)} of {workers} web processes accepting after {timeout:.0f} s"
+                    )
+                time.sleep(0.1)
+            log.info("%s: %d web processes accepting (pids %s)", name, workers, nodes)
+        return server
 
     def start_peer(self, *, cpu: int | None, name: str = "peer") -> Server:
         """The raw ASGI peer (``bench.peer``) under uvicorn with the same options."""
