@@ -381,6 +381,60 @@ def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
     return rows
 
 
+def broadcast_stats(cell: Cell) -> dict[str, Any]:
+    """Medians and totals of one cell's broadcast runs, and whether it kept up."""
+    ok = [r for r in cell.runs if "failed" not in r]
+    delivered = [r["delivered_per_s"] for r in ok]
+    texts: list[dict[str, Any]] = [r["text_check"] for r in ok if r.get("text_check")]
+    row = {
+        "runs": len(cell.runs),
+        "failed_runs": len(cell.runs) - len(ok),
+        "subscribers": cell.median("subscribers"),
+        "offered_per_s": cell.median("offered_per_s"),
+        "delivered_per_s": cell.median("delivered_per_s"),
+        "delivered_min": min(delivered) if delivered else None,
+        "delivered_max": max(delivered) if delivered else None,
+        "p50_ms": cell.median("latency_ms", "p50"),
+        "p90_ms": cell.median("latency_ms", "p90"),
+        "p99_ms": cell.median("latency_ms", "p99"),
+        "p999_ms": cell.median("latency_ms", "p999"),
+        "max_ms": cell.median("latency_ms", "max"),
+        "ack_p50_ms": cell.median("publisher", "ack_ms", "p50"),
+        "ack_p99_ms": cell.median("publisher", "ack_ms", "p99"),
+        "publish_errors": sum(sum((r.get("publisher") or {}).get("errors", {}).values()) for r in ok),
+        "missing": cell.total("missing_after_drain"),
+        "drained_after_s": cell.median("drained_after_s"),
+        "gaps": cell.total("gaps"),
+        "duplicates": cell.total("duplicates"),
+        "dropped_subscribers": cell.total("dropped_subscribers"),
+        "server_cpu_percent": cell.median("server_cpu_percent"),
+        "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
+        "publisher_cpu_percent": cell.median("publisher", "cpu_percent"),
+        "other_cpu_percent": cell.median("other_cpu_percent"),
+        "steal_cpu_percent": cell.median("steal_cpu_percent"),
+        "server_rss_kib_max": cell.median("server_rss_kib_max"),
+        # Bytes on the wire per delivery (publication pushes only; ours): WebSocket payload,
+        # and payload + the headers of the frames carrying them.
+        "payload_bytes_per_delivery": cell.median("wire", "payload_bytes_per_delivery"),
+        "frame_bytes_per_delivery": cell.median("wire", "frame_bytes_per_delivery"),
+        # The first subscriber's texts against the publisher's: missing + unexpected, all runs.
+        "text_checked": sum(t["received"] for t in texts) if texts else None,
+        "text_mismatches": sum(t["missing"] + t["unexpected"] for t in texts) if texts else None,
+        "delivered_runs": delivered,
+        "p99_runs": [r["latency_ms"]["p99"] for r in ok],
+        "other_cpu_runs": [r.get("other_cpu_percent") for r in ok],
+    }
+    offered = row["offered_per_s"] or 0
+    row["keeps_up"] = bool(
+        ok
+        and row["missing"] == 0
+        and row["dropped_subscribers"] == 0
+        and (row["delivered_per_s"] or 0) >= 0.95 * offered
+        and (row["drained_after_s"] or 0) <= 1.0
+    )
+    return row
+
+
 def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]) -> list[dict[str, Any]]:
     rows = []
     for rate in rates:
@@ -388,75 +442,30 @@ def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]
         json_cell = cells[(rate, OURS)]
         for target in TARGETS:
             cell = cells[(rate, target)]
-            ok = [r for r in cell.runs if "failed" not in r]
-            delivered = [r["delivered_per_s"] for r in ok]
-            texts: list[dict[str, Any]] = [r["text_check"] for r in ok if r.get("text_check")]
-            row = {
-                "rate": rate,
-                "target": target,
-                "runs": len(cell.runs),
-                "failed_runs": len(cell.runs) - len(ok),
-                "subscribers": cell.median("subscribers"),
-                "offered_per_s": cell.median("offered_per_s"),
-                "delivered_per_s": cell.median("delivered_per_s"),
-                "delivered_min": min(delivered) if delivered else None,
-                "delivered_max": max(delivered) if delivered else None,
-                "p50_ms": cell.median("latency_ms", "p50"),
-                "p90_ms": cell.median("latency_ms", "p90"),
-                "p99_ms": cell.median("latency_ms", "p99"),
-                "p999_ms": cell.median("latency_ms", "p999"),
-                "max_ms": cell.median("latency_ms", "max"),
-                "ack_p50_ms": cell.median("publisher", "ack_ms", "p50"),
-                "ack_p99_ms": cell.median("publisher", "ack_ms", "p99"),
-                "publish_errors": sum(sum((r.get("publisher") or {}).get("errors", {}).values()) for r in ok),
-                "missing": cell.total("missing_after_drain"),
-                "drained_after_s": cell.median("drained_after_s"),
-                "gaps": cell.total("gaps"),
-                "duplicates": cell.total("duplicates"),
-                "dropped_subscribers": cell.total("dropped_subscribers"),
-                "server_cpu_percent": cell.median("server_cpu_percent"),
-                "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
-                "publisher_cpu_percent": cell.median("publisher", "cpu_percent"),
-                "other_cpu_percent": cell.median("other_cpu_percent"),
-                "steal_cpu_percent": cell.median("steal_cpu_percent"),
-                "server_rss_kib_max": cell.median("server_rss_kib_max"),
-                "delivered_vs_peer": paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")),
-                "p99_vs_peer": paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")),
-                "delivered_vs_json": (
-                    paired_ratio(cell.stat("delivered_per_s"), json_cell.stat("delivered_per_s"))
-                    if target == OURS_PB
-                    else None
-                ),
-                "p99_vs_json": (
-                    paired_ratio(cell.stat("latency_ms", "p99"), json_cell.stat("latency_ms", "p99"))
-                    if target == OURS_PB
-                    else None
-                ),
-                "server_cpu_vs_json": (
-                    paired_ratio(cell.stat("server_cpu_percent"), json_cell.stat("server_cpu_percent"))
-                    if target == OURS_PB
-                    else None
-                ),
-                # Bytes on the wire per delivery (publication pushes only; ours): WebSocket payload,
-                # and payload + the headers of the frames carrying them.
-                "payload_bytes_per_delivery": cell.median("wire", "payload_bytes_per_delivery"),
-                "frame_bytes_per_delivery": cell.median("wire", "frame_bytes_per_delivery"),
-                # The first subscriber's texts against the publisher's: missing + unexpected, all runs.
-                "text_checked": sum(t["received"] for t in texts) if texts else None,
-                "text_mismatches": sum(t["missing"] + t["unexpected"] for t in texts) if texts else None,
-                "delivered_runs": delivered,
-                "p99_runs": [r["latency_ms"]["p99"] for r in ok],
-                "other_cpu_runs": [r.get("other_cpu_percent") for r in ok],
-            }
-            offered = row["offered_per_s"] or 0
-            row["keeps_up"] = bool(
-                ok
-                and row["missing"] == 0
-                and row["dropped_subscribers"] == 0
-                and (row["delivered_per_s"] or 0) >= 0.95 * offered
-                and (row["drained_after_s"] or 0) <= 1.0
+            rows.append(
+                {
+                    "rate": rate,
+                    "target": target,
+                    **broadcast_stats(cell),
+                    "delivered_vs_peer": paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")),
+                    "p99_vs_peer": paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")),
+                    "delivered_vs_json": (
+                        paired_ratio(cell.stat("delivered_per_s"), json_cell.stat("delivered_per_s"))
+                        if target == OURS_PB
+                        else None
+                    ),
+                    "p99_vs_json": (
+                        paired_ratio(cell.stat("latency_ms", "p99"), json_cell.stat("latency_ms", "p99"))
+                        if target == OURS_PB
+                        else None
+                    ),
+                    "server_cpu_vs_json": (
+                        paired_ratio(cell.stat("server_cpu_percent"), json_cell.stat("server_cpu_percent"))
+                        if target == OURS_PB
+                        else None
+                    ),
+                }
             )
-            rows.append(row)
     return rows
 
 
