@@ -13,12 +13,13 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import coach_stream, http_baseline, rag, ws_baseline
+from bench import coach_stream, http_baseline, rag, ws_baseline, ws_processes
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "http": http_baseline.run,
     "ws": ws_baseline.run,
+    "processes": ws_processes.run,
     "rag": rag.run,
     "coach": coach_stream.run,
 }
@@ -40,6 +41,16 @@ def _rates(text: str) -> list[float]:
     if not rates or any(rate <= 0 for rate in rates):
         raise argparse.ArgumentTypeError("rates must be > 0")
     return rates
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError("comma-separated process counts, e.g. 1,2") from None
+    if not counts or any(count < 1 for count in counts) or len(set(counts)) != len(counts):
+        raise argparse.ArgumentTypeError("distinct counts >= 1")
+    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         "--ws-rates",
         type=_rates,
         metavar="R,R,...",
-        help="publications/s for broadcast (default 25,50,75,100; --quick 50,100)",
+        help="publications/s for broadcast (ws: default 25,50,75,100, --quick 50,100; "
+        "processes: default 50,100,150, --quick 50,150)",
     )
     ws.add_argument("--ws-missed", type=int, metavar="N", help="publications missed in the storm (default 50)")
     ws.add_argument(
         "--ws-publishers", type=int, metavar="N", help="publisher connections, one member each (default 16)"
+    )
+    procs = parser.add_argument_group(
+        "processes benchmark (1 vs 2 web processes; also takes the ws options above; pins nothing)"
+    )
+    procs.add_argument(
+        "--web-processes",
+        type=_counts,
+        metavar="N,N,...",
+        help="serve --workers counts compared, ratios against the first (default 1,2)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
