@@ -200,6 +200,18 @@ class BenchStack:
         self.env = env
         return env
 
+    def service_pids(self) -> dict[str, int]:
+        """The embedded services' processes, for CPU accounting: PostgreSQL's postmaster (its
+        ``postmaster.pid``; the backends are its children) and Valkey (a child of this process)."""
+        pids: dict[str, int] = {}
+        with suppress(OSError, ValueError, IndexError):
+            pids["postgresql"] = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
+        for pid in children(os.getpid()):
+            with suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().startswith("valkey"):
+                    pids["valkey"] = pid
+        return pids
+
     # -- servers -----------------------------------------------------------------------------
 
     def start_server(

@@ -445,11 +445,16 @@ class CommandError(RuntimeError):
 class Watch:
     """CPU of the watched server, of this process and of the machine between ``start`` and ``stop``;
     RSS samples of the server every ``interval`` s meanwhile. With ``tree``, the server is the
-    watched process and all its descendants (``serve --workers N``), their CPU and RSS summed."""
+    watched process and all its descendants (``serve --workers N``), their CPU and RSS summed.
+    ``services`` (process trees, e.g. PostgreSQL's postmaster and Valkey): their CPU summed too,
+    taken out of "other"."""
 
-    def __init__(self, pid: int | None, interval: float = 0.25, tree: bool = False) -> None:
+    def __init__(
+        self, pid: int | None, interval: float = 0.25, tree: bool = False, services: list[int] | None = None
+    ) -> None:
         self.pid = pid
         self.interval = interval
+        self.services = services or []
         self._cpu = tree_cpu_seconds if tree else cpu_seconds
         self._rss = tree_rss_kib if tree else rss_kib
         self.samples: list[int] = []
@@ -460,6 +465,7 @@ class Watch:
         self.server0 = self._cpu(self.pid) if self.pid else None
         self.own0 = time.process_time()
         self.machine0, self.steal0 = machine_cpu_seconds()
+        self.services0 = self._services_cpu()
         if self.pid:
             self._task = asyncio.create_task(self._sample())
         return self
@@ -492,10 +498,22 @@ class Watch:
             out["other_cpu_percent"] = (
                 out["machine_cpu_percent"] - out["server_cpu_percent"] - out["loadgen_cpu_percent"]
             )
+        services1 = self._services_cpu()
+        if self.services and out["other_cpu_percent"] is not None:
+            out["services_cpu_percent"] = 100 * (services1 - self.services0) / elapsed
+            out["rest_cpu_percent"] = out["other_cpu_percent"] - out["services_cpu_percent"]
         if self.samples:
             out["server_rss_kib_max"] = max(self.samples)
             out["server_rss_kib_last"] = self.samples[-1]
         return out
+
+    def _services_cpu(self) -> float:
+        return sum(tree_cpu_seconds(pid) or 0.0 for pid in self.services)
+
+
+def watch_server(args: argparse.Namespace, interval: float = 0.25) -> Watch:
+    """A started :class:`Watch` of ``--watch-pid`` (and its tree, and ``--watch-service``)."""
+    return Watch(args.watch_pid, interval, tree=args.watch_tree, services=args.watch_service).start()
 
 
 def ms_summary(seconds: list[float] | array.array) -> dict[str, float]:
@@ -675,13 +693,13 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     group_before = server_group(args)
 
     sockets: list[RawWebSocket] = []
-    watch_open = Watch(args.watch_pid, tree=args.watch_tree).start()
+    watch_open = watch_server(args)
     opened_at = clock()
     await pool(count, args.concurrency, lambda i: open_one(i, sockets))
     open_seconds = clock() - opened_at
     opening = await watch_open.stop()
 
-    watch = Watch(args.watch_pid, interval=0.5, tree=args.watch_tree).start()
+    watch = watch_server(args, 0.5)
     deadline = clock() + args.hold
     while clock() < deadline:
         await asyncio.sleep(min(0.5, max(0.0, deadline - clock())))
@@ -785,7 +803,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     )
     try:
         await asyncio.sleep(max(0.0, measure_from - clock()))
-        watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
+        watch = watch_server(args, 0.1)
         await asyncio.sleep(max(0.0, until - clock()))
         measured = await watch.stop()
         stdout, stderr = await asyncio.wait_for(child.communicate(), args.timeout + 30)
@@ -997,7 +1015,7 @@ async def _storm_ours(args: argparse.Namespace, setup: dict[str, Any]) -> dict[s
     results: dict[int, dict[str, Any]] = {}
     errors: Counter = Counter()
     reconnected: list[CentrifugeSocket] = []
-    watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
+    watch = watch_server(args, 0.1)
     t0 = clock()
 
     async def again(index: int) -> None:
@@ -1082,7 +1100,7 @@ async def _storm_peer(args: argparse.Namespace) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     errors: Counter = Counter()
     reconnected: list[PeerSocket] = []
-    watch = Watch(args.watch_pid, interval=0.1, tree=args.watch_tree).start()
+    watch = watch_server(args, 0.1)
     t0 = clock()
 
     async def again(position: int) -> None:
@@ -1136,7 +1154,11 @@ def command(scenario: str, target: str, port: int, **options: Any) -> list[str]:
         if value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
-        argv += [flag] if value is True else [flag, str(value)]
+        if isinstance(value, list | tuple):  # a repeatable option
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag] if value is True else [flag, str(value)]
     return argv
 
 
@@ -1168,6 +1190,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="the server is --watch-pid and its descendants (serve --workers N): CPU and RSS summed, "
         "sockets per process reported",
+    )
+    parser.add_argument(
+        "--watch-service",
+        type=int,
+        action="append",
+        default=[],
+        help="a service process (with its descendants) whose CPU is reported apart from 'other' (repeatable)",
     )
     args = parser.parse_args(argv)
     if args.scenario == "publish" and args.start is None:
