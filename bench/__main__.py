@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         type=_rates,
         metavar="R,R,...",
         help="publications/s for broadcast (ws: default 25,50,75,100, --quick 50,100; "
-        "processes: default 50,100,150, --quick 50,150)",
+        "processes: default 50,100,150,200,300, --quick 50,150,300)",
     )
     ws.add_argument("--ws-missed", type=int, metavar="N", help="publications missed in the storm (default 50)")
     ws.add_argument(

@@ -57,7 +57,8 @@ def defaults(args: argparse.Namespace) -> dict[str, Any]:
         "idle": getattr(args, "ws_idle", None) or (2000 if quick else 10_000),
         "hold": getattr(args, "ws_hold", None) or (5.0 if quick else 30.0),
         "subscribers": getattr(args, "ws_subscribers", None) or 1000,
-        "rates": getattr(args, "ws_rates", None) or ([50.0, 150.0] if quick else [50.0, 100.0, 150.0]),
+        "rates": getattr(args, "ws_rates", None)
+        or ([50.0, 150.0, 300.0] if quick else [50.0, 100.0, 150.0, 200.0, 300.0]),
         "publishers": getattr(args, "ws_publishers", None) or 16,
         "drain": 10.0,
     }
@@ -102,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     with BenchStack(keep_logs=args.keep_logs) as stack:
         env = stack.start_services()
+        services = stack.service_pids()  # their CPU is reported apart from "other"
         servers = {
             n: stack.start_ours(cpu=None, name=f"ours-{n}p", extra_env=OURS_ENV, nofile=hard, workers=n) for n in counts
         }
@@ -148,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
                     hold=plan["hold"],
                     watch_pid=server.pid,
                     watch_tree=True,
+                    watch_service=list(services.values()),
                 )
                 result = _checked(server, idle_nodes, _run(argv, None, plan["idle"] / 20 + plan["hold"] + 180, busy))
                 result["repeat"] = repeat
@@ -174,6 +177,7 @@ def run(args: argparse.Namespace) -> int:
                         publishers=plan["publishers"],
                         watch_pid=server.pid,
                         watch_tree=True,
+                        watch_service=list(services.values()),
                     )
                     timeout = args.warmup + args.duration + plan["drain"] + 240
                     result = _checked(server, nodes[n], _run(argv, None, timeout, busy))
@@ -191,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
             "PostgreSQL and Valkey run unpinned on the same CPUs"
         ),
         "cpu_affinity": affinity,
+        "services_watched": sorted(services),
         "machine_busy_before_percent": round(busy_before, 1),
         "quiet_wait_s": args.quiet_wait,
         "nofile": {"soft": soft, "hard": hard},
@@ -300,6 +305,8 @@ def summarize_broadcast(
                     "processes": n,
                     **broadcast_stats(cell),
                     "sockets_per_node": _node_sockets([r for r in cell.runs if "failed" not in r]),
+                    "services_cpu_percent": cell.median("services_cpu_percent"),
+                    "rest_cpu_percent": cell.median("rest_cpu_percent"),
                     "delivered_vs_base": _vs(cell, base, "delivered_per_s"),
                     "p50_vs_base": _vs(cell, base, "latency_ms", "p50"),
                     "p99_vs_base": _vs(cell, base, "latency_ms", "p99"),
@@ -357,7 +364,8 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "yes" if r["keeps_up"] else "NO",
                 fmt(r["server_cpu_percent"], 0, "%"),
                 fmt(r["loadgen_cpu_percent"], 0, "%"),
-                fmt(r["other_cpu_percent"], 0, "%"),
+                fmt(r["services_cpu_percent"], 0, "%"),
+                fmt(r["rest_cpu_percent"], 0, "%"),
                 "" if first else fmt_ratio(r["delivered_vs_base"]),
                 "" if first else fmt_ratio(r["p50_vs_base"]),
                 "" if first else fmt_ratio(r["p99_vs_base"]),
@@ -382,7 +390,8 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "keeps up",
                 "server CPU",
                 "loadgen CPU",
-                "other CPU",
+                "PG+Valkey CPU",
+                "rest CPU",
                 f"deliv {vs}",
                 f"p50 {vs}",
                 f"p99 {vs}",
@@ -439,8 +448,9 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
     out += ["", f"3. summary, {' vs '.join(f'{n}p' for n in counts)} (medians)", summary_table(summary, counts)]
     out += [
         "",
-        "CPU columns: percent of one CPU over the measured window (a server of N processes: their sum); 'other' is "
-        "the rest of the machine (PostgreSQL, Valkey, the publisher, other jobs).",
+        "CPU columns: percent of one CPU over the measured window (a server of N processes: their sum); "
+        "'PG+Valkey': PostgreSQL (postmaster and backends) and Valkey; 'rest': everything else on the machine "
+        "(the publisher child, other jobs).",
         "'keeps up': >= 95% of the offered deliveries/s inside the window, nothing missing, the backlog drained "
         "within 1 s of the window's end. 'subscribers/node', 'sockets/node': client sockets each web process held.",
     ]
