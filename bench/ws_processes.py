@@ -211,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
     }
     print()
     print(render(summary, config))
-    payload = {
+    payload: dict[str, Any] = {
         "benchmark": "processes",
         "started_at": started_at,
         "config": config,
@@ -458,50 +458,47 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
 
 
 def summary_table(summary: dict[str, Any], counts: list[int]) -> str:
-    """One row per measure, one column per process count, and each count's ratio to the first."""
+    """One row per measure, one column per process count, and each count's ratio to the first
+    (paired by repeat where the runs allow it). ``*``: that process count did not keep up."""
     base = counts[0]
     by = {(r["rate"], r["processes"]): r for r in summary["broadcast"]}
     idle = {r["processes"]: r for r in summary["idle"]}
     rates = sorted({r["rate"] for r in summary["broadcast"]})
     rows = []
 
-    def row(label: str, values: dict[int, float | None], digits: int, suffix: str = "", ratios=None) -> None:
-        ratios = ratios or {n: (values[n] / values[base] if values[n] and values[base] else None) for n in counts}
-        rows.append(
-            [label, *(fmt(values[n], digits, suffix) for n in counts), *(fmt_ratio(ratios[n]) for n in counts[1:])]
-        )
+    def row(
+        label: str,
+        values: dict[int, float | None],
+        digits: int,
+        suffix: str = "",
+        ratios: dict[int, float | None] | None = None,
+        marked: frozenset[int] | set[int] = frozenset(),
+    ) -> None:
+        if ratios is None:
+            first = values[base]
+            ratios = {n: v / first if v and first else None for n, v in values.items()}
+        cells = [fmt(values[n], digits, suffix) + ("*" if n in marked else "") for n in counts]
+        rows.append([label, *cells, *(fmt_ratio(ratios[n]) for n in counts[1:])])
 
     for rate in rates:
         cells = {n: by[(rate, n)] for n in counts}
-        kept = "".join("" if cells[n]["keeps_up"] else "*" for n in counts)
-        tag = f"{rate:g}/s" + (" (* not kept up)" if kept else "")
-        row(
-            f"delivered/s at {tag}",
-            {n: cells[n]["delivered_per_s"] for n in counts},
-            0,
-            ratios={n: cells[n]["delivered_vs_base"] for n in counts},
-        )
-        row(
-            f"p50 ms at {rate:g}/s",
-            {n: cells[n]["p50_ms"] for n in counts},
-            1,
-            ratios={n: cells[n]["p50_vs_base"] for n in counts},
-        )
-        row(
-            f"p99 ms at {rate:g}/s",
-            {n: cells[n]["p99_ms"] for n in counts},
-            1,
-            ratios={n: cells[n]["p99_vs_base"] for n in counts},
-        )
-        row(
-            f"server CPU at {rate:g}/s",
-            {n: cells[n]["server_cpu_percent"] for n in counts},
-            0,
-            "%",
-            ratios={n: cells[n]["server_cpu_vs_base"] for n in counts},
-        )
+        behind = {n for n in counts if not cells[n]["keeps_up"]}
+        for label, key, digits, suffix, ratio in (
+            ("delivered/s", "delivered_per_s", 0, "", "delivered_vs_base"),
+            ("p50 ms", "p50_ms", 1, "", "p50_vs_base"),
+            ("p99 ms", "p99_ms", 1, "", "p99_vs_base"),
+            ("server CPU", "server_cpu_percent", 0, "%", "server_cpu_vs_base"),
+        ):
+            row(
+                f"{label} at {rate:g}/s",
+                {n: cells[n][key] for n in counts},
+                digits,
+                suffix,
+                ratios={n: cells[n][ratio] for n in counts},
+                marked=behind,
+            )
     kept_up = {n: max((r for r in rates if by[(r, n)]["keeps_up"]), default=None) for n in counts}
-    row("highest rate kept up /s", kept_up, 0)
+    row("highest rate kept up, /s", kept_up, 0, ratios=dict.fromkeys(counts))
     row(
         "idle KiB/socket",
         {n: idle[n]["per_socket_kib"] for n in counts},
@@ -512,7 +509,7 @@ def summary_table(summary: dict[str, Any], counts: list[int]) -> str:
     row("idle PSS before, MiB (all processes)", {n: _mib(idle[n]["pss_before_kib"]) for n in counts}, 1)
     headers = ["measure", *(f"{n} process" + ("es" if n > 1 else "") for n in counts)]
     headers += [f"{n}p/{base}p" for n in counts[1:]]
-    return format_table(headers, rows)
+    return format_table(headers, rows) + "\n* did not keep up at that rate (see 'keeps up' above)"
 
 
 # -- plot ------------------------------------------------------------------------------------
