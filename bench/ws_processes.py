@@ -545,6 +545,15 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
             linestyle=":",
             label=f"{label}: load generator",
         )
+        ax_cpu.plot(
+            rates,
+            [r["services_cpu_percent"] for r in mine],
+            marker=marker,
+            color=color,
+            linestyle="-.",
+            linewidth=0.8,
+            label=f"{label}: PostgreSQL + Valkey",
+        )
     top = max([r["offered_per_s"] or 0 for r in rows] + [1])
     ax_rate.plot([0, top], [0, top], color="grey", linewidth=0.8, linestyle=":", label="delivered = offered")
     ax_rate.set_title(f"Broadcast to {config['subscribers']:,} subscribers (median; dots = runs)", fontsize=11)
@@ -563,7 +572,7 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     ax_cpu.set_ylabel("% of one CPU")
     ax_cpu.set_ylim(bottom=0)
     ax_cpu.grid(alpha=0.3)
-    ax_cpu.legend(fontsize=8)
+    ax_cpu.legend(fontsize=7, ncol=2)
     idle = summary["idle"]
     bar_panel(
         ax_idle,
