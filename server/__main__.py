@@ -73,6 +73,7 @@ def serve(args: argparse.Namespace) -> None:
     from server.process_group import ProcessGroup
 
     settings = _settings("database_url", "redis_url")
+    configure_logging(settings.log_level, settings.log_format)  # before the protocol check may warn
     host, port = args.host or settings.host, args.port or settings.port
     # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames, when the
     # installed uvicorn allows (server/gateway/frame_writer.py); "uvicorn" runs the stock one.
@@ -106,7 +107,6 @@ def serve(args: argparse.Namespace) -> None:
     if args.workers <= 1:
         run(None)
         return
-    configure_logging(settings.log_level, settings.log_format)
     listener = uvicorn.Config(app=run, host=host, port=port, log_config=None).bind_socket()
     sys.exit(ProcessGroup(args.workers, listener, lambda sock: run([sock])).run())
 
