@@ -35,6 +35,7 @@ from tests.support.services import (
     template_name,
 )
 from tests.support.smtp import SmtpSink
+from tests.support.valkey_cluster import ValkeyCluster
 from tests.support.worker import run_worker_until_idle
 
 _services: TestServices | None = None
@@ -180,6 +181,18 @@ async def private_redis() -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await asyncio.to_thread(server.close)
+
+
+@pytest.fixture(scope="session")
+async def valkey_cluster() -> AsyncIterator[ValkeyCluster]:
+    """A real Valkey cluster of this worker's own (3 primaries + 1 replica each, on free
+    loopback ports), started by the first test that asks for it and stopped at the end of
+    the session. Tests that kill or restart nodes start a ``ValkeyCluster`` of their own."""
+    running = await asyncio.to_thread(ValkeyCluster().start)
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(running.close)
 
 
 @pytest.fixture
