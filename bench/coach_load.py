@@ -311,25 +311,30 @@ async def ttft(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def redis_tap(url: str, channel: str, seen: list[tuple[int, float]], ready: asyncio.Event) -> None:
-    """Subscribe to the channel's Redis pub/sub like a web node does; record when each
-    ``ai.delta`` reaches a subscriber of Redis (the worker's side of the lag)."""
+    """Subscribe to the channel's (sharded) Redis pub/sub like a web node does; record when
+    each ``ai.delta`` reaches a subscriber of Redis (the worker's side of the lag)."""
     import redis.asyncio as aioredis
 
+    from server.streams.sharded_pubsub import ShardLink, discover_shards
+
     client = aioredis.Redis.from_url(url)
-    pubsub = client.pubsub()
+    [shard] = await discover_shards(client)
+    link = ShardLink(shard)
+
+    def heard(_channel: bytes, data: bytes) -> None:
+        now = clock()
+        wire = _wire.decode(data)
+        if wire.data.type == "ai.delta":
+            seen.append((wire.data.seq, now))
+
     try:
-        await pubsub.subscribe(channel)
+        await link.connect()
+        reader = asyncio.create_task(link.run(heard))
+        await link.subscribe(channel)
         ready.set()
-        while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-            if message is None:
-                continue
-            now = clock()
-            wire = _wire.decode(message["data"])
-            if wire.data.type == "ai.delta":
-                seen.append((wire.data.seq, now))
+        await reader
     finally:
-        await pubsub.aclose()
+        await link.close()
         await client.aclose()
 
 

@@ -634,12 +634,12 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
 async def _bookkeeping(state: Any, key: str, channel: str) -> None:
     """What ``_stream`` does while the provider's request goes out: the stream's state and
     ``ai.start`` in one pipeline (the clean-up is not timed by the worker either)."""
-    from server.streams.broker import ephemeral_wire, pubsub_channel
+    from server.streams.broker import ephemeral_wire, publish, pubsub_channel
 
     async with state.redis.pipeline(transaction=False) as pipe:
         pipe.hset(key, "bench", b"{}")
         pipe.expire(key, 60)
-        pipe.publish(pubsub_channel(state.settings.redis_prefix, channel), ephemeral_wire({"type": "ai.start"}))
+        publish(pipe, pubsub_channel(state.settings.redis_prefix, channel), ephemeral_wire({"type": "ai.start"}))
         await pipe.execute()
     await state.redis.delete(key)
 

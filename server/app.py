@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         finally:
             await node.stop()
             await state.storage.close()
+            await state.close_realtime_redis()
             await redis.aclose()
             await release_engine(engine)
 

@@ -19,6 +19,7 @@ from litestar import Litestar
 from server.foundation.control import control_channel, decode_control
 from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register, signed_in, token_in
+from tests.support.shard_listen import listening
 from tests.support.smtp import SmtpSink
 
 ME = "/api/v1/users/me"
@@ -199,19 +200,11 @@ async def test_logout_revokes_the_session_and_tells_every_node(app: Litestar, cl
     account = await signed_in(client, "bye@example.com")
     other = await login(client, "bye@example.com")
     state = app.state.app_state
-    pubsub = state.redis.pubsub()
-    await pubsub.subscribe(control_channel(state.settings.redis_prefix))
-    await pubsub.get_message(timeout=1)  # subscription confirmation
-    try:
+    async with listening(state.realtime_redis, control_channel(state.settings.redis_prefix)) as control:
         response = await client.post("/api/v1/auth/logout", headers=account.headers)
         assert response.status_code == 204
-        message = None
-        async with asyncio.timeout(3):
-            while message is None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-    finally:
-        await pubsub.aclose()
-    event = decode_control(message["data"])
+        message = await asyncio.wait_for(control.get(), 3)
+    event = decode_control(message)
     assert event.kind == "session.revoked" and str(event.user_id) == account.id
     sid = jwt.decode(account.access_token, options={"verify_signature": False})["sid"]
     assert [str(s) for s in event.session_ids] == [sid]

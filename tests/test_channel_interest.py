@@ -14,7 +14,8 @@ from tests.support.sdk import payload
 
 
 async def numsub(redis: aioredis.Redis, channel: str) -> int:
-    ((_, count),) = await redis.pubsub_numsub(channel)
+    """Subscribers of the sharded pub/sub ``channel`` (the nodes' links)."""
+    _, count = await redis.execute_command("PUBSUB", "SHARDNUMSUB", channel)
     return int(count)
 
 

@@ -30,6 +30,7 @@ from server.foundation.settings import Settings
 from tests.support.accounts import PASSWORD, login, register
 from tests.support.lifespan import running_lifespan
 from tests.support.oidc import DROP, OidcProvider, pkce_challenge, running_provider
+from tests.support.shard_listen import listening
 
 BASE_URL = "http://lounges.test"
 CALLBACK_PATH = "/api/v1/auth/google/callback"
@@ -242,24 +243,16 @@ async def test_linking_an_unverified_local_account_drops_its_password_and_sessio
     old_sid = jwt.decode(old["access_token"], options={"verify_signature": False})["sid"]
 
     state = google_app.state.app_state
-    pubsub = state.redis.pubsub()
-    await pubsub.subscribe(control_channel(state.settings.redis_prefix))
-    await pubsub.get_message(timeout=1)  # subscription confirmation
-    try:
+    async with listening(state.realtime_redis, control_channel(state.settings.redis_prefix)) as control:
         provider.next_identity = identity("g-3003", "victim@example.com")
         pair = await google_sign_in(lounges)
-        message = None
-        async with asyncio.timeout(3):
-            while message is None:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-    finally:
-        await pubsub.aclose()
+        message = await asyncio.wait_for(control.get(), 3)
 
     user = await me(lounges, pair)
     assert user["id"] == squatter["id"] and user["email_verified"] is True
 
     # Every other node hears the old sessions are gone.
-    event = decode_control(message["data"])
+    event = decode_control(message)
     assert event.kind == "session.revoked" and str(event.user_id) == squatter["id"]
     assert [str(s) for s in event.session_ids] == [old_sid]
 

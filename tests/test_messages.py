@@ -17,6 +17,7 @@ from server.streams.tables import ChannelPublication
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.pages import envelope, walk
+from tests.support.shard_listen import listening
 
 LOUNGES = "/api/v1/lounges"
 THREADS = "/api/v1/chat/threads"
@@ -153,10 +154,7 @@ async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
     lounge, mentor, [alice, bob] = await _lounge_with_members(community, "alice@example.com", "bob@example.com")
     path = f"{LOUNGES}/{lounge['id']}"
     state = app.state.app_state
-    pubsub = state.redis.pubsub()
-    await pubsub.subscribe(pubsub_channel(state.settings.redis_prefix, lounge["channel"]))
-    await pubsub.get_message(timeout=1)
-    try:
+    async with listening(state.realtime_redis, pubsub_channel(state.settings.redis_prefix, lounge["channel"])) as heard:
         first = (await community.post(alice, path, "hello all")).json()
         reply = await community.post(bob, path, "hi alice", reply_to=first["offset"])
         assert reply.json()["reply_to"] == 1
@@ -186,12 +184,8 @@ async def test_edits_deletions_reactions_and_reads_are_events_in_the_log(
         received, rewritten = [], []
         async with asyncio.timeout(3):
             while len(received) < 7:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
-                if message:
-                    wire = msgspec.json.decode(message["data"], type=Wire)
-                    (received if wire.kind == WIRE_PUBLICATION else rewritten).append(wire)
-    finally:
-        await pubsub.aclose()
+                wire = msgspec.json.decode(await heard.get(), type=Wire)
+                (received if wire.kind == WIRE_PUBLICATION else rewritten).append(wire)
     assert [w.offset for w in received] == list(range(1, 8))
     # The edit rewrote message 1 in place, the deletion message 2 (tests/test_privacy.py has the why).
     assert [(w.kind, w.offset) for w in rewritten] == [(WIRE_REWRITE, 1), (WIRE_REWRITE, 2)]

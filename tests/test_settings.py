@@ -39,6 +39,9 @@ def test_values_are_converted_from_strings() -> None:
         ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
         ({"DATABASE_URL": "not a url"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://localhost"}, "REDIS_URL"),
+        ({"REDIS_URL": "redis+cluster://127.0.0.1:7000"}, "REALTIME_REDIS_URL"),  # arq needs one server
+        ({"REALTIME_REDIS_URL": "http+cluster://127.0.0.1:7000"}, "REALTIME_REDIS_URL"),
+        ({"REDIS_PREFIX": "a{b}"}, "REDIS_PREFIX"),  # braces would make every key one hash tag
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"APNS_KEY": "not a key", "APNS_KEY_ID": "ABC123DEFG", "APNS_TEAM_ID": "TEAM123456"}, "APNS_KEY"),
         ({"APNS_KEY": "-----BEGIN PRIVATE KEY-----\\nMIG...\\n-----END PRIVATE KEY-----"}, "APNS_KEY_ID"),

@@ -206,6 +206,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         if state is not None:
             await close_providers(state)
             await state.storage.close()
+            await state.close_realtime_redis()
             await release_engine(state.engine)
 
     return {

@@ -1,4 +1,4 @@
-"""The control bus: cross-node orders for live connections, over Redis pub/sub.
+"""The control bus: cross-node orders for live connections, over the realtime Redis's pub/sub.
 
 Services publish here *after* their transaction commits (e.g. "session S was
 revoked"); every web node's realtime gateway listens and acts on its own
@@ -12,7 +12,8 @@ import uuid
 from typing import Literal
 
 import msgspec
-from redis.asyncio import Redis
+
+from server.foundation.redis import RealtimeRedis
 
 ControlKind = Literal["session.revoked", "user.disabled", "user.role_changed", "channel.access_lost"]
 
@@ -29,8 +30,9 @@ def control_channel(prefix: str) -> str:
     return f"{prefix}:control"
 
 
-async def publish_control(redis: Redis, prefix: str, event: ControlEvent) -> None:
-    await redis.publish(control_channel(prefix), msgspec.json.encode(event))
+async def publish_control(redis: RealtimeRedis, prefix: str, event: ControlEvent) -> None:
+    """Send ``event`` to every node (a sharded pub/sub channel: on a cluster, its one shard)."""
+    await redis.execute_command("SPUBLISH", control_channel(prefix), msgspec.json.encode(event))
 
 
 def decode_control(payload: bytes) -> ControlEvent:

@@ -11,10 +11,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from server.foundation.errors import RateLimited
+from server.foundation.redis import REDIS_ERRORS, RealtimeRedis, register_script
 
 log = logging.getLogger("lounges.ratelimit")
 TIMEOUT = 0.5
@@ -36,17 +34,17 @@ return 0
 class RateLimiter:
     """``await limiter.hit(key, limit, window)`` raises :class:`RateLimited` past ``limit``."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RealtimeRedis, prefix: str) -> None:
         self._redis = redis
         self._prefix = f"{prefix}:rl:"
-        self._script = redis.register_script(_HIT)
-        self._refund = redis.register_script(_REFUND)
+        self._script = register_script(redis, _HIT)
+        self._refund = register_script(redis, _REFUND)
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> None:
         try:
             async with asyncio.timeout(TIMEOUT):
                 count, ttl_ms = await self._script(keys=[self._prefix + key], args=[window_seconds * 1000])
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("rate limiter unavailable; allowing", extra={"key": key, "error": repr(exc)})
             return
         if count > limit:
@@ -68,5 +66,5 @@ class RateLimiter:
         try:
             async with asyncio.timeout(TIMEOUT):
                 await command
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("rate limiter unavailable; count not updated", extra={"key": key, "error": repr(exc)})

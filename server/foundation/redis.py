@@ -1,4 +1,13 @@
-"""The Redis client: one connection pool per process, also used to enqueue arq jobs.
+"""The Redis clients of a process: the queue Redis and the realtime Redis.
+
+- The **queue Redis** (``REDIS_URL``, one server): arq's jobs, the coach's reply leases
+  beside them, sign-in flows, node heartbeats. arq has no cluster support (its queue,
+  job, retry and result keys meet in one MULTI without hash tags), so it is one server.
+- The **realtime Redis** (``REALTIME_REDIS_URL``, default the same server): what grows
+  with traffic: channel publications, history caches, presence, online records, rate
+  limits, the control bus. It may be a Redis Cluster (``redis+cluster://``): each
+  channel's keys share a hash tag and its publications use sharded pub/sub, so a
+  channel lives on one shard and channels spread over all of them.
 
 Every key, pub/sub channel and queue name of a deployment lives under
 ``settings.redis_prefix`` so several deployments (or parallel test workers)
@@ -8,13 +17,18 @@ can share one server without seeing each other.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
-from redis.asyncio import ConnectionPool
+from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from server.foundation.settings import Settings
@@ -47,18 +61,30 @@ async def ring_doorbell(redis: ArqRedis, settings: Settings) -> None:
     await redis.publish(doorbell_channel(settings), b"")
 
 
+# What a Redis call may raise when Redis is away, slow, or its cluster is reshaping itself
+# (redis-py's cluster errors are not all ``RedisError``s).
+REDIS_ERRORS = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+RealtimeRedis = Redis | RedisCluster
+"""The realtime Redis: one server or a cluster (see the module's docstring)."""
+RealtimePipeline = Pipeline | ClusterPipeline
+
+
+def _connection_options() -> dict[str, Any]:
+    return {
+        "health_check_interval": 15,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "retry": Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+
+
 def create_redis(settings: Settings) -> ArqRedis:
-    """A lazily-connecting client that retries dropped connections by itself."""
+    """The queue Redis: a lazily-connecting client that retries dropped connections by itself."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (the dev launcher `python -m server dev` provides one)")
-    pool = ConnectionPool.from_url(
-        settings.redis_url,
-        health_check_interval=15,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=5),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    pool = ConnectionPool.from_url(settings.redis_url, **_connection_options())
     return ArqRedis(
         pool_or_conn=pool,
         job_serializer=serialize_job,
@@ -67,7 +93,35 @@ def create_redis(settings: Settings) -> ArqRedis:
     )
 
 
-async def check_redis(redis: ArqRedis, timeout: float = 2.0) -> None:
+def is_cluster_url(url: str) -> bool:
+    return url.partition("://")[0].endswith("+cluster")
+
+
+def create_realtime_redis(settings: Settings, queue: ArqRedis) -> RealtimeRedis:
+    """The realtime Redis: ``queue`` itself unless ``REALTIME_REDIS_URL`` names another
+    server or a cluster."""
+    url = settings.realtime_redis_url
+    if not url or url == settings.redis_url:
+        return queue
+    if is_cluster_url(url):
+        scheme, _, rest = url.partition("://")
+        return RedisCluster.from_url(
+            f"{scheme.removesuffix('+cluster')}://{rest}",
+            # A failover or a slot move: find the new owner at once, then retry the command.
+            reinitialize_steps=1,
+            cluster_error_retry_attempts=3,
+            **_connection_options(),
+        )
+    return Redis(connection_pool=ConnectionPool.from_url(url, **_connection_options()))
+
+
+def register_script(redis: RealtimeRedis, source: str) -> AsyncScript:
+    """``redis.register_script(source)`` for a server or a cluster: redis-py types it for
+    ``Redis`` only, yet it runs on both (``EVALSHA`` goes to the shard of the keys it is given)."""
+    return AsyncScript(redis, source)  # type: ignore[arg-type]
+
+
+async def check_redis(redis: RealtimeRedis, timeout: float = 2.0) -> None:
     """Raise if Redis does not answer ``PING`` within ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         await redis.ping()

@@ -39,10 +39,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     db_pool_max_size: PositiveInt = 10
     db_command_timeout: PositiveFloat = 30.0
 
-    # Redis. Empty: the dev launcher starts an embedded Valkey server.
+    # Redis: arq's job queue, the coach's reply leases, sign-in flows, node heartbeats. One
+    # server (arq needs one). Empty: the dev launcher starts an embedded Valkey server.
     redis_url: str | None = None
+    # The realtime Redis: channel publications (sharded pub/sub), history caches, presence,
+    # online records, rate limits, the control bus: everything whose load grows with traffic.
+    # A ``redis+cluster://host:port`` (or ``rediss+cluster://``) URL names a Redis Cluster
+    # (any one node; the others are discovered). Empty: REDIS_URL's server. Redis 7+ either way.
+    realtime_redis_url: str | None = None
     # Namespace for every key, pub/sub channel and the arq queue of this deployment.
-    redis_prefix: str = "lounges"
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[^{}]+$")] = "lounges"
 
     # HTTP.
     cors_allow_origins: list[str] = msgspec.field(default_factory=list)
@@ -308,7 +314,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         if self.database_url is not None:
             _check_url("DATABASE_URL", self.database_url, {"postgres", "postgresql"})
         if self.redis_url is not None:
-            _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"})
+            _check_url("REDIS_URL", self.redis_url, {"redis", "rediss", "unix"}, cluster_hint=True)
+        if self.realtime_redis_url is not None:
+            _check_url(
+                "REALTIME_REDIS_URL",
+                self.realtime_redis_url,
+                {"redis", "rediss", "unix", "redis+cluster", "rediss+cluster"},
+            )
         for proxy in self.trusted_proxies:
             if proxy != "*":
                 try:
@@ -370,8 +382,12 @@ def fcm_service_account_info(value: str) -> dict[str, str]:
     return info
 
 
-def _check_url(variable: str, url: str, schemes: set[str]) -> None:
+def _check_url(variable: str, url: str, schemes: set[str], *, cluster_hint: bool = False) -> None:
     parts = urlsplit(url)
+    if cluster_hint and parts.scheme.endswith("+cluster"):
+        raise ValueError(
+            f"{variable} must name one Redis server (arq's queue needs one); name a cluster in REALTIME_REDIS_URL"
+        )
     if parts.scheme not in schemes:
         raise ValueError(f"{variable} must be a {'/'.join(sorted(schemes))} URL, got scheme {parts.scheme!r}")
     if parts.scheme != "unix" and not (parts.hostname or "host=" in parts.query):

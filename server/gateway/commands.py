@@ -21,9 +21,9 @@ from typing import Any
 import asyncpg
 import msgspec
 from asyncpg.exceptions._base import DataError as ArgumentError  # a query argument asyncpg cannot encode
-from redis.exceptions import RedisError
 
 from server.foundation.errors import AppError
+from server.foundation.redis import REDIS_ERRORS
 from server.gateway import protocol
 from server.gateway.connection import Connection, Subscription
 from server.gateway.hub import catch_up
@@ -134,7 +134,7 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "invalid_value: a value cannot be stored"))
     except RecursionError:
         _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "malformed command: nested too deeply"))
-    except (TimeoutError, RedisError, OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
+    except (*REDIS_ERRORS, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         log.warning("command failed: a dependency is unavailable", extra={"method": method, "error": repr(exc)})
         _answer(connection, command, UNAVAILABLE)
     except Exception:
@@ -327,7 +327,7 @@ async def _stream_snapshots(node: Node, name: str) -> list[bytes]:
     try:
         async with asyncio.timeout(REDIS_TIMEOUT):
             return await node.domain.stream_snapshots(name)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("streaming replies unknown; subscribing without", extra={"channel": name, "error": repr(exc)})
         return []
 

@@ -23,8 +23,7 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
-from redis.exceptions import RedisError
-
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
 from server.gateway import protocol
 from server.gateway.connection import Connection
@@ -34,7 +33,7 @@ from server.gateway.ports import Domain
 from server.gateway.presence import Presence
 from server.gateway.subscriber import PERSONAL_PREFIX, REDIS_TIMEOUT, Subscriber, personal_channel, wire_decoder
 from server.gateway.sweeps import Sweeps
-from server.streams.broker import WIRE_JOIN, WIRE_LEAVE, WIRE_PUBLICATION, Wire, encode_wire, pubsub_channel
+from server.streams.broker import WIRE_JOIN, WIRE_LEAVE, WIRE_PUBLICATION, Wire, encode_wire, publish, pubsub_channel
 from server.streams.online import mark_offline, mark_online
 
 log = logging.getLogger("lounges.realtime")
@@ -162,10 +161,12 @@ class Node:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 if online:
-                    await mark_online(self.state.redis, self.prefix, user_id, self.node_id, self.settings.presence_ttl)
+                    await mark_online(
+                        self.state.realtime_redis, self.prefix, user_id, self.node_id, self.settings.presence_ttl
+                    )
                 else:
-                    await mark_offline(self.state.redis, self.prefix, user_id, self.node_id)
-        except (RedisError, OSError, TimeoutError) as exc:
+                    await mark_offline(self.state.realtime_redis, self.prefix, user_id, self.node_id)
+        except REDIS_ERRORS as exc:
             log.warning("online record not updated", extra={"user": str(user_id), "error": repr(exc)})
 
     def move_session(self, connection: Connection, old_session: uuid.UUID) -> None:
@@ -180,10 +181,7 @@ class Node:
             return
         self._discard(self.by_session, principal.session_id, connection)
         if self._discard(self.by_user, principal.user_id, connection):
-            try:
-                await self.subscriber.unlisten(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
-            except RedisError as exc:
-                log.warning("unsubscribe from Redis failed", extra={"user": str(principal.user_id), "error": repr(exc)})
+            await self.subscriber.unlisten(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
             await self._set_online(principal.user_id, False)
 
     @staticmethod
@@ -256,10 +254,7 @@ class Node:
 
     async def _close_hub(self, hub: Hub) -> None:
         self.hubs.pop(hub.name, None)
-        try:
-            await self.subscriber.unlisten(pubsub_channel(self.prefix, hub.name))
-        except RedisError as exc:
-            log.warning("unsubscribe from Redis failed", extra={"channel": hub.name, "error": repr(exc)})
+        await self.subscriber.unlisten(pubsub_channel(self.prefix, hub.name))
 
     def release_if_idle(self, hub: Hub) -> None:
         """Close ``hub`` if nobody subscribes to it any more (a subscribe failed after opening it)."""
@@ -281,7 +276,7 @@ class Node:
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT):
                     await self.presence.remove(channel, connection.client_id)
-            except (RedisError, OSError, TimeoutError) as exc:  # the entry expires within PRESENCE_TTL
+            except REDIS_ERRORS as exc:  # the entry expires within PRESENCE_TTL
                 log.warning("presence remove failed", extra={"channel": channel, "error": repr(exc)})
             await self._publish_presence(channel, WIRE_LEAVE, info)
         if not hub.subscribers:
@@ -299,7 +294,7 @@ class Node:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await self.presence.add(channel, connection.client_id, info)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("presence add failed", extra={"channel": channel, "error": repr(exc)})
         await self._publish_presence(channel, WIRE_JOIN, info)
 
@@ -307,8 +302,8 @@ class Node:
         payload = encode_wire(kind, 0, "", info)
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                await self.state.redis.publish(pubsub_channel(self.prefix, channel), payload)
-        except (RedisError, OSError, TimeoutError) as exc:
+                await publish(self.state.realtime_redis, pubsub_channel(self.prefix, channel), payload)
+        except REDIS_ERRORS as exc:
             log.warning(
                 "presence push failed; this node's subscribers only", extra={"channel": channel, "error": repr(exc)}
             )

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from server.foundation.redis import register_script
 from server.foundation.state import AppState
 from server.gateway.protocol import ClientInfo
 from server.streams.online import queue_refresh
@@ -37,13 +38,14 @@ _info_decoder = msgspec.json.Decoder(ClientInfo)
 
 class Presence:
     def __init__(self, state: AppState) -> None:
-        self._redis = state.redis
+        self._redis = state.realtime_redis
         self._prefix = state.settings.redis_prefix
         self._ttl = state.settings.presence_ttl
-        self._live = state.redis.register_script(_LIVE)
+        self._live = register_script(self._redis, _LIVE)
 
     def _keys(self, channel: str) -> tuple[str, str]:
-        return f"{self._prefix}:presence:{channel}", f"{self._prefix}:presence-exp:{channel}"
+        """The channel's two presence keys, on its shard (the hash tag of its other keys)."""
+        return f"{self._prefix}:presence:{{{channel}}}", f"{self._prefix}:presence-exp:{{{channel}}}"
 
     @staticmethod
     def client_info(connection: Connection) -> bytes:
@@ -58,7 +60,7 @@ class Presence:
 
     async def add(self, channel: str, client_id: str, info: bytes) -> None:
         info_key, expiry_key = self._keys(channel)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             # redis-py types hash values as str; bytes are sent as they are.
             pipe.hset(info_key, client_id, info)  # type: ignore[arg-type]
             pipe.zadd(expiry_key, {client_id: time.time() + self._ttl})
@@ -68,7 +70,7 @@ class Presence:
 
     async def remove(self, channel: str, client_id: str) -> None:
         info_key, expiry_key = self._keys(channel)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hdel(info_key, client_id)
             pipe.zrem(expiry_key, client_id)
             await pipe.execute()

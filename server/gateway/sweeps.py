@@ -11,9 +11,8 @@ import uuid
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import RedisError
-
 from server.foundation.errors import AppError
+from server.foundation.redis import REDIS_ERRORS
 from server.gateway import protocol
 from server.gateway.hub import catch_up
 from server.gateway.subscriber import PERSONAL_PREFIX
@@ -60,7 +59,7 @@ class Sweeps:
     async def _async_duty(self, what: str, duty: Callable[..., Coroutine[Any, Any, None]], *args: Any) -> None:
         try:
             await self.node.bounded(duty(*args), self.node.settings.ws_command_timeout)
-        except (RedisError, OSError, TimeoutError) as exc:  # a dependency is away: next round
+        except REDIS_ERRORS as exc:  # a dependency is away: next round
             log.warning("realtime housekeeping failed", extra={"duty": what, "error": repr(exc)})
         except Exception:
             log.exception("realtime housekeeping failed", extra={"duty": what})

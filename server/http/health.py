@@ -43,6 +43,8 @@ class HealthController(Controller):
             raise Unavailable("draining: this node is shutting down", code="draining")
         checks: dict[str, str] = {}
         probes = [("postgres", check_database(app_state.engine)), ("redis", check_redis(app_state.redis))]
+        if app_state.realtime_redis is not app_state.redis:
+            probes.append(("realtime_redis", check_redis(app_state.realtime_redis)))
         if app_state.storage.configured:
             probes.append(("storage", app_state.storage.ping()))
         elif app_state.settings.is_production:

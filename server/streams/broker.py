@@ -5,6 +5,12 @@ after its transaction commits: :func:`broadcast` adds it to the Redis history ca
 publishes it on the channel's pub/sub, where every node's gateway hears it. Ephemeral
 messages (typing, deltas, notifications) are published only. Never raises: the log is
 the truth, and nodes catch up from it.
+
+All of it is on the realtime Redis (``state.realtime_redis``), which may be a Redis
+Cluster: a channel's keys and its pub/sub channel share the hash tag ``{<channel>}``, so
+they live on one shard, and publications use sharded pub/sub (``SPUBLISH``; see
+:mod:`server.streams.sharded_pubsub`). Nothing here spans two channels' keys in one
+atomic step, which a cluster could not do.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
+from server.foundation.redis import REDIS_ERRORS, RealtimePipeline, RealtimeRedis
 from server.foundation.state import AppState
 from server.streams.channels import Publication
 
@@ -33,27 +39,53 @@ async def forget_channels(state: AppState, names: list[str]) -> None:
     if not names:
         return
     prefix = state.settings.redis_prefix
-    keys = [key for name in names for key in (history_key(prefix, name), rewrites_key(prefix, name))]
     try:
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            await state.redis.delete(*keys)
-    except (RedisError, OSError, TimeoutError) as exc:
+        async with asyncio.timeout(REDIS_TIMEOUT), state.realtime_redis.pipeline(transaction=False) as pipe:
+            for name in names:  # one DEL per channel: a cluster refuses keys of several slots in one
+                pipe.delete(history_key(prefix, name), rewrites_key(prefix, name))
+            await pipe.execute()
+    except REDIS_ERRORS as exc:
         log.warning("deleted channels' history caches left to expire", extra={"error": repr(exc)})
 
 
 def pubsub_channel(prefix: str, name: str) -> str:
-    """The Redis pub/sub channel carrying ``name``'s publications between nodes."""
-    return f"{prefix}:ch:{name}"
+    """The Redis (sharded) pub/sub channel carrying ``name``'s publications between nodes."""
+    return f"{prefix}:ch:{{{name}}}"
+
+
+def channel_of(prefix: str, pubsub: bytes) -> str | None:
+    """The channel name a :func:`pubsub_channel` carries, or None for any other pub/sub channel."""
+    head = f"{prefix}:ch:{{".encode()
+    if not (pubsub.startswith(head) and pubsub.endswith(b"}")):
+        return None
+    return pubsub[len(head) : -1].decode()
 
 
 def history_key(prefix: str, name: str) -> str:
     """The Redis sorted set caching ``name``'s recent publications by offset."""
-    return f"{prefix}:hist:{name}"
+    return f"{prefix}:hist:{{{name}}}"
 
 
 def rewrites_key(prefix: str, name: str) -> str:
-    """The channel's rewrite count the history cache has applied (see :func:`rewrite`)."""
-    return f"{prefix}:hist-rewrites:{name}"
+    """The channel's rewrite count the history cache has applied (see :func:`broadcast`)."""
+    return f"{prefix}:hist-rewrites:{{{name}}}"
+
+
+# Replace the cached publication at ARGV[1] by ARGV[2], trim the cache to ARGV[3] entries,
+# set both keys' expiry to ARGV[4] seconds and the applied rewrite count to ARGV[5]: one
+# atomic step on the channel's shard (KEYS: history_key, rewrites_key).
+_REWRITE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
+"""
+
+
+def publish(redis: RealtimeRedis | RealtimePipeline, pubsub: str, payload: bytes) -> Any:
+    """``SPUBLISH`` ``payload`` on the shard owning ``pubsub`` (queued, on a pipeline)."""
+    return redis.execute_command("SPUBLISH", pubsub, payload)
 
 
 WIRE_PUBLICATION, WIRE_JOIN, WIRE_LEAVE, WIRE_REWRITE = 0, 1, 2, 3
@@ -101,9 +133,10 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
     two entries at one offset, which :func:`server.streams.history.from_cache`
     never serves as a gapless run, so the log answers instead. Rewrites travel on
     the channel's pub/sub ahead of ``publications``, so a node has applied them
-    before it delivers what follows. With rewrites the whole pipeline is one
-    MULTI/EXEC, so the cache's content and its rewrite count (:func:`rewrites_key`)
-    change together; a cache whose count is not the channel's is not served.
+    before it delivers what follows (one channel's commands go to one shard, in
+    order). Each rewrite changes the cache's entry and its rewrite count
+    (:func:`rewrites_key`) in one script, so they change together; a cache whose
+    count is not the channel's is not served.
 
     Never raises (the publications are committed, so the write succeeded): this process's
     own sockets get everything at once through ``state.local_delivery`` (the copy that
@@ -115,23 +148,23 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
         return
     settings = state.settings
     local = state.local_delivery
-    async with state.redis.pipeline(transaction=bool(rewritten)) as pipe:
+    async with state.realtime_redis.pipeline(transaction=False) as pipe:
         for publication in rewritten:
             data = _encoder.encode(publication.data)
-            key = history_key(settings.redis_prefix, publication.channel)
-            pipe.zremrangebyscore(key, publication.offset, publication.offset)
-            pipe.zadd(
-                key, {encode_wire(WIRE_PUBLICATION, publication.offset, publication.epoch, data): publication.offset}
-            )
-            pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
-            pipe.expire(key, settings.history_cache_ttl)
-            pipe.set(
+            cached = encode_wire(WIRE_PUBLICATION, publication.offset, publication.epoch, data)
+            pipe.eval(  # redis-py types eval's arguments as str; it sends bytes and ints as they are
+                _REWRITE,
+                2,
+                history_key(settings.redis_prefix, publication.channel),
                 rewrites_key(settings.redis_prefix, publication.channel),
-                publication.rewrites,
-                ex=settings.history_cache_ttl,
+                publication.offset,  # type: ignore[arg-type]
+                cached,  # type: ignore[arg-type]
+                settings.history_cache_size,  # type: ignore[arg-type]
+                settings.history_cache_ttl,  # type: ignore[arg-type]
+                publication.rewrites,  # type: ignore[arg-type]
             )
             rewrite_wire = encode_wire(WIRE_REWRITE, publication.offset, publication.epoch, data, publication.rewrites)
-            pipe.publish(pubsub_channel(settings.redis_prefix, publication.channel), rewrite_wire)
+            publish(pipe, pubsub_channel(settings.redis_prefix, publication.channel), rewrite_wire)
             if local is not None:
                 local(publication.channel, rewrite_wire)
         for publication in publications:
@@ -142,13 +175,13 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
             pipe.zadd(key, {payload: publication.offset})
             pipe.zremrangebyrank(key, 0, -settings.history_cache_size - 1)
             pipe.expire(key, settings.history_cache_ttl)
-            pipe.publish(pubsub_channel(settings.redis_prefix, publication.channel), payload)
+            publish(pipe, pubsub_channel(settings.redis_prefix, publication.channel), payload)
             if local is not None:
                 local(publication.channel, payload)
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_ERRORS as exc:
             log.warning("broadcast through Redis failed; nodes catch up from the log", extra={"error": repr(exc)})
 
 
@@ -164,8 +197,8 @@ async def broadcast_ephemeral(state: AppState, channel: str, data: dict[str, Any
     payload = ephemeral_wire(data)
     try:
         async with asyncio.timeout(REDIS_TIMEOUT):
-            await state.redis.publish(pubsub_channel(state.settings.redis_prefix, channel), payload)
-    except (RedisError, OSError, TimeoutError) as exc:
+            await publish(state.realtime_redis, pubsub_channel(state.settings.redis_prefix, channel), payload)
+    except REDIS_ERRORS as exc:
         log.warning("ephemeral broadcast failed; this node only", extra={"channel": channel, "error": repr(exc)})
         if state.local_delivery is not None:
             state.local_delivery(channel, payload)

@@ -12,13 +12,20 @@ lets an earlier version out.
 from __future__ import annotations
 
 import msgspec
-from redis.exceptions import RedisError
 
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
 from server.streams.broker import Wire, history_key, rewrites_key
 from server.streams.tables import Channel, ChannelPublication
 
 _wire_decoder = msgspec.json.Decoder(Wire)
+
+# Empty a cache that missed a rewrite and record the rewrite count it starts again from, in
+# one step on the channel's shard (KEYS: history_key, rewrites_key; ARGV: count, TTL seconds).
+_RESET = """
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+"""
 
 Entry = tuple[int, bytes]  # (offset, raw JSON data)
 
@@ -47,17 +54,15 @@ async def from_cache(state: AppState, name: str, after: int, limit: int, rewrite
     (a rewrite raced the original's broadcast: only the log knows which is current)."""
     prefix = state.settings.redis_prefix
     key, count_key = history_key(prefix, name), rewrites_key(prefix, name)
-    async with state.redis.pipeline(transaction=False) as pipe:
+    redis = state.realtime_redis
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.get(count_key)
         pipe.zrangebyscore(key, f"({after}", "+inf", start=0, num=limit + 1)
         applied, raw = await pipe.execute()
     applied = int(applied or 0)
     if applied != rewrites:
         if applied < rewrites:
-            async with state.redis.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.set(count_key, rewrites, ex=state.settings.history_cache_ttl)
-                await pipe.execute()
+            await redis.eval(_RESET, 2, key, count_key, str(rewrites), str(state.settings.history_cache_ttl))  # type: ignore[misc]  # redis-py#2399: asyncio commands typed Awaitable[T] | T
         return []
     entries: list[Entry] = []
     for payload in raw:
@@ -89,7 +94,7 @@ async def publications_after(
         return []
     try:
         cached = await from_cache(state, name, after, wanted, rewrites)
-    except RedisError:  # the cache is an optimisation: Redis trouble falls back to the log
+    except REDIS_ERRORS:  # the cache is an optimisation: Redis trouble falls back to the log
         cached = []
     if len(cached) == wanted and contiguous(cached, after):
         return cached

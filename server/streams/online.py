@@ -22,8 +22,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
+from server.foundation.redis import RealtimePipeline, RealtimeRedis
 
 
 def online_key(prefix: str, user_id: uuid.UUID | str) -> str:
@@ -31,23 +30,23 @@ def online_key(prefix: str, user_id: uuid.UUID | str) -> str:
     return f"{prefix}:online:{user_id}"
 
 
-async def mark_online(redis: Redis, prefix: str, user_id: uuid.UUID, node_id: str, ttl: int) -> None:
+async def mark_online(redis: RealtimeRedis, prefix: str, user_id: uuid.UUID, node_id: str, ttl: int) -> None:
     """``node_id`` holds a socket of ``user_id`` (for ``ttl`` seconds unless refreshed);
     entries of nodes that lapsed are dropped on the way."""
     key, now = online_key(prefix, user_id), time.time()
-    async with redis.pipeline(transaction=True) as pipe:
+    async with redis.pipeline(transaction=False) as pipe:
         pipe.zremrangebyscore(key, "-inf", now)
         pipe.zadd(key, {node_id: now + ttl})
         pipe.expire(key, ttl * 2)
         await pipe.execute()
 
 
-async def mark_offline(redis: Redis, prefix: str, user_id: uuid.UUID, node_id: str) -> None:
+async def mark_offline(redis: RealtimeRedis, prefix: str, user_id: uuid.UUID, node_id: str) -> None:
     """``node_id`` holds no socket of ``user_id`` any more."""
     await redis.zrem(online_key(prefix, user_id), node_id)
 
 
-def queue_refresh(pipe: Pipeline, prefix: str, user_ids: Iterable[uuid.UUID], node_id: str, ttl: int) -> bool:
+def queue_refresh(pipe: RealtimePipeline, prefix: str, user_ids: Iterable[uuid.UUID], node_id: str, ttl: int) -> bool:
     """Queue on ``pipe`` the refresh of ``node_id``'s entries for ``user_ids``; whether any was queued."""
     until = time.time() + ttl
     queued = False
@@ -59,7 +58,7 @@ def queue_refresh(pipe: Pipeline, prefix: str, user_ids: Iterable[uuid.UUID], no
     return queued
 
 
-async def online_users(redis: Redis, prefix: str, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+async def online_users(redis: RealtimeRedis, prefix: str, user_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
     """Those of ``user_ids`` with a socket connected to any node now (one round trip)."""
     if not user_ids:
         return set()

@@ -24,22 +24,23 @@ from server.streams.broker import pubsub_channel
 from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.nodes import ROOT, node_env
+from tests.support.shard_listen import listening
 from workers.main import health_check_key
 
 
 class WireWatch:
-    """Every frame published for one channel, read straight off its Redis pub/sub channel."""
+    """Every frame published for one channel, read straight off its (sharded) Redis pub/sub channel."""
 
     def __init__(self, settings: Settings, channel: str) -> None:
         self.redis = Redis.from_url(settings.redis_url or "")
         self.wire = pubsub_channel(settings.redis_prefix, channel)
         self.frames: list[tuple[int, dict[str, Any]]] = []  # (offset: 0 when ephemeral, data)
+        self._stack = contextlib.AsyncExitStack()
         self._task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> WireWatch:
-        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        await pubsub.subscribe(self.wire)
-        self._task = asyncio.create_task(self._read(pubsub))
+        heard = await self._stack.enter_async_context(listening(self.redis, self.wire))
+        self._task = asyncio.create_task(self._read(heard))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -47,13 +48,13 @@ class WireWatch:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        await self._stack.aclose()
         await self.redis.aclose()
 
-    async def _read(self, pubsub: Any) -> None:
-        async with pubsub:
-            async for message in pubsub.listen():
-                _kind, offset, _epoch, data = msgspec.json.decode(message["data"])[:4]
-                self.frames.append((offset, data))
+    async def _read(self, heard: asyncio.Queue[bytes]) -> None:
+        while True:
+            _kind, offset, _epoch, data = msgspec.json.decode(await heard.get())[:4]
+            self.frames.append((offset, data))
 
     def of_type(self, kind: str, stream_id: str | None = None) -> list[dict[str, Any]]:
         return [

@@ -205,7 +205,7 @@ async def revoke_sessions(
 async def announce_revoked(state: AppState, user_id: uuid.UUID, session_ids: list[uuid.UUID], reason: str) -> None:
     if session_ids:
         await publish_control(
-            state.redis,
+            state.realtime_redis,
             state.settings.redis_prefix,
             ControlEvent(kind="session.revoked", user_id=user_id, session_ids=session_ids, reason=reason),
         )
@@ -623,6 +623,6 @@ async def do_delete_account(
         disabled = ControlEvent(
             kind="user.disabled", user_id=principal.user_id, session_ids=revoked, reason="account_deleted"
         )
-        await on_commit(partial(publish_control, state.redis, state.settings.redis_prefix, disabled))
+        await on_commit(partial(publish_control, state.realtime_redis, state.settings.redis_prefix, disabled))
         await on_commit(partial(state.redis.enqueue_job, "erase_user", str(principal.user_id), str(request["id"])))
     return request["id"]

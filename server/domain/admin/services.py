@@ -307,7 +307,7 @@ async def do_change_role(
         # Once committed, the user's open sockets act with the new role at once (every node),
         # before the notification telling them so is pushed (and mailed if wanted).
         changed = ControlEvent(kind="user.role_changed", user_id=user_id)
-        await on_commit(partial(publish_control, state.redis, state.settings.redis_prefix, changed))
+        await on_commit(partial(publish_control, state.realtime_redis, state.settings.redis_prefix, changed))
         await notify_on_commit(
             state,
             user_id,

@@ -150,7 +150,7 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
         delta = "".join(pending)
         pending.clear()
         stream.text = "".join(text)
-        # The snapshot and the delta at once: a late subscriber's snapshot never lacks a
+        # The snapshot first, then the delta: a late subscriber's snapshot never lacks a
         # delta it will not receive, and nothing goes out once a reaper took the reply.
         frame = ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta})
         if await lease.publish(stream, frame) and stream.seq == 1:

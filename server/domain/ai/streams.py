@@ -43,7 +43,7 @@ from server.domain.tables.chat import MessageStatus
 from server.foundation.redis import queue_name
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
-from server.streams.broker import broadcast, pubsub_channel
+from server.streams.broker import broadcast, publish, pubsub_channel
 from server.streams.channels import Publication
 
 log = logging.getLogger("lounges.coach")
@@ -146,16 +146,16 @@ redis.call('PEXPIRE', KEYS[3], 2 * tonumber(ARGV[3]))
 return 1
 """
 
-# A frame of the reply and the snapshot that includes it, at once, unless a reaper took the
-# reply (claimed or ended it). The reaper claims before it reads the snapshot, so what it
-# stores is exactly what subscribers were sent, even when the worker only stalled.
-_PUBLISH = """
+# The snapshot that includes a frame of the reply, unless a reaper took the reply (claimed
+# or ended it); the frame is published after it (on the realtime Redis, maybe another
+# server). The reaper claims before it reads the snapshot, so what it stores holds every
+# frame subscribers were sent (and at most one they were not, should the publish fail).
+_SNAPSHOT = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 1 then
   return 0
 end
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
 redis.call('EXPIRE', KEYS[3], 3600)
-redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -233,11 +233,11 @@ class LeaseKeeper:
         nothing, once a reaper took the reply (``lost`` is set then)."""
         state, live = self.state, self.live
         keys = (live_key(state), ending_key(state, live.stream_id), streams_key(state, live.channel))
-        wire = pubsub_channel(state.settings.redis_prefix, live.channel)
-        sent = await _eval(state, _PUBLISH, keys, live.stream_id, msgspec.json.encode(snapshot), wire, frame)
-        if not sent:
+        if not await _eval(state, _SNAPSHOT, keys, live.stream_id, msgspec.json.encode(snapshot)):
             self._taken()
-        return bool(sent)
+            return False
+        await publish(state.realtime_redis, pubsub_channel(state.settings.redis_prefix, live.channel), frame)
+        return True
 
     def _taken(self) -> None:
         if not self.lost.is_set():

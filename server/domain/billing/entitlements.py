@@ -301,7 +301,7 @@ async def announce_access_lost(state: AppState, user_id: uuid.UUID, channels: li
     """After the commit: every node unsubscribes the user's sockets from ``channels``."""
     for channel in channels:
         await publish_control(
-            state.redis,
+            state.realtime_redis,
             state.settings.redis_prefix,
             ControlEvent(kind="channel.access_lost", user_id=user_id, channel=channel, reason=reason),
         )

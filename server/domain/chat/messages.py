@@ -20,7 +20,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from redis.exceptions import RedisError
 
 from server.domain.access.policy import ChannelAccess, channel_access
 from server.domain.accounts.services import Principal
@@ -43,6 +42,7 @@ from server.domain.tables.lounges import LoungeMembership
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import decode_cursor, encode_cursor
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.settings import parse_rate
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
@@ -266,7 +266,7 @@ async def _post_message(
                 offset=offset,
                 text=text,
             )
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("coach reply not queued", extra={"channel": name, "offset": offset, "error": repr(exc)})
     return PostResult(message=message, created=True, publication=publication)
 

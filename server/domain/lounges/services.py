@@ -473,7 +473,7 @@ async def _member(lounge_id: uuid.UUID, user_id: uuid.UUID) -> MemberOut:
 async def _announce_access_lost(state: AppState, user_id: uuid.UUID, channel: str, reason: str) -> None:
     """Tell every node to unsubscribe the user's sockets from the channel (after commit)."""
     await publish_control(
-        state.redis,
+        state.realtime_redis,
         state.settings.redis_prefix,
         ControlEvent(kind="channel.access_lost", user_id=user_id, channel=channel, reason=reason),
     )

@@ -47,7 +47,6 @@ from functools import partial
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from server.domain.accounts.services import Principal
 from server.domain.notifications.schemas import NotificationOut, NotificationPage, ReadResult
@@ -56,6 +55,7 @@ from server.foundation.errors import NotFound
 from server.foundation.links import public_base_url
 from server.foundation.mail import Mail, queue_mail
 from server.foundation.pagination import keyset_page
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
@@ -230,7 +230,7 @@ async def _queue_push(state: AppState, notification_id: uuid.UUID) -> None:
             await state.redis.enqueue_job(
                 PUSH_JOB, str(notification_id), _job_id=f"push:notification:{notification_id}"
             )
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("notification push not queued", extra={"notification_id": str(notification_id), "error": repr(exc)})
 
 

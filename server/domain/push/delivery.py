@@ -35,7 +35,6 @@ from datetime import timedelta
 from typing import Any
 
 import msgspec
-from redis.exceptions import RedisError
 
 from server.domain.notifications.services import PUSH_JOB, mentioned_user_ids, render_mentions
 from server.domain.push.devices import token_hint
@@ -44,6 +43,7 @@ from server.domain.push.payloads import Push, build
 from server.domain.push.providers import providers_of
 from server.domain.tables.push import PushDevice, PushLog, PushStatus
 from server.foundation.errors import RateLimited
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import unit_of_work
 from server.streams.online import online_users
@@ -91,7 +91,7 @@ async def _queue(state: AppState, job: str, *args: Any, job_id: str) -> None:
     try:
         async with asyncio.timeout(QUEUE_TIMEOUT):
             await state.redis.enqueue_job(job, *args, _job_id=job_id)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_ERRORS as exc:
         log.warning("push not queued", extra={"job": job, "error": repr(exc)})
 
 
@@ -257,7 +257,7 @@ async def deliver(
     state: AppState, pushes: dict[uuid.UUID, Push], *, attempt: int = 1, only_devices: Sequence[uuid.UUID] | None = None
 ) -> str:
     """Push to the devices of every user in ``pushes`` who has no socket connected now."""
-    online = await online_users(state.redis, state.settings.redis_prefix, list(pushes))
+    online = await online_users(state.realtime_redis, state.settings.redis_prefix, list(pushes))
     away = [user_id for user_id in pushes if user_id not in online]
     if not away:
         return "online"
@@ -382,7 +382,7 @@ async def _settle(state: AppState, results: list[tuple[tuple[Target, Push], Outc
             await state.redis.enqueue_job(
                 RETRY_JOB, retries, attempt + 1, _defer_by=timedelta(seconds=min(300.0, delay))
             )
-        except (RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             log.error("push retries not queued", extra={"devices": len(retries), "error": repr(exc)})
     return counts
 
