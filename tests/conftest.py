@@ -205,6 +205,18 @@ async def cluster(app: Litestar, settings: Settings, private_redis: RedisServer)
         await running.close()
 
 
+@pytest.fixture
+async def sharded_cluster(
+    app: Litestar, settings: Settings, private_redis: RedisServer, valkey_cluster: ValkeyCluster
+) -> AsyncIterator[Cluster]:
+    """As ``cluster``, with the nodes' realtime Redis on the Valkey cluster (arq stays on the private Redis)."""
+    running = Cluster(settings, private_redis, realtime_url=valkey_cluster.url)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
 @pytest.fixture(params=sdk.ENCODINGS)
 def encoding(request: pytest.FixtureRequest) -> Iterator[sdk.Encoding]:
     """Run the test once per encoding of the socket protocol (a module opts in with

@@ -31,23 +31,31 @@ NODE_ENV = {"PUBLISH_RATE_LIMIT": "1000/1", "DRAIN_SECONDS": "1"}
 class Cluster:
     """Nodes, proxies and SDK clients of one test; ``close()`` ends them all."""
 
-    def __init__(self, settings: Settings, redis_server: RedisServer) -> None:
+    def __init__(self, settings: Settings, redis_server: RedisServer, realtime_url: str | None = None) -> None:
         self.settings = settings
         self.redis = redis_server
+        # The nodes' REALTIME_REDIS_URL (e.g. a Valkey cluster); None: the private Redis serves both roles.
+        self.realtime_url = realtime_url
         self.nodes: list[WebNode] = []
         self.proxies: list[TcpProxy] = []
         self.clients: list[Client] = []
 
     async def start_nodes(self, count: int = 2, **env: str) -> list[WebNode]:
-        nodes = [WebNode(self.settings, **{"REDIS_URL": self.redis.url, **NODE_ENV, **env}) for _ in range(count)]
+        nodes = [WebNode(self.settings, **self._env(env)) for _ in range(count)]
         self.nodes.extend(nodes)
         await asyncio.gather(*(node.start() for node in nodes))
         return nodes
 
     async def start_node(self, **env: str) -> WebNode:
-        node = WebNode(self.settings, **{"REDIS_URL": self.redis.url, **NODE_ENV, **env})
+        node = WebNode(self.settings, **self._env(env))
         self.nodes.append(node)
         return await node.start()
+
+    def _env(self, overrides: dict[str, str]) -> dict[str, str]:
+        env = {"REDIS_URL": self.redis.url, **NODE_ENV, **overrides}
+        if self.realtime_url is not None:
+            env.setdefault("REALTIME_REDIS_URL", self.realtime_url)
+        return env
 
     async def redis_link(self) -> tuple[TcpProxy, str]:
         """A link to the private Redis that can be stalled (``pause()``), and its URL."""
