@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import coach_stream, http_baseline, rag, ws_baseline, ws_processes
+from bench import coach_stream, http_baseline, rag, writes, ws_baseline, ws_processes
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -22,6 +22,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "processes": ws_processes.run,
     "rag": rag.run,
     "coach": coach_stream.run,
+    "writes": writes.run,
 }
 
 QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
@@ -47,7 +48,7 @@ def _counts(text: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError("comma-separated process counts, e.g. 1,2") from None
+        raise argparse.ArgumentTypeError("comma-separated counts, e.g. 1,2") from None
     if not counts or any(count < 1 for count in counts) or len(set(counts)) != len(counts):
         raise argparse.ArgumentTypeError("distinct counts >= 1")
     return counts
@@ -104,6 +105,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N,N,...",
         help="serve --workers counts compared, ratios against the first (default 1,2)",
     )
+    writes_group = parser.add_argument_group("writes benchmark (stored messages/s through the domain write)")
+    writes_group.add_argument(
+        "--writers", type=int, metavar="N", help="concurrent writers, one member account each (default 32)"
+    )
+    writes_group.add_argument(
+        "--write-lounges",
+        type=_counts,
+        metavar="L,L,...",
+        help="lounge counts the writers spread over, ratios against the first (default 1,10,100,1000)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -114,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         parser.error("--repeats and --connections must be >= 1, --duration > 0, --warmup >= 0")
+    if args.writers is not None and args.writers < 1:
+        parser.error("--writers must be >= 1")
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
