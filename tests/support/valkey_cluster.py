@@ -14,6 +14,9 @@ port + 10000, which may be taken). No persistence (``--save "" --appendonly no``
 ``--cluster-node-timeout 1000`` and ``--cluster-replica-validity-factor 0`` make a
 killed primary's replica take over within a few seconds; ``restart()`` brings a killed
 node back on its port with its ``nodes.conf``, and the cluster makes it a replica.
+``move_slot()`` migrates one slot online to another primary, keys and all, the way
+``valkey-cli --cluster reshard`` does (the old owner then sends ``sunsubscribe`` to the
+``SSUBSCRIBE`` clients of the slot's shard channels, and its replicas do too).
 
 Every wait is bounded and fails with the tail of each node's log.
 """
@@ -49,6 +52,11 @@ def _free_ports(count: int) -> list[int]:
     finally:
         for probe in probes:
             probe.close()
+
+
+def slot_of(key: str) -> int:
+    """The cluster slot of ``key`` (``{hash tags}`` honoured)."""
+    return key_slot(key.encode())
 
 
 def slot_ranges(primaries: int) -> list[tuple[int, int]]:
@@ -91,13 +99,15 @@ class Node:
     def log(self) -> Path:
         return self.folder / "valkey.log"
 
-    def client(self) -> redis.Redis:
+    def client(self, timeout: float = 2) -> redis.Redis:
         """A sync client of this node alone (no cluster redirects); close it after use."""
-        return redis.Redis(host=HOST, port=self.port, decode_responses=True, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            host=HOST, port=self.port, decode_responses=True, socket_timeout=timeout, socket_connect_timeout=2
+        )
 
-    def command(self, *args: str | int) -> Any:
-        """Run one command on this node; returns its raw (decoded) reply."""
-        with self.client() as connection:
+    def command(self, *args: str | int, timeout: float = 2) -> Any:
+        """Run one command on this node (waiting up to ``timeout`` seconds for its reply)."""
+        with self.client(timeout) as connection:
             return connection.execute_command(*args)
 
     def log_tail(self, lines: int = 15) -> str:
@@ -311,11 +321,14 @@ class ValkeyCluster:
 
     def primary_for(self, key: str) -> Node:
         """The node currently serving ``key``'s slot ({hash tags} honoured), as a live node sees it."""
-        slot = key_slot(key.encode())
+        return self.primary_of_slot(slot_of(key))
+
+    def primary_of_slot(self, slot: int) -> Node:
+        """The node currently serving ``slot``, as a live node sees it."""
         for entry in _cluster_nodes(self.live_nodes[0]).values():
             if entry.is_primary and "fail" not in entry.flags and _covers(entry.slots, slot):
                 return self.node_by_id(entry.node_id)
-        raise LookupError(f"no primary serves slot {slot} (key {key!r})")
+        raise LookupError(f"no primary serves slot {slot}")
 
     def refresh(self) -> None:
         """Update every node's ``role``, ``primary_id`` and ``slots`` from a live node's view."""
@@ -327,6 +340,59 @@ class ValkeyCluster:
             node.role = "primary" if entry.is_primary else "replica"
             node.primary_id = entry.primary_id
             node.slots = entry.slots
+
+    # -- resharding ------------------------------------------------------------------------------
+
+    def move_slot(self, slot: int, target: Node, timeout: float = 20) -> None:
+        """Migrate ``slot`` online to the primary ``target``, as ``valkey-cli --cluster reshard``
+        does: ``CLUSTER SETSLOT <slot> IMPORTING`` on the target, ``MIGRATING`` on the source,
+        every key moved with ``CLUSTER GETKEYSINSLOT`` + ``MIGRATE ... KEYS`` until none is
+        left, then ``CLUSTER SETSLOT <slot> NODE <target>`` on the target, the source and every
+        other live primary. Blocks until every live node's ``CLUSTER NODES`` and ``CLUSTER
+        SLOTS`` say the target owns the slot (no migration left marked) and ``cluster_state:ok``.
+
+        Clients keep working meanwhile: the source answers ``ASK`` for keys already moved,
+        and serves the slot's shard channels until it hands the slot over."""
+        if not 0 <= slot < SLOTS:
+            raise ValueError(f"no slot {slot}")
+        deadline = time.monotonic() + timeout
+        source = self.primary_of_slot(slot)
+        if source is target:
+            raise ValueError(f"node {target.port} already serves slot {slot}")
+        primaries = [
+            self.node_by_id(entry.node_id)
+            for entry in _cluster_nodes(source).values()
+            if entry.is_primary and not entry.failing
+        ]
+        if target not in primaries:
+            raise ValueError(f"node {target.port} is not a live primary: it cannot take slot {slot}")
+        # SETSLOT NODE waits for the node's replicas to acknowledge (Valkey 8), MIGRATE for
+        # the target: a longer wait for their replies than the harness's usual 2 s.
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id, timeout=10)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id, timeout=10)
+        moved = 0
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys, timeout=10)
+            moved += len(keys)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Valkey cluster: slot {slot} still holds keys after moving {moved}\n{self._logs()}")
+        for node in [target, source, *(node for node in primaries if node not in (target, source))]:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id, timeout=10)
+
+        def agreed() -> bool:
+            for node in self.live_nodes:
+                view = _cluster_nodes(node)
+                owners = [entry.node_id for entry in view.values() if entry.is_primary and _covers(entry.slots, slot)]
+                if owners != [target.node_id] or _slot_in_migration(node, slot):
+                    return False
+                ranges = node.command("CLUSTER", "SLOTS")
+                owner_ports = [int(rng[2][1]) for rng in ranges if rng[0] <= slot <= rng[1]]
+                if owner_ports != [target.port] or _cluster_state(node) != "ok":
+                    return False
+            return True
+
+        self._wait(f"every live node sees slot {slot} on node {target.port}", agreed, deadline)
+        self.refresh()
 
     # -- faults ----------------------------------------------------------------------------------
 
@@ -454,6 +520,16 @@ class ValkeyCluster:
             f"--- node {node.port} ({'alive' if node.alive else 'dead'}) {node.log}:\n{node.log_tail()}"
             for node in self.nodes
         )
+
+
+def _slot_in_migration(node: Node, slot: int) -> bool:
+    """Whether ``node`` still marks ``slot`` as migrating or importing (``[slot->-id]`` /
+    ``[slot-<-id]`` on its own ``CLUSTER NODES`` line)."""
+    for line in node.command("CLUSTER", "NODES").splitlines():
+        parts = line.split()
+        if len(parts) > 2 and "myself" in parts[2].split(","):
+            return any(item.startswith(f"[{slot}-") for item in parts[8:])
+    return False
 
 
 def _covers(slots: list[tuple[int, int]], slot: int) -> bool:
