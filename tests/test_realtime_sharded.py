@@ -11,6 +11,9 @@ a private single Redis, the official centrifuge-python SDK as the client.
 - A primary is killed while two nodes converse through it: its replica takes over, the
   nodes relink and catch up from the log, and every subscriber receives every
   acknowledged message exactly once, in order, without its socket dropping.
+- The lounge's slot is migrated online to another primary under the same load: the old
+  owner unsubscribes the channel, the nodes relink to the new owner and catch up, with
+  the same guarantees.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tests.support.cluster import (
 from tests.support.community import Community
 from tests.support.redis_server import RedisServer
 from tests.support.sdk import Recorder, payload, subscription
-from tests.support.valkey_cluster import ValkeyCluster
+from tests.support.valkey_cluster import ValkeyCluster, slot_of
 
 ERROR_RATE_LIMITED = 111
 DISCONNECT_INVALID_TOKEN = 3500
@@ -257,6 +260,91 @@ async def test_primary_failover_under_load_loses_and_duplicates_nothing(
         client_id = str(uuid.uuid4())
         await publisher_b.publish(channel, payload(publisher_b, message("after the failover", client_id)))
         await wait_for_all(recorders, total + 1, timeout=10)
+        for who, recorder in recorders.items():
+            assert seen(recorder)[-1] == (total + 1, client_id), who
+    finally:
+        await cluster.close()
+
+
+# -- a channel's slot moves to another shard under load ------------------------------------
+
+
+async def test_a_channels_slot_moving_to_another_shard_loses_and_duplicates_nothing(
+    app: Litestar,
+    settings: Settings,
+    private_redis: RedisServer,
+    own_valkey_cluster: ValkeyCluster,
+    community: Community,
+) -> None:
+    """Publishers on both nodes keep posting while the lounge's slot is migrated online to
+    another primary (``CLUSTER SETSLOT`` IMPORTING/MIGRATING, ``MIGRATE``, SETSLOT NODE). The
+    old owner unsubscribes the channel's shard subscribers on its own; both nodes relink,
+    subscribe on the new owner and catch up from the log. Every acknowledged message is
+    stored once and reaches every subscriber exactly once, in order, without its socket
+    dropping or resubscribing, and the channel is then carried by the new owner only."""
+    del app
+    valkey = own_valkey_cluster
+    cluster = Cluster(settings, private_redis, realtime_url=valkey.url)
+    try:
+        (node_a, node_b), (lounge, (mentor, alice, bob)) = await asyncio.gather(
+            cluster.start_nodes(), lounge_with_members(community, 3)
+        )
+        channel = lounge["channel"]
+        wire = pubsub_channel(settings.redis_prefix, channel)
+        recorders: dict[str, Recorder] = {}
+        events = {}
+        for who, url, account in (("mentor@A", node_a.ws_url, mentor), ("alice@B", node_b.ws_url, alice)):
+            client, events[who] = await cluster.connect(url, account)
+            _, recorders[who] = await cluster.subscribe(client, channel)
+        publisher_a, _ = await cluster.connect(node_a.ws_url, alice)
+        publisher_b, _ = await cluster.connect(node_b.ws_url, bob)
+        source = valkey.primary_for(wire)
+        target = next(node for node in valkey.live_nodes if node.role == "primary" and node is not source)
+        assert await shard_numsub(valkey, wire) == {
+            node.port: 2 * (node is source) for node in valkey.live_nodes if node.role == "primary"
+        }
+
+        talk = Conversation(channel)
+        per_publisher = 60
+        tasks = [
+            asyncio.create_task(talk.publisher(publisher_a, "alice@A", per_publisher, pause=0.03)),
+            asyncio.create_task(talk.publisher(publisher_b, "bob@B", per_publisher, pause=0.03)),
+        ]
+        try:
+            await wait_until(lambda: len(talk.acked) >= 20, 15, "20 messages acknowledged before the move")
+            await asyncio.to_thread(valkey.move_slot, slot_of(wire), target)
+            acked_at_move = len(talk.acked)
+            async with asyncio.timeout(40):
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        assert valkey.primary_for(wire) is target
+        total = 2 * per_publisher
+        assert acked_at_move < total, "the publishers were done before the slot had moved"
+
+        # Both nodes relinked: the channel is subscribed on the new owner (one link per
+        # node) and nowhere else, within a bounded time.
+        expected = {node.port: 2 * (node is target) for node in valkey.live_nodes if node.role == "primary"}
+        deadline = time.monotonic() + 10
+        while (counts := await shard_numsub(valkey, wire)) != expected and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert counts == expected, f"the nodes did not relink to the new owner {target.port} within 10 s"
+
+        log = await stored_log(channel)
+        assert [offset for offset, _ in log] == list(range(1, total + 1)), "a retry was stored twice, or a gap"
+        assert {client_id for _, client_id in log} == set(talk.acked)
+        await wait_for_all(recorders, total, timeout=20)
+        for who, recorder in recorders.items():
+            assert_exact_stream(recorder, log, who)
+            assert len(events[who].connected) == 1, f"{who}'s socket dropped"
+            assert len(recorder.subscribed) == 1, f"{who} had to resubscribe"
+
+        # After the move the channel's traffic flows through its new owner: a post through
+        # node B reaches node A's subscriber by pub/sub, well before any periodic catch-up.
+        client_id = str(uuid.uuid4())
+        await publisher_b.publish(channel, payload(publisher_b, message("after the move", client_id)))
+        await wait_for_all(recorders, total + 1, timeout=3)
         for who, recorder in recorders.items():
             assert seen(recorder)[-1] == (total + 1, client_id), who
     finally:
