@@ -59,9 +59,11 @@ class Subscriber:
             await link.close()
 
     async def listen(self, redis_channel: str) -> None:
-        """Subscribe ``redis_channel`` and return once its shard confirmed it, so what is
-        published after this returns is heard. Never fails: with Redis away (or the cluster
-        reshaping) the links are rebuilt, subscribe every hub and user, and catch up from the log."""
+        """Subscribe ``redis_channel`` and return once its shard confirmed it (so what is
+        published after this returns is heard), or after ``REDIS_TIMEOUT`` on a loaded node
+        (a publication in between is then found by the hub's gap fill or catch-up). Never
+        fails: with Redis away (or the cluster reshaping) the links are rebuilt, subscribe
+        every hub and user, and catch up from the log."""
         if not self._linked:
             return  # the reader subscribes it when it (re)links
         link = self._link_for(redis_channel)
@@ -69,8 +71,8 @@ class Subscriber:
             self._relink()
             return
         try:
-            async with asyncio.timeout(REDIS_TIMEOUT):
-                await link.subscribe(redis_channel)
+            async with asyncio.timeout(REDIS_TIMEOUT * 2):  # the send; the confirmation waits REDIS_TIMEOUT
+                await link.subscribe(redis_channel, wait=REDIS_TIMEOUT)
         except REDIS_ERRORS as exc:
             log.warning("pub/sub subscribe failed; relinking", extra={"channel": redis_channel, "error": repr(exc)})
             self._relink()

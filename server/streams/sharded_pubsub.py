@@ -92,18 +92,23 @@ class ShardLink:
         await self._connection.connect()
         self._heard = asyncio.get_running_loop().time()
 
-    async def subscribe(self, *channels: str) -> None:
-        """Subscribe ``channels`` and return once the server confirmed each. Raises on a lost link."""
+    async def subscribe(self, *channels: str, wait: float | None = None) -> None:
+        """Subscribe ``channels`` and return once the server confirmed each, or after ``wait``
+        seconds (the confirmations still come, to the reader: a busy event loop may read them
+        late, and a lost link ends the reader anyway). Raises on a link that failed."""
         if not channels:
             return
         loop = asyncio.get_running_loop()
         futures = []
         for channel in channels:
             future: asyncio.Future[None] = loop.create_future()
+            future.add_done_callback(_retrieve)
             self._waiting.setdefault(channel.encode(), collections.deque()).append(future)
             futures.append(future)
         await self._send([("SSUBSCRIBE", channel) for channel in channels])
-        await asyncio.gather(*futures)
+        done, _ = await asyncio.wait(futures, timeout=wait)
+        for future in done:
+            future.result()
 
     async def unsubscribe(self, channel: str) -> None:
         """Unsubscribe ``channel`` (its confirmation is read, not awaited). Raises on a lost link."""
@@ -161,3 +166,9 @@ class ShardLink:
 
     async def close(self) -> None:
         await self._connection.disconnect(nowait=True)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a confirmation's failure as seen: the reader reports the lost link itself."""
+    if not future.cancelled():
+        future.exception()
