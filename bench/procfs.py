@@ -73,6 +73,24 @@ def cpu_seconds(pid: int) -> float | None:
     return (utime + stime) / CLOCK_TICKS
 
 
+def scheduled_seconds(pid: int) -> float | None:
+    """CPU time of all ``pid``'s threads so far, to the nanosecond: the scheduler's own account
+    (``/proc/<pid>/task/*/schedstat``), where :func:`cpu_seconds` counts 10 ms clock ticks.
+    ``None`` if it is gone."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    nanoseconds = 0
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as stat:
+                nanoseconds += int(stat.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return nanoseconds / 1e9
+
+
 def machine_cpu_seconds() -> tuple[float, float]:
     """(busy, steal) CPU seconds of the whole machine so far, summed over CPUs (``/proc/stat``).
 
@@ -153,7 +171,16 @@ def tree_rss_kib(pid: int) -> int | None:
 
 def tree_cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds of ``pid`` and its live descendants; ``None`` if ``pid`` is gone."""
-    readings = [cpu_seconds(p) for p in process_tree(pid)]
+    return _tree_sum(pid, cpu_seconds)
+
+
+def tree_scheduled_seconds(pid: int) -> float | None:
+    """:func:`scheduled_seconds` of ``pid`` and its live descendants; ``None`` if ``pid`` is gone."""
+    return _tree_sum(pid, scheduled_seconds)
+
+
+def _tree_sum(pid: int, reading: Callable[[int], float | None]) -> float | None:
+    readings = [reading(p) for p in process_tree(pid)]
     if readings[0] is None:
         return None
     return sum(r for r in readings if r is not None)

@@ -14,15 +14,19 @@ peer (``bench.ws_peer``). Scenarios:
   before (after a warm-up batch that is opened and closed first), while held
   and after.
 - ``broadcast`` — S subscribers in one channel (ours: ``connect`` then
-  ``subscribe`` to the lounge); a publisher child process
+  ``subscribe`` to the lounge), or spread over many: with ``channels`` in the setup,
+  subscriber i takes channel i mod L. With ``--node-port`` (other nodes of the same
+  deployment on their own ports) the sockets take the ports in turn: subscriber i port
+  (i div L) mod P, so every channel's subscribers spread evenly over the nodes, and
+  publisher j port j mod P. A publisher child process
   (``publish``, inheriting this process's CPU) sends ``--rate`` messages/s for
-  warm-up + duration, each carrying its send time (``CLOCK_MONOTONIC``) in
-  its text. Every delivery is counted and timed at the ``data_received``
-  call that brought it: delivered/s over the measured window, and
+  warm-up + duration, round robin over the channels, each carrying its send time
+  (``CLOCK_MONOTONIC``) in its text. Every delivery is counted and timed at the
+  ``data_received`` call that brought it: delivered/s over the measured window, and
   publish→deliver latency of *every* delivery of every message sent in the
   window (no sampling). Per-subscriber offsets are checked for gaps and
-  duplicates, and the first subscriber's texts against the publisher's. For
-  ours, bytes on the wire per delivery: the WebSocket payload bytes of
+  duplicates, and the first subscriber's texts against those published to its
+  channel. For ours, bytes on the wire per delivery: the WebSocket payload bytes of
   publication pushes (JSON: the push's line and its ``\\n`` separators;
   Protobuf: the delimited ``Reply`` with its length prefix) and the same plus
   the frame headers of the frames that carry them, divided by the deliveries.
@@ -48,6 +52,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import operator
 import os
 import statistics
 import sys
@@ -73,6 +78,7 @@ from bench.procfs import (
     sockets_by_process,
     tree_cpu_seconds,
     tree_rss_kib,
+    tree_scheduled_seconds,
 )
 from bench.wsclient import RawWebSocket, clock, open_socket
 
@@ -447,14 +453,24 @@ class Watch:
     RSS samples of the server every ``interval`` s meanwhile. With ``tree``, the server is the
     watched process and all its descendants (``serve --workers N``), their CPU and RSS summed.
     ``services`` (process trees, e.g. PostgreSQL's postmaster and Valkey): their CPU summed too,
-    taken out of "other"."""
+    taken out of "other". ``each`` (process trees): the CPU of each on its own, beside the
+    sums, from the scheduler's nanosecond account. ``redis_ports``: each Redis server's calls
+    per command (``INFO commandstats``)."""
 
     def __init__(
-        self, pid: int | None, interval: float = 0.25, tree: bool = False, services: list[int] | None = None
+        self,
+        pid: int | None,
+        interval: float = 0.25,
+        tree: bool = False,
+        services: list[int] | None = None,
+        each: list[int] | None = None,
+        redis_ports: list[int] | None = None,
     ) -> None:
         self.pid = pid
         self.interval = interval
         self.services = services or []
+        self.each = each or []
+        self.redis_ports = redis_ports or []
         self._cpu = tree_cpu_seconds if tree else cpu_seconds
         self._rss = tree_rss_kib if tree else rss_kib
         self.samples: list[int] = []
@@ -466,6 +482,8 @@ class Watch:
         self.own0 = time.process_time()
         self.machine0, self.steal0 = machine_cpu_seconds()
         self.services0 = self._services_cpu()
+        self.each0 = {pid: tree_scheduled_seconds(pid) for pid in self.each}
+        self.redis0 = {port: redis_command_calls(port) for port in self.redis_ports}
         if self.pid:
             self._task = asyncio.create_task(self._sample())
         return self
@@ -502,6 +520,21 @@ class Watch:
         if self.services and out["other_cpu_percent"] is not None:
             out["services_cpu_percent"] = 100 * (services1 - self.services0) / elapsed
             out["rest_cpu_percent"] = out["other_cpu_percent"] - out["services_cpu_percent"]
+        if self.each:
+            by_pid: dict[str, float | None] = {}
+            for pid, before in self.each0.items():
+                now = tree_scheduled_seconds(pid)
+                by_pid[str(pid)] = 100 * (now - before) / elapsed if now is not None and before is not None else None
+            out["cpu_percent_by_pid"] = by_pid
+        if self.redis_ports:
+            out["redis_calls_by_port"] = {
+                str(port): {
+                    command: calls - before.get(command, 0)
+                    for command, calls in redis_command_calls(port).items()
+                    if calls != before.get(command, 0)
+                }
+                for port, before in self.redis0.items()
+            }
         if self.samples:
             out["server_rss_kib_max"] = max(self.samples)
             out["server_rss_kib_last"] = self.samples[-1]
@@ -511,9 +544,26 @@ class Watch:
         return sum(tree_cpu_seconds(pid) or 0.0 for pid in self.services)
 
 
+def redis_command_calls(port: int) -> dict[str, int]:
+    """Calls so far per command (``spublish``, ``zadd``, ...) of the Redis server on ``port``."""
+    import redis
+
+    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as connection:
+        stats = connection.info("commandstats")
+    return {name.removeprefix("cmdstat_"): values["calls"] for name, values in stats.items()}
+
+
 def watch_server(args: argparse.Namespace, interval: float = 0.25) -> Watch:
-    """A started :class:`Watch` of ``--watch-pid`` (and its tree, and ``--watch-service``)."""
-    return Watch(args.watch_pid, interval, tree=args.watch_tree, services=args.watch_service).start()
+    """A started :class:`Watch` of ``--watch-pid`` (and its tree, ``--watch-service``,
+    ``--watch-cpu`` and ``--watch-redis``)."""
+    return Watch(
+        args.watch_pid,
+        interval,
+        tree=args.watch_tree,
+        services=args.watch_service,
+        each=args.watch_cpu,
+        redis_ports=args.watch_redis,
+    ).start()
 
 
 def ms_summary(seconds: list[float] | array.array) -> dict[str, float]:
@@ -596,6 +646,17 @@ def _text_check(sent: list[str] | None, subscribers: list[RawWebSocket]) -> dict
     }
 
 
+def broadcast_channels(setup: dict[str, Any]) -> list[str | None]:
+    """The channels a broadcast spreads over: the setup's ``channels``, else its one
+    ``channel`` (None for the peer without a setup, whose one stream has no name)."""
+    return setup.get("channels") or [setup.get("channel")]
+
+
+def node_ports(args: argparse.Namespace) -> list[int]:
+    """The ports of the deployment's nodes: ``--port``, then each ``--node-port``."""
+    return [args.port, *args.node_port]
+
+
 def load_setup(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
@@ -612,13 +673,17 @@ class Opener:
         self.errors: Counter = Counter()
         self.connect_times: list[float] = []
 
-    async def ours(self, token: str, channel: str | None = None) -> tuple[CentrifugeSocket, dict | None] | None:
+    async def ours(
+        self, token: str, channel: str | None = None, port: int | None = None
+    ) -> tuple[CentrifugeSocket, dict | None] | None:
+        """Open a socket to ``port`` (default ``--port``), ``connect`` it with ``token``, then
+        ``subscribe`` it to ``channel`` if given."""
         args = self.args
         started = clock()
         sock = None
         try:
             sock = await open_socket(
-                socket_class(args.target), args.host, args.port, OURS_PATH, args.timeout, tally=self.tally
+                socket_class(args.target), args.host, port or args.port, OURS_PATH, args.timeout, tally=self.tally
             )
             await sock.call(args.timeout, connect={"token": token, "name": "bench"})
             self.connect_times.append(clock() - started)
@@ -749,19 +814,27 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     tally = Tally()
     opener = Opener(args, tally)
     subscribers: list[RawWebSocket] = []
-    channel = setup.get("channel")
+    channels = broadcast_channels(setup)
+    ports = node_ports(args)
+    per_channel = [0] * len(channels)  # subscribers connected, by channel index
+    per_port: Counter = Counter()
 
     async def open_one(index: int) -> None:
         if args.target != PEER:
-            opened = await opener.ours(setup["subscriber_tokens"][index], channel)
+            channel = index % len(channels)
+            port = ports[index // len(channels) % len(ports)]
+            opened = await opener.ours(setup["subscriber_tokens"][index], channels[channel], port)
             if opened is not None:
-                if index == 0:  # the one whose texts are checked against the publisher's
+                if index == 0:  # the one whose texts are checked against those published to its channel
                     opened[0].texts = []
                 subscribers.append(opened[0])
+                per_channel[channel] += 1
+                per_port[port] += 1
         else:
             sock = await opener.peer("/ws")
             if sock is not None:
                 subscribers.append(sock)
+                per_channel[0] += 1
 
     await pool(args.sockets, args.concurrency, open_one)
     if not subscribers:
@@ -796,6 +869,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         repr(until),
         "--publishers",
         str(args.publishers),
+        *(item for port in args.node_port for item in ("--node-port", str(port))),
         "--timeout",
         str(args.timeout),
         stdout=asyncio.subprocess.PIPE,
@@ -815,20 +889,19 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     if child.returncode != 0:
         raise SystemExit(f"publisher exited with {child.returncode}: {stderr.decode(errors='replace')[-2000:]}")
     published = json.loads(stdout)
-    # Drain: wait (bounded) until every subscriber has the last publication.
-    expected_total = published["sent"] * len(subscribers)
+    # Drain: wait (bounded) until every subscriber has the last publication of its channel.
+    expected_total = sum(map(operator.mul, published["sent_by_channel"], per_channel))
     drain_deadline = clock() + args.drain
     while tally.total < expected_total and clock() < drain_deadline:
         await asyncio.sleep(0.05)
     drained_after = max(0.0, clock() - until)
-    in_window_sent = published["sent_in_window"]
-    expected_window = in_window_sent * len(subscribers)
+    expected_window = sum(map(operator.mul, published["sent_in_window_by_channel"], per_channel))
     dropped = sum(1 for s in subscribers if s.done.done())
     close_codes = Counter(str(s.close_code) for s in subscribers if s.done.done())
     await close_all(subscribers, args.timeout)
     latencies = sorted(tally.latencies)
     latencies_ms = [v * 1000 for v in latencies]
-    texts = _text_check(published.get("texts"), subscribers)
+    texts = _text_check((published.get("texts") or [None])[0], subscribers)
     pushes = tally.pub_pushes
     wire = {
         "publication_pushes": pushes,
@@ -844,13 +917,15 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "encoding": _encoding(args.target),
         "rate": args.rate,
         "subscribers": len(subscribers),
+        "channels": len(channels),
+        "subscribers_by_port": {str(port): per_port[port] for port in ports} if args.target != PEER else None,
         "subscriber_errors": dict(opener.errors),
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "publisher": published,
         "delivered": tally.in_window,
         "delivered_per_s": tally.in_window / args.duration,
-        "offered_per_s": in_window_sent * len(subscribers) / args.duration,
+        "offered_per_s": expected_window / args.duration,
         "deliveries_total": tally.total,
         "deliveries_expected_total": expected_total,
         "window_deliveries_timed": len(latencies),
@@ -871,14 +946,17 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def publish(args: argparse.Namespace) -> dict[str, Any]:
-    """The publisher child: ``--rate`` messages/s from ``--start`` for ``--duration`` s, open loop."""
+    """The publisher child: ``--rate`` messages/s from ``--start`` for ``--duration`` s, open loop,
+    round robin over the broadcast's channels."""
     setup = load_setup(args.setup)
+    channels = broadcast_channels(setup)
     measure_from, until = args.window
     opener = Opener(args)
     sockets: list[Any] = []
     if args.target != PEER:
-        for token in setup["publisher_tokens"][: args.publishers]:
-            opened = await opener.ours(token)
+        ports = node_ports(args)
+        for index, token in enumerate(setup["publisher_tokens"][: args.publishers]):
+            opened = await opener.ours(token, port=ports[index % len(ports)])
             if opened is not None:
                 sockets.append(opened[0])
     else:
@@ -892,8 +970,9 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
     acks: list[float] = []
     errors: Counter = Counter()
     pending: list[asyncio.Future] = []
-    sent_in_window = 0
-    texts: list[str] = []
+    sent_by_channel = [0] * len(channels)
+    sent_in_window_by_channel = [0] * len(channels)
+    texts: list[list[str]] = [[] for _ in channels]  # by channel index
     lag: list[float] = []
     own0 = time.process_time()
     late_start = clock() - args.start  # > 0: connecting took longer than the margin given
@@ -918,14 +997,16 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.sleep(delay)
         sent = clock()
         lag.append(sent - target)
+        index = seq % len(channels)
+        sent_by_channel[index] += 1
         if measure_from <= sent <= until:
-            sent_in_window += 1
+            sent_in_window_by_channel[index] += 1
         sock = sockets[seq % len(sockets)]
         if args.target != PEER:
             text = message_text(seq, sent)
-            texts.append(text)
+            texts[index].append(text)
             data = {"text": text, "client_id": str(uuid.uuid4())}
-            future = sock.request(publish={"channel": setup["channel"], "data": data})
+            future = sock.request(publish={"channel": channels[index], "data": data})
             future.add_done_callback(lambda f, s=sent: on_ack(s, f))
             pending.append(future)
         else:
@@ -938,7 +1019,9 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
     await close_all(sockets, 2.0)
     return {
         "sent": total,
-        "sent_in_window": sent_in_window,
+        "sent_in_window": sum(sent_in_window_by_channel),
+        "sent_by_channel": sent_by_channel,
+        "sent_in_window_by_channel": sent_in_window_by_channel,
         "late_start_s": max(0.0, late_start),
         "send_span_s": last_sent - args.start,
         "schedule_lag_ms": ms_summary(lag),
@@ -947,7 +1030,7 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         "unanswered": unanswered,
         "connections": len(sockets),
         "cpu_percent": 100 * own_cpu / max(1e-9, last_sent - args.start),
-        "texts": texts if args.target != PEER else None,  # checked by the parent, then dropped
+        "texts": texts if args.target != PEER else None,  # by channel index; checked by the parent, then dropped
     }
 
 
@@ -1168,7 +1251,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", choices=TARGETS, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--setup", help="JSON file with tokens and the channel (ours)")
+    parser.add_argument(
+        "--node-port",
+        type=int,
+        action="append",
+        default=[],
+        help="broadcast (ours): another node's port; sockets take the ports in turn (repeatable)",
+    )
+    parser.add_argument("--setup", help="JSON file with tokens and the channel(s) (ours)")
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--warmup-sockets", type=int, default=200, help="idle: opened and closed before measuring")
     parser.add_argument("--concurrency", type=int, default=100, help="sockets being opened at once")
@@ -1197,6 +1287,21 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         help="a service process (with its descendants) whose CPU is reported apart from 'other' (repeatable)",
+    )
+    parser.add_argument(
+        "--watch-cpu",
+        type=int,
+        action="append",
+        default=[],
+        help="a process (with its descendants) whose CPU is also reported on its own, to the nanosecond (repeatable)",
+    )
+    parser.add_argument(
+        "--watch-redis",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="a Redis server on 127.0.0.1 whose calls per command are counted (repeatable)",
     )
     args = parser.parse_args(argv)
     if args.scenario == "publish" and args.start is None:
