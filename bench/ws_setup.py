@@ -1,4 +1,4 @@
-"""Users, tokens and a lounge for the WebSocket benchmark, written to a JSON file for the load generator.
+"""Users, tokens and lounges for the WebSocket benchmarks, written to a JSON file for the load generator.
 
 Registering 10,000 users through the API would take minutes (argon2 hashes
 each password on purpose), so users and their login sessions are inserted in
@@ -8,7 +8,9 @@ server's own :class:`server.domain.accounts.tokens.TokenKeys` and the same
 signature, the claims, and that the session row exists, is neither revoked nor
 expired and that the user is active. The lounge itself is created through the
 API by an approved mentor (mentor row + role set in SQL, as the test helpers
-do), and its members join through ``POST /api/v1/lounges/{id}/join``.
+do), and its members join through ``POST /api/v1/lounges/{id}/join``. Many lounges
+(:func:`prepare_lounges`) are created through the same API by an admin on the mentor's
+behalf, as a mentor's plan caps their own.
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ log = logging.getLogger("bench")
 @dataclass
 class WsSetup:
     path: Path  # the JSON file handed to the load generator
-    channel: str
-    lounge_id: str
+    channels: list[str]
     users: int
     seconds: float
 
@@ -68,19 +69,45 @@ async def _insert_users(database_url: str, count: int, tag: str) -> list[tuple[u
     return list(zip(users, sessions, strict=True))
 
 
-async def _make_mentor(database_url: str, user_id: uuid.UUID) -> None:
+async def _make_mentor(database_url: str, user_id: uuid.UUID) -> uuid.UUID:
+    """Make ``user_id`` an approved mentor; returns the mentor's id."""
     import asyncpg
 
     connection = await asyncpg.connect(database_url)
     try:
         async with connection.transaction():
-            await connection.execute(
-                "INSERT INTO mentors (\"user\", headline, bio, status) VALUES ($1, 'Bench coach', '', 'approved')",
+            mentor_id = await connection.fetchval(
+                "INSERT INTO mentors (\"user\", headline, bio, status) VALUES ($1, 'Bench coach', '', 'approved')"
+                " RETURNING id",
                 user_id,
             )
             await connection.execute("UPDATE users SET role = 'mentor' WHERE id = $1", user_id)
     finally:
         await connection.close()
+    return mentor_id
+
+
+async def _make_admin(database_url: str, user_id: uuid.UUID) -> None:
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute("UPDATE users SET role = 'admin' WHERE id = $1", user_id)
+    finally:
+        await connection.close()
+
+
+def _join_all(server: Server, joins: list[tuple[str, str]], concurrency: int) -> None:
+    """``POST /api/v1/lounges/{id}/join`` for every (lounge id, member's token)."""
+
+    def join(lounge_and_token: tuple[str, str]) -> None:
+        lounge_id, token = lounge_and_token
+        status, body = http_json("POST", f"{server.base_url}/api/v1/lounges/{lounge_id}/join", token=token)
+        if status != 200 or body.get("status") != "active":
+            raise RuntimeError(f"join answered {status}: {body}")
+
+    with ThreadPoolExecutor(concurrency) as executor:
+        list(executor.map(join, joins))
 
 
 def prepare(
@@ -115,15 +142,7 @@ def prepare(
     )
     if status != 201:
         raise RuntimeError(f"creating the lounge answered {status}: {lounge}")
-
-    def join(token: str) -> int:
-        status, body = http_json("POST", f"{server.base_url}/api/v1/lounges/{lounge['id']}/join", token=token)
-        if status != 200 or body.get("status") != "active":
-            raise RuntimeError(f"join answered {status}: {body}")
-        return status
-
-    with ThreadPoolExecutor(join_concurrency) as executor:
-        list(executor.map(join, tokens[:members]))
+    _join_all(server, [(lounge["id"], token) for token in tokens[:members]], join_concurrency)
     payload = {
         "channel": lounge["channel"],
         "lounge_id": lounge["id"],
@@ -141,4 +160,56 @@ def prepare(
         members,
         seconds,
     )
-    return WsSetup(path=path, channel=lounge["channel"], lounge_id=lounge["id"], users=count, seconds=seconds)
+    return WsSetup(path=path, channels=[lounge["channel"]], users=count, seconds=seconds)
+
+
+def prepare_lounges(
+    env: dict[str, str],
+    server: Server,
+    out_dir: Path,
+    *,
+    lounges: int,
+    per_lounge: int,
+    publishers: int,
+    join_concurrency: int = 8,
+) -> WsSetup:
+    """``lounges`` lounges of one mentor, ``per_lounge`` subscribers in each (subscriber i
+    joins lounge i mod ``lounges``, as the load generator subscribes them) and ``publishers``
+    members of every lounge. Writes ``ws-setup.json`` with the lounges' ``channels``."""
+    from server.domain.accounts.tokens import TokenKeys
+    from server.foundation.settings import load_settings
+
+    started = time.monotonic()
+    subscribers = lounges * per_lounge
+    count = subscribers + publishers + 2  # + the mentor and an admin
+    pairs = asyncio.run(_insert_users(env["DATABASE_URL"], count, uuid.uuid4().hex[:8]))
+    keys = TokenKeys(load_settings(env))
+    tokens = [keys.issue(user, session)[0] for user, session in pairs]
+    mentor_id = asyncio.run(_make_mentor(env["DATABASE_URL"], pairs[-2][0]))
+    asyncio.run(_make_admin(env["DATABASE_URL"], pairs[-1][0]))
+    created = []
+    for n in range(lounges):
+        status, lounge = http_json(
+            "POST",
+            f"{server.base_url}/api/v1/lounges",
+            {"title": f"Benchmark lounge {n + 1}", "mentor_id": str(mentor_id)},
+            token=tokens[-1],
+        )
+        if status != 201:
+            raise RuntimeError(f"creating lounge {n + 1} answered {status}: {lounge}")
+        created.append(lounge)
+    subscriber_tokens = tokens[:subscribers]
+    publisher_tokens = tokens[subscribers : subscribers + publishers]
+    joins = [(created[i % lounges]["id"], token) for i, token in enumerate(subscriber_tokens)]
+    joins += [(lounge["id"], token) for lounge in created for token in publisher_tokens]
+    _join_all(server, joins, join_concurrency)
+    channels = [lounge["channel"] for lounge in created]
+    path = out_dir / "ws-setup.json"
+    path.write_text(
+        json.dumps({"channels": channels, "subscriber_tokens": subscriber_tokens, "publisher_tokens": publisher_tokens})
+    )
+    seconds = time.monotonic() - started
+    log.info(
+        "setup: %d users with sessions and tokens, %d lounges, %d joins, in %.1f s", count, lounges, len(joins), seconds
+    )
+    return WsSetup(path=path, channels=channels, users=count, seconds=seconds)
