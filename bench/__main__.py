@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import coach_stream, http_baseline, rag, writes, ws_baseline, ws_processes
+from bench import coach_stream, http_baseline, rag, shards, writes, ws_baseline, ws_processes
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -23,6 +23,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rag": rag.run,
     "coach": coach_stream.run,
     "writes": writes.run,
+    "shards": shards.run,
 }
 
 QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         type=_rates,
         metavar="R,R,...",
         help="publications/s for broadcast (ws: default 25,50,75,100, --quick 50,100; "
-        "processes: default 50,100,150,200,300, --quick 50,150,300)",
+        "processes: default 50,100,150,200,300, --quick 50,150,300; shards: default 100,200,400, --quick 100,400)",
     )
     ws.add_argument("--ws-missed", type=int, metavar="N", help="publications missed in the storm (default 50)")
     ws.add_argument(
@@ -115,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L,L,...",
         help="lounge counts the writers spread over, ratios against the first (default 1,10,100,1000)",
     )
+    shards_group = parser.add_argument_group(
+        "shards benchmark (one Valkey server vs a 3-primary cluster as the realtime Redis; "
+        "also takes --ws-rates and --ws-publishers)"
+    )
+    shards_group.add_argument(
+        "--lounges", type=int, metavar="N", help="lounges the publications spread over (default 60)"
+    )
+    shards_group.add_argument(
+        "--lounge-subscribers", type=int, metavar="N", help="subscribers of each lounge (default 10)"
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -127,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeats and --connections must be >= 1, --duration > 0, --warmup >= 0")
     if args.writers is not None and args.writers < 1:
         parser.error("--writers must be >= 1")
+    if any(value is not None and value < 1 for value in (args.lounges, args.lounge_subscribers)):
+        parser.error("--lounges and --lounge-subscribers must be >= 1")
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
