@@ -454,8 +454,8 @@ class Watch:
     watched process and all its descendants (``serve --workers N``), their CPU and RSS summed.
     ``services`` (process trees, e.g. PostgreSQL's postmaster and Valkey): their CPU summed too,
     taken out of "other". ``each`` (process trees): the CPU of each on its own, beside the
-    sums, from the scheduler's nanosecond account. ``redis_ports``: each Redis server's calls
-    per command (``INFO commandstats``)."""
+    sums, from the scheduler's nanosecond account. ``redis_ports``: each Redis server's
+    counters (:func:`redis_counters`)."""
 
     def __init__(
         self,
@@ -483,7 +483,7 @@ class Watch:
         self.machine0, self.steal0 = machine_cpu_seconds()
         self.services0 = self._services_cpu()
         self.each0 = {pid: tree_scheduled_seconds(pid) for pid in self.each}
-        self.redis0 = {port: redis_command_calls(port) for port in self.redis_ports}
+        self.redis0 = {port: redis_counters(port) for port in self.redis_ports}
         if self.pid:
             self._task = asyncio.create_task(self._sample())
         return self
@@ -527,14 +527,17 @@ class Watch:
                 by_pid[str(pid)] = 100 * (now - before) / elapsed if now is not None and before is not None else None
             out["cpu_percent_by_pid"] = by_pid
         if self.redis_ports:
-            out["redis_calls_by_port"] = {
-                str(port): {
-                    command: calls - before.get(command, 0)
-                    for command, calls in redis_command_calls(port).items()
-                    if calls != before.get(command, 0)
+            out["redis_by_port"] = {}
+            for port, before in self.redis0.items():
+                after = redis_counters(port)
+                out["redis_by_port"][str(port)] = {
+                    group: {
+                        name: value - before[group].get(name, 0)
+                        for name, value in values.items()
+                        if value != before[group].get(name, 0)
+                    }
+                    for group, values in after.items()
                 }
-                for port, before in self.redis0.items()
-            }
         if self.samples:
             out["server_rss_kib_max"] = max(self.samples)
             out["server_rss_kib_last"] = self.samples[-1]
@@ -544,13 +547,28 @@ class Watch:
         return sum(tree_cpu_seconds(pid) or 0.0 for pid in self.services)
 
 
-def redis_command_calls(port: int) -> dict[str, int]:
-    """Calls so far per command (``spublish``, ``zadd``, ...) of the Redis server on ``port``."""
+REDIS_STATS = (
+    "eventloop_cycles",
+    "eventloop_duration_sum",  # µs, the whole cycles
+    "eventloop_duration_cmd_sum",  # µs, running commands
+    "total_reads_processed",
+    "total_writes_processed",
+)
+
+
+def redis_counters(port: int) -> dict[str, dict[str, int]]:
+    """Counters so far of the Redis server on ``port``: ``calls`` per command (``spublish``,
+    ``zadd``, ...; ``INFO commandstats``) and ``stats``, :data:`REDIS_STATS` of ``INFO stats``
+    (its event loop's cycles and their time, the reads and writes it processed)."""
     import redis
 
     with redis.Redis(host="127.0.0.1", port=port, socket_timeout=2) as connection:
-        stats = connection.info("commandstats")
-    return {name.removeprefix("cmdstat_"): values["calls"] for name, values in stats.items()}
+        commands = connection.info("commandstats")
+        stats = connection.info("stats")
+    return {
+        "calls": {name.removeprefix("cmdstat_"): values["calls"] for name, values in commands.items()},
+        "stats": {name: stats[name] for name in REDIS_STATS if name in stats},
+    }
 
 
 def watch_server(args: argparse.Namespace, interval: float = 0.25) -> Watch:
@@ -1301,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="PORT",
-        help="a Redis server on 127.0.0.1 whose calls per command are counted (repeatable)",
+        help="a Redis server on 127.0.0.1 whose calls per command and event loop are counted (repeatable)",
     )
     args = parser.parse_args(argv)
     if args.scenario == "publish" and args.start is None:
