@@ -66,6 +66,15 @@ log = logging.getLogger("bench")
 SINGLE, CLUSTER = "single", "cluster"
 LABELS = {SINGLE: "one server", CLUSTER: "3-primary cluster"}
 PRIMARIES = 3
+REDIS_FIGURES = (
+    "cpu_percent",
+    "spublish_per_s",
+    "commands_per_s",
+    "cycles_per_s",
+    "commands_per_cycle",
+    "exec_us_per_command",
+    "cpu_us_per_command",
+)
 IDLE_S = 3.0  # Redis CPU with every node up and no load, measured once before the runs
 
 
@@ -131,23 +140,34 @@ def _idle_cpu(pids: list[int], seconds: float) -> dict[int, float | None]:
 
 def _derived(layout: Layout, pg_pid: int | None, result: dict[str, Any]) -> dict[str, Any]:
     """One run's per-process figures: web nodes (subscribers, CPU), PostgreSQL, each Redis
-    process (CPU, SPUBLISH/s, commands/s), the load generator, other jobs, and CPU per
-    publication of all Redis processes and of the nodes."""
+    process (CPU, SPUBLISH/s, commands/s, event loop cycles/s, commands per cycle, CPU per
+    command), the load generator, other jobs, and CPU per publication of all Redis processes
+    and of the nodes."""
     cpu = result.get("cpu_percent_by_pid") or {}
     subscribers = result.get("subscribers_by_port") or {}
-    calls = result.get("redis_calls_by_port") or {}
-    elapsed = result.get("elapsed_s") or 0.0
-    publications = (result.get("publisher") or {}).get("sent_in_window") or 0
+    counters = result.get("redis_by_port") or {}
+    elapsed = result["elapsed_s"]
+    publications = result["publisher"]["sent_in_window"]
     redis = []
     for process in layout.redis:
-        counted = calls.get(str(process.port)) or {}
+        counted = counters.get(str(process.port)) or {"calls": {}, "stats": {}}
+        # Every command but the bench's own INFO at the window's edges.
+        commands = sum(n for c, n in counted["calls"].items() if c != "info")
+        cycles = counted["stats"].get("eventloop_cycles", 0)
+        percent = cpu.get(str(process.pid))
         redis.append(
             {
                 "name": process.name,
-                "cpu_percent": cpu.get(str(process.pid)),
-                "spublish_per_s": counted.get("spublish", 0) / elapsed if elapsed else None,
-                # Every command but the bench's own INFO at the window's edges.
-                "commands_per_s": sum(n for c, n in counted.items() if c != "info") / elapsed if elapsed else None,
+                "cpu_percent": percent,
+                "spublish_per_s": counted["calls"].get("spublish", 0) / elapsed,
+                "commands_per_s": commands / elapsed,
+                "cycles_per_s": cycles / elapsed,
+                "commands_per_cycle": commands / cycles if cycles else None,
+                # Its own clock of the time spent running commands, per command.
+                "exec_us_per_command": counted["stats"].get("eventloop_duration_cmd_sum", 0) / commands
+                if commands
+                else None,
+                "cpu_us_per_command": percent / 100 * elapsed / commands * 1e6 if percent and commands else None,
             }
         )
     nodes = [cpu.get(str(node.pid)) for node in layout.nodes]
@@ -155,7 +175,7 @@ def _derived(layout: Layout, pg_pid: int | None, result: dict[str, Any]) -> dict
     loadgen = result["loadgen_cpu_percent"] + (result.get("publisher") or {}).get("cpu_percent", 0.0)
 
     def per_publication_us(percents: list[float | None]) -> float | None:
-        if not publications or not elapsed or None in percents:
+        if not publications or None in percents:
             return None
         return sum(percents) / 100 * elapsed / publications * 1e6  # type: ignore[arg-type]
 
@@ -342,7 +362,7 @@ def _redis_rows(cell: Cell) -> list[dict[str, Any]]:
     return [
         {
             "name": runs[0][i]["name"],
-            **{key: median(run[i][key] for run in runs) for key in ("cpu_percent", "spublish_per_s", "commands_per_s")},
+            **{key: median(run[i][key] for run in runs) for key in REDIS_FIGURES},
         }
         for i in range(len(runs[0]))
     ]
@@ -468,6 +488,9 @@ def render(summary: list[dict[str, Any]], config: dict[str, Any]) -> str:
                     fmt(process["spublish_per_s"], 0),
                     fmt(100 * (process["spublish_per_s"] or 0) / spublish, 0, "%") if spublish else "-",
                     fmt(process["commands_per_s"], 0),
+                    fmt(process["commands_per_cycle"], 2),
+                    fmt(process["exec_us_per_command"], 1),
+                    fmt(process["cpu_us_per_command"], 1),
                     fmt(r["redis_cpu_percent"], 1, "%") if first else "",
                     fmt(r["redis_us_per_publication"], 1) if first else "",
                     fmt_ratio(r["redis_us_vs_single"]) if first and not single else "",
@@ -484,6 +507,9 @@ def render(summary: list[dict[str, Any]], config: dict[str, Any]) -> str:
                 "SPUBLISH/s",
                 "share",
                 "commands/s",
+                "cmds/cycle",
+                "exec µs/cmd",
+                "CPU µs/cmd",
                 "all Redis CPU",
                 "Redis µs/pub",
                 "vs single",
@@ -500,7 +526,9 @@ def render(summary: list[dict[str, Any]], config: dict[str, Any]) -> str:
         "process shown (both layouts').",
         "'keeps up': >= 95% of the offered deliveries inside the window, nothing missing, the backlog drained "
         "within 1 s. 'commands/s': every command the server ran (SPUBLISH, the history cache's ZADD/EXPIRE/"
-        "ZREMRANGEBYRANK, rate limits, presence, heartbeats).",
+        "ZREMRANGEBYRANK, rate limits, presence, heartbeats); 'cmds/cycle': commands per turn of its event loop "
+        "(INFO stats eventloop_cycles); 'exec µs/cmd': its own clock of the time running commands "
+        "(eventloop_duration_cmd_sum) per command; 'CPU µs/cmd': its CPU per command.",
     ]
     return "\n".join(out)
 
