@@ -91,7 +91,6 @@ class RedisProcess:
 class Layout:
     """One configuration: its web nodes and the Redis processes it uses."""
 
-    name: str
     nodes: list[Server]
     realtime: list[RedisProcess]  # the realtime Redis: one server, or each primary of the cluster
     queue: RedisProcess | None  # the queue Redis when it is another process than the realtime one
@@ -220,7 +219,6 @@ def run(args: argparse.Namespace) -> int:
         for name, extra in ((SINGLE, {}), (CLUSTER, {"REALTIME_REDIS_URL": cluster.url})):
             single = name == SINGLE
             layouts[name] = Layout(
-                name=name,
                 nodes=[
                     stack.start_ours(cpu=None, name=f"ours-{name}-{n}", extra_env={**OURS_ENV, **extra}, nofile=hard)
                     for n in (1, 2)
