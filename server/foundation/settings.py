@@ -310,6 +310,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # On SIGTERM a worker takes no new job and lets running ones (coach replies) finish this long.
     worker_shutdown_grace_seconds: Annotated[int, msgspec.Meta(ge=0, le=3600)] = 30
 
+    # OpenTelemetry traces (server/foundation/tracing.py, docs/operations.md#tracing): off unless
+    # OTEL_EXPORTER_OTLP_ENDPOINT names an OTLP/HTTP collector (spans go to <it>/v1/traces).
+    # The SDK's own OTEL_* variables (sampler, batching, headers, timeout) apply as usual.
+    otel_exporter_otlp_endpoint: Annotated[str, msgspec.Meta(pattern=r"^https?://[^/\s]+")] | None = None
+    # service.name of this process's spans; empty: lounges-web for web nodes, lounges-worker for workers.
+    otel_service_name: str | None = None
+
     def __post_init__(self) -> None:
         if self.database_url is not None:
             _check_url("DATABASE_URL", self.database_url, {"postgres", "postgresql"})
