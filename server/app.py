@@ -10,8 +10,10 @@ from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins import PluginProtocol
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.domain.accounts.tokens import keys_of
@@ -22,6 +24,7 @@ from server.foundation.logging import configure_logging
 from server.foundation.redis import create_redis
 from server.foundation.settings import Settings, load_settings
 from server.foundation.state import AppState
+from server.foundation.tracing import setup_tracing, shutdown_tracing
 from server.gateway.asyncapi import asyncapi_document
 from server.gateway.endpoint import websocket_endpoint
 from server.gateway.node import Node
@@ -66,10 +69,25 @@ def _provide_settings(state: State) -> Settings:
     return state.app_state.settings
 
 
+def _tracing_plugins(settings: Settings) -> list[PluginProtocol]:
+    """Litestar's OpenTelemetry plugin (a server span per HTTP request) when tracing is on
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``); nothing, and nothing imported, when it is off."""
+    if not setup_tracing(settings, "lounges-web"):
+        return []
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    # Sockets never reach Litestar (the gateway traces its own commands); probes are not traced.
+    config = OpenTelemetryConfig(
+        scopes={ScopeType.HTTP}, exclude=["^/health$", "^/ready$"], exclude_spans=["receive", "send"]
+    )
+    return [OpenTelemetryPlugin(config)]
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. ``settings`` default to the environment's."""
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
+    plugins = _tracing_plugins(settings)
     connect_coach(coach)  # the message store answers posts through the coach above it
 
     @asynccontextmanager
@@ -88,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await state.close_realtime_redis()
             await redis.aclose()
             await release_engine(engine)
+            shutdown_tracing()  # what is still queued goes out
 
     api = Router(
         path=API_PREFIX,
@@ -150,6 +169,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
         logging_config=None,  # configure_logging() owns the root logger
+        plugins=plugins,
     )
     document_problems(app.openapi_schema)
     document_summaries(app.openapi_schema)

@@ -21,7 +21,9 @@ from typing import Any
 import asyncpg
 import msgspec
 from asyncpg.exceptions._base import DataError as ArgumentError  # a query argument asyncpg cannot encode
+from opentelemetry.trace import SpanKind
 
+from server.foundation import tracing
 from server.foundation.errors import AppError
 from server.foundation.redis import REDIS_ERRORS
 from server.gateway import protocol
@@ -90,6 +92,24 @@ async def handle_frame(node: Node, connection: Connection, frame: str | bytes) -
             else:
                 connection.abort(protocol.DISCONNECT_BAD_REQUEST, "malformed command")
             continue
+        await (_traced_run if tracing.TRACING else _run)(node, connection, command)
+
+
+async def _traced_run(node: Node, connection: Connection, command: Command) -> None:
+    """:func:`_run` inside the command's span ``gateway.<method>`` (tracing on only): the
+    store, broker and coach spans of what the command does are its children."""
+    method = command.method()
+    if method is None or method == "send":  # a pong, or a message that means nothing here
+        await _run(node, connection, command)
+        return
+    attributes = {"rpc.system": "centrifuge", "rpc.method": method, "lounges.client": connection.client_id}
+    request = getattr(command, method)
+    channel = getattr(request, "channel", None)
+    if isinstance(channel, str):
+        attributes["lounges.channel"] = channel
+    if command.rpc is not None:
+        attributes["lounges.rpc"] = command.rpc.method
+    with tracing.tracer.start_as_current_span(f"gateway.{method}", kind=SpanKind.SERVER, attributes=attributes):
         await _run(node, connection, command)
 
 
@@ -157,6 +177,8 @@ UNAVAILABLE = ReplyError(
 
 
 def _answer(connection: Connection, command: Command, error: ReplyError) -> None:
+    if tracing.TRACING:  # the command's span, which is current here
+        tracing.failed(str(error.code), error.message)
     if command.connect is not None:
         # A failed connect is answered, then closed: an expired token or a temporary failure
         # with a code the SDKs reconnect on, anything else as an invalid token.
