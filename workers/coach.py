@@ -8,10 +8,17 @@ from server.domain.ai import replies
 
 
 async def generate_reply(
-    ctx: dict[str, Any], channel: str, reply_to: int, asker: str, stream_id: str, question: str | None = None
+    ctx: dict[str, Any],
+    channel: str,
+    reply_to: int,
+    asker: str,
+    stream_id: str,
+    question: str | None = None,
+    trace: dict[str, str] | None = None,
 ) -> str:
     """Answer the message at ``reply_to`` in ``channel``; returns the outcome. A replayed
-    job (its worker vanished mid-run) ends the reply as ``worker_lost``."""
+    job (its worker vanished mid-run) ends the reply as ``worker_lost``. ``trace``: the
+    enqueuing span's W3C ``traceparent`` (tracing on), which the reply's span continues."""
     return await replies.generate_reply(
         ctx["state"],
         worker=ctx["worker_id"],
@@ -21,4 +28,5 @@ async def generate_reply(
         asker=asker,
         stream_id=stream_id,
         question=question,
+        trace=trace,
     )

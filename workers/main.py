@@ -27,6 +27,7 @@ from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
 from server.foundation.state import AppState
+from server.foundation.tracing import setup_tracing, shutdown_tracing
 from server.piccolo_app import ALL_TABLES
 from workers.accounts import erase_user
 from workers.billing import BILLING_FUNCTIONS, billing_sweep
@@ -185,6 +186,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
 
     async def startup(ctx: dict[str, Any]) -> None:
+        setup_tracing(settings, "lounges-worker")  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
         connect_coach(coach)  # as the web process: jobs that delete messages stop the coach's replies
         engine = await acquire_engine(settings, ALL_TABLES)
         ctx["state"] = state = AppState(settings=settings, engine=engine, redis=ctx["redis"])
@@ -208,6 +210,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
             await state.storage.close()
             await state.close_realtime_redis()
             await release_engine(state.engine)
+        shutdown_tracing()  # what is still queued goes out
 
     return {
         "functions": FUNCTIONS,

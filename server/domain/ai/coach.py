@@ -16,8 +16,10 @@ import asyncio
 import logging
 import re
 import uuid
+from typing import Any
 
 import msgspec
+from opentelemetry.trace import SpanKind
 from redis.exceptions import RedisError
 
 from server.domain.access.policy import LoungeRow, lounge_context
@@ -37,6 +39,7 @@ from server.domain.ai.streams import (
 from server.domain.billing.entitlements import AIBudget, enforce
 from server.domain.tables.accounts import Role
 from server.domain.tables.lounges import AIReplyPolicy
+from server.foundation import tracing
 from server.foundation.errors import Forbidden, NotFound
 from server.foundation.redis import ring_doorbell
 from server.foundation.state import AppState
@@ -68,9 +71,13 @@ async def maybe_answer(
     if not wants_reply(kind, lounge, text):
         return None
     stream_id = uuid.uuid4().hex
-    await state.redis.enqueue_job(
-        "generate_reply", channel, offset, str(asker), stream_id, text, _job_id=reply_job_id(stream_id)
-    )
+    attributes = {"lounges.channel": channel, "lounges.stream_id": stream_id}
+    with tracing.span("coach.enqueue", kind=SpanKind.PRODUCER, attributes=attributes):
+        # Tracing on, the job carries this span's traceparent: its coach.reply span continues the trace.
+        carrier: dict[str, Any] = {"trace": tracing.inject()} if tracing.TRACING else {}
+        await state.redis.enqueue_job(
+            "generate_reply", channel, offset, str(asker), stream_id, text, _job_id=reply_job_id(stream_id), **carrier
+        )
     await ring_doorbell(state.redis, state.settings)  # the asker is waiting for the first token
     return stream_id
 

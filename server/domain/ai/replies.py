@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
+from opentelemetry.trace import SpanKind, get_current_span
 from redis.exceptions import RedisError
 
 from server.domain.ai.coach import check_budget
@@ -49,6 +51,7 @@ from server.domain.llm.registry import build_providers
 from server.domain.notifications.services import notify_budget_nearly_used
 from server.domain.push.delivery import queue_coach_reply_push, queue_lounge_message_push
 from server.domain.tables.chat import MessageStatus
+from server.foundation import tracing
 from server.foundation.errors import AppError
 from server.foundation.state import AppState
 from server.streams.broker import broadcast_ephemeral, ephemeral_wire
@@ -66,10 +69,35 @@ async def generate_reply(
     asker: str,
     stream_id: str,
     question: str | None = None,
+    trace: Mapping[str, str] | None = None,
 ) -> str:
     """Answer the message at ``reply_to`` in ``channel`` (whose text is ``question``,
     when the caller had it at hand) as ``worker``, on the job's ``attempt`` (1 first);
-    returns the outcome."""
+    returns the outcome. Tracing on, inside a ``coach.reply`` span continuing ``trace``
+    (the enqueuing span's carrier)."""
+    if not tracing.TRACING:
+        return await _generate_reply(state, worker, attempt, channel, reply_to, asker, stream_id, question)
+    attributes: dict[str, str | int] = {
+        "lounges.channel": channel,
+        "lounges.stream_id": stream_id,
+        "lounges.attempt": attempt,
+    }
+    with tracing.span("coach.reply", kind=SpanKind.CONSUMER, parent=trace, attributes=attributes) as span:
+        outcome = await _generate_reply(state, worker, attempt, channel, reply_to, asker, stream_id, question)
+        span.set_attribute("lounges.outcome", outcome)
+        return outcome
+
+
+async def _generate_reply(
+    state: AppState,
+    worker: str,
+    attempt: int,
+    channel: str,
+    reply_to: int,
+    asker: str,
+    stream_id: str,
+    question: str | None,
+) -> str:
     live = LiveReply(stream_id=stream_id, channel=channel, user_id=asker, reply_to=reply_to, worker=worker)
     if attempt > 1:
         # arq replays a job whose worker vanished mid-run. A model cannot go on from the
@@ -167,16 +195,19 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
         # flag checked even while the provider is silent between tokens.
         first = asyncio.create_task(first_text.wait())
         try:
-            while not generation.done():
-                waiting = {generation} if stream.seq else {generation, first}
-                await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
-                await flush()
-                if lease.lost.is_set():  # a reaper ended the reply: going on would answer twice
-                    status, error_code = MessageStatus.failed, "worker_lost"
-                    generation.cancel()
-                elif not generation.done() and await state.redis.exists(cancel):
-                    status = MessageStatus.cancelled
-                    generation.cancel()
+            # Tracing on: no Redis span per delta and per cancel check (the provider's task
+            # above still records its own); the reply's span counts the deltas instead.
+            with tracing.quiet():
+                while not generation.done():
+                    waiting = {generation} if stream.seq else {generation, first}
+                    await asyncio.wait(waiting, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+                    await flush()
+                    if lease.lost.is_set():  # a reaper ended the reply: going on would answer twice
+                        status, error_code = MessageStatus.failed, "worker_lost"
+                        generation.cancel()
+                    elif not generation.done() and await state.redis.exists(cancel):
+                        status = MessageStatus.cancelled
+                        generation.cancel()
         finally:
             first.cancel()
         if status == MessageStatus.complete:
@@ -207,6 +238,8 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
                 output_tokens=estimate_text_tokens(full_text),
             )
         stored = await end_reply(state, live, text=full_text, status=status, error_code=error_code, usage=usage)
+        if tracing.TRACING:
+            _trace_outcome(live, stream.seq, usage, error_code)
         if stored is not None and (usage.input_tokens or usage.output_tokens):
             # once a month, past AI_BUDGET_WARNING_PERCENT
             budget = await ai_budget(state, asker)
@@ -223,3 +256,19 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
         if title is not None:
             await broadcast_ephemeral(state, channel, {"type": "thread.title", "title": title})
     return str(status)
+
+
+def _trace_outcome(live: LiveReply, deltas: int, usage: Usage, error_code: str) -> None:
+    """The reply's provider, model, deltas and tokens on its span (``coach.reply``, current here)."""
+    span = get_current_span()
+    span.set_attributes(
+        {
+            "gen_ai.provider.name": live.provider,
+            "gen_ai.request.model": live.model,
+            "gen_ai.usage.input_tokens": usage.input_tokens,
+            "gen_ai.usage.output_tokens": usage.output_tokens,
+            "lounges.deltas": deltas,
+        }
+    )
+    if error_code:
+        tracing.failed(error_code, span=span)

@@ -20,6 +20,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Literal, Protocol
 
 import msgspec
+from opentelemetry.trace import Span
+
+from server.foundation import tracing
 
 log = logging.getLogger("lounges.ai")
 
@@ -215,6 +218,16 @@ def failure(
 # -- fallback --------------------------------------------------------------------------------
 
 
+def _provider_span(provider: Provider) -> Span:
+    """``coach.provider``: one provider's attempt at a reply, from its request to its last event."""
+    attributes = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": provider.name,
+        "gen_ai.request.model": provider.model,
+    }
+    return tracing.tracer.start_span("coach.provider", attributes=attributes)
+
+
 async def stream_reply(
     providers: Sequence[Provider], prompt: Prompt
 ) -> AsyncGenerator[tuple[Provider, StreamEvent], None]:
@@ -234,9 +247,13 @@ async def stream_reply(
     failures: list[ProviderError] = []
     for provider in providers:
         events = provider.stream(prompt)
+        # Tracing on: a coach.provider span per provider tried, current while its request goes out
+        # (the SDK's HTTP span is its child) but not across yields (the caller's code is not its own).
+        span = _provider_span(provider) if tracing.TRACING else None
         try:
             try:
-                first = await anext(events)
+                with tracing.current(span):
+                    first = await anext(events)
             except StopAsyncIteration:
                 failures.append(
                     ProviderError(
@@ -247,6 +264,8 @@ async def stream_reply(
             except ProviderError as exc:
                 exc.provider = exc.provider or provider.name
                 failures.append(exc)
+                if span is not None:
+                    tracing.failed(exc.code, str(exc), span=span)
                 log.warning(
                     "AI provider failed before answering, trying the next one",
                     extra={"provider": provider.name, "code": exc.code, "error": str(exc)},
@@ -267,6 +286,13 @@ async def stream_reply(
                 async for event in events:
                     if isinstance(event, TextDelta):
                         streamed.append(event.text)
+                    elif span is not None:
+                        span.set_attributes(
+                            {
+                                "gen_ai.usage.input_tokens": event.input_tokens,
+                                "gen_ai.usage.output_tokens": event.output_tokens,
+                            }
+                        )
                     yield provider, event
             except Exception as exc:
                 text = "".join(streamed)
@@ -275,6 +301,8 @@ async def stream_reply(
                 if cause is None:
                     cause = own.code if own is not None else PROVIDER_UNAVAILABLE
                 usage = own.usage if own is not None and own.usage is not None else None
+                if span is not None:
+                    tracing.failed(STREAM_INTERRUPTED, f"{cause}: {exc}", span=span)
                 raise ProviderError(
                     str(exc) or f"{provider.name}: the stream broke off",
                     code=STREAM_INTERRUPTED,
@@ -289,5 +317,7 @@ async def stream_reply(
             close = getattr(events, "aclose", None)
             if close is not None:
                 await close()
+            if span is not None:
+                span.end()
     detail = "; ".join(f"{e.provider}: {e.code}" for e in failures) or "no provider is configured"
     raise ProviderError(f"every AI provider failed ({detail})", code=ALL_PROVIDERS_FAILED, causes=failures)
