@@ -10,10 +10,9 @@ from litestar.config.compression import CompressionConfig
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
 from litestar.di import Provide
-from litestar.enums import ScopeType
+from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
-from litestar.plugins import PluginProtocol
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from server.domain.accounts.tokens import keys_of
@@ -55,6 +54,7 @@ from server.http.routes.mentors import CategoryController, MentorController
 from server.http.routes.notes import NotesController
 from server.http.routes.notifications import NotificationController
 from server.http.routes.threads import ThreadController
+from server.http.tracing import tracing_middleware
 from server.piccolo_app import ALL_TABLES
 from server.wiring import GatewayDomain
 
@@ -69,25 +69,17 @@ def _provide_settings(state: State) -> Settings:
     return state.app_state.settings
 
 
-def _tracing_plugins(settings: Settings) -> list[PluginProtocol]:
-    """Litestar's OpenTelemetry plugin (a server span per HTTP request) when tracing is on
-    (``OTEL_EXPORTER_OTLP_ENDPOINT``); nothing, and nothing imported, when it is off."""
-    if not setup_tracing(settings, "lounges-web"):
-        return []
-    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
-
-    # Sockets never reach Litestar (the gateway traces its own commands); probes are not traced.
-    config = OpenTelemetryConfig(
-        scopes={ScopeType.HTTP}, exclude=["^/health$", "^/ready$"], exclude_spans=["receive", "send"]
-    )
-    return [OpenTelemetryPlugin(config)]
+def _tracing_middleware(settings: Settings) -> list[DefineMiddleware]:
+    """A server span per HTTP request (``server/http/tracing.py``) when tracing is on
+    (``OTEL_EXPORTER_OTLP_ENDPOINT``); nothing when it is off."""
+    return [tracing_middleware()] if setup_tracing(settings, "lounges-web") else []
 
 
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the ASGI app. ``settings`` default to the environment's."""
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    plugins = _tracing_plugins(settings)
+    middleware = _tracing_middleware(settings)
     connect_coach(coach)  # the message store answers posts through the coach above it
 
     @asynccontextmanager
@@ -169,7 +161,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ),
         debug=False,
         logging_config=None,  # configure_logging() owns the root logger
-        plugins=plugins,
+        middleware=middleware,
     )
     document_problems(app.openapi_schema)
     document_summaries(app.openapi_schema)
