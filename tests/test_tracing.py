@@ -18,11 +18,13 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import pytest
 from opentelemetry import trace
 
 from server.foundation import tracing
 from server.foundation.settings import Settings
+from tests.support.accounts import Account
 from tests.support.community import Community
 from tests.support.llm_standins import OpenAIStandin, running_openai_standin
 from tests.support.nodes import ROOT, WebNode, WorkerProcess
@@ -57,9 +59,9 @@ def _env(llm: OpenAIStandin, **extra: str) -> dict[str, str]:
     }
 
 
-async def _ask_the_coach(community: Community, node: WebNode) -> str:
+async def _ask_the_coach(community: Community, node: WebNode) -> tuple[dict[str, Any], Account]:
     """A member publishes over the socket in a lounge whose coach always answers; returns
-    the lounge's channel once the reply ended."""
+    the lounge and the member once the reply ended."""
     mentor = await community.mentor("trace-mentor@example.com")
     lounge = await community.lounge(mentor, ai_reply_policy="always", ai_persona="A running coach.")
     member = await community.user("trace-member@example.com")
@@ -75,7 +77,7 @@ async def _ask_the_coach(community: Community, node: WebNode) -> str:
         assert _ended(recorder)["type"] == "ai.end"
     finally:
         await client.disconnect()
-    return lounge["channel"]
+    return lounge, member
 
 
 def _ended(recorder: Recorder) -> dict[str, Any] | None:
@@ -104,9 +106,12 @@ async def test_one_trace_follows_a_message_from_the_socket_through_the_coach_job
     llm.reset(reply=REPLY, api_key=KEY, chunk_size=8, chunk_delay=0.01)
     collector.clear()
     env = _env(llm, OTEL_EXPORTER_OTLP_ENDPOINT=collector.url)
-    node, worker = await asyncio.gather(WebNode(settings, **env).start(), WorkerProcess(settings, **env).start())
+    # The worker exports only when its batch is due, a minute on: what it sends comes from its shutdown's flush.
+    worker_env = {**env, "OTEL_BSP_SCHEDULE_DELAY": "60000"}
+    node, worker = await asyncio.gather(WebNode(settings, **env).start(), WorkerProcess(settings, **worker_env).start())
     try:
-        channel = await _ask_the_coach(community, node)
+        lounge, member = await _ask_the_coach(community, node)
+        channel = lounge["channel"]
 
         def publish_span(c: Collector) -> ReceivedSpan | None:
             found = [
@@ -115,17 +120,29 @@ async def test_one_trace_follows_a_message_from_the_socket_through_the_coach_job
             return found[0] if found else None
 
         publish = await collector.wait_for(publish_span)
-        # The worker exports the provider's HTTP span when its reply ends; wait for the whole trace.
-        await collector.wait_for(
-            lambda c: (
-                {"coach.reply", "coach.provider"} <= {s.name for s in c.trace(publish.trace_id)}
-                and any(
-                    s.kind == "client" and "chat/completions" in str(s.attributes) for s in c.trace(publish.trace_id)
-                )
+        await collector.wait_for(lambda c: "coach.enqueue" in {s.name for s in c.trace(publish.trace_id)})
+        assert not [s for s in collector.spans if s.service == "lounges-worker"]
+
+        # REST: a server span per request named by its route, continuing a caller's traceparent; probes untraced.
+        caller_trace, caller_span = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            assert (await http.get("/health")).status_code == 200
+            response = await http.get(
+                f"/api/v1/lounges/{lounge['id']}/messages",
+                headers={**member.headers, "traceparent": f"00-{caller_trace}-{caller_span}-01"},
             )
+            assert response.status_code == 200
+        request = await collector.wait_for(
+            lambda c: next((s for s in c.spans if s.kind == "server" and s.trace_id == caller_trace), None)
         )
     finally:
         await asyncio.gather(worker.stop(), node.stop())
+
+    assert request.name == "GET /api/v1/lounges/{id}/messages", request
+    assert (request.service, request.parent_id) == ("lounges-web", caller_span)
+    assert request.attributes["http.route"] == "/api/v1/lounges/{id}/messages"
+    assert any(s.attributes.get("db.system") == "postgresql" for s in collector.trace(caller_trace))
+    assert not [s for s in collector.spans if "/health" in s.name or "/health" in str(s.attributes)]
 
     spans = collector.trace(publish.trace_id)
     web = [s for s in spans if s.service == "lounges-web"]
