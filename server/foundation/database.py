@@ -11,13 +11,16 @@ this module knows no table.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
+from typing import Any
 
 import asyncpg
 from pgvector.asyncpg import register_vector
 from piccolo.engine.postgres import PostgresEngine
 from piccolo.table import Table
 
+from server.foundation import metrics
 from server.foundation.settings import Settings
 
 _shared: PostgresEngine | None = None
@@ -35,6 +38,39 @@ async def _keep_session(connection: asyncpg.Connection) -> None:
     one more round trip per query; this code keeps no session state (only ``SET
     LOCAL`` and transaction-level advisory locks, no ``LISTEN``, no held cursors).
     An open transaction is still rolled back by asyncpg before this is called."""
+
+
+class _MeteredPool(asyncpg.Pool):
+    """asyncpg's pool, timing how long each ``acquire`` waits (``lounges_db_pool_acquire_seconds``).
+    ``asyncpg.create_pool`` takes no pool class, so the pool Piccolo creates is given this one
+    (the same slots, one method more)."""
+
+    __slots__ = ()
+
+    async def _acquire(self, timeout: float | None) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super()._acquire(timeout)
+        finally:
+            _ACQUIRED.observe(time.perf_counter() - started)
+
+
+_ACQUIRED = metrics.DB_POOL_ACQUIRE_SECONDS
+_IN_USE, _IDLE = metrics.DB_POOL_CONNECTIONS.labels("in_use"), metrics.DB_POOL_CONNECTIONS.labels("idle")
+
+
+def _sample_pool() -> None:
+    """The pool's sizes now (a metrics sampler)."""
+    pool = _shared.pool if _shared is not None else None
+    if pool is None:
+        return
+    idle = pool.get_idle_size()
+    _IN_USE.set(pool.get_size() - idle)
+    _IDLE.set(idle)
+    metrics.DB_POOL_MAX_CONNECTIONS.set(pool.get_max_size())
+
+
+metrics.add_sampler(_sample_pool)
 
 
 def _bind(engine: PostgresEngine, tables: Iterable[type[Table]]) -> None:
@@ -66,6 +102,8 @@ async def acquire_engine(settings: Settings, tables: Iterable[type[Table]]) -> P
         init=_init_connection,
         reset=_keep_session,
     )
+    if metrics.collecting:
+        engine.pool.__class__ = _MeteredPool
     _bind(engine, tables)
     _shared, _users = engine, 1
     return engine

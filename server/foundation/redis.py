@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
+from arq.jobs import Job
 from redis.asyncio import ConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
@@ -31,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from server.foundation import metrics
 from server.foundation.settings import Settings
 
 
@@ -80,12 +82,22 @@ def _connection_options() -> dict[str, Any]:
     }
 
 
+class QueueRedis(ArqRedis):
+    """arq's client, counting the jobs this process queues (``lounges_jobs_enqueued_total``)."""
+
+    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
+        job = await super().enqueue_job(function, *args, **kwargs)
+        if metrics.collecting:
+            metrics.JOBS_ENQUEUED.labels(function, "queued" if job is not None else "duplicate").inc()
+        return job
+
+
 def create_redis(settings: Settings) -> ArqRedis:
     """The queue Redis: a lazily-connecting client that retries dropped connections by itself."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (the dev launcher `python -m server dev` provides one)")
     pool = ConnectionPool.from_url(settings.redis_url, **_connection_options())
-    return ArqRedis(
+    return QueueRedis(
         pool_or_conn=pool,
         job_serializer=serialize_job,
         job_deserializer=deserialize_job,

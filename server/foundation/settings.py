@@ -8,6 +8,7 @@ Every field maps to the upper-cased environment variable of the same name
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections.abc import Mapping
 from typing import Annotated, Literal
@@ -304,6 +305,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # seeds the free plan, whose row is the free tier once seeded.
     billing_free_max_lounges: Annotated[int, msgspec.Meta(ge=0)] = 1
 
+    # Prometheus metrics (docs/operations.md#metrics). METRICS_ENABLED=false collects nothing.
+    metrics_enabled: bool = True
+    # Bearer token a scraper sends to GET /metrics on the web port; unset: /metrics answers 404.
+    metrics_token: Annotated[str, msgspec.Meta(min_length=16)] | None = None
+    # The worker's own exporter: bound to METRICS_HOST:WORKER_METRICS_PORT (unset: none). No
+    # token: the bind address is its protection (keep it on loopback or a private network).
+    metrics_host: str = "127.0.0.1"
+    worker_metrics_port: Port | None = None
+    # USD per million input/output tokens, per model, for the coach's cost counter:
+    # "model=input/output" comma-separated (e.g. gpt-4o-mini=0.15/0.6). A model not listed costs nothing.
+    ai_token_prices: list[str] = msgspec.field(default_factory=list)
+
     # Background worker.
     worker_health_check_interval: PositiveInt = 10
     worker_max_jobs: PositiveInt = 20
@@ -356,6 +369,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ValueError("APNS_KEY needs APNS_KEY_ID and APNS_TEAM_ID")
         if self.fcm_service_account is not None:
             fcm_service_account_info(self.fcm_service_account)
+        token_prices(self.ai_token_prices)
 
     @property
     def is_production(self) -> bool:
@@ -387,6 +401,24 @@ def fcm_service_account_info(value: str) -> dict[str, str]:
     if missing:
         raise ValueError(f"FCM_SERVICE_ACCOUNT lacks {', '.join(missing)}")
     return info
+
+
+def token_prices(entries: list[str]) -> dict[str, tuple[float, float]]:
+    """``AI_TOKEN_PRICES`` as model -> (USD per million input tokens, per million output tokens)."""
+    prices: dict[str, tuple[float, float]] = {}
+    for entry in entries:
+        model, sep, pair = entry.rpartition("=")
+        given, slash, taken = pair.partition("/")
+        try:
+            price = (float(given), float(taken))
+        except ValueError:
+            price = (-1.0, -1.0)
+        if not (sep and model and slash) or min(price) < 0 or not all(map(math.isfinite, price)):
+            raise ValueError(
+                f"AI_TOKEN_PRICES entries must be 'model=input/output' (USD per million tokens), got {entry!r}"
+            )
+        prices[model] = price
+    return prices
 
 
 def _check_url(variable: str, url: str, schemes: set[str], *, cluster_hint: bool = False) -> None:

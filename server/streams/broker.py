@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
 
+from server.foundation import metrics
 from server.foundation.redis import REDIS_ERRORS, RealtimePipeline, RealtimeRedis
 from server.foundation.state import AppState
 from server.streams.channels import Publication
@@ -29,6 +31,10 @@ from server.streams.channels import Publication
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger("lounges.realtime")
 REDIS_TIMEOUT = 1.0  # seconds a broadcast may wait for Redis; the log is the truth either way
+_BROADCAST_SECONDS = metrics.REDIS_COMMAND_SECONDS.labels("broadcast")
+_BROADCAST_ERRORS = metrics.REDIS_ERRORS.labels("broadcast")
+_PUBLISH_SECONDS = metrics.REDIS_COMMAND_SECONDS.labels("publish")
+_PUBLISH_ERRORS = metrics.REDIS_ERRORS.labels("publish")
 
 
 async def forget_channels(state: AppState, names: list[str]) -> None:
@@ -178,11 +184,16 @@ async def broadcast(state: AppState, publications: list[Publication], *, rewritt
             publish(pipe, pubsub_channel(settings.redis_prefix, publication.channel), payload)
             if local is not None:
                 local(publication.channel, payload)
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await pipe.execute()
         except REDIS_ERRORS as exc:
+            if metrics.collecting:
+                _BROADCAST_ERRORS.inc()
             log.warning("broadcast through Redis failed; nodes catch up from the log", extra={"error": repr(exc)})
+        if metrics.collecting:
+            _BROADCAST_SECONDS.observe(time.perf_counter() - started)
 
 
 def ephemeral_wire(data: dict[str, Any]) -> bytes:
@@ -195,10 +206,15 @@ async def broadcast_ephemeral(state: AppState, channel: str, data: dict[str, Any
     (typing indicators, read receipts, AI deltas, personal notifications). Never raises:
     while Redis is away only this process's sockets get it."""
     payload = ephemeral_wire(data)
+    started = time.perf_counter()
     try:
         async with asyncio.timeout(REDIS_TIMEOUT):
             await publish(state.realtime_redis, pubsub_channel(state.settings.redis_prefix, channel), payload)
+        if metrics.collecting:
+            _PUBLISH_SECONDS.observe(time.perf_counter() - started)
     except REDIS_ERRORS as exc:
+        if metrics.collecting:
+            _PUBLISH_ERRORS.inc()
         log.warning("ephemeral broadcast failed; this node only", extra={"channel": channel, "error": repr(exc)})
         if state.local_delivery is not None:
             state.local_delivery(channel, payload)
