@@ -131,6 +131,8 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
     if method in ("send",):
         return  # asynchronous messages carry no meaning here
     handler = _HANDLERS.get(method) if method is not None else None
+    started = time.perf_counter()
+    error: ReplyError | None = None
     try:
         if method is None or handler is None:
             # Also a command with an id but no request this server knows (a pong has no id).
@@ -144,22 +146,27 @@ async def _run(node: Node, connection: Connection, command: Command) -> None:
         if follow_up is not None:
             await follow_up()
     except ProtocolError as exc:
-        _answer(connection, command, exc.error)
+        error = exc.error
     except AppError as exc:
-        _answer(connection, command, app_error_reply(exc))
+        error = app_error_reply(exc)
     except protocol.Disconnect as exc:
         connection.abort(exc.code, exc.reason)
+        node.tally.command(method, "disconnect", started)
+        return
     except (asyncpg.DataError, ArgumentError) as exc:  # a value PostgreSQL cannot store (a NUL, a huge number)
         log.info("command refused by the database", extra={"method": method, "error": repr(exc)})
-        _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "invalid_value: a value cannot be stored"))
+        error = ReplyError(protocol.ERROR_BAD_REQUEST, "invalid_value: a value cannot be stored")
     except RecursionError:
-        _answer(connection, command, ReplyError(protocol.ERROR_BAD_REQUEST, "malformed command: nested too deeply"))
+        error = ReplyError(protocol.ERROR_BAD_REQUEST, "malformed command: nested too deeply")
     except (*REDIS_ERRORS, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
         log.warning("command failed: a dependency is unavailable", extra={"method": method, "error": repr(exc)})
-        _answer(connection, command, UNAVAILABLE)
+        error = UNAVAILABLE
     except Exception:
         log.exception("command failed", extra={"method": method, "client": connection.client_id})
-        _answer(connection, command, ReplyError(protocol.ERROR_INTERNAL, "internal error", temporary=True))
+        error = ReplyError(protocol.ERROR_INTERNAL, "internal error", temporary=True)
+    if error is not None:
+        _answer(connection, command, error)
+    node.tally.command(method, "ok" if error is None else str(error.code), started)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,6 +317,7 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
                 recovered = True
             elif request.flag & 2:
                 raise ProtocolError(protocol.ERROR_UNRECOVERABLE_POSITION, "unrecoverable position")
+            node.tally.recovery(recovered)
         snapshots = await _stream_snapshots(node, name)
     except BaseException:
         connection.subs.pop(name, None)
@@ -404,13 +412,16 @@ async def _history(node: Node, connection: Connection, command: Command) -> dict
 async def _presence(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     assert command.presence is not None and connection.principal is not None
     await node.domain.authorize(connection.principal, command.presence.channel, write=False)
-    return {"presence": await node.presence.clients(command.presence.channel)}
+    clients = await node.presence.clients(command.presence.channel)
+    node.tally.presence(len(clients))
+    return {"presence": clients}
 
 
 async def _presence_stats(node: Node, connection: Connection, command: Command) -> dict[str, Any]:
     assert command.presence_stats is not None and connection.principal is not None
     await node.domain.authorize(connection.principal, command.presence_stats.channel, write=False)
     clients = await node.presence.clients(command.presence_stats.channel)
+    node.tally.presence(len(clients))
     return {"num_clients": len(clients), "num_users": len({c["user"] for c in clients.values()})}
 
 

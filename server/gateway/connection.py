@@ -146,16 +146,17 @@ class Connection:
         self._flush_pending = True
         self.node.flusher.schedule(self)
 
-    def flush(self) -> None:
-        """Send what is queued as one frame (called by the flusher)."""
+    def flush(self) -> int:
+        """Send what is queued as one frame (called by the flusher); the bytes written (0: none,
+        or handed to the ASGI writer task, which counts its own)."""
         self._flush_pending = False
         if self.closed or not self.queue:
-            return
+            return 0
         if self._frames is None:  # ASGI: the writer task sends it
             wakeup = self._wakeup
             if wakeup is not None and not wakeup.done():
                 wakeup.set_result(None)
-            return
+            return 0
         frames, self.queue = self.queue, []
         codec = self.codec
         # A frame queued alone (a broadcast's, usually) is framed once for all its sockets.
@@ -167,19 +168,26 @@ class Connection:
             self.closed = True
             self.queue.clear()
             self.queued_bytes = 0
-            return
+            return 0
         # The transport keeps what the peer has not taken yet: that is this client's backlog.
         self.queued_bytes = unsent
         if unsent > self.node.settings.ws_outbound_max_bytes:
             self.abort(protocol.DISCONNECT_SLOW, "slow consumer")
+        return len(frame)
 
     async def send_now(self, frame: bytes) -> None:
         """Write a frame directly, ahead of the queue (the connect reply, a goodbye)."""
+        tally = self.node.tally
         if self._frames is not None:
-            if self._frames.write_frame(self.codec.ws_frame(frame)) < 0:
+            wire = self.codec.ws_frame(frame)
+            if self._frames.write_frame(wire) < 0:
                 raise ConnectionError("the socket is closed")
+            tally.frames_written += 1
+            tally.bytes_written += len(wire)
             return
         await self._send(self.codec.asgi_message(frame))
+        tally.frames_written += 1
+        tally.bytes_written += len(frame)
 
     async def _write_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -194,7 +202,11 @@ class Connection:
                     continue
                 frames, self.queue = self.queue, []
                 self.queued_bytes = 0
-                await self._send(self.codec.asgi_message(self.codec.batch(frames)))
+                payload = self.codec.batch(frames)
+                await self._send(self.codec.asgi_message(payload))
+                tally = self.node.tally
+                tally.frames_written += 1
+                tally.bytes_written += len(payload)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the socket is gone; the reader sees the disconnect
@@ -225,6 +237,7 @@ class Connection:
             return
         self.closed = True
         self.close_code = code
+        self.node.tally.disconnect(code)
         self.queue.clear()
         self.queued_bytes = 0
         if self._writer is not None:

@@ -72,6 +72,8 @@ async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send
         while True:
             message = await receive()
             if message["type"] == "websocket.disconnect":
+                if not connection.close_code:  # the peer's close (one the server started is counted by abort)
+                    node.tally.peer_disconnect(message.get("code"))
                 break
             frame: str | bytes = b""
             if message["type"] == "websocket.receive":

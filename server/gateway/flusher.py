@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from server.gateway.codec import Codec
     from server.gateway.connection import Connection
+    from server.gateway.metrics import Tally
 
 FLUSH_BATCH = 16  # sockets flushed per event-loop iteration
 WIRE_FRAMES_KEPT = 64  # broadcast frames remembered while sockets wait for a flush
@@ -25,7 +26,8 @@ WIRE_FRAMES_KEPT = 64  # broadcast frames remembered while sockets wait for a fl
 class Flusher:
     """The sockets waiting for a flush, and the broadcast frames built for them."""
 
-    def __init__(self) -> None:
+    def __init__(self, tally: Tally) -> None:
+        self._tally = tally  # frames and bytes written are added up per batch of sockets
         self._to_flush: deque[Connection] = deque()
         self._flushing = False
         # id(payload) -> (payload, frame) until the sockets waiting for a flush are done
@@ -38,17 +40,30 @@ class Flusher:
             self._flushing = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    @property
+    def busy(self) -> bool:
+        """Sockets wait for a flush (a flush round is under way)."""
+        return self._flushing
+
     def _flush(self) -> None:
         to_flush = self._to_flush
+        frames = written = 0
         try:
             for _ in range(min(FLUSH_BATCH, len(to_flush))):
-                to_flush.popleft().flush()
+                sent = to_flush.popleft().flush()
+                if sent:
+                    frames += 1
+                    written += sent
         finally:
+            tally = self._tally
+            tally.frames_written += frames
+            tally.bytes_written += written
             if to_flush:
                 asyncio.get_running_loop().call_soon(self._flush)
             else:
                 self._flushing = False
                 self._wire_frames.clear()
+                tally.round_ended()
 
     def wire_frame(self, payload: bytes, codec: Codec) -> bytes:
         """``payload`` (in ``codec``'s encoding) as a WebSocket frame, built once for every socket

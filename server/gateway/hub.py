@@ -212,18 +212,24 @@ class Hub:
         """Push a publication to every subscriber, encoded once per encoding among them."""
         frames: dict[Codec, bytes] = {}
         name = self.name
-        for connection in self.subscribers:
+        subscribers = self.subscribers
+        for connection in subscribers:
             codec = connection.codec
             frame = frames.get(codec)
             if frame is None:
                 frame = frames[codec] = self.push_frames(codec).publication(data, offset)
             connection.push(name, offset, frame)
+        tally = self.node.tally
+        tally.deliveries += len(subscribers)
+        if self.node.flusher.busy:
+            tally.fanned_out()
 
     async def _fill_gap(self) -> None:
         try:
             await asyncio.sleep(GAP_GRACE)
             while self.pending and self.offset + 1 not in self.pending and self.current:
                 missing_until = min(self.pending) - 1
+                self.node.tally.gap_fill("gap")
                 entries = await history.from_log(self.name, self.offset, missing_until - self.offset)
                 if not entries:
                     log.error("gap not in the log", extra={"channel": self.name, "after": self.offset})
@@ -265,5 +271,6 @@ async def catch_up(hubs: list[Hub]) -> None:
             hub.rewrites = rewrites
         if top <= hub.offset:
             continue
+        hub.node.tally.gap_fill("catch_up")
         hub.merge(await history.from_log(hub.name, hub.offset, top - hub.offset))
         hub.advance()

@@ -23,12 +23,14 @@ import uuid
 from collections.abc import Coroutine
 from typing import Any
 
+from server.foundation import metrics
 from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
 from server.gateway import protocol
 from server.gateway.connection import Connection
 from server.gateway.flusher import Flusher
 from server.gateway.hub import Hub
+from server.gateway.metrics import Tally
 from server.gateway.ports import Domain
 from server.gateway.presence import Presence
 from server.gateway.subscriber import PERSONAL_PREFIX, REDIS_TIMEOUT, Subscriber, personal_channel, wire_decoder
@@ -57,7 +59,8 @@ class Node:
         self.by_session: dict[uuid.UUID, set[Connection]] = {}
         self.presence = Presence(state)
         self.draining = False
-        self.flusher = Flusher()
+        self.tally = Tally(on=metrics.collecting)
+        self.flusher = Flusher(self.tally)
         self.subscriber = Subscriber(self)
         self.sweeps = Sweeps(self)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -66,6 +69,7 @@ class Node:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        metrics.add_sampler(self._sample_metrics)
         self.subscriber.start()
         self.sweeps.start()
         try:
@@ -74,6 +78,7 @@ class Node:
             log.warning("realtime node started without Redis; it keeps retrying")
 
     async def stop(self) -> None:
+        metrics.remove_sampler(self._sample_metrics)
         if self.state.local_delivery == self.deliver_local:
             self.state.local_delivery = None
         for connection in list(self.connections):
@@ -137,6 +142,12 @@ class Node:
 
     def add(self, connection: Connection) -> None:
         self.connections.add(connection)
+        self.tally.opened(connection.codec.name)
+
+    def _sample_metrics(self) -> None:
+        """Move the tally's counts into the counters; the channels and subscriptions now."""
+        self.tally.report()
+        self.tally.sample_channels(len(hub.subscribers) for hub in self.hubs.values())
 
     async def join_personal(self, connection: Connection) -> None:
         """Index an authenticated socket by user and session; the user's first socket
@@ -202,6 +213,7 @@ class Node:
         if connection not in self.connections:
             return  # already removed (an abort and the endpoint's own end both land here)
         self.connections.discard(connection)
+        self.tally.closed(connection.codec.name)
         await self._leave_personal(connection)
         for channel in list(connection.subs):
             await self.unsubscribe(connection, channel)
@@ -233,6 +245,7 @@ class Node:
         clients of one node talk even while Redis is away. The copy that comes back through
         Redis is dropped as a duplicate (by offset); ephemeral ones are handed here only when
         Redis did not take them."""
+        self.tally.from_local += 1
         hub = self.hubs.get(channel)
         if hub is not None:
             hub.on_wire(wire_decoder.decode(payload))

@@ -100,6 +100,7 @@ class Subscriber:
         if self.closing:
             return
         self._linked = False
+        self.node.tally.relinked()
         if self.reader is not None:
             self.reader.cancel()
         self.reader = asyncio.create_task(self._read_forever(), name="realtime-pubsub")
@@ -130,8 +131,10 @@ class Subscriber:
                 delay = 0.1
                 await _first_failure(readers)
             except REDIS_ERRORS as exc:
+                node.tally.relinked()
                 log.warning("Redis pub/sub lost; relinking", extra={"error": repr(exc), "retry_in": delay})
             except Exception:
+                node.tally.relinked()
                 log.exception("realtime pub/sub reader failed; restarting")
             finally:
                 if self._links is links:  # a relink may have started the next links already
@@ -175,6 +178,7 @@ class Subscriber:
         if name is None:
             return
         node = self.node
+        node.tally.from_redis += 1
         hub = node.hubs.get(name)
         if hub is not None:
             hub.on_wire(wire_decoder.decode(data))
