@@ -13,8 +13,10 @@ import asyncio
 import gc
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from server.devstack import running_stack_settings
@@ -63,16 +65,33 @@ def _websocket_protocol() -> type[asyncio.Protocol] | str:
     return GatewayWebSocketProtocol
 
 
+def _shared_metrics_dir(workers: int, settings: Settings) -> str | None:
+    """For ``--workers N``: a fresh directory where every web process keeps its metrics, so a
+    scrape of any one answers for all (prometheus_client's multiprocess mode). It must be set
+    before prometheus_client is first imported, which fixes the mode for the process and the
+    children forked from it."""
+    if workers <= 1 or not settings.metrics_enabled:
+        return None
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
+    directory = tempfile.mkdtemp(prefix="lounges-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
 def serve(args: argparse.Namespace) -> None:
+    settings = _settings("database_url", "redis_url")
+    metrics_dir = _shared_metrics_dir(args.workers, settings)
+
     import uvicorn
 
     from server.app import create_app
     from server.foundation.logging import configure_logging
+    from server.foundation.metrics import mark_process_dead
     from server.gateway.endpoint import gateway_dispatch
     from server.gateway.shutdown import DrainingServer
     from server.process_group import ProcessGroup
 
-    settings = _settings("database_url", "redis_url")
     configure_logging(settings.log_level, settings.log_format)  # before the protocol check may warn
     host, port = args.host or settings.host, args.port or settings.port
     # uvicorn's sans-I/O protocol plus synchronous writes of prepared frames, when the
@@ -108,7 +127,12 @@ def serve(args: argparse.Namespace) -> None:
         run(None)
         return
     listener = uvicorn.Config(app=run, host=host, port=port, log_config=None).bind_socket()
-    sys.exit(ProcessGroup(args.workers, listener, lambda sock: run([sock])).run())
+    try:
+        status = ProcessGroup(args.workers, listener, lambda sock: run([sock]), on_exit=mark_process_dead).run()
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    sys.exit(status)
 
 
 def worker(args: argparse.Namespace) -> None:

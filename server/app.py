@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,6 +20,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from server.domain.accounts.tokens import keys_of
 from server.domain.ai import coach
 from server.domain.chat.coach_link import connect_coach
+from server.foundation import metrics
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.logging import configure_logging
 from server.foundation.redis import create_redis
@@ -30,6 +33,7 @@ from server.gateway.node import Node
 from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
+from server.http.metrics import HttpMetricsMiddleware, metrics_endpoint
 from server.http.middleware import RequestContextMiddleware
 from server.http.openapi import TAGS, document_problems, document_summaries
 from server.http.problems import EXCEPTION_HANDLERS
@@ -80,6 +84,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or load_settings()
     configure_logging(settings.log_level, settings.log_format)
     middleware = _tracing_middleware(settings)
+    metrics.configure(settings.metrics_enabled)
     connect_coach(coach)  # the message store answers posts through the coach above it
 
     @asynccontextmanager
@@ -90,9 +95,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         keys_of(state)  # signing keys made at start (an ephemeral key is announced now, not on first use)
         app.state.node = node = Node(state, GatewayDomain(state))
         await node.start()
+        # What another process's scrape reads of this one is at most a second old.
+        sampling = asyncio.create_task(metrics.sample_forever(), name="metrics-sampling")
         try:
             yield
         finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
             await node.stop()
             await state.storage.close()
             await state.close_realtime_redis()
@@ -131,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app = Litestar(
         route_handlers=[
             HealthController,
+            metrics_endpoint,
             api,
             websocket_endpoint,
             asyncapi_document,
@@ -168,6 +179,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, so that router-level answers (404, 405) carry a request id too. Gateway
     # sockets never reach the app: the server runs it behind the gateway's dispatch
     # (server.gateway.endpoint.gateway_dispatch, applied by `python -m server serve`).
+    if settings.metrics_enabled:
+        app.asgi_handler = HttpMetricsMiddleware(app.asgi_handler)
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     if settings.trusted_proxies:
         # Outside everything: the client address that logs, sessions and rate limits see

@@ -36,10 +36,17 @@ RESTART_DELAY = 0.5  # seconds between a child's death and its replacement
 class ProcessGroup:
     """``count`` children running ``serve_child(listener)``, supervised by this process."""
 
-    def __init__(self, count: int, listener: socket.socket, serve_child: Callable[[socket.socket], None]) -> None:
+    def __init__(
+        self,
+        count: int,
+        listener: socket.socket,
+        serve_child: Callable[[socket.socket], None],
+        on_exit: Callable[[int], None] | None = None,
+    ) -> None:
         self._count = count
         self._listener = listener
         self._serve_child = serve_child
+        self._on_exit = on_exit  # told each child's pid once it has ended (its metrics stop being live)
         self._children: dict[int, float] = {}  # pid -> start time
         self._stopping = False
         self._quick_crashes = 0
@@ -60,6 +67,8 @@ class ProcessGroup:
             started = self._children.pop(pid, None)
             if started is None:
                 continue
+            if self._on_exit is not None:
+                self._on_exit(pid)
             code = os.waitstatus_to_exitcode(wait_status)
             if self._stopping:
                 # uvicorn ends a server stopped by a signal by raising that signal again once

@@ -41,7 +41,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if scope["type"] == ScopeType.HTTP:
+            if scope["type"] == ScopeType.HTTP and scope["path"] != "/metrics":  # scrapes are no news
                 access_log.info(
                     "%s %s %s",
                     scope["method"],
