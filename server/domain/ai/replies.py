@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from opentelemetry.trace import SpanKind, get_current_span
 from redis.exceptions import RedisError
 
 from server.domain.ai.coach import check_budget
+from server.domain.ai.metrics import prompt_built, reply_refused, reply_timed
 from server.domain.ai.prompt import build_prompt
 from server.domain.ai.streams import (
     LeaseKeeper,
@@ -98,6 +100,7 @@ async def _generate_reply(
     stream_id: str,
     question: str | None,
 ) -> str:
+    started = time.perf_counter()
     live = LiveReply(stream_id=stream_id, channel=channel, user_id=asker, reply_to=reply_to, worker=worker)
     if attempt > 1:
         # arq replays a job whose worker vanished mid-run. A model cannot go on from the
@@ -113,10 +116,12 @@ async def _generate_reply(
     await begin_reply(state, live)
     async with LeaseKeeper(state, live) as lease:
         try:
+            prompting = time.perf_counter()
             (prompt, context), budget = await asyncio.gather(
                 build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
                 ai_budget(state, asker_id),
             )
+            prompt_built(time.perf_counter() - prompting)
             check_budget(state, budget, estimate_input_tokens(prompt))
         except AppError as exc:
             await forget_reply(state, live)
@@ -134,10 +139,11 @@ async def _generate_reply(
             raise
         live.input_tokens = estimate_input_tokens(prompt)
         live.citations = context.get("citations", [])
-        return await _stream(state, live, lease, prompt, context)
+        return await _stream(state, live, lease, prompt, context, started)
 
 
 async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, code: str, detail: str) -> None:
+    reply_refused(code)
     await broadcast_ephemeral(
         state,
         channel,
@@ -145,7 +151,10 @@ async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, 
     )
 
 
-async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: Any, context: dict[str, Any]) -> str:
+async def _stream(
+    state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: Any, context: dict[str, Any], started: float
+) -> str:
+    """Stream the reply, store it; ``started``: the job's start (``time.perf_counter()``), for its timings."""
     settings = state.settings
     interval = settings.ai_delta_interval_ms / 1000
     channel, stream_id, asker = live.channel, live.stream_id, uuid.UUID(live.user_id)
@@ -158,13 +167,18 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
     status, error_code = MessageStatus.complete, ""
 
     first_text = asyncio.Event()
+    first_at: float | None = None  # when the first and the latest text arrived (perf_counter)
+    last_at = 0.0
 
     async def consume() -> None:
-        nonlocal usage
+        nonlocal usage, first_at, last_at
         async with contextlib.aclosing(stream_reply(build_providers(settings), prompt)) as events:
             async for provider, event in events:
                 live.provider, live.model = provider.name, provider.model  # the lease keeper saves them
                 if isinstance(event, TextDelta):
+                    last_at = time.perf_counter()
+                    if first_at is None:
+                        first_at = last_at
                     text.append(event.text)
                     pending.append(event.text)
                     first_text.set()
@@ -240,6 +254,8 @@ async def _stream(state: AppState, live: LiveReply, lease: LeaseKeeper, prompt: 
         stored = await end_reply(state, live, text=full_text, status=status, error_code=error_code, usage=usage)
         if tracing.TRACING:
             _trace_outcome(live, stream.seq, usage, error_code)
+        complete = status == MessageStatus.complete
+        reply_timed(live.provider, live.model, started, first_at, last_at if complete else None)
         if stored is not None and (usage.input_tokens or usage.output_tokens):
             # once a month, past AI_BUDGET_WARNING_PERCENT
             budget = await ai_budget(state, asker)

@@ -36,6 +36,7 @@ import msgspec
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 from redis.exceptions import RedisError
 
+from server.domain.ai.metrics import reply_ended
 from server.domain.chat.messages import ReplyAlreadyStored, do_store_ai_reply
 from server.domain.llm.providers import Usage, estimate_text_tokens
 from server.domain.tables.ai import AIUsage
@@ -298,6 +299,7 @@ async def end_reply(
     except ReplyAlreadyStored:
         await forget_reply(state, live)
         return None
+    reply_ended(state.settings, live.provider, live.model, str(status), error_code, usage)
     return publication
 
 

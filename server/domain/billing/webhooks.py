@@ -40,6 +40,7 @@ preferences) and lost paid-lounge channels are announced (``channel.access_lost`
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -48,6 +49,7 @@ from typing import Any
 
 import msgspec
 
+from server.domain.billing import metrics
 from server.domain.billing.entitlements import (
     ENTITLING_SQL,
     ENTITLING_STATUSES,
@@ -68,7 +70,7 @@ from server.domain.tables.billing import (
     SubscriptionStatus,
 )
 from server.domain.tables.lounges import LoungeMembership
-from server.foundation.errors import BadRequest
+from server.foundation.errors import AppError, BadRequest
 from server.foundation.state import AppState
 from server.foundation.unit_of_work import on_commit, unit_of_work
 
@@ -130,12 +132,18 @@ def _json(value: Any) -> Any:
 
 async def do_receive_event(state: AppState, payload: bytes, signature: str | None) -> WebhookAck:
     """Verify, store once, queue. Raises 400 ``invalid_signature`` / ``invalid_event``."""
-    verify_webhook(state.settings, payload, signature)
+    try:
+        verify_webhook(state.settings, payload, signature)
+    except AppError as exc:
+        metrics.received(None, exc.code)
+        raise
     try:
         event = msgspec.json.decode(payload, type=StripeEventIn)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        metrics.received(None, "invalid_event")
         raise BadRequest(f"not a Stripe event: {exc}", code="invalid_event") from None
     if event.object != "event":
+        metrics.received(None, "invalid_event")
         raise BadRequest("not a Stripe event (snapshot events only)", code="invalid_event")
     async with unit_of_work(state.engine):
         inserted = await StripeEvent.raw(
@@ -162,6 +170,7 @@ async def do_receive_event(state: AppState, payload: bytes, signature: str | Non
             attempts = existing["attempts"] if existing else 0
         if pending:
             await on_commit(partial(state.redis.enqueue_job, PROCESS_JOB, event.id, _job_id=job_id(event.id, attempts)))
+    metrics.received(event.type, "stored" if inserted else "duplicate")
     return WebhookAck(received=True, duplicate=not inserted)
 
 
@@ -176,8 +185,10 @@ async def process_event(state: AppState, event_id: str) -> str:
             "SELECT id, type, payload, processed_at FROM stripe_events WHERE event_id = {} FOR UPDATE", event_id
         )
         if not rows:
+            metrics.processed(None, "unknown_event")
             return "unknown event"
         if rows[0]["processed_at"] is not None:
+            metrics.processed(rows[0]["type"], "already_processed")
             return "already processed"
         event = msgspec.convert(_json(rows[0]["payload"]), StripeEventIn)
         handler = _HANDLERS.get(event.type)
@@ -186,11 +197,16 @@ async def process_event(state: AppState, event_id: str) -> str:
             # One customer's events are applied one at a time (workers run jobs concurrently):
             # each sees what the others committed, e.g. an invoice finds its subscription.
             await StripeEvent.raw("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))", f"stripe:{customer_id}")
-        outcome = await handler(state, event) if handler else "ignored"
+        try:
+            outcome = await handler(state, event) if handler else "ignored"
+        except Exception as exc:
+            metrics.processed(event.type, "not_processable" if isinstance(exc, EventNotProcessable) else "failed")
+            raise
         await StripeEvent.raw(
             "UPDATE stripe_events SET processed_at = now(), attempts = attempts + 1, last_error = NULL WHERE id = {}",
             rows[0]["id"],
         )
+    metrics.processed(event.type, "applied" if handler else "ignored", lag=time.time() - event.created)
     return f"{event.type}: {outcome}"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from dataclasses import dataclass
 from functools import partial
@@ -39,6 +40,7 @@ from server.domain.push.delivery import queue_lounge_message_push
 from server.domain.tables.chat import ChatThread, Message, MessageReaction, MessageStatus, SenderType
 from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
+from server.foundation import metrics
 from server.foundation.clock import now
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import decode_cursor, encode_cursor
@@ -154,6 +156,9 @@ _POST_SQL = publication_statement(
 )
 
 
+_POST_SECONDS = metrics.DB_STATEMENT_SECONDS.labels("post_message")
+
+
 async def do_post_message(state: AppState, principal: Principal, channel: str, data: MessageIn) -> PostResult:
     """Post ``data``; the rate limit is charged only if the message is stored (a post refused,
     or cut short by a stalled database, gives its attempt back)."""
@@ -218,6 +223,7 @@ async def _post_message(
     assert pool is not None  # started by acquire_engine before the app serves
     try:
         async with pool.acquire() as connection:
+            started = time.perf_counter()
             row = await connection.fetchrow(
                 _POST_SQL,
                 name,
@@ -232,6 +238,8 @@ async def _post_message(
                 _json.encode({"type": "message", "message": draft}).decode(),
                 access.thread.id if access.thread is not None else None,
             )
+            if metrics.collecting:
+                _POST_SECONDS.observe(time.perf_counter() - started)
     except asyncpg.UniqueViolationError:
         # A concurrent retry with the same client_id won the race; answer with its message.
         existing = await _existing_post(principal.user_id, data.client_id, name)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +50,7 @@ import numpy as np
 from piccolo.engine.postgres import PostgresEngine
 
 from server.domain.knowledge.embeddings import Embedder, EmbeddingError, default_embedder, environment_settings
+from server.domain.knowledge.metrics import searched
 from server.domain.llm.providers import Passage
 from server.domain.tables.knowledge import (
     EMBEDDING_DIMENSIONS,
@@ -285,10 +287,12 @@ async def search_parts(
     if exact_max_chunks is None:
         exact_max_chunks = environment_settings().retrieval_exact_max_chunks
     vector = np.asarray(vector, dtype=np.float32)
+    started = time.perf_counter()
     found = await asyncio.gather(
         *(_search(part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks) for part in parts)
     )
     hits = sorted((hit for part_hits in found for hit in part_hits), key=lambda hit: (hit.distance, hit.id))
+    searched(time.perf_counter() - started, sum(part.count for part in parts))
     return hits[:k]
 
 

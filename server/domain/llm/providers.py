@@ -22,6 +22,7 @@ from typing import Literal, Protocol
 import msgspec
 from opentelemetry.trace import Span
 
+from server.domain.llm.metrics import provider_failed
 from server.foundation import tracing
 
 log = logging.getLogger("lounges.ai")
@@ -245,7 +246,8 @@ async def stream_reply(
     the provider's HTTP stream at once.
     """
     failures: list[ProviderError] = []
-    for provider in providers:
+    for index, provider in enumerate(providers):
+        falling_back = index + 1 < len(providers)
         events = provider.stream(prompt)
         # Tracing on: a coach.provider span per provider tried, current while its request goes out
         # (the SDK's HTTP span is its child) but not across yields (the caller's code is not its own).
@@ -260,12 +262,14 @@ async def stream_reply(
                         f"{provider.name}: ended without answering", code=PROVIDER_UNAVAILABLE, provider=provider.name
                     )
                 )
+                provider_failed(provider.name, PROVIDER_UNAVAILABLE, falling_back=falling_back)
                 continue
             except ProviderError as exc:
                 exc.provider = exc.provider or provider.name
                 failures.append(exc)
                 if span is not None:
                     tracing.failed(exc.code, str(exc), span=span)
+                provider_failed(provider.name, exc.code, falling_back=falling_back)
                 log.warning(
                     "AI provider failed before answering, trying the next one",
                     extra={"provider": provider.name, "code": exc.code, "error": str(exc)},
@@ -276,6 +280,7 @@ async def stream_reply(
                 failures.append(
                     ProviderError(f"{provider.name}: {exc!r}", code=PROVIDER_UNAVAILABLE, provider=provider.name)
                 )
+                provider_failed(provider.name, PROVIDER_UNAVAILABLE, falling_back=falling_back)
                 continue
 
             streamed: list[str] = []
@@ -303,6 +308,7 @@ async def stream_reply(
                 usage = own.usage if own is not None and own.usage is not None else None
                 if span is not None:
                     tracing.failed(STREAM_INTERRUPTED, f"{cause}: {exc}", span=span)
+                provider_failed(provider.name, STREAM_INTERRUPTED, falling_back=False)
                 raise ProviderError(
                     str(exc) or f"{provider.name}: the stream broke off",
                     code=STREAM_INTERRUPTED,
