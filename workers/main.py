@@ -23,6 +23,7 @@ from server.domain.ai.streams import process_id, reap_dead_replies
 from server.domain.chat.coach_link import connect_coach
 from server.domain.llm.registry import build_providers
 from server.domain.push.providers import close_providers
+from server.foundation import metrics
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.redis import create_redis, deserialize_job, doorbell_channel, queue_name, serialize_job
 from server.foundation.settings import Settings
@@ -37,6 +38,7 @@ from workers.compliance import COMPLIANCE_FUNCTIONS
 from workers.files import FILES_FUNCTIONS, clean_files
 from workers.knowledge import KNOWLEDGE_FUNCTIONS
 from workers.mail import send_email
+from workers.metrics import metered, start_exporter
 from workers.notifications import prune_notifications
 from workers.push import PUSH_FUNCTIONS, prune_push
 
@@ -185,7 +187,11 @@ async def check_health(settings: Settings) -> tuple[bool, str]:
 def worker_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for :class:`arq.worker.Worker` under ``settings``."""
 
+    metrics.configure(settings.metrics_enabled)
+
     async def startup(ctx: dict[str, Any]) -> None:
+        ctx["metrics_exporter"] = start_exporter(settings)  # first: a port in use stops the worker at once
+        ctx["metrics_sampling"] = asyncio.create_task(metrics.sample_forever(), name="metrics-sampling")
         setup_tracing(settings, "lounges-worker")  # only with OTEL_EXPORTER_OTLP_ENDPOINT set
         connect_coach(coach)  # as the web process: jobs that delete messages stop the coach's replies
         engine = await acquire_engine(settings, ALL_TABLES)
@@ -200,10 +206,13 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         ctx["reaper"] = asyncio.create_task(_reap_forever(state, ctx["worker_id"]), name="coach-reaper")
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        reaper: asyncio.Task[None] | None = ctx.get("reaper")
-        if reaper is not None:
-            reaper.cancel()
-            await asyncio.gather(reaper, return_exceptions=True)
+        for name in ("reaper", "metrics_sampling"):
+            task: asyncio.Task[None] | None = ctx.get(name)
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if ctx.get("metrics_exporter") is not None:
+            ctx["metrics_exporter"].close()
         state: AppState | None = ctx.get("state")
         if state is not None:
             await close_providers(state)
@@ -213,8 +222,8 @@ def worker_options(settings: Settings) -> dict[str, Any]:
         shutdown_tracing()  # what is still queued goes out
 
     return {
-        "functions": FUNCTIONS,
-        "cron_jobs": CRON_JOBS,
+        "functions": metered(FUNCTIONS),
+        "cron_jobs": metered(CRON_JOBS),
         "redis_pool": create_redis(settings),
         "queue_name": queue_name(settings),
         "health_check_interval": settings.worker_health_check_interval,
