@@ -55,6 +55,13 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _metrics(text: str) -> list[str]:
+    variants = [part.strip() for part in text.split(",") if part.strip()]
+    if not variants or any(v not in ("on", "off") for v in variants) or len(set(variants)) != len(variants):
+        raise argparse.ArgumentTypeError("on, off, or on,off")
+    return variants
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="Run benchmarks: print a table, save JSON + PNG under bench/results/."
@@ -79,6 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the temporary data dir (server logs) for debugging"
+    )
+    parser.add_argument(
+        "--metrics",
+        type=_metrics,
+        default=["on"],
+        metavar="on,off",
+        help="http, ws: our server with Prometheus metrics collected (on, the default), not (off: "
+        "METRICS_ENABLED=false), or both in the same run (on,off: paired, the overhead reported)",
     )
     ws = parser.add_argument_group("ws benchmark")
     ws.add_argument("--ws-idle", type=int, metavar="N", help="idle sockets per server (default 10000; --quick 2000)")

@@ -7,6 +7,10 @@ Scenarios (each run R times, interleaved so drift hits all of them alike):
 - ``ours GET /users/me``  — bearer JWT verification + one SQL query per request
   (the session/user lookup) + the user row: the cost of an authenticated call.
 
+``--metrics on,off`` runs ours twice, with Prometheus metrics collected and with
+``METRICS_ENABLED=false`` (two servers on the same CPU, their runs interleaved), and
+reports what collecting costs: ours with / ours without, paired by repeat.
+
 One uvicorn worker per server, pinned to the server CPU; the load generator
 pinned to the other CPU. PostgreSQL and Valkey are not pinned (they share the
 machine with both, as they would share a small host).
@@ -42,6 +46,7 @@ log = logging.getLogger("bench")
 BUSY_WARNING = 15.0
 PEER = "peer"
 OURS = "ours"
+OURS_NO_METRICS = "ours-no-metrics"  # METRICS_ENABLED=false, beside ``ours`` with --metrics on,off
 
 
 @dataclass
@@ -96,15 +101,24 @@ def run(args: argparse.Namespace) -> int:
     server_cpu, loadgen_cpu = _pin_plan(args.server_cpu, args.loadgen_cpu)
     json_path, png_path = output_paths("http")
     started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    variants = getattr(args, "metrics", ["on"])
     with BenchStack(keep_logs=args.keep_logs) as stack:
         stack.start_services()
         peer = stack.start_peer(cpu=server_cpu)
-        ours = stack.start_ours(cpu=server_cpu)
-        email, token = create_user_token(ours.base_url)
+        servers = {PEER: peer}
+        # "on" is ``ours``; "off" is ``ours`` too when it runs alone, else ``ours-no-metrics``.
+        names = {"on": OURS, "off": OURS_NO_METRICS if "on" in variants else OURS}
+        for variant in variants:
+            name = names[variant]
+            servers[name] = stack.start_ours(
+                cpu=server_cpu, name=name, extra_env={"METRICS_ENABLED": "true" if variant == "on" else "false"}
+            )
+        email, token = create_user_token(servers[OURS].base_url)
         _check(peer, "/", None, "ok")
-        _check(ours, "/health", None, "ok")
-        _check(ours, "/api/v1/users/me", token, email)
-        servers = {PEER: peer, OURS: ours}
+        ours = [name for name in servers if name != PEER]
+        for name in ours:
+            _check(servers[name], "/health", None, "ok")
+            _check(servers[name], "/api/v1/users/me", token, email)
         rss_idle = {name: _settle_rss(server) for name, server in servers.items()}
         busy_before = machine_busy_percent(1.0)
         if busy_before > BUSY_WARNING:
@@ -112,11 +126,13 @@ def run(args: argparse.Namespace) -> int:
                 "the machine is busy before the run (%.0f%% of one CPU in use): expect noisy numbers", busy_before
             )
 
-        scenarios = [
-            Scenario("peer GET /", PEER, "/"),
-            Scenario("ours GET /health", OURS, "/health"),
-            Scenario("ours GET /api/v1/users/me", OURS, "/api/v1/users/me", [f"Authorization: Bearer {token}"]),
-        ]
+        scenarios = [Scenario("peer GET /", PEER, "/")]
+        for name in ours:
+            label = "ours" if name == OURS else "ours (no metrics)"
+            scenarios += [
+                Scenario(f"{label} GET /health", name, "/health"),
+                Scenario(f"{label} GET /api/v1/users/me", name, "/api/v1/users/me", [f"Authorization: Bearer {token}"]),
+            ]
         total = args.repeats * len(scenarios)
         for repeat in range(args.repeats):
             for scenario in scenarios:
@@ -150,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
         rss_after = {name: _settle_rss(server) for name, server in servers.items()}
 
     config = {
+        "metrics": {names[v]: v for v in variants},
         "repeats": args.repeats,
         "warmup_s": args.warmup,
         "duration_s": args.duration,
@@ -179,6 +196,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "memory": memory,
         "summary": summarize(scenarios),
+        "metrics_overhead": metrics_overhead(scenarios),
         "scenarios": [{"name": s.name, "server": s.server, "path": s.path, "runs": s.runs} for s in scenarios],
     }
     save_json(json_path, payload)
@@ -188,6 +206,29 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         print(f"WARNING: {failures} non-2xx answers or connection errors; see the JSON", file=sys.stderr)
     return 0
+
+
+def metrics_overhead(scenarios: list[Scenario]) -> list[dict]:
+    """With --metrics on,off: each path's runs with metrics against the same repeat's without."""
+    without = {s.path: s for s in scenarios if s.server == OURS_NO_METRICS}
+    rows = []
+    for s in scenarios:
+        other = without.get(s.path)
+        if s.server != OURS or other is None:
+            continue
+        rows.append(
+            {
+                "path": s.path,
+                "requests_per_s_on": s.median("requests_per_s"),
+                "requests_per_s_off": other.median("requests_per_s"),
+                "rps_on_vs_off": s.vs(other, "requests_per_s"),
+                "p50_on_vs_off": s.vs(other, "latency_ms", "p50"),
+                "p99_on_vs_off": s.vs(other, "latency_ms", "p99"),
+                "server_cpu_on": s.median("server_cpu_percent"),
+                "server_cpu_off": other.median("server_cpu_percent"),
+            }
+        )
+    return rows
 
 
 def summarize(scenarios: list[Scenario]) -> list[dict]:
@@ -271,6 +312,25 @@ def render_table(scenarios: list[Scenario], config: dict, memory: dict) -> str:
         for name, m in memory.items()
     ]
     mem_table = format_table(["server RSS (MiB)", "idle before", "peak under load", "idle after"], mem_rows)
+    overhead = metrics_overhead(scenarios)
+    if overhead:
+        mem_table += (
+            "\n\nPrometheus metrics on vs off (METRICS_ENABLED=false), same CPU, paired by repeat:\n"
+            + format_table(
+                ["path", "req/s on", "req/s off", "req/s on/off", "p50 on/off", "p99 on/off"],
+                [
+                    [
+                        row["path"],
+                        fmt(row["requests_per_s_on"], 0),
+                        fmt(row["requests_per_s_off"], 0),
+                        fmt_ratio(row["rps_on_vs_off"]),
+                        fmt_ratio(row["p50_on_vs_off"]),
+                        fmt_ratio(row["p99_on_vs_off"]),
+                    ]
+                    for row in overhead
+                ],
+            )
+        )
     note = (
         "'vs peer': median over repeats of ours / peer from the same repeat (runs seconds apart).\n"
         "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "

@@ -28,6 +28,11 @@ issue's targets are the JSON encoding's; Protobuf's are reported beside them. Th
 raised to the hard limit. Publishing is rate limited per user in production;
 the benchmark raises ``PUBLISH_RATE_LIMIT`` (and ``ACCESS_TOKEN_TTL``, so the
 minted tokens outlive a full run) for our server.
+
+``--metrics on,off`` measures instead what Prometheus metrics cost the gateway: two of
+our servers on the server CPU, one collecting and one with ``METRICS_ENABLED=false``,
+through the same broadcast rates and warm storms (JSON), interleaved by repeat; the
+table gives on/off ratios paired by repeat (:func:`run_metrics_overhead`).
 """
 
 from __future__ import annotations
@@ -171,6 +176,10 @@ def _alive(server: Server, result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    variants = getattr(args, "metrics", ["on"])
+    if len(variants) > 1:
+        return run_metrics_overhead(args)
+    ours_env = {**OURS_ENV, "METRICS_ENABLED": "true" if variants == ["on"] else "false"}
     plan = defaults(args)
     server_cpu, loadgen_cpu = _pin_plan(args.server_cpu, args.loadgen_cpu)
     json_path, png_path = output_paths("ws")
@@ -195,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
             cpu=server_cpu,
             nofile=hard,
         )
-        ours = stack.start_ours(cpu=server_cpu, extra_env=OURS_ENV, nofile=hard)
+        ours = stack.start_ours(cpu=server_cpu, extra_env=ours_env, nofile=hard)
         servers: dict[str, Server] = {PEER: peer, OURS: ours}
         setup = ws_setup.prepare(
-            {**env, **OURS_ENV},
+            {**env, **ours_env},
             ours,
             stack.data_dir,
             idle=plan["idle"] + 200,
@@ -223,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
         for target in (OURS, OURS_PB, PEER):
             server = servers[target]
             if target == OURS_PB:
-                server = stack.start_ours(cpu=server_cpu, name="ours-pb-idle", extra_env=OURS_ENV, nofile=hard)
+                server = stack.start_ours(cpu=server_cpu, name="ours-pb-idle", extra_env=ours_env, nofile=hard)
             progress(f"idle {target}: {plan['idle']:,} sockets held {plan['hold']:g} s")
             busy = _quiet(args)
             argv = ws_command(
@@ -299,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
         "machine_busy_before_percent": round(busy_before, 1),
         "quiet_wait_s": args.quiet_wait,
         "nofile": {"soft": soft, "hard": hard},
-        "ours_env": OURS_ENV,
+        "ours_env": ours_env,
         "setup_s": round(setup.seconds, 1),
         "users": setup.users,
         "code": code_version(),
@@ -337,6 +346,168 @@ def run(args: argparse.Namespace) -> int:
     ]
     if failed:
         print(f"WARNING: {len(failed)} run(s) failed; see the JSON", file=sys.stderr)
+    return 0
+
+
+def run_metrics_overhead(args: argparse.Namespace) -> int:
+    """Our gateway (JSON) with Prometheus metrics and without, same CPU, same runs, interleaved."""
+    plan = defaults(args)
+    server_cpu, loadgen_cpu = _pin_plan(args.server_cpu, args.loadgen_cpu)
+    json_path, _ = output_paths("ws-metrics")
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    _, hard = nofile_limits()
+    raise_nofile()
+    variants = ("on", "off")
+    bcast = {(rate, v): Cell(f"metrics {v} {rate:g}/s", OURS) for rate in plan["rates"] for v in variants}
+    storms = {v: Cell(f"metrics {v} storm warm", OURS) for v in variants}
+    with BenchStack(keep_logs=args.keep_logs) as stack:
+        env = stack.start_services()
+        servers = {
+            v: stack.start_ours(
+                cpu=server_cpu,
+                name=f"ours-metrics-{v}",
+                extra_env={**OURS_ENV, "METRICS_ENABLED": "true" if v == "on" else "false"},
+                nofile=hard,
+            )
+            for v in variants
+        }
+        setup = ws_setup.prepare(
+            {**env, **OURS_ENV},
+            servers["on"],
+            stack.data_dir,
+            idle=0,
+            subscribers=plan["subscribers"],
+            publishers=plan["publishers"],
+        )
+        rss_start = {v: s.rss_kib() for v, s in servers.items()}
+        total = args.repeats * len(variants) * (len(plan["rates"]) + 1)
+        done = 0
+        for repeat in range(args.repeats):
+            for rate in plan["rates"]:
+                for v in variants:
+                    server = servers[v]
+                    done += 1
+                    print(f"[{done}/{total}] broadcast metrics {v} {rate:g}/s (run {repeat + 1}) ...", file=sys.stderr)
+                    busy = _quiet(args)
+                    argv = ws_command(
+                        "broadcast",
+                        OURS,
+                        server.port,
+                        setup=setup.path,
+                        sockets=plan["subscribers"],
+                        rate=rate,
+                        warmup=args.warmup,
+                        duration=args.duration,
+                        drain=plan["drain"],
+                        publishers=plan["publishers"],
+                        watch_pid=server.pid,
+                    )
+                    result = _alive(
+                        server, _run(argv, loadgen_cpu, args.warmup + args.duration + plan["drain"] + 240, busy)
+                    )
+                    result["repeat"] = repeat
+                    bcast[(rate, v)].runs.append(result)
+            for v in variants:
+                server = servers[v]
+                done += 1
+                print(f"[{done}/{total}] storm warm metrics {v} (run {repeat + 1}) ...", file=sys.stderr)
+                busy = _quiet(args)
+                argv = ws_command(
+                    "storm",
+                    OURS,
+                    server.port,
+                    setup=setup.path,
+                    sockets=plan["subscribers"],
+                    missed=plan["missed"],
+                    watch_pid=server.pid,
+                )
+                result = _alive(server, _run(argv, loadgen_cpu, 300, busy))
+                result["repeat"] = repeat
+                storms[v].runs.append(result)
+        rss_end = {v: s.rss_kib() for v, s in servers.items()}
+
+    rows = []
+    for rate in plan["rates"]:
+        on, off = bcast[(rate, "on")], bcast[(rate, "off")]
+        rows.append(
+            {
+                "rate": rate,
+                "on": broadcast_stats(on),
+                "off": broadcast_stats(off),
+                "delivered_on_vs_off": paired_ratio(on.stat("delivered_per_s"), off.stat("delivered_per_s")),
+                "p50_on_vs_off": paired_ratio(on.stat("latency_ms", "p50"), off.stat("latency_ms", "p50")),
+                "p99_on_vs_off": paired_ratio(on.stat("latency_ms", "p99"), off.stat("latency_ms", "p99")),
+                "server_cpu_on_vs_off": paired_ratio(on.stat("server_cpu_percent"), off.stat("server_cpu_percent")),
+            }
+        )
+    storm = {
+        v: {"all_recovered_s": storms[v].median("all_recovered_s"), "runs": storms[v].stat("all_recovered_s")}
+        for v in variants
+    }
+    storm["on_vs_off"] = paired_ratio(storms["on"].stat("all_recovered_s"), storms["off"].stat("all_recovered_s"))
+    table = format_table(
+        ["rate/s", "metrics", "delivered/s", "p50 ms", "p99 ms", "server CPU", "other CPU", "keeps up"],
+        [
+            [
+                f"{row['rate']:g}",
+                v,
+                fmt(row[v]["delivered_per_s"], 0),
+                fmt(row[v]["p50_ms"], 1),
+                fmt(row[v]["p99_ms"], 1),
+                fmt(row[v]["server_cpu_percent"], 0, "%"),
+                fmt(row[v]["other_cpu_percent"], 0, "%"),
+                _yes(row[v]["keeps_up"]),
+            ]
+            for row in rows
+            for v in variants
+        ],
+    )
+    ratios = format_table(
+        ["rate/s", "delivered on/off", "p50 on/off", "p99 on/off", "server CPU on/off"],
+        [
+            [
+                f"{row['rate']:g}",
+                fmt_ratio(row["delivered_on_vs_off"]),
+                fmt_ratio(row["p50_on_vs_off"]),
+                fmt_ratio(row["p99_on_vs_off"]),
+                fmt_ratio(row["server_cpu_on_vs_off"]),
+            ]
+            for row in rows
+        ],
+    )
+    print(
+        f"\nPrometheus metrics on vs off (METRICS_ENABLED=false): our gateway, JSON, {plan['subscribers']} subscribers, "
+        f"median of {args.repeats} run(s) x {args.duration:g} s; both servers on CPU {server_cpu}\n\n{table}\n\n"
+        f"{ratios}\n\nstorm warm ({plan['subscribers']} x {plan['missed']} missed): all recovered in "
+        f"{fmt(storm['on']['all_recovered_s'], 2)} s on, {fmt(storm['off']['all_recovered_s'], 2)} s off "
+        f"({fmt_ratio(storm['on_vs_off'])})\nserver RSS at the end: "
+        f"{fmt(_mib(rss_end['on']), 1)} MiB on, {fmt(_mib(rss_end['off']), 1)} MiB off"
+    )
+    save_json(
+        json_path,
+        {
+            "benchmark": "ws-metrics",
+            "started_at": started_at,
+            "config": {
+                "repeats": args.repeats,
+                "warmup_s": args.warmup,
+                "duration_s": args.duration,
+                "server_cpu": server_cpu,
+                "loadgen_cpu": loadgen_cpu,
+                "code": code_version(),
+                **plan,
+            },
+            "machine": machine_info(),
+            "rss_kib": {"start": rss_start, "end": rss_end},
+            "broadcast": rows,
+            "storm": storm,
+            "runs": {
+                "broadcast": [{"rate": r, "metrics": v, "runs": c.runs} for (r, v), c in bcast.items()],
+                "storm": {v: c.runs for v, c in storms.items()},
+            },
+        },
+    )
+    print(f"\nraw results: {json_path}")
     return 0
 
 
