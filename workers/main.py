@@ -212,7 +212,7 @@ def worker_options(settings: Settings) -> dict[str, Any]:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         if ctx.get("metrics_exporter") is not None:
-            ctx["metrics_exporter"].close()
+            await asyncio.to_thread(ctx["metrics_exporter"].close)  # waits for its thread's poll
         state: AppState | None = ctx.get("state")
         if state is not None:
             await close_providers(state)
