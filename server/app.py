@@ -33,7 +33,7 @@ from server.gateway.node import Node
 from server.http.explorer import explorer_assets, explorer_plugin
 from server.http.guards import AUTH_DEPENDENCIES
 from server.http.health import HealthController
-from server.http.metrics import HttpMetricsMiddleware, metrics_endpoint
+from server.http.metrics import metrics_endpoint
 from server.http.middleware import RequestContextMiddleware
 from server.http.openapi import TAGS, document_problems, document_summaries
 from server.http.problems import EXCEPTION_HANDLERS
@@ -179,8 +179,6 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, so that router-level answers (404, 405) carry a request id too. Gateway
     # sockets never reach the app: the server runs it behind the gateway's dispatch
     # (server.gateway.endpoint.gateway_dispatch, applied by `python -m server serve`).
-    if settings.metrics_enabled:
-        app.asgi_handler = HttpMetricsMiddleware(app.asgi_handler)
     app.asgi_handler = RequestContextMiddleware(app.asgi_handler)
     if settings.trusted_proxies:
         # Outside everything: the client address that logs, sessions and rate limits see

@@ -1,4 +1,4 @@
-"""HTTP metrics: the request series (an ASGI middleware) and ``GET /metrics``.
+"""HTTP metrics: the request series (recorded by :mod:`server.http.middleware`) and ``GET /metrics``.
 
 ``/metrics`` answers the Prometheus text format to a scraper presenting
 ``Authorization: Bearer <METRICS_TOKEN>`` (compared in constant time); without the
@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import time
 
 from litestar import Request, Response, get
 from litestar.di import NamedDependency
-from litestar.enums import ScopeType
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.types import HTTPScope
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from server.foundation import metrics
@@ -53,34 +51,15 @@ def _children(method: str, route: str, status: int) -> tuple[Counter, Histogram]
     return children
 
 
-class HttpMetricsMiddleware:
-    """Counts and times every HTTP request but ``/metrics``, labelled with its route's template
+def observe_request(scope: HTTPScope, status: int, seconds: float) -> None:
+    """Count and time an answered HTTP request (called by the request-context middleware, which
+    times every request anyway), labelled with its route's template
     (``/api/v1/lounges/{lounge_id:uuid}``), never the path itself."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != ScopeType.HTTP or scope["path"] == METRICS_PATH:
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            method = scope["method"] if scope["method"] in METHODS else "other"
-            route = scope.get("path_template") or UNMATCHED  # set by Litestar's router once it matched
-            counter, histogram = _children(method, route, status)
-            counter.inc()
-            histogram.observe(time.perf_counter() - started)
+    method = scope["method"] if scope["method"] in METHODS else "other"
+    route = scope.get("path_template") or UNMATCHED  # set by Litestar's router once it matched
+    counter, histogram = _children(method, route, status)
+    counter.inc()
+    histogram.observe(seconds)
 
 
 _registry: CollectorRegistry | None = None

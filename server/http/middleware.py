@@ -1,5 +1,5 @@
 """ASGI middleware: the request id in and out (``server.foundation.logging.request_id_var``),
-one access-log line per request."""
+one access-log line per request, and the request series (``server.http.metrics``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import uuid
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.foundation import metrics
 from server.foundation.logging import SAFE_REQUEST_ID, request_id_var
+from server.http.metrics import METRICS_PATH, observe_request
 
 access_log = logging.getLogger("lounges.access")
 
@@ -41,7 +43,10 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            if scope["type"] == ScopeType.HTTP and scope["path"] != "/metrics":  # scrapes are no news
+            if scope["type"] == ScopeType.HTTP and scope["path"] != METRICS_PATH:  # scrapes are no news
+                elapsed = time.perf_counter() - started
+                if metrics.collecting:
+                    observe_request(scope, status, elapsed)
                 access_log.info(
                     "%s %s %s",
                     scope["method"],
@@ -51,7 +56,7 @@ class RequestContextMiddleware:
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                        "duration_ms": round(elapsed * 1000, 2),
                         "client": (scope.get("client") or ("", 0))[0],
                     },
                 )
