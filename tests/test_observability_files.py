@@ -8,15 +8,15 @@ with the labels their selectors, groupings, legends and annotations use, and the
 values they match must be values the code records. The rules are also run through
 ``promtool`` (Debian's ``prometheus`` package; ``.ci/run`` installs it): ``check rules``,
 ``check config`` and ``test rules`` on scenarios below, so the thresholds fire when they
-should and stay quiet when they should; the dashboard's queries go through its parser too. Without promtool those are skipped, except under
-``CI=true``, where its absence fails. No service is needed.
+should and stay quiet when they should; the dashboard's queries go through its parser too.
+Without promtool those fail (never skip), as the suite does without Node or Chromium. No
+service is needed.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -379,12 +379,10 @@ def test_every_alert_waits_has_a_severity_and_says_what_to_check() -> None:
         assert f"`{name}`" in runbook, f"{name} is not in docs/operations.md#dashboards-and-alerts"
 
 
-def _promtool() -> str | None:
+def _promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("promtool is not on PATH: .ci/run installs Debian's prometheus package for it")
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus)")
+        pytest.fail("promtool is not on PATH: install Debian's prometheus package (.ci/run does)")
     return found
 
 
