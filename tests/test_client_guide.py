@@ -10,7 +10,9 @@ connection), an arq worker streaming the offline coach, the npm ``centrifuge`` o
 tests/js under Node and centrifuge-python, in JSON and in Protobuf. The background gap is
 filled by recovery on one node, and on another (``RECOVERY_MAX_PUBLICATIONS=1``, the test
 posting two messages meanwhile) by the program's REST reload. The user is invited to a
-lounge while connected: the personal channel must deliver the notification.
+lounge while connected: the personal channel must deliver the notification. The worker is
+paused (SIGSTOP) from the start of a run until that notification is printed, so the program
+cannot reach the coach's reply, and go to the background, before the notification could come.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -94,6 +97,7 @@ def program(language: str, *, api: str, email: str, channel: str, protobuf: bool
 class Stack:
     recovering: WebNode  # the default recovery window
     reloading: WebNode  # RECOVERY_MAX_PUBLICATIONS=1: two missed publications force the REST reload
+    worker: WorkerProcess
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +107,7 @@ async def stack(settings: Settings) -> AsyncIterator[Stack]:
         WebNode(settings, RECOVERY_MAX_PUBLICATIONS="1", **ENV).start(),
         WorkerProcess(settings, **ENV).start(),
     )
-    yield Stack(recovering, reloading)
+    yield Stack(recovering, reloading, worker)
     await asyncio.gather(worker.stop(), recovering.stop(), reloading.stop())
 
 
@@ -196,11 +200,20 @@ async def test_the_guide_program_runs_a_session(
         assert invited.status_code in (200, 201), invited.text
 
     acted: set[str] = set()
+    assert stack.worker.process is not None
+    worker_pid = stack.worker.process.pid
+
+    def resume_worker() -> None:
+        if "resumed" not in acted:
+            acted.add("resumed")
+            os.kill(worker_pid, signal.SIGCONT)
 
     async def on_line(line: str) -> None:
         if line.startswith("subscribed to thread:") and "invited" not in acted:
             acted.add("invited")
             await invite(user)
+        if line.startswith("notification lounge.invite"):
+            resume_worker()
         if line == "going to the background" and reload and "posted" not in acted:
             acted.add("posted")
             for text in ("Also: what about hills?", "And the last kilometre?"):
@@ -208,7 +221,15 @@ async def test_the_guide_program_runs_a_session(
                 assert posted.status_code == 201, posted.text
 
     source = program(language, api=node.url, email=user.email, channel=thread["channel"], protobuf=protobuf)
-    result = await run_program(language, source, on_line)
+    os.kill(
+        worker_pid, signal.SIGSTOP
+    )  # until the notification is printed (or 15 s, then the assert says what is missing)
+    watchdog = asyncio.get_running_loop().call_later(15, resume_worker)
+    try:
+        result = await run_program(language, source, on_line)
+    finally:
+        watchdog.cancel()
+        resume_worker()
     print(f"\n{language} guide program ({'protobuf' if protobuf else 'json'}):\n{result}")
     assert result.returncode == 0, str(result)
 

@@ -426,5 +426,8 @@ async def test_serve_workers_2_answers_one_scrape_for_both_processes(settings: S
     finally:
         for sdk in clients:
             await sdk.disconnect()
-        await group.stop()
+        # Each child may take up to uvicorn's graceful timeout (20 s) to close its sockets; a
+        # supervisor killed for being slower could not remove the directory.
+        status = await group.stop(timeout=60)
+    assert status == 0, f"the supervisor exited with {status}"
     assert directory is not None and not directory.exists(), directory
