@@ -19,6 +19,16 @@ async def test_health_is_live(client: httpx.AsyncClient) -> None:
     assert response.headers["x-request-id"]
 
 
+async def test_the_health_shortcut_answers_as_the_declared_route(client: httpx.AsyncClient) -> None:
+    """The middleware answers a plain GET /health before the router; with an Origin the route does."""
+    fast = await client.get("/health")
+    routed = await client.get("/health", headers={"origin": "https://elsewhere.example"})
+    assert fast.status_code == routed.status_code == 200
+    assert fast.content == routed.content
+    assert fast.headers["content-type"] == routed.headers["content-type"]
+    assert fast.headers["content-length"] == routed.headers["content-length"]
+
+
 async def test_ready_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:
     response = await client.get("/ready")
     assert response.status_code == 200
