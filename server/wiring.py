@@ -18,9 +18,11 @@ import msgspec
 from server.domain.access.policy import channel_access
 from server.domain.accounts import live_sessions
 from server.domain.accounts.services import Principal, authenticate
+from server.domain.accounts.session_cache import session_cache_of
 from server.domain.ai import coach
 from server.domain.chat import messages
 from server.domain.chat.schemas import Emoji, MessageIn
+from server.foundation.control import ControlEvent
 from server.foundation.errors import ValidationFailed
 from server.foundation.state import AppState
 from server.gateway import ports
@@ -190,3 +192,6 @@ class GatewayDomain:
 
     async def session_changes(self, sessions: Sequence[tuple[uuid.UUID, str]]) -> list[live_sessions.SessionChange]:
         return await live_sessions.session_changes(sessions)
+
+    def control_received(self, event: ControlEvent) -> None:
+        session_cache_of(self._state).apply(event)

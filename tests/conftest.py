@@ -143,6 +143,7 @@ async def app(_running_app: Litestar, _table_names: list[str]) -> Litestar:
     async with state.engine.pool.acquire() as connection:
         await connection.execute("TRUNCATE " + ", ".join(f'"{table}"' for table in _table_names) + " CASCADE")
     await state.redis.flushdb()
+    state.extensions.pop("accounts.session_cache", None)  # the sessions it knew are gone
     return _running_app
 
 

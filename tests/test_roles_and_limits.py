@@ -42,7 +42,9 @@ async def admin_only(admin_principal: NamedDependency[Principal]) -> dict[str, s
 
 @pytest.fixture
 async def guarded(app: Litestar, settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    application = create_app(settings)
+    # The test changes roles straight in the database, which no control event announces:
+    # without the session cache, every request reads them.
+    application = create_app(msgspec.structs.replace(settings, auth_cache_seconds=0))
     for handler in (verified_only, mentor_only, admin_only):
         application.register(handler)
     async with (

@@ -15,7 +15,8 @@ import msgspec
 
 from server.foundation.redis import RealtimeRedis
 
-ControlKind = Literal["session.revoked", "user.disabled", "user.role_changed", "channel.access_lost"]
+# user.updated: the verified flag or the name changed (what an authenticated caller carries).
+ControlKind = Literal["session.revoked", "user.disabled", "user.role_changed", "user.updated", "channel.access_lost"]
 
 
 class ControlEvent(msgspec.Struct, frozen=True):

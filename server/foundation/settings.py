@@ -83,6 +83,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     jwt_audience: str = "lounges-api"
     access_token_ttl: PositiveInt = 900
     refresh_token_ttl: PositiveInt = 30 * 24 * 3600
+    # Seconds a process keeps what authenticating a session read (server/domain/accounts/session_cache.py);
+    # changes reach every process at once over the control bus, this bounds a lost event. 0: off.
+    auth_cache_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 5.0
     email_verification_ttl: PositiveInt = 48 * 3600
     password_reset_ttl: PositiveInt = 3600
     # Sign-in, register, forgot-password and verify: "count/seconds" per client IP (every attempt)

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import msgspec
 
+from server.foundation.control import ControlEvent
+
 
 class Principal(Protocol):
     """Who a socket acts as, as far as the gateway reads it (the domain's own type stands behind it)."""
@@ -90,4 +92,9 @@ class Domain(Protocol):
 
     async def session_changes(self, sessions: Sequence[tuple[uuid.UUID, str]]) -> Sequence[SessionChange]:
         """Of these (session, role it acts with) pairs, those revoked or whose user's role changed."""
+        ...
+
+    def control_received(self, event: ControlEvent) -> None:
+        """A control event from the bus (any node's, this one's included), before the gateway
+        acts on its sockets: what the domain keeps per process may be stale now."""
         ...

@@ -192,6 +192,7 @@ class Subscriber:
         except msgspec.DecodeError:
             log.warning("malformed control event")
             return
+        node.domain.control_received(event)
         if event.kind == "session.revoked":
             for session_id in event.session_ids:
                 for connection in list(node.by_session.get(session_id, ())):

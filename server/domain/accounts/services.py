@@ -26,6 +26,7 @@ from server.domain.accounts.schemas import (
     UpdateProfileRequest,
     UserOut,
 )
+from server.domain.accounts.session_cache import SessionCache, announce, session_cache_of
 from server.domain.accounts.tokens import hash_secret, keys_of, new_secret
 from server.domain.tables.accounts import (
     ActionToken,
@@ -39,7 +40,7 @@ from server.domain.tables.compliance import ComplianceRequest
 from server.domain.tables.files import File, FilePurpose, FileStatus
 from server.domain.tables.push import PushDevice
 from server.foundation.clock import now
-from server.foundation.control import ControlEvent, publish_control
+from server.foundation.control import ControlEvent
 from server.foundation.errors import Conflict, Forbidden, RateLimited, Unauthorized, ValidationFailed
 from server.foundation.links import action_link
 from server.foundation.mail import Mail, queue_mail
@@ -204,29 +205,24 @@ async def revoke_sessions(
 
 async def announce_revoked(state: AppState, user_id: uuid.UUID, session_ids: list[uuid.UUID], reason: str) -> None:
     if session_ids:
-        await publish_control(
-            state.realtime_redis,
-            state.settings.redis_prefix,
-            ControlEvent(kind="session.revoked", user_id=user_id, session_ids=session_ids, reason=reason),
+        await announce(
+            state, ControlEvent(kind="session.revoked", user_id=user_id, session_ids=session_ids, reason=reason)
         )
 
 
+async def announce_user_updated(state: AppState, user_id: uuid.UUID) -> None:
+    """After a committed change of what an authenticated caller carries (verified flag, name)."""
+    await announce(state, ControlEvent(kind="user.updated", user_id=user_id))
+
+
 async def authenticate(state: AppState, token: str) -> Principal:
-    """Resolve a bearer access token to a live session of an active user."""
+    """Resolve a bearer access token to a live session of an active user (what the session
+    read is kept a few seconds: :mod:`server.domain.accounts.session_cache`)."""
     claims = keys_of(state).verify(token)
-    rows = await UserSession.raw(
-        """
-        SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active, u.full_name,
-               s.revoked_at, s.expires_at
-        FROM user_sessions s JOIN users u ON u.id = s."user"
-        WHERE s.id = {} AND u.id = {}
-        """,
-        claims.session_id,
-        claims.user_id,
-    )
-    if not rows:
-        raise Unauthorized("session not found", code="session_revoked")
-    session = msgspec.convert(rows[0], SessionCheck)
+    cache = session_cache_of(state)
+    session = cache.get(claims.session_id)
+    if not isinstance(session, SessionCheck):
+        session = await _read_session(claims.session_id, claims.user_id, cache)
     if not session.is_active:
         raise Unauthorized("account disabled", code="account_disabled")
     if not session.live():
@@ -240,6 +236,25 @@ async def authenticate(state: AppState, token: str) -> Principal:
         expires_at=claims.expires_at,
         full_name=session.full_name,
     )
+
+
+async def _read_session(session_id: uuid.UUID, user_id: uuid.UUID, cache: SessionCache[object]) -> SessionCheck:
+    generation = cache.generation
+    rows = await UserSession.raw(
+        """
+        SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active, u.full_name,
+               s.revoked_at, s.expires_at
+        FROM user_sessions s JOIN users u ON u.id = s."user"
+        WHERE s.id = {} AND u.id = {}
+        """,
+        session_id,
+        user_id,
+    )
+    if not rows:
+        raise Unauthorized("session not found", code="session_revoked")
+    session = msgspec.convert(rows[0], SessionCheck)
+    cache.put(session_id, user_id, session, read_at_generation=generation)
+    return session
 
 
 # -- registration and verification ----------------------------------------------------------
@@ -317,6 +332,7 @@ async def do_verify_email(state: AppState, *, token: str, client: ClientInfo) ->
         user_id = await _use_action_token(token, ActionTokenPurpose.verify_email)
         await User.update({User.email_verified_at: now()}).where(User.id == user_id, User.email_verified_at.is_null())
         await record_event(user_id, "email.verified", client)
+        await on_commit(partial(announce_user_updated, state, user_id))
 
 
 async def do_resend_verification(state: AppState, *, email: str, client: ClientInfo) -> None:
@@ -543,7 +559,7 @@ async def _check_own_avatar(principal: Principal, file_id: uuid.UUID) -> None:
         )
 
 
-async def do_update_profile(principal: Principal, changes: UpdateProfileRequest) -> UserOut:
+async def do_update_profile(state: AppState, principal: Principal, changes: UpdateProfileRequest) -> UserOut:
     values: dict[Any, Any] = {}
     if changes.full_name is not msgspec.UNSET:
         if not changes.full_name.strip():
@@ -557,6 +573,8 @@ async def do_update_profile(principal: Principal, changes: UpdateProfileRequest)
         values[User.notification_prefs] = changes.notification_prefs
     if values:
         await User.update(values).where(User.id == principal.user_id)
+    if User.full_name in values:  # authenticated callers carry the name (e.g. a socket's typing events)
+        await announce_user_updated(state, principal.user_id)
     return await get_me(principal)
 
 
@@ -623,6 +641,6 @@ async def do_delete_account(
         disabled = ControlEvent(
             kind="user.disabled", user_id=principal.user_id, session_ids=revoked, reason="account_deleted"
         )
-        await on_commit(partial(publish_control, state.realtime_redis, state.settings.redis_prefix, disabled))
+        await on_commit(partial(announce, state, disabled))
         await on_commit(partial(state.redis.enqueue_job, "erase_user", str(principal.user_id), str(request["id"])))
     return request["id"]

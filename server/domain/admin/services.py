@@ -18,6 +18,7 @@ import msgspec
 
 from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
+from server.domain.accounts.session_cache import announce
 from server.domain.admin.schemas import (
     AdminUserOut,
     AdminUserPage,
@@ -35,7 +36,7 @@ from server.domain.tables.admin import AdminAuditLog
 from server.domain.tables.billing import Payment, PaymentStatus
 from server.domain.tables.chat import Message
 from server.domain.tables.mentors import Mentor, MentorStatus
-from server.foundation.control import ControlEvent, publish_control
+from server.foundation.control import ControlEvent
 from server.foundation.errors import Conflict, Forbidden, NotFound
 from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
@@ -304,10 +305,10 @@ async def do_change_role(
                 mentor[0]["id"],
             )
         await User.update({User.role: role.value}).where(User.id == user_id)
-        # Once committed, the user's open sockets act with the new role at once (every node),
-        # before the notification telling them so is pushed (and mailed if wanted).
+        # Once committed, the user's open sockets and cached sessions act with the new role at
+        # once (every node), before the notification telling them so is pushed (and mailed if wanted).
         changed = ControlEvent(kind="user.role_changed", user_id=user_id)
-        await on_commit(partial(publish_control, state.realtime_redis, state.settings.redis_prefix, changed))
+        await on_commit(partial(announce, state, changed))
         await notify_on_commit(
             state,
             user_id,

@@ -8,6 +8,7 @@ transaction, together with its notification and its admin audit row.
 from __future__ import annotations
 
 import uuid
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -16,6 +17,7 @@ import msgspec
 from server.domain.access.policy import PRIVATE_LISTED_TO
 from server.domain.accounts.audit import check_admin, record_admin_action
 from server.domain.accounts.services import ClientInfo, Principal
+from server.domain.accounts.session_cache import announce
 from server.domain.mentors.schemas import (
     ApplyRequest,
     CategoryList,
@@ -34,10 +36,11 @@ from server.domain.mentors.schemas import (
 from server.domain.notifications.services import notify_on_commit
 from server.domain.tables.accounts import Role, User
 from server.domain.tables.mentors import Category, Mentor, MentorCategory, MentorStatus
+from server.foundation.control import ControlEvent
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page, like_pattern
 from server.foundation.state import AppState
-from server.foundation.unit_of_work import unit_of_work
+from server.foundation.unit_of_work import on_commit, unit_of_work
 
 DEFAULT_PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
@@ -520,7 +523,13 @@ async def do_approve(
     async with unit_of_work(state.engine):
         user_id = await _review(admin, mentor_id, MentorStatus.approved, None)
         # An admin who applied keeps the admin role (it includes the mentor's rights).
-        await User.update({User.role: Role.mentor}).where(User.id == user_id, User.role == Role.user)
+        promoted = (
+            await User.update({User.role: Role.mentor})
+            .where(User.id == user_id, User.role == Role.user)
+            .returning(User.id)
+        )
+        if promoted:  # every node: cached sessions and open sockets act as a mentor at once
+            await on_commit(partial(announce, state, ControlEvent(kind="user.role_changed", user_id=user_id)))
         await notify_on_commit(
             state,
             user_id,

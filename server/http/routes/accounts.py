@@ -123,10 +123,10 @@ class UsersController(Controller):
         return await services.get_me(principal)
 
     @put("", responses=problem_responses(401, 422))
-    async def update_me(self, data: JSONBody[UpdateProfileRequest], principal: Caller) -> UserOut:
+    async def update_me(self, data: JSONBody[UpdateProfileRequest], principal: Caller, app_state: State) -> UserOut:
         """Change name, notification preferences or avatar: ``avatar_file_id`` must be an
         avatar you uploaded (``purpose=avatar``), else 422 ``invalid_avatar_file``; ``null`` clears it."""
-        return await services.do_update_profile(principal, data)
+        return await services.do_update_profile(app_state, principal, data)
 
     @patch("/password", status_code=HTTP_204_NO_CONTENT, responses=problem_responses(401, 403, 422))
     async def change_password(
