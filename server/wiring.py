@@ -170,7 +170,8 @@ class GatewayDomain:
         return method
 
     async def authenticate(self, token: str) -> Principal:
-        return await authenticate(self._state, token)
+        # A socket keeps its principal for its lifetime: without the account row it holds less.
+        return dataclasses.replace(await authenticate(self._state, token), account=None)
 
     def with_role(self, principal: ports.Principal, role: str) -> Principal:
         return dataclasses.replace(_principal(principal), role=role)

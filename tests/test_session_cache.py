@@ -147,3 +147,27 @@ async def test_a_change_no_event_told_of_ends_within_the_bound(
     await until_status(second.url, user, 200, within=1)
     await UserSession.update({UserSession.revoked_at: datetime.now(UTC)}).where(UserSession.user == uuid.UUID(user.id))
     assert await until_status(second.url, user, 401, within=3) <= 2.5
+
+
+async def test_a_profile_change_on_one_node_shows_on_another(
+    nodes: tuple[WebNode, WebNode], community: Community
+) -> None:
+    """GET /users/me answers from the authenticated session's row: a change made through
+    another node must show there as soon as its event arrives."""
+    first, second = nodes
+    user = await community.user("profile@example.com")
+    async with (
+        httpx.AsyncClient(base_url=first.url, timeout=5, headers=user.headers) as one,
+        httpx.AsyncClient(base_url=second.url, timeout=5, headers=user.headers) as two,
+    ):
+        assert (await two.get("/api/v1/users/me")).json()["full_name"] == "Test User"  # cached there
+        changed = await one.put(
+            "/api/v1/users/me", json={"full_name": "Ada L.", "notification_prefs": {"email": False}}
+        )
+        assert changed.status_code == 200 and changed.json()["full_name"] == "Ada L."
+        assert (await one.get("/api/v1/users/me")).json()["notification_prefs"] == {"email": False}
+        started = time.monotonic()
+        while (await two.get("/api/v1/users/me")).json()["full_name"] != "Ada L.":
+            assert time.monotonic() - started < 1, "the second node still answers the old name"
+            await asyncio.sleep(0.01)
+        assert (await two.get("/api/v1/users/me")).json()["notification_prefs"] == {"email": False}

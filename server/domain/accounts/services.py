@@ -72,10 +72,12 @@ class Principal:
     issued_at: int
     expires_at: int  # of the access token that authenticated this caller
     full_name: str = ""
+    account: SessionCheck | None = None  # the user row as authenticating read it (REST callers)
 
 
 class SessionCheck(msgspec.Struct, frozen=True):
-    """What authenticating an access token reads of its session and user."""
+    """What authenticating an access token reads of its session and user: enough to refuse
+    it, and the caller's own account (``GET /users/me`` needs no statement of its own)."""
 
     role: str
     verified: bool
@@ -83,6 +85,10 @@ class SessionCheck(msgspec.Struct, frozen=True):
     full_name: str
     revoked_at: datetime | None
     expires_at: datetime
+    email: str
+    avatar_file_id: uuid.UUID | None
+    notification_prefs: Any  # JSONB: a dict, or its text
+    created_at: datetime
 
     def live(self) -> bool:
         return self.revoked_at is None and self.expires_at > now()
@@ -235,6 +241,7 @@ async def authenticate(state: AppState, token: str) -> Principal:
         issued_at=claims.issued_at,
         expires_at=claims.expires_at,
         full_name=session.full_name,
+        account=session,
     )
 
 
@@ -243,7 +250,7 @@ async def _read_session(session_id: uuid.UUID, user_id: uuid.UUID, cache: Sessio
     rows = await UserSession.raw(
         """
         SELECT u.role, u.email_verified_at IS NOT NULL AS verified, u.is_active, u.full_name,
-               s.revoked_at, s.expires_at
+               s.revoked_at, s.expires_at, u.email, u.avatar_file_id, u.notification_prefs, u.created_at
         FROM user_sessions s JOIN users u ON u.id = s."user"
         WHERE s.id = {} AND u.id = {}
         """,
@@ -537,7 +544,25 @@ async def do_change_password(
 
 
 async def get_me(principal: Principal) -> UserOut:
-    row = await User.select().where(User.id == principal.user_id).first()
+    """The caller's account: as authenticating read it (every change of it makes each
+    process read it again, see ``session_cache``), else from the database."""
+    account = principal.account
+    if account is None:
+        return await _read_me(principal.user_id)
+    return UserOut(
+        id=principal.user_id,
+        email=account.email,
+        full_name=account.full_name,
+        role=account.role,
+        email_verified=account.verified,
+        avatar_file_id=account.avatar_file_id,
+        notification_prefs=_json(account.notification_prefs),
+        created_at=account.created_at,
+    )
+
+
+async def _read_me(user_id: uuid.UUID) -> UserOut:
+    row = await User.select().where(User.id == user_id).first()
     assert row is not None  # an authenticated principal's user row exists (users are disabled, not deleted)
     return user_out(row)
 
@@ -573,9 +598,8 @@ async def do_update_profile(state: AppState, principal: Principal, changes: Upda
         values[User.notification_prefs] = changes.notification_prefs
     if values:
         await User.update(values).where(User.id == principal.user_id)
-    if User.full_name in values:  # authenticated callers carry the name (e.g. a socket's typing events)
-        await announce_user_updated(state, principal.user_id)
-    return await get_me(principal)
+        await announce_user_updated(state, principal.user_id)  # callers carry their account
+    return await _read_me(principal.user_id)
 
 
 async def get_activity(principal: Principal, *, event_limit: int = 50) -> ActivityOut:

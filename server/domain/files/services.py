@@ -56,7 +56,7 @@ import filetype
 import multipart
 
 from server.domain.access.policy import check_can_read_messages, lounge_context
-from server.domain.accounts.services import Principal
+from server.domain.accounts.services import Principal, announce_user_updated
 from server.domain.capsules.services import check_files_not_sealed
 from server.domain.files.schemas import FileOut, FilePage, UploadPurpose
 from server.domain.knowledge.chunking import PDF_TYPES, TEXT_TYPES
@@ -502,16 +502,20 @@ async def list_files(
 # -- deletion --------------------------------------------------------------------------------
 
 
-async def detach(file_ids: list[uuid.UUID]) -> None:
+async def detach(file_ids: list[uuid.UUID]) -> list[uuid.UUID]:
     """Inside the caller's transaction: mark files deleted and drop what points at them
-    (message and capsule attachments, knowledge chunks, avatar references)."""
+    (message and capsule attachments, knowledge chunks, avatar references). Returns the
+    users who lost their avatar."""
     if not file_ids:
-        return
+        return []
     await File.update({File.status: FileStatus.deleted}).where(File.id.is_in(file_ids))
     await MessageAttachment.delete().where(MessageAttachment.file.is_in(file_ids))
     await CapsuleAttachment.delete().where(CapsuleAttachment.file.is_in(file_ids))
     await KnowledgeChunk.delete().where(KnowledgeChunk.file.is_in(file_ids))
-    await User.update({User.avatar_file_id: None}).where(User.avatar_file_id.is_in(file_ids))
+    cleared = (
+        await User.update({User.avatar_file_id: None}).where(User.avatar_file_id.is_in(file_ids)).returning(User.id)
+    )
+    return [row["id"] for row in cleared]
 
 
 async def do_delete_file(state: AppState, principal: Principal, file_id: uuid.UUID) -> None:
@@ -524,7 +528,8 @@ async def do_delete_file(state: AppState, principal: Principal, file_id: uuid.UU
         if row["owner"] != principal.user_id and principal.role != Role.admin:
             await check_can_read(principal, row)  # 404 for those who may not even see it
             raise Forbidden("only the file's owner may delete it", code="not_file_owner")
-        await detach([file_id])
+        for user_id in await detach([file_id]):  # their cached account shows the avatar gone
+            await on_commit(partial(announce_user_updated, state, user_id))
     await purge_files(state, [row])
 
 
