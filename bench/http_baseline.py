@@ -4,8 +4,12 @@ Scenarios (each run R times, interleaved so drift hits all of them alike):
 
 - ``peer GET /``          — ``bench.peer``: a few lines of ASGI answering ``{"status":"ok"}``;
 - ``ours GET /health``    — the real app, no I/O: routing, middleware, msgspec;
-- ``ours GET /users/me``  — bearer JWT verification + one SQL query per request
-  (the session/user lookup) + the user row: the cost of an authenticated call.
+- ``ours GET /users/me``  — an authenticated call at its cheapest: the bearer token and
+  its session (kept per process for ``AUTH_CACHE_SECONDS``), the caller's own row;
+- the reads a mobile app makes when it opens, as that signed-in user: the lounge list
+  (``/lounges?limit=20``), its threads (``/chat/threads?limit=20``), one page of a
+  thread's history (``/chat/threads/{id}/messages?limit=20``, 20 stored messages) and
+  its notifications (``/notifications?limit=20``): each one or two SQL statements.
 
 ``--metrics on,off`` runs ours twice, with Prometheus metrics collected and with
 ``METRICS_ENABLED=false`` (two servers on the same CPU, their runs interleaved), and
@@ -92,6 +96,42 @@ def _check(server: Server, path: str, token: str | None, expect: str) -> None:
         raise RuntimeError(f"{server.name} GET {path} answered {status}: {body}")
 
 
+def _swap_pairs(scenarios: list[Scenario]) -> list[Scenario]:
+    """The peer first, then each path's two servers in the other order."""
+    swapped = scenarios[:1]
+    rest = scenarios[1:]
+    for i in range(0, len(rest) - 1, 2):
+        if rest[i].path == rest[i + 1].path:
+            swapped += [rest[i + 1], rest[i]]
+        else:
+            swapped += rest[i : i + 2]
+    if len(rest) % 2:
+        swapped.append(rest[-1])
+    return swapped
+
+
+MESSAGES = 20  # in the thread whose history page is read
+
+
+def _reads(base_url: str, token: str) -> list[str]:
+    """Make a thread of ``MESSAGES`` messages (through the API); the authenticated paths read."""
+    status, thread = http_json("POST", f"{base_url}/api/v1/chat/threads", {"title": "Bench"}, token=token)
+    if status != 201:
+        raise RuntimeError(f"creating a thread answered {status}: {thread}")
+    for n in range(MESSAGES):
+        body = {"client_id": f"00000000-0000-4000-8000-{n:012d}", "text": f"message {n}"}
+        status, posted = http_json("POST", f"{base_url}/api/v1/chat/threads/{thread['id']}/messages", body, token)
+        if status != 201:
+            raise RuntimeError(f"posting answered {status}: {posted}")
+    return [
+        "/api/v1/users/me",
+        "/api/v1/lounges?limit=20",
+        "/api/v1/chat/threads?limit=20",
+        f"/api/v1/chat/threads/{thread['id']}/messages?limit=20",
+        "/api/v1/notifications?limit=20",
+    ]
+
+
 def _settle_rss(server: Server) -> int | None:
     time.sleep(1.0)
     return server.rss_kib()
@@ -114,11 +154,14 @@ def run(args: argparse.Namespace) -> int:
                 cpu=server_cpu, name=name, extra_env={"METRICS_ENABLED": "true" if variant == "on" else "false"}
             )
         email, token = create_user_token(servers[OURS].base_url)
+        reads = _reads(servers[OURS].base_url, token)
         _check(peer, "/", None, "ok")
         ours = [name for name in servers if name != PEER]
         for name in ours:
             _check(servers[name], "/health", None, "ok")
             _check(servers[name], "/api/v1/users/me", token, email)
+            for path in reads[1:]:
+                _check(servers[name], path, token, "")
         rss_idle = {name: _settle_rss(server) for name, server in servers.items()}
         busy_before = machine_busy_percent(1.0)
         if busy_before > BUSY_WARNING:
@@ -129,13 +172,17 @@ def run(args: argparse.Namespace) -> int:
         # With --metrics on,off each path runs on both servers back to back, so drift hits both alike.
         labels = {OURS: "ours", OURS_NO_METRICS: "ours (no metrics)"}
         scenarios = [Scenario("peer GET /", PEER, "/")]
-        for path, headers in (("/health", []), ("/api/v1/users/me", [f"Authorization: Bearer {token}"])):
-            scenarios += [Scenario(f"{labels[name]} GET {path}", name, path, headers) for name in ours]
+        bearer = [f"Authorization: Bearer {token}"]
+        for path, headers in [("/health", []), *((path, bearer) for path in reads)]:
+            label = path.split("?")[0].replace(reads[3].split("?")[0], "/api/v1/chat/threads/{id}/messages")
+            scenarios += [Scenario(f"{labels[name]} GET {label}", name, path, headers) for name in ours]
         total = args.repeats * len(scenarios)
         for repeat in range(args.repeats):
-            for scenario in scenarios:
+            # A path's two servers swap places every other repeat, so an order effect cancels out.
+            order = scenarios if repeat % 2 == 0 else _swap_pairs(scenarios)
+            for n, scenario in enumerate(order, start=1):
                 server = servers[scenario.server]
-                done = repeat * len(scenarios) + scenarios.index(scenario) + 1
+                done = repeat * len(scenarios) + n
                 print(
                     f"[{done}/{total}] {scenario.name} (run {repeat + 1}/{args.repeats}) ...",
                     file=sys.stderr,
@@ -216,7 +263,7 @@ def metrics_overhead(scenarios: list[Scenario]) -> list[dict]:
             continue
         rows.append(
             {
-                "path": s.path,
+                "path": s.name.removeprefix("ours GET "),
                 "requests_per_s_on": s.median("requests_per_s"),
                 "requests_per_s_off": other.median("requests_per_s"),
                 "rps_on_vs_off": s.vs(other, "requests_per_s"),
