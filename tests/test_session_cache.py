@@ -15,6 +15,8 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from litestar import Litestar
+from redis.asyncio import Redis
 
 from server.domain.accounts.session_cache import SessionCache
 from server.domain.tables.accounts import UserSession
@@ -100,6 +102,24 @@ async def test_changes_through_the_api_are_seen_at_once(client: httpx.AsyncClien
     assert logout.status_code == 204, logout.text
     gone = await me(client, user)
     assert gone.status_code == 401 and gone.json()["code"] == "session_revoked"
+
+
+async def test_without_the_realtime_redis_a_change_still_stands(
+    app: Litestar, client: httpx.AsyncClient, community: Community
+) -> None:
+    """The control event cannot leave: the change is saved and seen here (others: within the bound)."""
+    user = await community.user("no-redis@example.com")
+    assert (await me(client, user)).json()["full_name"] == "Test User"
+    state = app.state.app_state
+    working = state.realtime_redis
+    state.realtime_redis = Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
+    try:
+        changed = await client.put("/api/v1/users/me", json={"full_name": "Offline"}, headers=user.headers)
+        assert changed.status_code == 200, changed.text
+        assert (await me(client, user)).json()["full_name"] == "Offline"
+    finally:
+        await state.realtime_redis.aclose()
+        state.realtime_redis = working
 
 
 # -- across nodes ----------------------------------------------------------------------------

@@ -20,12 +20,16 @@ generation count says so), so a cache never holds what a revocation already remo
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Generic, TypeVar
 
 from server.foundation.control import ControlEvent, publish_control
+from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
+
+log = logging.getLogger("lounges.auth")
 
 MAX_ENTRIES = 20_000  # sessions kept per process; the oldest go first
 T = TypeVar("T")
@@ -93,6 +97,11 @@ def session_cache_of(state: AppState) -> SessionCache[object]:
 
 async def announce(state: AppState, event: ControlEvent) -> None:
     """Act on a committed account change: forget here, then tell every node (their sockets
-    and their caches). Run it after the commit (``on_commit``)."""
+    and their caches). Run it after the commit (``on_commit``). Without Redis the change
+    stands and is logged: other nodes see it within ``AUTH_CACHE_SECONDS``, their sockets
+    at the next session sweep."""
     session_cache_of(state).apply(event)
-    await publish_control(state.realtime_redis, state.settings.redis_prefix, event)
+    try:
+        await publish_control(state.realtime_redis, state.settings.redis_prefix, event)
+    except REDIS_ERRORS as exc:
+        log.warning("control event not sent", extra={"kind": event.kind, "error": repr(exc)})
