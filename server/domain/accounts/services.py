@@ -217,7 +217,7 @@ async def announce_revoked(state: AppState, user_id: uuid.UUID, session_ids: lis
 
 
 async def announce_user_updated(state: AppState, user_id: uuid.UUID) -> None:
-    """After a committed change of what an authenticated caller carries (verified flag, name)."""
+    """After a committed change of what an authenticated caller carries (verified flag, profile)."""
     await announce(state, ControlEvent(kind="user.updated", user_id=user_id))
 
 

@@ -6,7 +6,7 @@ more than the read itself. A process keeps each answer for ``AUTH_CACHE_SECONDS`
 (5 s by default; 0 turns the cache off) and forgets it as soon as it may be wrong:
 
 - **here**, at once: every write that changes what authenticating reads (a session
-  revoked, an account disabled, a role, the verified flag or the name changed) goes
+  revoked, an account disabled, a role, the verified flag or the profile changed) goes
   through :func:`announce`, which forgets the user's sessions in this process before the
   control event leaves for the others;
 - **on every other node**, when that control event arrives (the gateway hands each one to
