@@ -62,7 +62,12 @@ class WireWatch:
         ]
 
     def streamed(self, stream_id: str) -> str:
-        return "".join(d["text"] for d in self.of_type("ai.delta", stream_id))
+        """The reply's text as a client builds it: each seq once (a delta whose publish was
+        cut off may go out again under its seq, docs/clients.md)."""
+        texts: dict[int, str] = {}
+        for delta in self.of_type("ai.delta", stream_id):
+            texts.setdefault(delta["seq"], delta["text"])
+        return "".join(texts[seq] for seq in sorted(texts))
 
     def ended(self, stream_id: str) -> dict[str, Any] | None:
         ends = [d for _, d in self.frames if d.get("type") in ("ai.end", "ai.error") and d["stream_id"] == stream_id]

@@ -185,17 +185,38 @@ async def _stream(
                 elif isinstance(event, Usage):
                     usage = event
 
+    retry: bytes | None = None  # a delta whose publish was cut off, to go out again as it was
+
     async def flush() -> None:
-        if not pending or lease.lost.is_set():
+        # Cancelled or failed mid-publish (the worker stopping, Redis gone), a delta is sent
+        # again by the final flush under the same seq (clients that had it drop it): the
+        # stored reply never holds words the room did not get.
+        nonlocal retry
+        if lease.lost.is_set():
+            return
+        if retry is not None:
+            frame, retry = retry, None
+            try:
+                await lease.publish(stream, frame)  # the snapshot as it was then: stream is unchanged
+            except BaseException:
+                retry = frame
+                raise
+        if not pending:
             return
         stream.seq += 1
-        delta = "".join(pending)
-        pending.clear()
         stream.text = "".join(text)
         # The snapshot first, then the delta: a late subscriber's snapshot never lacks a
         # delta it will not receive, and nothing goes out once a reaper took the reply.
-        frame = ephemeral_wire({"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": delta})
-        if await lease.publish(stream, frame) and stream.seq == 1:
+        frame = ephemeral_wire(
+            {"type": "ai.delta", "stream_id": stream_id, "seq": stream.seq, "text": "".join(pending)}
+        )
+        pending.clear()
+        try:
+            sent = await lease.publish(stream, frame)
+        except BaseException:
+            retry = frame
+            raise
+        if sent and stream.seq == 1:
             await lease.renew()  # the provider answering is known now: a reaper must not store "none"
 
     # The provider's request goes out while the stream is announced.
