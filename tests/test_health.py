@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import httpx
@@ -9,6 +10,7 @@ from litestar import Litestar
 
 from server.app import create_app
 from server.foundation.settings import Settings
+from server.http.middleware import new_request_id
 from tests.support.lifespan import running_lifespan
 
 
@@ -27,6 +29,24 @@ async def test_the_health_shortcut_answers_as_the_declared_route(client: httpx.A
     assert fast.content == routed.content
     assert fast.headers["content-type"] == routed.headers["content-type"]
     assert fast.headers["content-length"] == routed.headers["content-length"]
+
+
+async def test_request_ids_are_unique_and_a_forked_process_draws_its_own() -> None:
+    """Generated ids are 32 hex digits, never repeated, and not shared with a forked worker
+    (``serve --workers N`` forks after the middleware is imported)."""
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its first id and leave without running pytest's teardown
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    child_id = os.read(read, 64).decode()
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert re.fullmatch(r"[0-9a-f]{32}", child_id)
+    assert child_id[:16] != new_request_id()[:16]
 
 
 async def test_ready_checks_postgres_and_redis(client: httpx.AsyncClient) -> None:

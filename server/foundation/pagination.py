@@ -18,8 +18,8 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from piccolo.table import Table
 
+from server.foundation.database import fetch
 from server.foundation.errors import ValidationFailed
 
 MAX_CURSOR_LENGTH = 1024
@@ -100,7 +100,6 @@ def like_pattern(text: str) -> str:
 
 
 async def keyset_page(
-    table: type[Table],
     sql: str,
     args: Sequence[Any],
     *,
@@ -130,7 +129,7 @@ async def keyset_page(
     order = " DESC" if descending else ""
     sql += " ORDER BY " + ", ".join(f"{key.expression}{order}" for key in keys) + " LIMIT {}"
     args.append(limit + 1)
-    rows = await table.raw(sql, *args)
+    rows = await fetch(sql, *args)
     page = rows[:limit]
     if len(rows) <= limit:
         return page, None

@@ -10,9 +10,11 @@ event loop runs") needs none of them. The route stays declared in
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
+import secrets
 import time
-import uuid
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, HTTPResponseBodyEvent, HTTPResponseStartEvent, Message, Receive, Scope, Send
@@ -39,8 +41,8 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = _header(scope, b"x-request-id")
-        request_id = incoming if incoming and SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        incoming, origin = _request_id_and_origin(scope)
+        request_id = incoming if incoming and SAFE_REQUEST_ID.match(incoming) else new_request_id()
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status = 0
@@ -53,7 +55,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            if _is_plain_health_check(scope):
+            if _is_plain_health_check(scope, origin):
                 scope["path_template"] = HEALTH_PATH
                 start: HTTPResponseStartEvent = {
                     "type": "http.response.start",
@@ -70,35 +72,56 @@ class RequestContextMiddleware:
                 elapsed = time.perf_counter() - started
                 if metrics.collecting:
                     observe_request(scope, status, elapsed)
-                access_log.info(
-                    "%s %s %s",
-                    scope["method"],
-                    scope["path"],
-                    status,
-                    extra={
-                        "method": scope["method"],
-                        "path": scope["path"],
-                        "status": status,
-                        "duration_ms": round(elapsed * 1000, 2),
-                        "client": (scope.get("client") or ("", 0))[0],
-                    },
-                )
+                if access_log.isEnabledFor(logging.INFO):
+                    access_log.info(
+                        "%s %s %s",
+                        scope["method"],
+                        scope["path"],
+                        status,
+                        extra={
+                            "method": scope["method"],
+                            "path": scope["path"],
+                            "status": status,
+                            "duration_ms": round(elapsed * 1000, 2),
+                            "client": (scope.get("client") or ("", 0))[0],
+                        },
+                    )
             request_id_var.reset(token)
 
 
-def _is_plain_health_check(scope: Scope) -> bool:
+def _is_plain_health_check(scope: Scope, origin: str | None) -> bool:
     """``GET /health`` without an ``Origin`` (a browser's cross-origin request gets
     the CORS handling of the declared route)."""
     return (
-        scope["type"] == ScopeType.HTTP
-        and scope["path"] == HEALTH_PATH
-        and scope["method"] == "GET"
-        and _header(scope, b"origin") is None
+        origin is None and scope["type"] == ScopeType.HTTP and scope["path"] == HEALTH_PATH and scope["method"] == "GET"
     )
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _request_id_and_origin(scope: Scope) -> tuple[str | None, str | None]:
+    """The ``X-Request-ID`` and ``Origin`` headers (one pass over the headers)."""
+    request_id = origin = None
     for key, value in scope.get("headers", []):
-        if key == name:
-            return value.decode("latin-1")
-    return None
+        if key == b"x-request-id":
+            request_id = value.decode("latin-1")
+        elif key == b"origin":
+            origin = value.decode("latin-1")
+    return request_id, origin
+
+
+_PROCESS_PREFIX = secrets.token_hex(8)
+_SEQUENCE = itertools.count(1)
+
+
+def _new_process_prefix() -> None:
+    global _PROCESS_PREFIX, _SEQUENCE
+    _PROCESS_PREFIX, _SEQUENCE = secrets.token_hex(8), itertools.count(1)
+
+
+os.register_at_fork(after_in_child=_new_process_prefix)  # `serve --workers N` forks after import
+
+
+def new_request_id() -> str:
+    """A request id unique across processes and restarts: a random prefix per process, then a
+    counter (ids need to be unique, not unguessable; several times cheaper than
+    ``uuid4().hex``). 32 hex digits, as before."""
+    return f"{_PROCESS_PREFIX}{next(_SEQUENCE):016x}"

@@ -24,16 +24,15 @@ import msgspec
 
 from server.domain.accounts.services import Principal
 from server.domain.tables.accounts import Role
-from server.domain.tables.chat import ChatThread, SenderType
+from server.domain.tables.chat import SenderType
 from server.domain.tables.lounges import (
     AIReplyPolicy,
-    Lounge,
     LoungeAccess,
-    LoungeMembership,
     MembershipRole,
     MembershipStatus,
 )
 from server.foundation.clock import now
+from server.foundation.database import fetch
 from server.foundation.errors import Conflict, Forbidden, NotFound
 from server.streams.channels import ChannelName
 
@@ -45,7 +44,8 @@ PRIVATE_LISTED_TO = "(l.access <> 'private' OR me.status IN ('active', 'invited'
 
 # What a permission check needs (every post and subscribe runs one): no counts.
 _CONTEXT_SELECT = """
-SELECT l.*, m."user" AS mentor_user_id, me.status AS my_status
+SELECT l.*, m."user" AS mentor_user_id,
+       me.id AS my_membership_id, me.status AS my_status, me.role AS my_role, me.muted_until AS my_muted_until
 FROM lounges l
 JOIN mentors m ON m.id = l.mentor
 LEFT JOIN lounge_memberships me ON me.lounge = l.id AND me."user" = {}
@@ -128,18 +128,23 @@ async def lounge_context(principal: Principal | None, lounge_id: uuid.UUID, *, l
     """The lounge and the caller's membership, for permission checks (no member or unread
     counts: ``server.domain.lounges.services.get_lounge`` has them); 404 when it does not
     exist. ``lock`` locks the lounge row (capacity checks of concurrent joins)."""
-    rows = await Lounge.raw(
+    rows = await fetch(
         _CONTEXT_SELECT + (" FOR UPDATE OF l" if lock else ""), principal.user_id if principal else None, lounge_id
     )
     if not rows:
         raise NotFound("no such lounge", code="lounge_not_found")
     row = rows[0]
     membership = None
-    if principal is not None and row["my_status"] is not None:
-        found = await LoungeMembership.raw(
-            'SELECT * FROM lounge_memberships WHERE lounge = {} AND "user" = {}', lounge_id, principal.user_id
+    if row["my_membership_id"] is not None:
+        membership = msgspec.convert(
+            {
+                "id": row["my_membership_id"],
+                "status": row["my_status"],
+                "role": row["my_role"],
+                "muted_until": row["my_muted_until"],
+            },
+            MembershipRow,
         )
-        membership = msgspec.convert(found[0], MembershipRow) if found else None
     return LoungeContext(lounge=msgspec.convert(row, LoungeRow), membership=membership, principal=principal)
 
 
@@ -188,12 +193,8 @@ async def channel_access(principal: Principal, channel: str, *, write: bool) -> 
         context = await lounge_context(principal, name.id)
         check_can_post(context) if write else check_can_read_messages(context)
         return ChannelAccess(name=name, principal=principal, lounge=context)
-    row = (
-        await ChatThread.select(ChatThread.id, ChatThread.user, ChatThread.archived_at)
-        .where(ChatThread.id == name.id)
-        .first()
-    )
-    thread = msgspec.convert(row, ThreadRow) if row is not None else None
+    rows = await fetch('SELECT id, "user", archived_at FROM chat_threads WHERE id = {}', name.id)
+    thread = msgspec.convert(rows[0], ThreadRow) if rows else None
     if thread is None or thread.user != principal.user_id:
         raise NotFound("no such thread", code="thread_not_found")
     if write and thread.archived_at is not None:

@@ -32,7 +32,6 @@ from server.domain.admin.schemas import (
 )
 from server.domain.notifications.services import notify_on_commit
 from server.domain.tables.accounts import Role, User
-from server.domain.tables.admin import AdminAuditLog
 from server.domain.tables.billing import Payment, PaymentStatus
 from server.domain.tables.chat import Message
 from server.domain.tables.mentors import Mentor, MentorStatus
@@ -234,9 +233,7 @@ async def search_users(
     if role is not None:
         sql += " AND u.role = {}"
         args.append(role.value)
-    page, next_cursor = await keyset_page(
-        User, sql, args, moment="u.created_at", row_id="u.id", cursor=cursor, limit=limit
-    )
+    page, next_cursor = await keyset_page(sql, args, moment="u.created_at", row_id="u.id", cursor=cursor, limit=limit)
     return AdminUserPage(
         items=[_user_out(row) for row in page],
         next_cursor=next_cursor,
@@ -353,9 +350,7 @@ async def list_audit_log(
         if value is not None:
             sql += f" AND a.{column} = {{}}"
             args.append(value)
-    page, next_cursor = await keyset_page(
-        AdminAuditLog, sql, args, moment="a.created_at", row_id="a.id", cursor=cursor, limit=limit
-    )
+    page, next_cursor = await keyset_page(sql, args, moment="a.created_at", row_id="a.id", cursor=cursor, limit=limit)
     return AuditPage(
         items=[
             AuditEntryOut(

@@ -43,7 +43,7 @@ from server.domain.billing.schemas import (
 from server.domain.billing.stripe_client import check_configured, stripe_client
 from server.domain.billing.webhooks import subscription_fields
 from server.domain.tables.accounts import User
-from server.domain.tables.billing import BillingCustomer, Payment, Plan, PlanInterval, Subscription
+from server.domain.tables.billing import BillingCustomer, Plan, PlanInterval, Subscription
 from server.foundation.database import acquire_engine, release_engine
 from server.foundation.errors import Conflict, NotFound, ValidationFailed
 from server.foundation.pagination import keyset_page
@@ -299,7 +299,6 @@ async def list_invoices(state: AppState, principal: Principal, *, limit: int, cu
     """The caller's payments (one per Stripe invoice), newest first."""
     check_configured(state.settings)
     rows, next_cursor = await keyset_page(
-        Payment,
         """
         SELECT p.id, p.stripe_invoice_id, p.status, p.amount_cents, p.currency, p.hosted_invoice_url,
                p.created_at, pl.code AS plan_code

@@ -184,7 +184,7 @@ async def list_capsules(
         sql += " AND t.status = {}"
         args.append(str(status))
     page, next_cursor = await keyset_page(
-        TimeCapsule, sql, args, moment="t.unlock_at", row_id="t.id", cursor=cursor, limit=limit, descending=False
+        sql, args, moment="t.unlock_at", row_id="t.id", cursor=cursor, limit=limit, descending=False
     )
     return CapsulePage(
         items=[_summary(row) for row in page],

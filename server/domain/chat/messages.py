@@ -42,6 +42,7 @@ from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
 from server.foundation import metrics
 from server.foundation.clock import now
+from server.foundation.database import fetch
 from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
 from server.foundation.pagination import decode_cursor, encode_cursor
 from server.foundation.redis import REDIS_ERRORS
@@ -103,9 +104,8 @@ async def history(
     next_cursor = None
     if has_more:
         next_cursor = encode_cursor(["after", items[-1].offset] if after is not None else ["before", items[0].offset])
-    last = await Channel.select(Channel.last_offset).where(Channel.name == channel).first()
-    assert last is not None  # the channel row exists: channel_access found it
-    return MessagePage(items=items, next_cursor=next_cursor, last_offset=last["last_offset"])
+    last = await fetch("SELECT last_offset FROM channels WHERE name = {}", channel)
+    return MessagePage(items=items, next_cursor=next_cursor, last_offset=last[0]["last_offset"])
 
 
 # -- writes --------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ from typing import Any
 import msgspec
 
 from server.domain.chat.schemas import MessageOut, SenderOut
-from server.domain.tables.chat import Message, SenderType
+from server.domain.tables.chat import SenderType
+from server.foundation.database import fetch
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
@@ -83,7 +84,7 @@ def _json(value: Any) -> Any:
 async def select_messages(condition: str, *args: Any) -> list[MessageRow]:
     """The whole messages matching ``condition`` (SQL after ``FROM messages m``: a ``WHERE``,
     an order, a limit; ``{}`` placeholders for ``args``)."""
-    rows = await Message.raw(_MESSAGE_SELECT + condition, *args)
+    rows = await fetch(_MESSAGE_SELECT + condition, *args)
     return [
         msgspec.convert(
             {**row, "meta": _json(row["meta"]) or {}, "reactions": _json(row["reactions"]) or {}}, MessageRow

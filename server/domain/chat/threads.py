@@ -71,7 +71,6 @@ async def list_threads(principal: Principal, *, archived: bool, limit: int, curs
     """The caller's threads, most recently updated first."""
     condition = "archived_at IS NOT NULL" if archived else "archived_at IS NULL"
     rows, next_cursor = await keyset_page(
-        ChatThread,
         _THREAD_SELECT + f' WHERE t."user" = {{}} AND t.{condition}',
         [principal.user_id],
         moment="t.updated_at",

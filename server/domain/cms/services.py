@@ -245,7 +245,6 @@ async def list_pages(
         sql += " AND p.published = {}"
         args.append(published)
     rows, next_cursor = await keyset_page(
-        StaticPage,
         sql,
         args,
         leading=[SortKey("p.slug", "text")],
@@ -372,7 +371,6 @@ async def list_faqs(
         sql += " AND f.published = {}"
         args.append(published)
     rows, next_cursor = await keyset_page(
-        FAQ,
         sql,
         args,
         leading=[SortKey("coalesce(f.category, '')", "text", "category_key"), SortKey("f.position", "integer")],

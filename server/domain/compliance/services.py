@@ -173,7 +173,6 @@ async def list_exports(
     """The caller's export requests, newest first, each with a fresh link while its archive is kept."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     rows, next_cursor = await keyset_page(
-        ComplianceRequest,
         'SELECT r.* FROM compliance_requests r WHERE r."user" = {} AND r.kind = {}',
         [principal.user_id, str(ComplianceKind.export)],
         moment="r.requested_at",

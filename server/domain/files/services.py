@@ -494,7 +494,7 @@ async def list_files(
     if lounge_id is not None:
         sql += " AND lounge = {}"
         args.append(lounge_id)
-    rows, next_cursor = await keyset_page(File, sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit)
+    rows, next_cursor = await keyset_page(sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit)
     items = [await _out(state, row, with_link=False) for row in rows]
     return FilePage(items=items, next_cursor=next_cursor)
 

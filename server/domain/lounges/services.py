@@ -194,7 +194,6 @@ async def list_lounges(
     if mine:
         where.append("me.status = 'active'")
     rows, next_cursor = await keyset_page(
-        Lounge,
         _LOUNGE_SELECT + " WHERE " + " AND ".join(where),
         [viewer, *args],
         moment="l.created_at",
@@ -319,7 +318,6 @@ async def list_members(
     else:
         check_can_read_messages(context)
     rows, next_cursor = await keyset_page(
-        LoungeMembership,
         """SELECT ms."user", u.full_name, ms.role, ms.status, ms.muted_until, ms.joined_at, ms.last_read_offset,
                   ms.created_at, ms.id
            FROM lounge_memberships ms JOIN users u ON u.id = ms."user"

@@ -403,9 +403,7 @@ async def list_mentors(
         sql += " AND (u.full_name ILIKE {} OR m.headline ILIKE {})"
         pattern = like_pattern(q.strip())
         args += [pattern, pattern]
-    page, next_cursor = await keyset_page(
-        Mentor, sql, args, moment="m.reviewed_at", row_id="m.id", cursor=cursor, limit=limit
-    )
+    page, next_cursor = await keyset_page(sql, args, moment="m.reviewed_at", row_id="m.id", cursor=cursor, limit=limit)
     categories = await _categories_of([row["id"] for row in page])
     return MentorPage(
         items=[_public_out(row, categories[row["id"]]) for row in page],
@@ -435,7 +433,7 @@ async def list_mentor_lounges(
         WHERE l.mentor = {{}} AND l.archived_at IS NULL AND {PRIVATE_LISTED_TO}"""
     args: list[Any] = [viewer_id, mentor_id, viewer_id, viewer is not None and viewer.role == Role.admin]
     rows, next_cursor = await keyset_page(
-        Mentor, sql, args, moment="l.created_at", row_id="l.id", cursor=cursor, limit=limit, descending=False
+        sql, args, moment="l.created_at", row_id="l.id", cursor=cursor, limit=limit, descending=False
     )
     items = [
         MentorLoungeOut(
@@ -468,7 +466,7 @@ async def list_pending(
     sql = _MENTOR_SELECT + " WHERE m.status = 'pending' AND u.is_active"
     args: list[Any] = []
     page, next_cursor = await keyset_page(
-        Mentor, sql, args, moment="m.created_at", row_id="m.id", cursor=cursor, limit=limit, descending=False
+        sql, args, moment="m.created_at", row_id="m.id", cursor=cursor, limit=limit, descending=False
     )
     categories = await _categories_of([row["id"] for row in page])
     return PendingMentorPage(

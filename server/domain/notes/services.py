@@ -190,7 +190,6 @@ async def list_notes(
         sql += " AND {} = ANY(n.tags)"
         args.append(clean)
     rows, next_cursor = await keyset_page(
-        Note,
         sql,
         args,
         leading=[SortKey("n.pinned", "boolean")],

@@ -51,6 +51,7 @@ import msgspec
 from server.domain.accounts.services import Principal
 from server.domain.notifications.schemas import NotificationOut, NotificationPage, ReadResult
 from server.domain.tables.notifications import Notification
+from server.foundation.database import fetch
 from server.foundation.errors import NotFound
 from server.foundation.links import public_base_url
 from server.foundation.mail import Mail, queue_mail
@@ -157,9 +158,7 @@ async def notify_on_commit(
 
 
 async def unread_count(user_id: uuid.UUID) -> int:
-    rows = await Notification.raw(
-        'SELECT count(*) AS n FROM notifications WHERE "user" = {} AND read_at IS NULL', user_id
-    )
+    rows = await fetch('SELECT count(*) AS n FROM notifications WHERE "user" = {} AND read_at IS NULL', user_id)
     return int(rows[0]["n"])
 
 
@@ -416,9 +415,7 @@ async def list_notifications(
     args: list[Any] = [principal.user_id]
     if unread_only:
         sql += " AND read_at IS NULL"
-    page, next_cursor = await keyset_page(
-        Notification, sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit
-    )
+    page, next_cursor = await keyset_page(sql, args, moment="created_at", row_id="id", cursor=cursor, limit=limit)
     return NotificationPage(
         items=[notification_out(row) for row in page],
         next_cursor=next_cursor,

@@ -11,7 +11,6 @@ from server.domain.accounts.audit import check_admin
 from server.domain.accounts.services import Principal
 from server.domain.push.schemas import PushOut, PushPage
 from server.domain.tables.accounts import User
-from server.domain.tables.push import PushLog
 from server.foundation.errors import NotFound
 from server.foundation.pagination import keyset_page
 
@@ -46,7 +45,6 @@ async def list_pushes(user_id: uuid.UUID, *, limit: int = DEFAULT_PAGE_SIZE, cur
     """The push attempts to ``user_id``'s devices, newest first."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     page, next_cursor = await keyset_page(
-        PushLog,
         "SELECT id, device, platform, token_hint, kind, notification, collapse_id, status, reason, status_code,"
         ' attempt, private, data, created_at FROM push_log WHERE "user" = {}',
         [user_id],

@@ -129,7 +129,6 @@ async def list_devices(
     """The caller's devices, most recently registered first."""
     limit = max(1, min(limit, MAX_PAGE_SIZE))
     page, next_cursor = await keyset_page(
-        PushDevice,
         f'SELECT {_COLUMNS} FROM push_devices WHERE "user" = {{}}',
         [principal.user_id],
         moment="updated_at",
