@@ -31,7 +31,7 @@ async def test_the_health_shortcut_answers_as_the_declared_route(client: httpx.A
     assert fast.headers["content-length"] == routed.headers["content-length"]
 
 
-async def test_request_ids_are_unique_and_a_forked_process_draws_its_own() -> None:
+def test_request_ids_are_unique_and_a_forked_process_draws_its_own() -> None:
     """Generated ids are 32 hex digits, never repeated, and not shared with a forked worker
     (``serve --workers N`` forks after the middleware is imported)."""
     ids = {new_request_id() for _ in range(1000)}
