@@ -11,6 +11,8 @@ Reusable pieces, so that each benchmark is a short orchestration script:
 - :mod:`bench.http_baseline` — the HTTP baseline benchmark;
 - :mod:`bench.wsclient` — a lean WebSocket client (one ``asyncio.Protocol`` per socket);
 - :mod:`bench.ws_peer` — the raw ASGI broadcast peer of the WebSocket benchmark;
+- :mod:`bench.ws_socketio_peer`, :mod:`bench.ws_channels_peer` — its python-socketio and Litestar
+  channels peers (what users would pick instead; no auth, no storage);
 - :mod:`bench.ws_setup` — users, sessions, tokens and a lounge for it (SQL + API);
 - :mod:`bench.ws_load` — its load-generator process (idle, broadcast, publish, storm);
 - :mod:`bench.ws_baseline` — the WebSocket gateway benchmark (``python -m bench ws``).

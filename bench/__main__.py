@@ -62,6 +62,13 @@ def _metrics(text: str) -> list[str]:
     return variants
 
 
+def _peers(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names or any(name not in ws_baseline.PEER_NAMES for name in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"distinct names among {','.join(ws_baseline.PEER_NAMES)}")
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench", description="Run benchmarks: print a table, save JSON + PNG under bench/results/."
@@ -107,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="R,R,...",
         help="publications/s for broadcast (ws: default 25,50,75,100, --quick 50,100; "
         "processes: default 50,100,150,200,300, --quick 50,150,300; shards: default 100,200,400, --quick 100,400)",
+    )
+    ws.add_argument(
+        "--ws-peers",
+        type=_peers,
+        default=list(ws_baseline.PEER_NAMES),
+        metavar="P,P,...",
+        help="ws: the peers measured beside ours: raw (a raw ASGI broadcast app), socketio (python-socketio "
+        "with its Redis manager), channels (Litestar's channels plugin on Redis pub/sub); default all three",
     )
     ws.add_argument("--ws-missed", type=int, metavar="N", help="publications missed in the storm (default 50)")
     ws.add_argument(

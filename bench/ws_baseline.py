@@ -1,9 +1,17 @@
-"""WebSocket gateway benchmark: our ``/connection/websocket`` against a raw ASGI broadcast peer.
+"""WebSocket gateway benchmark: our ``/connection/websocket`` against three peers.
 
-Three targets: ``ours`` (our gateway, JSON encoding), ``ours-pb`` (the same
+Targets: ``ours`` (our gateway, JSON encoding), ``ours-pb`` (the same
 server in the Protobuf encoding: the ``centrifuge-protobuf`` subprotocol,
 binary frames, publication ``data`` as JSON bytes; every socket of its runs,
-publishers included, speaks Protobuf) and ``peer``.
+publishers included, speaks Protobuf) and the peers ``--ws-peers`` picks (default all):
+
+- ``raw`` (``peer``): a raw ASGI broadcast server (``bench.ws_peer``), the floor;
+- ``socketio``: python-socketio with its Redis client manager (``bench.ws_socketio_peer``);
+- ``channels``: Litestar's channels plugin on Redis pub/sub (``bench.ws_channels_peer``).
+
+The last two are what users would pick instead of our gateway, each as minimal as its
+docs show: no authentication, no storage, no recovery (no storm for them). The table
+gives ours/peer ratios for each.
 
 Scenarios (``bench.ws_load`` runs each in its own process, pinned to the load-generator CPU):
 
@@ -17,12 +25,12 @@ Scenarios (``bench.ws_load`` runs each in its own process, pinned to the load-ge
   ``warm``: another subscriber keeps the node's hub (and its in-memory ring)
   alive; ``cold``: nobody does, the hub is recreated and recovery reads Redis.
 
-Both servers run one uvicorn worker pinned to the server CPU (ours is ``python
--m server serve`` with the real app, PostgreSQL and Valkey; the peer is
-``bench.ws_peer`` with the same WebSocket options). Both encodings of ours are
+Every server runs one uvicorn worker pinned to the server CPU (ours is ``python
+-m server serve`` with the real app, PostgreSQL and Valkey; each peer is served
+with the same WebSocket options, the socketio and channels peers on the same Valkey). Both encodings of ours are
 measured on the same server process, except idle: each idle run gets a fresh
 process (the Protobuf one a second ``serve``, stopped after its run).
-Broadcast and storm runs are interleaved by repeat (peer, JSON, Protobuf per
+Broadcast and storm runs are interleaved by repeat (the peers, JSON, Protobuf per
 rate or mode) so drift hits every target alike. The verdicts against the
 issue's targets are the JSON encoding's; Protobuf's are reported beside them. Their open-file limits are
 raised to the hard limit. Publishing is rate limited per user in production;
@@ -78,8 +86,28 @@ OURS_ENV = {
     "ACCESS_TOKEN_TTL": "7200",  # tokens are minted once, at setup
 }
 PEER, OURS, OURS_PB = "peer", "ours", "ours-pb"  # ours = the JSON encoding, ours-pb = Protobuf
-TARGETS = (PEER, OURS, OURS_PB)
-LABELS = {PEER: "peer", OURS: "ours json", OURS_PB: "ours pb"}
+SOCKETIO, CHANNELS = "socketio", "channels"
+PEERS = (PEER, SOCKETIO, CHANNELS)
+TARGETS = (*PEERS, OURS, OURS_PB)  # the run order of one rate's broadcasts
+PEER_NAMES = {"raw": PEER, "socketio": SOCKETIO, "channels": CHANNELS}  # --ws-peers
+LABELS = {PEER: "raw peer", SOCKETIO: "socketio", CHANNELS: "channels", OURS: "ours json", OURS_PB: "ours pb"}
+PEER_MODULES = {PEER: "bench.ws_peer", SOCKETIO: "bench.ws_socketio_peer", CHANNELS: "bench.ws_channels_peer"}
+# What each peer leaves out (the table's note column and footnotes).
+PEER_NOTES = {
+    PEER: "the floor: no auth, no storage, no JSON parsing; replays a 256-message ring",
+    SOCKETIO: "no auth, no storage, no recovery",
+    CHANNELS: "no auth, no storage, no recovery",
+}
+PEER_DETAILS = {
+    PEER: "raw peer = a raw ASGI broadcast app (bench.ws_peer): a loop of sends, recovery from an in-memory ring",
+    SOCKETIO: "socketio = python-socketio's AsyncServer(async_mode='asgi', client_manager=AsyncRedisManager) in "
+    "socketio.ASGIApp; subscribers join a room, a publish event is emit('message', data, room=...): sent to this "
+    "node's sockets and published on Redis for other nodes; Engine.IO pings every 25 s; no recovery of missed events",
+    CHANNELS: "channels = Litestar's ChannelsPlugin(RedisChannelsPubSubBackend, create_ws_route_handlers=True); a "
+    "websocket_listener calls channels.publish(): through Redis pub/sub, delivered from the node's subscription; "
+    "the pub/sub backend keeps no history (ws_handler_send_history needs the stream backend, and replays the last "
+    "N, not from a position)",
+}
 # (mode, target, cold), in run order: both encodings of one mode back to back.
 STORM_MODES = [
     ("peer", PEER, False),
@@ -127,6 +155,18 @@ def code_version() -> dict[str, Any]:
 
     changed = git("status", "--porcelain", "--", "server").splitlines()
     return {"git_head": git("rev-parse", "--short", "HEAD") or None, "server_files_changed": len(changed)}
+
+
+def peer_targets(args: argparse.Namespace) -> list[str]:
+    """The peers ``--ws-peers`` picks (default all three), as targets."""
+    names = getattr(args, "ws_peers", None) or list(PEER_NAMES)
+    return [target for target in PEERS if target in {PEER_NAMES[name] for name in names}]
+
+
+def peer_argv(target: str, redis_url: str) -> list[str]:
+    """The command that serves a peer (``{port}`` left for :meth:`BenchStack.start_server`)."""
+    argv = [sys.executable, "-m", PEER_MODULES[target], "--host", HOST, "--port", "{port}"]
+    return argv if target == PEER else [*argv, "--redis-url", redis_url]
 
 
 def defaults(args: argparse.Namespace) -> dict[str, Any]:
@@ -192,20 +232,21 @@ def run(args: argparse.Namespace) -> int:
         plan["idle"] = max(100, hard - 264)
     log.info("open-file limit: soft %d, hard %d (raised to %d for every bench process)", soft, hard, own_limit)
 
-    idle_cells = {t: Cell(t, t) for t in TARGETS}
-    bcast_cells = {(rate, t): Cell(f"{t} {rate:g}/s", t) for rate in plan["rates"] for t in TARGETS}
-    storm_cells = {name: Cell(name, target) for name, target, _ in STORM_MODES}
+    peers = peer_targets(args)
+    targets = [t for t in TARGETS if t in peers or t not in PEERS]
+    storm_modes = [mode for mode in STORM_MODES if mode[1] in targets]
+    idle_cells = {t: Cell(t, t) for t in targets}
+    bcast_cells = {(rate, t): Cell(f"{t} {rate:g}/s", t) for rate in plan["rates"] for t in targets}
+    storm_cells = {name: Cell(name, target) for name, target, _ in storm_modes}
 
     with BenchStack(keep_logs=args.keep_logs) as stack:
         env = stack.start_services()
-        peer = stack.start_server(
-            "ws-peer",
-            [sys.executable, "-m", "bench.ws_peer", "--host", HOST, "--port", "{port}"],
-            cpu=server_cpu,
-            nofile=hard,
-        )
+        servers: dict[str, Server] = {
+            target: stack.start_server(f"ws-{target}", peer_argv(target, env["REDIS_URL"]), cpu=server_cpu, nofile=hard)
+            for target in peers
+        }
         ours = stack.start_ours(cpu=server_cpu, extra_env=ours_env, nofile=hard)
-        servers: dict[str, Server] = {PEER: peer, OURS: ours}
+        servers[OURS] = ours
         setup = ws_setup.prepare(
             {**env, **ours_env},
             ours,
@@ -219,7 +260,7 @@ def run(args: argparse.Namespace) -> int:
         busy_before = machine_busy_percent(1.0)
         if busy_before > BUSY_WARNING:
             log.warning("the machine is busy (%.0f%% of one CPU in use): expect noisy numbers", busy_before)
-        total = len(TARGETS) + args.repeats * (len(plan["rates"]) * len(TARGETS) + len(STORM_MODES))
+        total = len(targets) + args.repeats * (len(plan["rates"]) * len(targets) + len(storm_modes))
         done = 0
 
         def progress(what: str) -> None:
@@ -229,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
 
         # 1. idle: once per target, on fresh processes (RSS deltas of a second run on the same
         #    process would reuse memory the first one freed): Protobuf gets a server of its own.
-        for target in (OURS, OURS_PB, PEER):
+        for target in (OURS, OURS_PB, *peers):
             server = servers[target]
             if target == OURS_PB:
                 server = stack.start_ours(cpu=server_cpu, name="ours-pb-idle", extra_env=ours_env, nofile=hard)
@@ -253,7 +294,7 @@ def run(args: argparse.Namespace) -> int:
         # 2. broadcast, interleaved by repeat so drift hits every target alike.
         for repeat in range(args.repeats):
             for rate in plan["rates"]:
-                for target in TARGETS:
+                for target in targets:
                     server = servers[target]
                     progress(f"broadcast {target} {rate:g}/s x {plan['subscribers']} (run {repeat + 1})")
                     busy = _quiet(args)
@@ -278,7 +319,7 @@ def run(args: argparse.Namespace) -> int:
 
         # 3. reconnect storm.
         for repeat in range(args.repeats):
-            for name, target, cold in STORM_MODES:
+            for name, target, cold in storm_modes:
                 server = servers[target]
                 progress(f"storm {name}: {plan['subscribers']} clients missing {plan['missed']} (run {repeat + 1})")
                 busy = _quiet(args)
@@ -304,7 +345,14 @@ def run(args: argparse.Namespace) -> int:
         "server_cpu": server_cpu,
         "loadgen_cpu": loadgen_cpu,
         "uvicorn_workers": 1,
-        "targets": {PEER: "bench.ws_peer", OURS: "ours, JSON encoding", OURS_PB: "ours, Protobuf encoding"},
+        "targets": {
+            **{target: PEER_MODULES[target] for target in peers},
+            OURS: "ours, JSON encoding",
+            OURS_PB: "ours, Protobuf encoding",
+        },
+        "peers": peers,
+        "peer_notes": {target: PEER_DETAILS[target] for target in peers},
+        "peer_versions": peer_versions(peers),
         "machine_busy_before_percent": round(busy_before, 1),
         "quiet_wait_s": args.quiet_wait,
         "nofile": {"soft": soft, "hard": hard},
@@ -316,8 +364,8 @@ def run(args: argparse.Namespace) -> int:
     }
     summary = {
         "idle": summarize_idle(idle_cells),
-        "broadcast": summarize_broadcast(bcast_cells, plan["rates"]),
-        "storm": summarize_storm(storm_cells),
+        "broadcast": summarize_broadcast(bcast_cells, plan["rates"], targets),
+        "storm": summarize_storm(storm_cells, storm_modes),
     }
     summary["targets"] = verdicts(summary, plan, bcast_cells)
     print()
@@ -520,11 +568,31 @@ def run_metrics_overhead(args: argparse.Namespace) -> int:
 # -- summaries -------------------------------------------------------------------------------
 
 
+def peer_versions(peers: list[str]) -> dict[str, str | None]:
+    """The installed versions of the peers' frameworks."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    packages = {SOCKETIO: "python-socketio", CHANNELS: "litestar"}
+    versions: dict[str, str | None] = {}
+    for target in peers:
+        if target in packages:
+            try:
+                versions[packages[target]] = version(packages[target])
+            except PackageNotFoundError:
+                versions[packages[target]] = None
+    return versions
+
+
 def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
+    """One row per target (ours first); ``vs_peer`` against the raw peer, ``ours_vs`` (peers'
+    rows) is our JSON encoding's KiB per socket over this peer's."""
     rows = []
-    peer_kib = cells[PEER].median("per_socket_kib")
+    peer_kib = cells[PEER].median("per_socket_kib") if PEER in cells else None
     json_kib = cells[OURS].median("per_socket_kib")
-    for cell in (cells[OURS], cells[OURS_PB], cells[PEER]):
+    for target in (OURS, OURS_PB, *PEERS):
+        if target not in cells:
+            continue
+        cell = cells[target]
         run = cell.runs[0] if cell.runs else {}
         kib = run.get("per_socket_kib")
         rows.append(
@@ -546,6 +614,7 @@ def summarize_idle(cells: dict[str, Cell]) -> list[dict[str, Any]]:
                 "per_socket_kib_max": run.get("per_socket_kib_max"),
                 "vs_peer": kib / peer_kib if kib and peer_kib else None,
                 "vs_json": kib / json_kib if cell.target == OURS_PB and kib and json_kib else None,
+                "ours_vs": json_kib / kib if cell.target in PEERS and kib and json_kib else None,
                 "pings_answered": run.get("pings_answered"),
                 "dropped_while_held": run.get("dropped_while_held"),
                 "hold_server_cpu_percent": (run.get("holding") or {}).get("server_cpu_percent"),
@@ -612,20 +681,38 @@ def broadcast_stats(cell: Cell) -> dict[str, Any]:
     return row
 
 
-def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]) -> list[dict[str, Any]]:
+def summarize_broadcast(
+    cells: dict[tuple[float, str], Cell], rates: list[float], targets: list[str]
+) -> list[dict[str, Any]]:
+    """One row per rate and target; ``*_vs_peer`` against the raw peer, ``ours_*_vs`` (peers'
+    rows) our JSON encoding's over this peer's, all paired by repeat."""
     rows = []
     for rate in rates:
-        peer = cells[(rate, PEER)]
+        peer = cells.get((rate, PEER))
         json_cell = cells[(rate, OURS)]
-        for target in TARGETS:
+        for target in targets:
             cell = cells[(rate, target)]
             rows.append(
                 {
                     "rate": rate,
                     "target": target,
                     **broadcast_stats(cell),
-                    "delivered_vs_peer": paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")),
-                    "p99_vs_peer": paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")),
+                    "delivered_vs_peer": (
+                        paired_ratio(cell.stat("delivered_per_s"), peer.stat("delivered_per_s")) if peer else None
+                    ),
+                    "p99_vs_peer": (
+                        paired_ratio(cell.stat("latency_ms", "p99"), peer.stat("latency_ms", "p99")) if peer else None
+                    ),
+                    "ours_delivered_vs": (
+                        paired_ratio(json_cell.stat("delivered_per_s"), cell.stat("delivered_per_s"))
+                        if target in PEERS
+                        else None
+                    ),
+                    "ours_p99_vs": (
+                        paired_ratio(json_cell.stat("latency_ms", "p99"), cell.stat("latency_ms", "p99"))
+                        if target in PEERS
+                        else None
+                    ),
                     "delivered_vs_json": (
                         paired_ratio(cell.stat("delivered_per_s"), json_cell.stat("delivered_per_s"))
                         if target == OURS_PB
@@ -646,10 +733,10 @@ def summarize_broadcast(cells: dict[tuple[float, str], Cell], rates: list[float]
     return rows
 
 
-def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
+def summarize_storm(cells: dict[str, Cell], modes: list[tuple[str, str, bool]]) -> list[dict[str, Any]]:
     rows = []
-    peer = cells["peer"]
-    for name, target, _ in STORM_MODES:
+    peer = cells.get("peer")
+    for name, target, _ in modes:
         cell = cells[name]
         ok_runs = [r for r in cell.runs if "failed" not in r]
         times = [r.get("all_recovered_s") for r in ok_runs]
@@ -671,7 +758,7 @@ def summarize_storm(cells: dict[str, Cell]) -> list[dict[str, Any]]:
                 "server_cpu_percent": cell.median("server_cpu_percent"),
                 "loadgen_cpu_percent": cell.median("loadgen_cpu_percent"),
                 "other_cpu_percent": cell.median("other_cpu_percent"),
-                "vs_peer": paired_ratio(cell.stat("all_recovered_s"), peer.stat("all_recovered_s")),
+                "vs_peer": paired_ratio(cell.stat("all_recovered_s"), peer.stat("all_recovered_s")) if peer else None,
                 "vs_json": (
                     paired_ratio(cell.stat("all_recovered_s"), cells[JSON_MODE[name]].stat("all_recovered_s"))
                     if name in JSON_MODE
@@ -770,6 +857,10 @@ def _verdicts(
 # -- text ------------------------------------------------------------------------------------
 
 
+def _storm_label(mode: str) -> str:
+    return LABELS[PEER] if mode == "peer" else mode.replace("ours-pb", "ours pb")
+
+
 def _mib(kib: float | None) -> float | None:
     return kib / 1024 if kib is not None else None
 
@@ -786,7 +877,8 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         f"{config['code']['git_head']} + {config['code']['server_files_changed']} changed file(s) in server/",
         "",
         "targets: ours json / ours pb = our gateway in the JSON / Protobuf encoding (the same process, "
-        "but a fresh one per idle run), peer = the raw ASGI broadcast peer",
+        "but a fresh one per idle run); peers (section 4): "
+        + "; ".join(f"{LABELS[t]} ({PEER_NOTES[t]})" for t in config.get("peers", [PEER])),
         "",
         f"1. idle: {config['idle']:,} sockets held {config['hold']:g} s (ours: connect with a token each, pings answered)",
     ]
@@ -824,7 +916,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "RSS held MiB",
                 "KiB/socket",
                 "KiB/socket (peak)",
-                "vs peer",
+                "vs raw",
                 "vs json",
                 "pings",
                 "dropped",
@@ -874,8 +966,8 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "gap/dup/text",
                 "dropped",
                 "keeps up",
-                "deliv vs peer",
-                "p99 vs peer",
+                "deliv vs raw",
+                "p99 vs raw",
                 "server CPU",
                 "loadgen CPU",
                 "other CPU",
@@ -936,7 +1028,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         runs = [t for t in r["all_recovered_runs"] if t is not None]
         rows.append(
             [
-                r["mode"],
+                _storm_label(r["mode"]),
                 f"{r['clients'] or 0:,.0f}",
                 f"{r['missed'] or 0:.0f}",
                 fmt(r["all_recovered_s"], 2),
@@ -962,7 +1054,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 "client p50 ms",
                 "client p99 ms",
                 "exact (min)",
-                "vs peer",
+                "vs raw",
                 "vs json",
                 "server CPU",
                 "loadgen CPU",
@@ -971,11 +1063,16 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
             rows,
         )
     )
+    unrecovered = [LABELS[t] for t in config.get("peers", []) if t != PEER]
+    if unrecovered:
+        out.append(f"{', '.join(unrecovered)}: n/a (no recovery of missed messages; see section 4)")
+    out += ["", *_peer_lines(summary, config)]
     t = summary["targets"]
     out += ["", "Targets (per web process), the JSON encoding's verdict:", *_target_lines(t)]
     out += ["", "The same checks for the Protobuf encoding (reported, not a verdict):", *_target_lines(t["protobuf"])]
     out += [
         "",
+        "'vs raw': this row over the raw peer's (paired by repeat).",
         "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "
         "(PostgreSQL, Valkey, the publisher, other jobs).",
         "'keeps up': >= 95% of the offered deliveries/s inside the window, nothing missing, the backlog drained "
@@ -984,6 +1081,60 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         "'exact': recovered with exactly the missed offsets and their texts.",
     ]
     return "\n".join(out)
+
+
+def _peer_lines(summary: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """Section 4: our JSON encoding against each peer, as ours/peer ratios, and what each peer leaves out."""
+    peers = config.get("peers", [PEER])
+    idle = {r["target"]: r for r in summary["idle"]}
+    storm = {r["mode"]: r for r in summary["storm"]}
+    rows = []
+    for target in peers:
+        if target == PEER and "peer" in storm and "ours warm" in storm:
+            storm_text = (
+                f"warm {fmt_ratio(storm['ours warm']['vs_peer'])}, cold {fmt_ratio(storm['ours cold']['vs_peer'])}"
+            )
+        else:
+            storm_text = "n/a (no recovery)" if target != PEER else "-"
+        for r in summary["broadcast"]:
+            if r["target"] != target:
+                continue
+            rows.append(
+                [
+                    LABELS[target],
+                    f"{r['rate']:g}/s",
+                    fmt(r["delivered_per_s"], 0),
+                    fmt(r["p99_ms"], 1),
+                    fmt_ratio(r["ours_delivered_vs"]),
+                    fmt_ratio(r["ours_p99_vs"]),
+                    fmt((idle.get(target) or {}).get("per_socket_kib"), 1),
+                    fmt_ratio((idle.get(target) or {}).get("ours_vs")),
+                    storm_text,
+                    PEER_NOTES[target],
+                ]
+            )
+    table = format_table(
+        [
+            "peer",
+            "rate",
+            "peer deliv/s",
+            "peer p99 ms",
+            "deliv ours/peer",
+            "p99 ours/peer",
+            "peer KiB/socket",
+            "KiB ours/peer",
+            "storm ours/peer",
+            "note",
+        ],
+        rows,
+        align="llrrrrrrll",
+    )
+    return [
+        "4. ours (json) against each peer: ratios ours/peer (deliveries/s and p99 paired by repeat; KiB/socket from "
+        "the idle runs). deliv > 1x, p99 < 1x, KiB < 1x favour ours. None of the peers authenticates or stores.",
+        table,
+        *(f"  {PEER_DETAILS[t]}" for t in peers),
+    ]
 
 
 def _target_lines(t: dict[str, Any]) -> list[str]:
@@ -1012,11 +1163,17 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     fig, axes = plt.subplots(2, 2, figsize=(15, 10))
     (ax_idle, ax_rate), (ax_lat, ax_storm) = axes
     idle = {r["target"]: r for r in summary["idle"]}
-    idle_targets = [t for t in (OURS, OURS_PB, PEER) if t in idle]
+    idle_targets = [t for t in (OURS, OURS_PB, *PEERS) if t in idle]
     bar_panel(
         ax_idle,
         [f"{LABELS[t]}\n{(idle[t]['sockets_open'] or 0):,} sockets" for t in idle_targets],
         {"KiB per idle socket": [idle[t]["per_socket_kib"] for t in idle_targets]},
+        notes={
+            "KiB per idle socket": [
+                f"ours json / this: {fmt_ratio(idle[t]['ours_vs'])}" if idle[t].get("ours_vs") else None
+                for t in idle_targets
+            ]
+        },
         title="Server RSS per idle socket",
         ylabel="KiB",
         value_format="{:.1f}",
@@ -1033,8 +1190,11 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     )
 
     rows = summary["broadcast"]
-    for target, marker, color in ((PEER, "s", "C0"), (OURS, "o", "C1"), (OURS_PB, "^", "C2")):
+    styles = ((PEER, "s", "C0"), (SOCKETIO, "D", "C3"), (CHANNELS, "v", "C4"), (OURS, "o", "C1"), (OURS_PB, "^", "C2"))
+    for target, marker, color in styles:
         mine = [r for r in rows if r["target"] == target]
+        if not mine:
+            continue
         offered = [r["offered_per_s"] or r["rate"] * 1000 for r in mine]
         wire = median(r.get("payload_bytes_per_delivery") for r in mine)
         label = LABELS[target] + (f" ({wire:.0f} B payload/delivery)" if wire else "")
@@ -1069,7 +1229,7 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
     bars = [r["all_recovered_s"] if r["all_recovered_s"] is not None else r["last_reply_s"] for r in storm]
     notes = []
     for index, r in enumerate(storm):
-        note = f"{fmt_ratio(r['vs_peer'])} peer" if index and r["vs_peer"] is not None else ""
+        note = f"{fmt_ratio(r['vs_peer'])} raw" if index and r["vs_peer"] is not None else ""
         if r.get("vs_json") is not None:
             note += f", {fmt_ratio(r['vs_json'])} json"
         if r["recovered_ok_min"] != r["clients"]:
@@ -1077,17 +1237,19 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
         notes.append(note or None)
     bar_panel(
         ax_storm,
-        [r["mode"].replace("ours-pb", "ours pb") for r in storm],
+        [_storm_label(r["mode"]) for r in storm],
         {"all recovered": bars},
         points={"all recovered": [[t for t in r["all_recovered_runs"] if t is not None] for r in storm]},
         notes={"all recovered": notes},
-        title=f"Reconnect storm: {config['subscribers']:,} clients, {config['missed']} missed each",
+        title=f"Reconnect storm: {config['subscribers']:,} clients, {config['missed']} missed each"
+        + ("\n(socketio, channels: no recovery, not run)" if set(config.get("peers", [])) - {PEER} else ""),
         ylabel="seconds until the last client has recovered",
         value_format="{:.2f}",
     )
     ax_storm.axhline(TARGET_STORM_S, color="red", linestyle="--", linewidth=1)
     fig.suptitle(
-        f"WebSocket gateway (JSON and Protobuf encodings) vs raw ASGI broadcast peer - 1 uvicorn worker on CPU {config['server_cpu']}, "
+        f"WebSocket gateway (JSON and Protobuf encodings) vs {', '.join(LABELS[t] for t in config.get('peers', [PEER]))}"
+        f" - 1 uvicorn worker on CPU {config['server_cpu']}, "
         f"load generator on CPU {config['loadgen_cpu']}, {config['repeats']} run(s)\n"
         f"{machine.get('cpu_model', '')}, {machine.get('cpus')} CPUs, Python {machine.get('python')}",
         fontsize=11,

@@ -1,12 +1,16 @@
 """WebSocket load generator: a separate process, raw asyncio sockets (:mod:`bench.wsclient`).
 
-``python -m bench.ws_load SCENARIO --target {ours,ours-pb,peer} --port P --setup FILE [...]``
+``python -m bench.ws_load SCENARIO --target {ours,ours-pb,peer,socketio,channels} --port P --setup FILE [...]``
 prints one JSON object on stdout. Targets: ``ours`` is our gateway in the JSON
 encoding (:class:`CentrifugeSocket`), ``ours-pb`` the same gateway in the
 Protobuf encoding (:class:`ProtobufSocket`: the ``centrifuge-protobuf``
 subprotocol, binary frames of length-delimited ``client_pb2`` messages; every
-socket of the run, publishers included, speaks it), ``peer`` the raw broadcast
-peer (``bench.ws_peer``). Scenarios:
+socket of the run, publishers included, speaks it), and three peers, which take
+no setup: ``peer`` the raw broadcast peer (``bench.ws_peer``), ``socketio`` the
+python-socketio peer (``bench.ws_socketio_peer``; :class:`SocketIOSocket` speaks
+Socket.IO over Engine.IO v4's WebSocket transport) and ``channels`` the Litestar
+channels peer (``bench.ws_channels_peer``; the raw peer's messages on other paths).
+Scenarios:
 
 - ``idle``      — open N sockets (ours: each sends ``connect`` with its own
   user's token and waits for the reply), hold them ``--hold`` s answering the
@@ -37,6 +41,7 @@ peer (``bench.ws_peer``). Scenarios:
   offsets pos+1..pos+M (ours: with the texts that were published). ``--cold`` leaves no other subscriber of the lounge on
   the node (its hub and in-memory ring are gone: recovery reads Redis);
   otherwise the publisher's socket stays subscribed (the ring serves it).
+  Not for ``socketio`` and ``channels``: neither recovers missed messages.
 - ``publish``   — the publisher child of ``broadcast``.
 
 Every wait is bounded (``--timeout``); sockets that fail are counted, not
@@ -83,8 +88,10 @@ from bench.procfs import (
 from bench.wsclient import RawWebSocket, clock, open_socket
 
 OURS_PATH = "/connection/websocket"
-OURS, OURS_PB, PEER = "ours", "ours-pb", "peer"
-TARGETS = (OURS, OURS_PB, PEER)
+OURS, OURS_PB, PEER, SOCKETIO, CHANNELS = "ours", "ours-pb", "peer", "socketio", "channels"
+TARGETS = (OURS, OURS_PB, PEER, SOCKETIO, CHANNELS)
+PEERS = (PEER, SOCKETIO, CHANNELS)  # no tokens, no setup; only the raw peer recovers (its ring)
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"  # Engine.IO v4, WebSocket from the start
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 QUANTILES = [*range(0, 100), 99.5, 99.9, 100]
 
@@ -397,7 +404,7 @@ def socket_class(target: str) -> type[CentrifugeSocket]:
 
 
 class PeerSocket(RawWebSocket):
-    """A subscriber of the raw peer: every message is ``{"seq":N,"ts":T}``."""
+    """A subscriber of the raw peer (or the Litestar channels peer): every message is ``{"seq":N,"ts":T}``."""
 
     def __init__(self, host: str, port: int, path: str, tally: Tally | None = None, record: bool = False) -> None:
         super().__init__(host, port, path)
@@ -409,7 +416,10 @@ class PeerSocket(RawWebSocket):
 
     def on_line(self, line: bytes, now: float) -> None:
         message = _peer_decoder.decode(line)
-        seq = message.seq
+        self.delivery(message.seq, message.ts, now)
+
+    def delivery(self, seq: int, sent: float, now: float) -> None:
+        """Message ``seq``, published at ``sent``, received ``now``: order checks, tally, waiters."""
         tally = self.tally
         if tally is not None:
             last = self.seq
@@ -422,8 +432,8 @@ class PeerSocket(RawWebSocket):
             start, end = tally.window
             if start <= now <= end:
                 tally.in_window += 1
-            if start <= message.ts <= end:
-                tally.latencies.append(now - message.ts)
+            if start <= sent <= end:
+                tally.latencies.append(now - sent)
         if self.seqs is not None:
             self.seqs.append(seq)
         if seq > self.seq:
@@ -439,6 +449,61 @@ class PeerSocket(RawWebSocket):
         else:
             self.wait_seq = (seq, future)
         return future
+
+
+_SIO_MESSAGE = b'42["message",'  # a Socket.IO EVENT packet of the default namespace, event "message"
+
+
+class SocketIOSocket(PeerSocket):
+    """A Socket.IO client of the default namespace, Engine.IO v4 over WebSocket only (one
+    packet per frame): answers the server's open packet ``0{...}`` with a namespace connect
+    ``40`` (with :attr:`auth` as its payload), its pings ``2`` with pongs ``3``. ``ready``
+    resolves when the server's ``40{...}`` says the namespace is connected. ``message``
+    events carry ``{"seq":N,"ts":T}``; :meth:`publish` emits a ``publish`` event."""
+
+    auth = b""
+
+    def __init__(self, host: str, port: int, path: str, tally: Tally | None = None, record: bool = False) -> None:
+        super().__init__(host, port, path, tally, record)
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.pings = 0
+
+    def on_message(self, payload: bytes, now: float) -> None:
+        if payload.startswith(_SIO_MESSAGE):
+            message = _peer_decoder.decode(payload[len(_SIO_MESSAGE) : -1])
+            self.delivery(message.seq, message.ts, now)
+        elif payload == b"2":
+            self.pings += 1
+            self.send_text(b"3")
+        elif payload.startswith(b"0"):
+            self.send_text(b"40" + self.auth)
+        elif payload.startswith(b"40") and not self.ready.done():
+            self.ready.set_result(None)
+        elif payload.startswith(b"44") and not self.ready.done():
+            self.ready.set_exception(ConnectionRefusedError(f"namespace refused: {payload[2:200]!r}"))
+
+    def on_closed(self) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionResetError("closed before the namespace was connected"))
+
+    def publish(self, data: bytes) -> None:
+        """Emit ``publish`` with ``data`` (a JSON document) as its argument."""
+        self.send_text(b'42["publish",' + data + b"]")
+
+
+class SocketIOPublisher(SocketIOSocket):
+    """A Socket.IO client that connects as a publisher (the peer keeps it out of the room)."""
+
+    auth = b'{"publisher":true}'
+
+
+def peer_client(target: str, publisher: bool = False) -> tuple[str, type[RawWebSocket]]:
+    """The path and client class of a peer's subscriber, or publisher, socket."""
+    if target == SOCKETIO:
+        return SOCKETIO_PATH, SocketIOPublisher if publisher else SocketIOSocket
+    if publisher:
+        return "/pub", RawWebSocket
+    return ("/ws/lounge" if target == CHANNELS else "/ws"), PeerSocket
 
 
 class CommandError(RuntimeError):
@@ -643,7 +708,7 @@ async def pool(count: int, concurrency: int, job: Callable[[int], Awaitable[None
 
 
 def _encoding(target: str) -> str | None:
-    return socket_class(target).encoding if target != PEER else None
+    return socket_class(target).encoding if target not in PEERS else None
 
 
 def _text_check(sent: list[str] | None, subscribers: list[RawWebSocket]) -> dict[str, Any] | None:
@@ -717,13 +782,19 @@ class Opener:
             return None
 
     async def peer(self, path: str = "/ws", cls: type[RawWebSocket] = PeerSocket) -> RawWebSocket | None:
+        """Open a socket to a peer (Socket.IO: until its namespace is connected)."""
         args = self.args
         started = clock()
+        sock = None
         try:
             extra = {"tally": self.tally} if issubclass(cls, PeerSocket) else {}
             sock = await open_socket(cls, args.host, args.port, path, args.timeout, **extra)
+            if isinstance(sock, SocketIOSocket):
+                await asyncio.wait_for(sock.ready, args.timeout)
         except (OSError, TimeoutError) as exc:
             self.errors[type(exc).__name__] += 1
+            if sock is not None:
+                sock.abort()
             return None
         self.connect_times.append(clock() - started)
         return sock
@@ -751,17 +822,17 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     setup = load_setup(args.setup)
     tokens: list[str] = setup.get("idle_tokens", [])
     count = args.sockets
-    if args.target != PEER and len(tokens) < count + args.warmup_sockets:
+    if args.target not in PEERS and len(tokens) < count + args.warmup_sockets:
         raise SystemExit(f"need {count + args.warmup_sockets} tokens, the setup has {len(tokens)}")
     opener = Opener(args)
 
     async def open_one(index: int, into: list[RawWebSocket]) -> None:
-        if args.target != PEER:
+        if args.target not in PEERS:
             opened = await opener.ours(tokens[index])
             if opened is not None:
                 into.append(opened[0])
         else:
-            sock = await opener.peer("/ws")
+            sock = await opener.peer(*peer_client(args.target))
             if sock is not None:
                 into.append(sock)
 
@@ -838,7 +909,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
     per_port: Counter = Counter()
 
     async def open_one(index: int) -> None:
-        if args.target != PEER:
+        if args.target not in PEERS:
             channel = index % len(channels)
             port = ports[index // len(channels) % len(ports)]
             opened = await opener.ours(setup["subscriber_tokens"][index], channels[channel], port)
@@ -849,7 +920,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
                 per_channel[channel] += 1
                 per_port[port] += 1
         else:
-            sock = await opener.peer("/ws")
+            sock = await opener.peer(*peer_client(args.target))
             if sock is not None:
                 subscribers.append(sock)
                 per_channel[0] += 1
@@ -936,7 +1007,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "rate": args.rate,
         "subscribers": len(subscribers),
         "channels": len(channels),
-        "subscribers_by_port": {str(port): per_port[port] for port in ports} if args.target != PEER else None,
+        "subscribers_by_port": {str(port): per_port[port] for port in ports} if args.target not in PEERS else None,
         "subscriber_errors": dict(opener.errors),
         "warmup_s": args.warmup,
         "duration_s": args.duration,
@@ -956,7 +1027,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "close_codes": dict(close_codes),
         "text_check": texts,
         "server_group": group,
-        "wire": wire if args.target != PEER else None,
+        "wire": wire if args.target not in PEERS else None,
         "latency_ms": ms_summary(latencies),
         "quantiles_ms": {str(q): round(percentile(latencies_ms, q), 3) for q in QUANTILES},
         **measured,
@@ -971,14 +1042,14 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
     measure_from, until = args.window
     opener = Opener(args)
     sockets: list[Any] = []
-    if args.target != PEER:
+    if args.target not in PEERS:
         ports = node_ports(args)
         for index, token in enumerate(setup["publisher_tokens"][: args.publishers]):
             opened = await opener.ours(token, port=ports[index % len(ports)])
             if opened is not None:
                 sockets.append(opened[0])
     else:
-        sock = await opener.peer("/pub", cls=RawWebSocket)
+        sock = await opener.peer(*peer_client(args.target, publisher=True))
         if sock is not None:
             sockets.append(sock)
     if not sockets:
@@ -1020,13 +1091,15 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         if measure_from <= sent <= until:
             sent_in_window_by_channel[index] += 1
         sock = sockets[seq % len(sockets)]
-        if args.target != PEER:
+        if args.target not in PEERS:
             text = message_text(seq, sent)
             texts[index].append(text)
             data = {"text": text, "client_id": str(uuid.uuid4())}
             future = sock.request(publish={"channel": channels[index], "data": data})
             future.add_done_callback(lambda f, s=sent: on_ack(s, f))
             pending.append(future)
+        elif args.target == SOCKETIO:
+            sock.publish(_encode({"seq": seq, "ts": sent}))
         else:
             sock.send_text(_encode({"seq": seq, "ts": sent}))
     last_sent = clock()
@@ -1043,12 +1116,12 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         "late_start_s": max(0.0, late_start),
         "send_span_s": last_sent - args.start,
         "schedule_lag_ms": ms_summary(lag),
-        "ack_ms": ms_summary(acks) if args.target != PEER else None,
+        "ack_ms": ms_summary(acks) if args.target not in PEERS else None,
         "errors": dict(errors),
         "unanswered": unanswered,
         "connections": len(sockets),
         "cpu_percent": 100 * own_cpu / max(1e-9, last_sent - args.start),
-        "texts": texts if args.target != PEER else None,  # by channel index; checked by the parent, then dropped
+        "texts": texts if args.target not in PEERS else None,  # by channel index; checked by the parent, then dropped
     }
 
 
@@ -1056,6 +1129,8 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def storm(args: argparse.Namespace) -> dict[str, Any]:
+    if args.target in (SOCKETIO, CHANNELS):
+        raise SystemExit(f"{args.target} recovers nothing: no storm")
     setup = load_setup(args.setup)
     if args.target != PEER:
         return await _storm_ours(args, setup)
