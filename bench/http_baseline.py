@@ -207,7 +207,11 @@ def run(args: argparse.Namespace) -> int:
                         "machine still busy (%.0f%% of one CPU) after %.0f s; running anyway", busy, args.quiet_wait
                     )
                 result = run_pinned_json(argv, loadgen_cpu, timeout=args.warmup + args.duration + 60)
-                scenario.runs.append({"repeat": repeat, "machine_busy_before_percent": busy, **result})
+                cpu = result.get("server_cpu_percent")
+                per_cpu_s = result["requests_per_s"] / (cpu / 100) if cpu else None
+                scenario.runs.append(
+                    {"repeat": repeat, "machine_busy_before_percent": busy, "requests_per_cpu_s": per_cpu_s, **result}
+                )
         rss_after = {name: _settle_rss(server) for name, server in servers.items()}
 
     config = {
@@ -292,6 +296,8 @@ def summarize(scenarios: list[Scenario]) -> list[dict]:
                 "other_cpu_percent": s.median("other_cpu_percent"),
                 "server_rss_kib_max": s.median("server_rss_kib_max"),
                 "rps_vs_peer": s.vs(peer, "requests_per_s"),
+                "requests_per_cpu_s": s.median("requests_per_cpu_s"),
+                "per_cpu_s_vs_peer": s.vs(peer, "requests_per_cpu_s"),
                 "p50_vs_peer": s.vs(peer, "latency_ms", "p50"),
                 "p99_vs_peer": s.vs(peer, "latency_ms", "p99"),
                 "steal_cpu_percent": s.median("steal_cpu_percent"),
@@ -314,6 +320,8 @@ def render_table(scenarios: list[Scenario], config: dict, memory: dict) -> str:
                 fmt(row["p90_ms"], 2),
                 fmt(row["p99_ms"], 2),
                 fmt_ratio(row["rps_vs_peer"]),
+                fmt(row["requests_per_cpu_s"], 0),
+                fmt_ratio(row["per_cpu_s_vs_peer"]),
                 fmt_ratio(row["p50_vs_peer"]),
                 fmt_ratio(row["p99_vs_peer"]),
                 fmt(row["server_cpu_percent"], 0, "%"),
@@ -337,6 +345,8 @@ def render_table(scenarios: list[Scenario], config: dict, memory: dict) -> str:
             "p90 ms",
             "p99 ms",
             "req/s vs peer",
+            "req per server CPU-s",
+            "per CPU-s vs peer",
             "p50 vs peer",
             "p99 vs peer",
             "server CPU",
@@ -378,6 +388,8 @@ def render_table(scenarios: list[Scenario], config: dict, memory: dict) -> str:
         )
     note = (
         "'vs peer': median over repeats of ours / peer from the same repeat (runs seconds apart).\n"
+        "'req per server CPU-s': req/s / the server's CPU share: what the process would serve with its core "
+        "saturated (it is not, when PostgreSQL or the load generator on the other core is the limit).\n"
         "CPU columns: percent of one CPU over the measured window; 'other' is the rest of the machine "
         "(PostgreSQL, Valkey, other jobs);\n'steal': CPU the hypervisor gave to other tenants. "
         f"Machine busy before the runs: {config['machine_busy_before_percent']:.0f}% of one CPU."
