@@ -26,8 +26,13 @@ from server.foundation.state import AppState
 
 
 def _bearer_token(request: Request[Any, Any, Any]) -> str | None:
-    """The bearer token, ``None`` without an Authorization header; 401 for another scheme."""
-    header = request.headers.get("authorization")
+    """The bearer token, ``None`` without an Authorization header; 401 for another scheme.
+
+    Read from the raw ASGI headers: ``request.headers`` would build a ``Headers`` of them all,
+    on every authenticated request, to read this one."""
+    header = next(
+        (value.decode("latin-1") for name, value in request.scope["headers"] if name == b"authorization"), None
+    )
     if not header:
         return None
     scheme, _, token = header.partition(" ")
