@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import functools
 import json
 import sys
 import uuid
@@ -239,13 +240,12 @@ async def run_rooms(args: argparse.Namespace, rooms: list[Room], stats: Stats, o
         room.sent.append(seq)
         room.sent_in_window += in_window
         text = f"{sent:.6f} {seq} {sock.member}"
-        if args.target == PEER:
+        if isinstance(sock, PeerMember):
             sock.send_text(text.encode())
         else:
-            future = sock.request(
-                publish={"channel": room.channel, "data": {"text": text, "client_id": str(uuid.uuid4())}}
-            )  # type: ignore[union-attr]
-            future.add_done_callback(lambda f, s=sent, w=in_window: on_ack(s, w, f))
+            data = {"text": text, "client_id": str(uuid.uuid4())}
+            future = sock.request(publish={"channel": room.channel, "data": data})
+            future.add_done_callback(functools.partial(on_ack, sent, in_window))
             pending.append(future)
     last_sent = clock()
     if pending:
