@@ -39,7 +39,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import queue
 import subprocess
 import sys
@@ -51,7 +50,7 @@ from bench import ws_setup
 from bench.coach_stream import reply_text, set_knobs, worker_process
 from bench.http_baseline import _pin_plan
 from bench.loadgen import percentile
-from bench.procfs import machine_cpu_seconds, nofile_limits, pin_preexec, process_tree, tree_scheduled_seconds
+from bench.procfs import machine_cpu_seconds, nofile_limits, pin_preexec, tree_scheduled_seconds
 from bench.results import bar_panel, fmt, format_table, machine_info, median, output_paths, pyplot, save_json
 from bench.stack import HOST, REPO_ROOT, BenchStack, Server, stop_process
 from bench.ws_baseline import OURS, OURS_ENV, PEER, _quiet, code_version
@@ -62,6 +61,7 @@ TARGET_RATE = 2000.0
 TARGET_ACK_P99_MS = 50.0
 TARGET_DELIVER_P99_MS = 100.0
 KEEPS_UP = 0.97  # delivered / offered inside the window
+IDLE_S = 3.0  # CPU with the sockets open and nothing posted, measured once per server
 SOCKETS_PER_PROCESS = 2500
 COACH_TOKENS_PER_S = 50.0
 COACH_CHUNK_CHARS = 4
@@ -179,6 +179,19 @@ def start_loadgens(
 
 
 # -- one window ------------------------------------------------------------------------------
+
+
+def settle(pid: int, max_wait: float = 60.0, threshold: float = 15.0) -> float:
+    """Wait (at most ``max_wait`` s) until ``pid`` uses < ``threshold``% of one CPU over a
+    second: the sockets just opened (joins announced, presence entered) are not charged to
+    the first window. Returns the last reading."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        before = tree_scheduled_seconds(pid) or 0.0
+        time.sleep(1.0)
+        busy = 100 * ((tree_scheduled_seconds(pid) or 0.0) - before)
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
 
 
 def per_cpu_busy() -> dict[int, float]:
@@ -342,11 +355,6 @@ def run(args: argparse.Namespace) -> int:
     with BenchStack(keep_logs=args.keep_logs) as stack, contextlib.ExitStack() as children:
         env = stack.start_services()
         services = stack.service_pids()
-        stores = {name: process_tree(pid) for name, pid in services.items()}
-        if loadgen_cpu is not None:  # PostgreSQL's backends fork later from the postmaster: they inherit it
-            for pid in (p for group in stores.values() for p in group):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(pid, {loadgen_cpu})
         standin = stack.start_server(
             "standin", [sys.executable, "-m", "bench.coach_standin", "--port", "{port}"], cpu=loadgen_cpu
         )
@@ -382,8 +390,10 @@ def run(args: argparse.Namespace) -> int:
         )
         total = args.repeats * len(plan["rates"]) * 2
         done = 0
+        idle: dict[str, dict[str, Any]] = {}  # CPU with every socket open, nothing posted, no coach reply
         for target, server in ((OURS, ours), (PEER, peer)):
             rooms, coach = start_loadgens(target, server, setup.path, plan, loadgen_cpu, hard, stack.data_dir)
+            log.info("%s settled at %.0f%% CPU after opening the sockets", target, settle(server.pid))
             try:
                 loadgens = [g.process.pid for g, _ in rooms] + ([coach.process.pid] if coach else [])
                 pids = {
@@ -394,6 +404,9 @@ def run(args: argparse.Namespace) -> int:
                     "standin": [standin.pid],
                     "loadgen": loadgens,
                 }
+                before = cpu_sample(pids)
+                time.sleep(IDLE_S)
+                idle[target] = cpu_percent(before, cpu_sample(pids))
                 for repeat, rate in ((repeat, rate) for repeat in range(args.repeats) for rate in plan["rates"]):
                     done += 1
                     what = f"{target} {rate:g} posts/s over {plan['lounges']:,} lounges (run {repeat + 1})"
@@ -421,11 +434,13 @@ def run(args: argparse.Namespace) -> int:
         "server_cpu": server_cpu,
         "loadgen_cpu": loadgen_cpu,
         "pinning": (
-            f"web node (or peer) on CPU {server_cpu}; PostgreSQL, Valkey, the coach worker, the stand-in and "
-            f"{plan['loadgen_processes'] + 1} load generator processes on CPU {loadgen_cpu}"
+            f"web node (or peer) on CPU {server_cpu}; the coach worker, the stand-in and "
+            f"{plan['loadgen_processes'] + 1} load generator processes on CPU {loadgen_cpu}; PostgreSQL and "
+            "Valkey unpinned (as in the other benches)"
             if server_cpu is not None
             else "none"
         ),
+        "idle_cpu_percent": idle,
         "quiet_wait_s": args.quiet_wait,
         "ours_env": {k: v for k, v in ours_env.items() if k != "OPENAI_API_KEY"},
         "coach_tokens_per_s": COACH_TOKENS_PER_S,
@@ -434,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         "code": code_version(),
         **plan,
     }
-    summary = summarize(cells, plan["rates"])
+    summary = summarize(cells, plan["rates"], idle)
     verdict = verdicts(summary)
     print()
     print(render(summary, verdict, config))
@@ -470,7 +485,16 @@ def _median(runs: list[dict[str, Any]], *keys: str) -> float | None:
 LOSSES = ("missing", "duplicates", "unexpected", "gaps", "duplicate_offsets", "dropped_sockets", "unanswered")
 
 
-def summarize(cells: dict[tuple[str, float], list[dict[str, Any]]], rates: list[float]) -> list[dict[str, Any]]:
+def _per_post_ms(cpu: float | None, idle: float | None, posts_per_s: float | None) -> float | None:
+    """CPU per post beyond the idle load (sockets open, nothing posted), in ms."""
+    if cpu is None or not posts_per_s:
+        return None
+    return (cpu - (idle or 0.0)) / 100 / posts_per_s * 1000
+
+
+def summarize(
+    cells: dict[tuple[str, float], list[dict[str, Any]]], rates: list[float], idle: dict[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
     rows = []
     for target in (OURS, PEER):
         for rate in rates:
@@ -510,6 +534,11 @@ def summarize(cells: dict[tuple[str, float], list[dict[str, Any]]], rates: list[
                 "p99_runs": [r["latency_ms"]["p99"] for r in runs],
                 "ack_p99_runs": [(r["ack_ms"] or {}).get("p99") for r in runs],
             }
+            idle_cpu = idle.get(target) or {}
+            for name in ("server", "postgresql"):
+                row[f"{name}_ms_per_post"] = _per_post_ms(
+                    row[f"{name}_cpu_percent"], idle_cpu.get(name), row["posts_per_s"]
+                )
             row["keeps_up"] = bool(
                 runs
                 and not row["failed_runs"]
@@ -557,6 +586,12 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         f"{config['repeats']} run(s) of {config['duration_s']:g} s (+{config['warmup_s']:g} s warm-up); code "
         f"{config['code']['git_head']} + {config['code']['server_files_changed']} changed file(s) in server/",
         f"Cores: {config['pinning']}.",
+        "Idle (every socket open, nothing posted, no coach reply), % of one CPU: "
+        + "; ".join(
+            f"{LABELS[t]}: server {fmt(c.get('server'), 0, '%')}, PostgreSQL {fmt(c.get('postgresql'), 0, '%')}, "
+            f"Valkey {fmt(c.get('redis'), 0, '%')}"
+            for t, c in config["idle_cpu_percent"].items()
+        ),
         "",
     ]
     rows = []
@@ -575,6 +610,7 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
                 f"{r['missing']}/{r['gaps']}/{r['duplicates'] + r['duplicate_offsets']}",
                 "yes" if r["keeps_up"] else "NO",
                 fmt(r["server_cpu_percent"], 0, "%"),
+                fmt(r["server_ms_per_post"], 2),
                 fmt(r["postgresql_cpu_percent"], 0, "%"),
                 fmt(r["redis_cpu_percent"], 0, "%"),
                 fmt(r["worker_cpu_percent"], 0, "%") if ours else "-",
@@ -596,6 +632,7 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
                 "miss/gap/dup",
                 "keeps up",
                 "server CPU",
+                "server ms/post",
                 "PG CPU",
                 "Redis CPU",
                 "worker CPU",
@@ -628,7 +665,8 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         f"twice. 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
         "coach reply complete, backlog drained within 1 s. CPU: percent of one CPU over the window (PG: the "
         "postmaster and its backends; loadgen: every load generator process); 'CPU busy': each CPU of the "
-        "machine, other jobs included. coach: ai.delta deliveries/s at the coach lounges' members (replies "
+        "machine, other jobs included. 'server ms/post': the web node's CPU beyond its idle "
+        "load, per post offered (the coach's streaming included). coach: ai.delta deliveries/s at the coach lounges' members (replies "
         "completed). The peer stores nothing and acknowledges nothing: its numbers are a floor.",
     ]
     return "\n".join(out)
