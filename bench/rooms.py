@@ -61,7 +61,6 @@ TARGET_RATE = 2000.0
 TARGET_ACK_P99_MS = 50.0
 TARGET_DELIVER_P99_MS = 100.0
 KEEPS_UP = 0.97  # delivered / offered inside the window
-IDLE_S = 3.0  # CPU with the sockets open and nothing posted, measured once per server
 SOCKETS_PER_PROCESS = 2500
 COACH_TOKENS_PER_S = 50.0
 COACH_CHUNK_CHARS = 4
@@ -390,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
         )
         total = args.repeats * len(plan["rates"]) * 2
         done = 0
-        idle: dict[str, dict[str, Any]] = {}  # CPU with every socket open, nothing posted, no coach reply
+        baseline: dict[str, dict[str, Any]] = {}  # CPU of a window with every socket open, the coach streaming, no post
         for target, server in ((OURS, ours), (PEER, peer)):
             rooms, coach = start_loadgens(target, server, setup.path, plan, loadgen_cpu, hard, stack.data_dir)
             log.info("%s settled at %.0f%% CPU after opening the sockets", target, settle(server.pid))
@@ -404,9 +403,8 @@ def run(args: argparse.Namespace) -> int:
                     "standin": [standin.pid],
                     "loadgen": loadgens,
                 }
-                before = cpu_sample(pids)
-                time.sleep(IDLE_S)
-                idle[target] = cpu_percent(before, cpu_sample(pids))
+                measured = run_window(rooms, coach, pids, 0.0, plan, args, stored)
+                baseline[target] = {**measured["cpu_percent"], "coach": measured.get("coach")}
                 for repeat, rate in ((repeat, rate) for repeat in range(args.repeats) for rate in plan["rates"]):
                     done += 1
                     what = f"{target} {rate:g} posts/s over {plan['lounges']:,} lounges (run {repeat + 1})"
@@ -440,7 +438,7 @@ def run(args: argparse.Namespace) -> int:
             if server_cpu is not None
             else "none"
         ),
-        "idle_cpu_percent": idle,
+        "baseline_cpu_percent": baseline,
         "quiet_wait_s": args.quiet_wait,
         "ours_env": {k: v for k, v in ours_env.items() if k != "OPENAI_API_KEY"},
         "coach_tokens_per_s": COACH_TOKENS_PER_S,
@@ -449,7 +447,7 @@ def run(args: argparse.Namespace) -> int:
         "code": code_version(),
         **plan,
     }
-    summary = summarize(cells, plan["rates"], idle)
+    summary = summarize(cells, plan["rates"], baseline)
     verdict = verdicts(summary)
     print()
     print(render(summary, verdict, config))
@@ -485,15 +483,15 @@ def _median(runs: list[dict[str, Any]], *keys: str) -> float | None:
 LOSSES = ("missing", "duplicates", "unexpected", "gaps", "duplicate_offsets", "dropped_sockets", "unanswered")
 
 
-def _per_post_ms(cpu: float | None, idle: float | None, posts_per_s: float | None) -> float | None:
-    """CPU per post beyond the idle load (sockets open, nothing posted), in ms."""
+def _per_post_ms(cpu: float | None, base: float | None, posts_per_s: float | None) -> float | None:
+    """CPU per post beyond the baseline (sockets open, the coach streaming, nothing posted), in ms."""
     if cpu is None or not posts_per_s:
         return None
-    return (cpu - (idle or 0.0)) / 100 / posts_per_s * 1000
+    return (cpu - (base or 0.0)) / 100 / posts_per_s * 1000
 
 
 def summarize(
-    cells: dict[tuple[str, float], list[dict[str, Any]]], rates: list[float], idle: dict[str, dict[str, Any]]
+    cells: dict[tuple[str, float], list[dict[str, Any]]], rates: list[float], baseline: dict[str, dict[str, Any]]
 ) -> list[dict[str, Any]]:
     rows = []
     for target in (OURS, PEER):
@@ -534,10 +532,10 @@ def summarize(
                 "p99_runs": [r["latency_ms"]["p99"] for r in runs],
                 "ack_p99_runs": [(r["ack_ms"] or {}).get("p99") for r in runs],
             }
-            idle_cpu = idle.get(target) or {}
+            base_cpu = baseline.get(target) or {}
             for name in ("server", "postgresql"):
                 row[f"{name}_ms_per_post"] = _per_post_ms(
-                    row[f"{name}_cpu_percent"], idle_cpu.get(name), row["posts_per_s"]
+                    row[f"{name}_cpu_percent"], base_cpu.get(name), row["posts_per_s"]
                 )
             row["keeps_up"] = bool(
                 runs
@@ -586,11 +584,11 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         f"{config['repeats']} run(s) of {config['duration_s']:g} s (+{config['warmup_s']:g} s warm-up); code "
         f"{config['code']['git_head']} + {config['code']['server_files_changed']} changed file(s) in server/",
         f"Cores: {config['pinning']}.",
-        "Idle (every socket open, nothing posted, no coach reply), % of one CPU: "
+        "Baseline (a window with every socket open and the coach streaming, nothing posted), % of one CPU: "
         + "; ".join(
             f"{LABELS[t]}: server {fmt(c.get('server'), 0, '%')}, PostgreSQL {fmt(c.get('postgresql'), 0, '%')}, "
             f"Valkey {fmt(c.get('redis'), 0, '%')}"
-            for t, c in config["idle_cpu_percent"].items()
+            for t, c in config["baseline_cpu_percent"].items()
         ),
         "",
     ]
@@ -665,8 +663,8 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         f"twice. 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
         "coach reply complete, backlog drained within 1 s. CPU: percent of one CPU over the window (PG: the "
         "postmaster and its backends; loadgen: every load generator process); 'CPU busy': each CPU of the "
-        "machine, other jobs included. 'server ms/post': the web node's CPU beyond its idle "
-        "load, per post offered (the coach's streaming included). coach: ai.delta deliveries/s at the coach lounges' members (replies "
+        "machine, other jobs included. 'server ms/post': the web node's CPU beyond its "
+        "baseline, per post offered. coach: ai.delta deliveries/s at the coach lounges' members (replies "
         "completed). The peer stores nothing and acknowledges nothing: its numbers are a floor.",
     ]
     return "\n".join(out)
