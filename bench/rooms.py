@@ -533,10 +533,9 @@ def summarize(
                 "ack_p99_runs": [(r["ack_ms"] or {}).get("p99") for r in runs],
             }
             base_cpu = baseline.get(target) or {}
+            done_per_s = row["stored_per_s"] if target == OURS else row["posts_per_s"]  # the work of the window
             for name in ("server", "postgresql"):
-                row[f"{name}_ms_per_post"] = _per_post_ms(
-                    row[f"{name}_cpu_percent"], base_cpu.get(name), row["posts_per_s"]
-                )
+                row[f"{name}_ms_per_post"] = _per_post_ms(row[f"{name}_cpu_percent"], base_cpu.get(name), done_per_s)
             row["keeps_up"] = bool(
                 runs
                 and not row["failed_runs"]
@@ -664,7 +663,7 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         "coach reply complete, backlog drained within 1 s. CPU: percent of one CPU over the window (PG: the "
         "postmaster and its backends; loadgen: every load generator process); 'CPU busy': each CPU of the "
         "machine, other jobs included. 'server ms/post': the web node's CPU beyond its "
-        "baseline, per post offered. coach: ai.delta deliveries/s at the coach lounges' members (replies "
+        "baseline, per post stored inside the window (peer: per post sent). coach: ai.delta deliveries/s at the coach lounges' members (replies "
         "completed). The peer stores nothing and acknowledges nothing: its numbers are a floor.",
     ]
     return "\n".join(out)
