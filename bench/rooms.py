@@ -269,7 +269,7 @@ def merge(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
         "posts_sent": total("sent"),
         "posts_in_window": total("sent_in_window"),
         "posts_per_s": total("sent_in_window") / duration,
-        "acked_in_window_per_s": len(acks) / duration if parts[0]["ack_ms"] is not None else None,
+        "acked_in_window_per_s": total("acked_in_window") / duration if parts[0]["ack_ms"] is not None else None,
         "ack_ms": ms_summary(acks) if parts[0]["ack_ms"] is not None else None,
         "ack_errors": errors,
         "unanswered": total("unanswered"),
@@ -599,7 +599,8 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
             [
                 LABELS[r["target"]],
                 f"{r['rate']:g}",
-                fmt(r["stored_per_s"], 0) if ours else "-",
+                f"{fmt(r['stored_per_s'], 0)} / {fmt(r['acked_per_s'], 0)}" if ours else "-",
+                str(r["ack_errors"]) if ours else "-",
                 f"{fmt(r['ack_p50_ms'], 1)} / {fmt(r['ack_p99_ms'], 1)}" if ours else "-",
                 f"{fmt(r['p50_ms'], 1)} / {fmt(r['p99_ms'], 1)}",
                 fmt(r["offered_per_s"], 0),
@@ -621,7 +622,8 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
             [
                 "server",
                 "posts/s",
-                "stored/s",
+                "stored/acked /s",
+                "refused",
                 "ack p50/p99 ms",
                 "deliver p50/p99 ms",
                 "offered/s",
@@ -655,11 +657,13 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         f"targets: {fmt(verdict['highest_rate_meeting_latency'], 0) if verdict['highest_rate_meeting_latency'] else 'none'}; "
         f"most stored: {fmt(verdict['max_stored_per_s'], 0)} messages/s.",
         "",
-        "stored/s: rows of the measured lounges PostgreSQL stored inside the window. ack: publish -> its reply "
+        "ack: publish -> its reply "
         "(after the commit). deliver: publish -> the push at each other member of the lounge (the sender's own "
         "copy is checked, not timed). offered/delivered: deliveries to the other members inside the window. "
-        "miss/gap/dup: per member, posts of its lounge not received after the drain / offsets skipped / received "
-        f"twice. 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
+        "stored/acked: rows PostgreSQL stored / acknowledgements received inside the window, per second; refused: "
+        "posts answered with an error (e.g. 108 after WS_COMMAND_TIMEOUT; such a post may still be stored). "
+        "miss/gap/dup: per member, acknowledged posts of its lounge not received after the drain / offsets "
+        f"skipped / received twice. 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
         "coach reply complete, backlog drained within 1 s. CPU: percent of one CPU over the window (PG: the "
         "postmaster and its backends; loadgen: every load generator process); 'CPU busy': each CPU of the "
         "machine, other jobs included. 'server ms/post': the web node's CPU beyond its "
@@ -725,9 +729,9 @@ def plot(path, summary: list[dict[str, Any]], config: dict[str, Any], machine: d
         {
             "offered posts/s": [by[(OURS, r)]["posts_per_s"] for r in rates],
             "stored/s": [by[(OURS, r)]["stored_per_s"] for r in rates],
-            "acked/s": [by[(OURS, r)]["acked_per_s"] for r in rates],
+            "acknowledged/s": [by[(OURS, r)]["acked_per_s"] for r in rates],
         },
-        title="ours: posts offered, stored and acknowledged per second",
+        title="ours: posts offered; stored and acknowledged inside the window, per second",
         ylabel="posts / s",
     )
     fig.suptitle(
