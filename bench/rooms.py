@@ -10,8 +10,8 @@ real ``python -m server worker`` calling the OpenAI stand-in (:mod:`bench.coach_
 at 50 tokens/s, each reply lasting the whole window.
 
 Processes: the web node (``python -m server serve``, one process) pinned to the server
-CPU; PostgreSQL, Valkey, the worker, the stand-in and the load generators pinned to the
-load generator CPU. The sockets are split over several load generator processes
+CPU; the worker, the stand-in and the load generators pinned to the load generator CPU;
+PostgreSQL and Valkey unpinned, as in the other benches. The sockets are split over several load generator processes
 (:mod:`bench.rooms_load`, whole lounges each, ~2,500 sockets per process), plus one for
 the coach lounges; they start each window on a shared ``CLOCK_MONOTONIC`` time.
 
@@ -19,8 +19,10 @@ Per rate, over the measured window: stored messages/s (rows of the measured loun
 PostgreSQL stored in the window) and acknowledged posts; publish→ack p50/p99; publish→
 deliver p50/p99 at the other S-1 members (every delivery timed, none sampled); offered and
 delivered deliveries/s; CPU of the web node, PostgreSQL, Valkey, the worker and the load
-generators, and how busy each CPU was. Correctness per member, after a bounded drain: the
-posts it received against those posted to its lounge (missing, duplicated, unexpected),
+generators, and how busy each CPU was; the web node's CPU per stored post beyond a baseline
+window (every socket open, the coach streaming, nothing posted). Correctness per member, after a bounded drain: the
+posts it received against those posted to its lounge (an acknowledged post missing is a
+loss; one refused with an error may arrive or not; duplicated, unexpected),
 offsets without gap or repeat, no socket dropped, every post acknowledged without error;
 every coach member got deltas 1..n and the reply's ``ai.end``. A rate "keeps up" when
 deliveries inside the window are >= 97% of those offered, nothing is lost and the backlog
