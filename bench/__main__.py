@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import coach_stream, http_baseline, rag, shards, writes, ws_baseline, ws_processes
+from bench import coach_stream, http_baseline, rag, rooms, shards, writes, ws_baseline, ws_processes
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "coach": coach_stream.run,
     "writes": writes.run,
     "shards": shards.run,
+    "rooms": rooms.run,
 }
 
 QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         type=_rates,
         metavar="R,R,...",
         help="publications/s for broadcast (ws: default 25,50,75,100, --quick 50,100; "
-        "processes: default 50,100,150,200,300, --quick 50,150,300; shards: default 100,200,400, --quick 100,400)",
+        "processes: default 50,100,150,200,300, --quick 50,150,300; shards: default 100,200,400, --quick 100,400; "
+        "rooms: posts/s, default 500,1000,2000)",
     )
     ws.add_argument(
         "--ws-peers",
@@ -151,10 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         "also takes --ws-rates and --ws-publishers)"
     )
     shards_group.add_argument(
-        "--lounges", type=int, metavar="N", help="lounges the publications spread over (default 60)"
+        "--lounges", type=int, metavar="N", help="lounges the publications spread over (shards: 60; rooms: 1000)"
     )
     shards_group.add_argument(
         "--lounge-subscribers", type=int, metavar="N", help="subscribers of each lounge (default 10)"
+    )
+    rooms_group = parser.add_argument_group(
+        "rooms benchmark (many small lounges, posts stored then broadcast; also takes --ws-rates, --lounges and "
+        "--lounge-subscribers)"
+    )
+    rooms_group.add_argument(
+        "--coach-replies",
+        dest="rooms_coach_replies",
+        type=int,
+        metavar="N",
+        help="coach replies streaming meanwhile, one lounge each (default 10)",
     )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
@@ -170,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--writers must be >= 1")
     if any(value is not None and value < 1 for value in (args.lounges, args.lounge_subscribers)):
         parser.error("--lounges and --lounge-subscribers must be >= 1")
+    if args.rooms_coach_replies is not None and args.rooms_coach_replies < 0:
+        parser.error("--coach-replies must be >= 0")
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s bench %(message)s", datefmt="%H:%M:%S", stream=sys.stderr

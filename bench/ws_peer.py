@@ -13,6 +13,10 @@ is everything the gateway does beyond moving bytes:
   to every subscriber: ``for send in subscribers: await send(...)``, so
   uvicorn frames (and UTF-8 encodes) it once per subscriber, as any raw ASGI
   app does. ``/pub?reset=1`` empties the ring and restarts the count.
+- ``/ws?room=N`` — a member of room N (``bench rooms``): sent every message of its room,
+  and each text message it sends is broadcast, unchanged, to every member of the room
+  (itself included), the same loop as ``/pub``. ``/pub?room=N`` publishes to room N only.
+  Rooms have no ring.
 - any HTTP request — ``{"status":"ok"}`` (``bench.peer``), for readiness.
 
 No authentication, no JSON parsing, no storage, no ordering: a floor, not a
@@ -30,6 +34,7 @@ from bench import peer
 
 RING = 256
 subscribers: set = set()
+rooms: dict[str, set] = {}  # room -> its members' ``send``
 ring: deque[tuple[int, str]] = deque(maxlen=RING)
 count = 0
 
@@ -42,6 +47,10 @@ async def app(scope, receive, send):
     await receive()  # websocket.connect
     await send({"type": "websocket.accept"})
     query = parse_qs(scope["query_string"].decode())
+    room = query.get("room")
+    if room:
+        await _room(rooms.setdefault(room[0], set()), scope["path"] == "/ws", receive, send)
+        return
     if scope["path"] == "/pub":
         if "reset" in query:
             ring.clear()
@@ -55,12 +64,7 @@ async def app(scope, receive, send):
                 continue
             count += 1
             ring.append((count, text))
-            event = {"type": "websocket.send", "text": text}
-            for subscriber in list(subscribers):
-                try:
-                    await subscriber(event)
-                except Exception:  # gone: its own receive loop removes it
-                    subscribers.discard(subscriber)
+            await _broadcast(subscribers, text)
         return
     since = query.get("since")
     if since:
@@ -74,6 +78,31 @@ async def app(scope, receive, send):
             pass
     finally:
         subscribers.discard(send)
+
+
+async def _broadcast(members: set, text: str) -> None:
+    event = {"type": "websocket.send", "text": text}
+    for member in list(members):
+        try:
+            await member(event)
+        except Exception:  # gone: its own receive loop removes it
+            members.discard(member)
+
+
+async def _room(members: set, member: bool, receive, send) -> None:
+    """A socket of one room: a member (receives and sends) or a publisher (sends only)."""
+    if member:
+        members.add(send)
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is not None:
+                await _broadcast(members, text)
+    finally:
+        members.discard(send)
 
 
 def main() -> None:

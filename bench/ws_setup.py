@@ -171,42 +171,59 @@ def prepare_lounges(
     lounges: int,
     per_lounge: int,
     publishers: int,
+    coach_lounges: int = 0,
     join_concurrency: int = 8,
 ) -> WsSetup:
     """``lounges`` lounges of one mentor, ``per_lounge`` subscribers in each (subscriber i
     joins lounge i mod ``lounges``, as the load generator subscribes them) and ``publishers``
-    members of every lounge. Writes ``ws-setup.json`` with the lounges' ``channels``."""
+    members of every lounge. Writes ``ws-setup.json`` with the lounges' ``channels``; with
+    ``coach_lounges``, that many more lounges where the coach answers every message
+    (``ai_reply_policy`` ``always``), ``per_lounge`` members of their own each, as
+    ``coach_channels`` and ``coach_tokens`` (one list of tokens per lounge, the asker's first)."""
     from server.domain.accounts.tokens import TokenKeys
     from server.foundation.settings import load_settings
 
     started = time.monotonic()
     subscribers = lounges * per_lounge
-    count = subscribers + publishers + 2  # + the mentor and an admin
+    coach_members = coach_lounges * per_lounge
+    count = subscribers + publishers + coach_members + 2  # + the mentor and an admin
     pairs = asyncio.run(_insert_users(env["DATABASE_URL"], count, uuid.uuid4().hex[:8]))
     keys = TokenKeys(load_settings(env))
     tokens = [keys.issue(user, session)[0] for user, session in pairs]
     mentor_id = asyncio.run(_make_mentor(env["DATABASE_URL"], pairs[-2][0]))
     asyncio.run(_make_admin(env["DATABASE_URL"], pairs[-1][0]))
-    created = []
-    for n in range(lounges):
-        status, lounge = http_json(
-            "POST",
-            f"{server.base_url}/api/v1/lounges",
-            {"title": f"Benchmark lounge {n + 1}", "mentor_id": str(mentor_id)},
-            token=tokens[-1],
-        )
+
+    def create(title: str, **extra: str) -> dict:
+        body = {"title": title, "mentor_id": str(mentor_id), **extra}
+        status, lounge = http_json("POST", f"{server.base_url}/api/v1/lounges", body, token=tokens[-1])
         if status != 201:
-            raise RuntimeError(f"creating lounge {n + 1} answered {status}: {lounge}")
-        created.append(lounge)
+            raise RuntimeError(f"creating {title} answered {status}: {lounge}")
+        return lounge
+
+    created = [create(f"Benchmark lounge {n + 1}") for n in range(lounges)]
+    coached = [create(f"Coach lounge {n + 1}", ai_reply_policy="always") for n in range(coach_lounges)]
     subscriber_tokens = tokens[:subscribers]
     publisher_tokens = tokens[subscribers : subscribers + publishers]
+    coach_tokens = [
+        tokens[subscribers + publishers + n * per_lounge : subscribers + publishers + (n + 1) * per_lounge]
+        for n in range(coach_lounges)
+    ]
     joins = [(created[i % lounges]["id"], token) for i, token in enumerate(subscriber_tokens)]
     joins += [(lounge["id"], token) for lounge in created for token in publisher_tokens]
+    joins += [(lounge["id"], token) for lounge, members in zip(coached, coach_tokens, strict=True) for token in members]
     _join_all(server, joins, join_concurrency)
     channels = [lounge["channel"] for lounge in created]
     path = out_dir / "ws-setup.json"
     path.write_text(
-        json.dumps({"channels": channels, "subscriber_tokens": subscriber_tokens, "publisher_tokens": publisher_tokens})
+        json.dumps(
+            {
+                "channels": channels,
+                "subscriber_tokens": subscriber_tokens,
+                "publisher_tokens": publisher_tokens,
+                "coach_channels": [lounge["channel"] for lounge in coached],
+                "coach_tokens": coach_tokens,
+            }
+        )
     )
     seconds = time.monotonic() - started
     log.info(
