@@ -110,6 +110,7 @@ def serve(args: argparse.Namespace) -> None:
             # Forwarded headers are applied by the app, from TRUSTED_PROXIES only (server/app.py);
             # uvicorn's default would believe any caller on 127.0.0.1.
             proxy_headers=False,
+            interface="asgi3",  # gateway_dispatch is a plain function returning coroutines
             ws=ws_protocol,
             ws_max_size=max(settings.ws_max_frame_bytes * 4, 1024 * 1024),
             ws_ping_interval=None,  # the protocol's own pings (WS_PING_INTERVAL) detect dead peers

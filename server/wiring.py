@@ -170,8 +170,9 @@ class GatewayDomain:
         return method
 
     async def authenticate(self, token: str) -> Principal:
-        # A socket keeps its principal for its lifetime: without the account row it holds less.
-        return dataclasses.replace(await authenticate(self._state, token), account=None)
+        # A socket keeps its principal for its lifetime: without the account row it holds less;
+        # and it presents a token once, so the token is not kept among the verified ones.
+        return dataclasses.replace(await authenticate(self._state, token, keep_token=False), account=None)
 
     def with_role(self, principal: ports.Principal, role: str) -> Principal:
         return dataclasses.replace(_principal(principal), role=role)

@@ -9,6 +9,7 @@ import pytest
 from centrifuge import ReplyError
 
 from server.foundation.settings import Settings
+from server.gateway.connection import Connection, ConnectionIndex
 from tests.support.community import Community
 from tests.support.nodes import WebNode
 from tests.support.sdk import payload, sdk_client, subscription
@@ -62,3 +63,15 @@ async def test_sdk_connects_subscribes_and_chats(node: WebNode, community: Commu
     finally:
         await alice.disconnect()
         await bob.disconnect()
+
+
+def test_the_connection_index_keeps_a_lone_connection_without_a_set() -> None:
+    index = ConnectionIndex()
+    user = uuid.uuid4()
+    first, second = (Connection.__new__(Connection) for _ in range(2))
+    assert index.add(user, first) and not index.add(user, first)
+    assert index.get(user) == (first,) and user in index and list(index) == [user]
+    assert not index.add(user, second) and set(index.get(user)) == {first, second}
+    assert not index.discard(user, first) and index.get(user) == (second,)
+    assert not index.discard(user, first)  # not indexed any more
+    assert index.discard(user, second) and index.get(user) == () and user not in index and len(index) == 0

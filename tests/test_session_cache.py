@@ -66,6 +66,16 @@ def test_every_account_event_forgets_all_of_the_users_sessions() -> None:
     assert cache.get(theirs) == "row" and cache.generation == generation
 
 
+async def test_expired_entries_go_without_being_read_again() -> None:
+    """Sessions not seen again (a burst of socket connects) do not stay until evicted."""
+    cache: SessionCache[str] = SessionCache(ttl=0.05)
+    for _ in range(3):
+        cache.put(uuid.uuid4(), uuid.uuid4(), "row", read_at_generation=cache.generation)
+    assert len(cache) == 3
+    await asyncio.sleep(0.2)
+    assert len(cache) == 0
+
+
 def test_the_cache_is_bounded_and_off_at_zero() -> None:
     cache: SessionCache[int] = SessionCache(ttl=5, max_entries=3)
     sessions = [uuid.uuid4() for _ in range(4)]

@@ -27,7 +27,7 @@ from server.foundation import tracing
 from server.foundation.errors import AppError
 from server.foundation.redis import REDIS_ERRORS
 from server.gateway import protocol
-from server.gateway.connection import Connection, Subscription
+from server.gateway.connection import PERSONAL, Connection, Subscription
 from server.gateway.hub import catch_up
 from server.gateway.node import Node
 from server.gateway.protocol import Command, ProtocolError, ReplyError
@@ -241,9 +241,7 @@ async def _authenticate_connection(node: Node, connection: Connection, command: 
     connection.expires_at = float(principal.expires_at)
     connection.full_name = principal.full_name
     personal = personal_channel(principal.user_id)
-    subscription = Subscription(join_leave=False)
-    subscription.recovering = False
-    connection.subs[personal] = subscription
+    connection.subs[personal] = PERSONAL
     await node.join_personal(connection)
     connection.connected = True
     connection.next_ping = time.monotonic() + node.settings.ws_ping_interval
@@ -342,11 +340,9 @@ async def _subscribe(node: Node, connection: Connection, command: Command) -> Af
         # so the client drops those the snapshot already holds).
         for snapshot in snapshots:
             connection.enqueue(hub.push_frames(connection.codec).publication(snapshot, 0))
-        for offset, frame in sub.buffer:
+        for offset, frame in sub.go_live():
             if offset == 0 or offset > position:
                 connection.enqueue(frame)
-        sub.buffer = []
-        sub.recovering = False
         await node.announce_join(connection, name)
 
     return AfterReply(result, go_live)

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from server.gateway import protocol
@@ -41,15 +41,30 @@ ERROR_WINDOW = 10.0  # seconds over which WS_MAX_ERRORS failed commands are coun
 class Subscription:
     """A connection's subscription to one channel. While ``recovering``, live
     publications (stored and ephemeral) are buffered until the subscribe reply
-    has been sent; the buffer counts towards the connection's outbound limit."""
+    has been sent; the buffer counts towards the connection's outbound limit.
+    A live subscription holds no buffer (``go_live``)."""
 
     __slots__ = ("buffer", "buffered_bytes", "join_leave", "recovering")
 
-    def __init__(self, join_leave: bool) -> None:
+    def __init__(self, join_leave: bool, recovering: bool = True) -> None:
         self.join_leave = join_leave
-        self.recovering = True
-        self.buffer: list[tuple[int, bytes]] = []
+        self.recovering = recovering
+        self.buffer: list[tuple[int, bytes]] = [] if recovering else _NO_BUFFER
         self.buffered_bytes = 0
+
+    def go_live(self) -> list[tuple[int, bytes]]:
+        """Stop buffering; what was buffered, in order."""
+        buffered, self.buffer = self.buffer, _NO_BUFFER
+        self.recovering = False
+        self.buffered_bytes = 0
+        return buffered
+
+
+_NO_BUFFER: list[tuple[int, bytes]] = []  # never appended to: only a recovering subscription buffers
+
+PERSONAL = Subscription(join_leave=False, recovering=False)
+"""Every connection's subscription to its user's personal channel: live from the start,
+never buffering, no join/leave, so one instance serves them all."""
 
 
 class Connection:
@@ -260,3 +275,54 @@ class Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
             self._writer = None
+
+
+class ConnectionIndex:
+    """This node's connections by a key (a user, a session). A key with one connection maps
+    to it directly, and to a set only while it has more: most users hold one socket, and a
+    set of one would cost each of them some 200 bytes."""
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[uuid.UUID, Connection | set[Connection]] = {}
+
+    def add(self, key: uuid.UUID, connection: Connection) -> bool:
+        """Index ``connection`` under ``key``; True when ``key`` had no connection before."""
+        group = self._groups.get(key)
+        if group is None:
+            self._groups[key] = connection
+            return True
+        if isinstance(group, set):
+            group.add(connection)
+        elif group is not connection:
+            self._groups[key] = {group, connection}
+        return False
+
+    def discard(self, key: uuid.UUID, connection: Connection) -> bool:
+        """Remove ``connection`` from ``key``; True when that left ``key`` without connections."""
+        group = self._groups.get(key)
+        if group is connection:
+            del self._groups[key]
+            return True
+        if isinstance(group, set) and connection in group:
+            group.discard(connection)
+            if len(group) == 1:
+                self._groups[key] = group.pop()
+        return False
+
+    def get(self, key: uuid.UUID) -> tuple[Connection, ...]:
+        """The connections of ``key`` now (a snapshot: safe to act on while they leave)."""
+        group = self._groups.get(key)
+        if group is None:
+            return ()
+        return tuple(group) if isinstance(group, set) else (group,)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._groups
+
+    def __iter__(self) -> Iterator[uuid.UUID]:
+        return iter(self._groups)
+
+    def __len__(self) -> int:
+        return len(self._groups)

@@ -15,12 +15,13 @@ A plain HTTP request to the path reaches the Litestar route and gets 426.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import cast
 
 from litestar.datastructures import State
 from litestar.enums import ScopeType
 from litestar.handlers import asgi
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Receive, ReceiveMessage, Scope, Send
 
 from server.gateway import protocol
 from server.gateway.codec import negotiate
@@ -44,45 +45,59 @@ async def websocket_endpoint(scope: Scope, receive: Receive, send: Send) -> None
 
 def gateway_dispatch(app: ASGIApp, state: State) -> ASGIApp:
     """Wrap ``app`` so that WebSockets on :data:`WEBSOCKET_PATH` go straight to the gateway
-    (``state`` is the application's; its ``node`` exists once the lifespan has run)."""
+    (``state`` is the application's; its ``node`` exists once the lifespan has run).
 
-    async def dispatch(scope: Scope, receive: Receive, send: Send) -> None:
+    A plain function returning the coroutine to await, not a coroutine function awaiting it:
+    a socket's task then holds one coroutine less for its lifetime. Servers that tell ASGI 2
+    from 3 by ``iscoroutinefunction`` must be told (uvicorn: ``interface="asgi3"``)."""
+
+    def dispatch(scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] == ScopeType.WEBSOCKET and scope["path"] == WEBSOCKET_PATH:
-            await serve_websocket(state.node, scope, receive, send)
-            return
-        await app(scope, receive, send)
+            return serve_websocket(state.node, scope, receive, send)
+        return app(scope, receive, send)
 
     return dispatch
 
 
 async def serve_websocket(node: Node, scope: Scope, receive: Receive, send: Send) -> None:
     """Speak the Centrifuge client protocol v2 with one client, in the encoding its
-    handshake asks for (:func:`~server.gateway.codec.negotiate`)."""
+    handshake asks for (:func:`~server.gateway.codec.negotiate`).
+
+    This coroutine lives as long as the socket, so what it keeps between frames (its
+    locals) is kept per socket: no handshake leftovers, and no frame once handled (a
+    ``connect`` carries the token)."""
     await receive()  # websocket.connect
     if node.draining:
         await send({"type": "websocket.close", "code": 1013, "reason": "draining"})
         return
-    subprotocols = cast("list[str]", scope.get("subprotocols") or [])
-    codec, subprotocol = negotiate(subprotocols, scope.get("query_string", b""))
+    codec, subprotocol = negotiate(cast("list[str]", scope.get("subprotocols") or ()), scope.get("query_string", b""))
     await send({"type": "websocket.accept", "subprotocol": subprotocol, "headers": []})
     writer = (scope.get("extensions") or {}).get(EXTENSION)
     connection = Connection(node, send, writer if isinstance(writer, FrameWriter) else None, codec)
+    del codec, subprotocol, writer
     node.add(connection)
     try:
         while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                if not connection.close_code:  # the peer's close (one the server started is counted by abort)
-                    node.tally.peer_disconnect(message.get("code"))
+            frame = _frame_of(await receive(), node, connection)
+            if frame is None:
                 break
-            frame: str | bytes = b""
-            if message["type"] == "websocket.receive":
-                text = message.get("text")
-                frame = text if text is not None else (message.get("bytes") or b"")
             try:
                 await handle_frame(node, connection, frame)
             except Exception:  # never let one bad frame take the socket down with 4500
                 log.exception("frame handling failed", extra={"client": connection.client_id})
                 connection.abort(protocol.DISCONNECT_SERVER_ERROR, "internal error")
+            del frame
     finally:
         await node.remove(connection)
+
+
+def _frame_of(message: ReceiveMessage, node: Node, connection: Connection) -> str | bytes | None:
+    """The frame a received ASGI message carries (None: the socket is gone)."""
+    if message["type"] == "websocket.disconnect":
+        if not connection.close_code:  # the peer's close (one the server started is counted by abort)
+            node.tally.peer_disconnect(message.get("code"))
+        return None
+    if message["type"] == "websocket.receive":
+        text = message.get("text")
+        return text if text is not None else (message.get("bytes") or b"")
+    return b""

@@ -27,7 +27,7 @@ from server.foundation import metrics
 from server.foundation.redis import REDIS_ERRORS
 from server.foundation.state import AppState
 from server.gateway import protocol
-from server.gateway.connection import Connection
+from server.gateway.connection import Connection, ConnectionIndex
 from server.gateway.flusher import Flusher
 from server.gateway.hub import Hub
 from server.gateway.metrics import Tally
@@ -55,8 +55,8 @@ class Node:
         self.prefix = state.settings.redis_prefix
         self.connections: set[Connection] = set()
         self.hubs: dict[str, Hub] = {}
-        self.by_user: dict[uuid.UUID, set[Connection]] = {}
-        self.by_session: dict[uuid.UUID, set[Connection]] = {}
+        self.by_user = ConnectionIndex()
+        self.by_session = ConnectionIndex()
         self.presence = Presence(state)
         self.draining = False
         self.tally = Tally(on=metrics.collecting)
@@ -154,12 +154,9 @@ class Node:
         on this node subscribes the node to their personal channel."""
         principal = connection.principal
         assert principal is not None
-        self.by_session.setdefault(principal.session_id, set()).add(connection)
-        group = self.by_user.get(principal.user_id)
-        if group is not None:
-            group.add(connection)
+        self.by_session.add(principal.session_id, connection)
+        if not self.by_user.add(principal.user_id, connection):
             return
-        self.by_user[principal.user_id] = {connection}
         await self.subscriber.listen(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
         self.spawn(self._set_online(principal.user_id, True))  # beside the connect: never delays it
 
@@ -183,29 +180,17 @@ class Node:
     def move_session(self, connection: Connection, old_session: uuid.UUID) -> None:
         """A refreshed token may belong to another session of the same user."""
         assert connection.principal is not None
-        self._discard(self.by_session, old_session, connection)
-        self.by_session.setdefault(connection.principal.session_id, set()).add(connection)
+        self.by_session.discard(old_session, connection)
+        self.by_session.add(connection.principal.session_id, connection)
 
     async def _leave_personal(self, connection: Connection) -> None:
         principal = connection.principal
         if principal is None:
             return
-        self._discard(self.by_session, principal.session_id, connection)
-        if self._discard(self.by_user, principal.user_id, connection):
+        self.by_session.discard(principal.session_id, connection)
+        if self.by_user.discard(principal.user_id, connection):
             await self.subscriber.unlisten(pubsub_channel(self.prefix, personal_channel(principal.user_id)))
             await self._set_online(principal.user_id, False)
-
-    @staticmethod
-    def _discard(index: dict[uuid.UUID, set[Connection]], key: uuid.UUID, connection: Connection) -> bool:
-        """Remove ``connection`` from ``index[key]``; True when that emptied the group."""
-        group = index.get(key)
-        if group is None or connection not in group:
-            return False
-        group.discard(connection)
-        if group:
-            return False
-        del index[key]
-        return True
 
     async def remove(self, connection: Connection) -> None:
         """The socket is gone: leave every channel and forget it."""

@@ -195,16 +195,16 @@ class Subscriber:
         node.domain.control_received(event)
         if event.kind == "session.revoked":
             for session_id in event.session_ids:
-                for connection in list(node.by_session.get(session_id, ())):
+                for connection in node.by_session.get(session_id):
                     connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
         elif event.kind == "user.disabled":
-            for connection in list(node.by_user.get(event.user_id, ())):
+            for connection in node.by_user.get(event.user_id):
                 connection.abort(protocol.DISCONNECT_FORCE_NO_RECONNECT, "account disabled")
         elif event.kind == "user.role_changed":
             if event.user_id in node.by_user:
                 node.spawn(node.sweeps.refresh_role(event.user_id))
         elif event.kind == "channel.access_lost" and event.channel:
-            for connection in list(node.by_user.get(event.user_id, ())):
+            for connection in node.by_user.get(event.user_id):
                 if event.channel in connection.subs:
                     node.take_away(connection, event.channel, event.reason or "access lost")
 

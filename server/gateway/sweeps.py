@@ -91,8 +91,8 @@ class Sweeps:
         """Revoked sessions closed, changed roles applied: in case a control event was missed."""
         node = self.node
         sessions: list[tuple[uuid.UUID, str]] = []
-        for session_id, group in node.by_session.items():
-            for connection in group:
+        for session_id in node.by_session:
+            for connection in node.by_session.get(session_id):
                 if connection.principal is not None:
                     sessions.append((session_id, connection.principal.role))
                     break
@@ -100,7 +100,7 @@ class Sweeps:
             return
         for change in await node.domain.session_changes(sessions):
             if change.revoked:
-                for connection in list(node.by_session.get(change.session_id, ())):
+                for connection in node.by_session.get(change.session_id):
                     connection.abort(protocol.DISCONNECT_INVALID_TOKEN, "session revoked")
             else:
                 await self.refresh_role(change.user_id, change.role)
@@ -114,7 +114,7 @@ class Sweeps:
             role = await node.domain.current_role(user_id)
             if role is None:
                 return
-        for connection in list(node.by_user.get(user_id, ())):
+        for connection in node.by_user.get(user_id):
             principal = connection.principal
             if principal is None or principal.role == role:
                 continue

@@ -19,18 +19,35 @@ from websockets.protocol import State
 from server.gateway.frame_writer import EXTENSION
 
 # What write_frame and handle_connect read of uvicorn's protocol, besides handle_connect itself:
-# instance attributes (the scope is made by handle_connect, and read there with a default).
+# instance attributes (the scope is made by handle_connect, and read there with a default; the
+# handshake's request and response, by send, likewise).
 PRIVATE_API = ("transport", "handshake_complete", "close_sent", "conn")
 
 
 class GatewayWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O WebSocket protocol that also writes prepared frames synchronously."""
+    """uvicorn's sans-I/O WebSocket protocol that also writes prepared frames synchronously,
+    and lets go of the handshake's headers once the socket is accepted."""
 
     def handle_connect(self, event: Any) -> None:
         super().handle_connect(event)
         scope = getattr(self, "scope", None)
         if scope is not None and not self.close_sent:  # the handshake was accepted: offer the writer
             scope.setdefault("extensions", {})[EXTENSION] = self
+
+    async def send(self, message: Any) -> None:
+        await super().send(message)
+        if message["type"] == "websocket.accept":
+            self._forget_handshake_headers()
+
+    def _forget_handshake_headers(self) -> None:
+        """Empty the headers of the handshake's request and response (~3 KiB a socket): the
+        request stays referenced by websockets' parser and uvicorn's protocol, the response
+        by the protocol, for the socket's lifetime, but neither reads them once the accept
+        is sent (the request's headers are in the scope by then)."""
+        for message in (getattr(self, "request", None), getattr(self, "response", None)):
+            headers = getattr(message, "headers", None)
+            if headers is not None:
+                headers.clear()
 
     def write_frame(self, frame: bytes) -> int:
         """Write a frame built by :func:`~server.gateway.frame_writer.text_frame` (see

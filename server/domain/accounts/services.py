@@ -221,10 +221,12 @@ async def announce_user_updated(state: AppState, user_id: uuid.UUID) -> None:
     await announce(state, ControlEvent(kind="user.updated", user_id=user_id))
 
 
-async def authenticate(state: AppState, token: str) -> Principal:
+async def authenticate(state: AppState, token: str, *, keep_token: bool = True) -> Principal:
     """Resolve a bearer access token to a live session of an active user (what the session
-    read is kept a few seconds: :mod:`server.domain.accounts.session_cache`)."""
-    claims = keys_of(state).verify(token)
+    read is kept a few seconds: :mod:`server.domain.accounts.session_cache`). Without
+    ``keep_token`` the verified token is not remembered for the next call (a socket's
+    ``connect`` or ``refresh``: its token comes once, and each socket would keep ~1 KiB)."""
+    claims = keys_of(state).verify(token, keep=keep_token)
     cache = session_cache_of(state)
     session = cache.get(claims.session_id)
     if not isinstance(session, SessionCheck):

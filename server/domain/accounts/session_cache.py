@@ -14,12 +14,17 @@ more than the read itself. A process keeps each answer for ``AUTH_CACHE_SECONDS`
 - **everywhere**, after ``AUTH_CACHE_SECONDS`` at the latest, should the event be lost
   (pub/sub is fire-and-forget, and a node may be between Redis connections).
 
+Expired entries are dropped when read, and by one timer per cache (every
+``AUTH_CACHE_SECONDS`` while it holds any), so sessions not seen again (a burst of socket
+connects) cost nothing once their time is up.
+
 A read that started before a forget may end after it; its answer is then not kept (a
 generation count says so), so a cache never holds what a revocation already removed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -44,6 +49,7 @@ class SessionCache(Generic[T]):
         self.generation = 0  # moves on every forget: a read older than it is not kept
         self._entries: dict[uuid.UUID, tuple[float, uuid.UUID, T]] = {}
         self._by_user: dict[uuid.UUID, set[uuid.UUID]] = {}
+        self._sweep: tuple[asyncio.AbstractEventLoop, asyncio.TimerHandle] | None = None
 
     def get(self, session_id: uuid.UUID) -> T | None:
         entry = self._entries.get(session_id)
@@ -63,6 +69,7 @@ class SessionCache(Generic[T]):
             self._drop(next(iter(self._entries)))
         self._entries[session_id] = (time.monotonic(), user_id, value)
         self._by_user.setdefault(user_id, set()).add(session_id)
+        self._sweep_later()
 
     def forget_user(self, user_id: uuid.UUID) -> None:
         self.generation += 1
@@ -77,6 +84,23 @@ class SessionCache(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _sweep_later(self) -> None:
+        """Have the expired entries dropped in ``ttl`` seconds (once per cache and loop)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # used without a loop (a test of the cache alone): reads drop them
+            return
+        if self._sweep is None or self._sweep[0] is not loop:
+            self._sweep = loop, loop.call_later(self.ttl, self._drop_expired)
+
+    def _drop_expired(self) -> None:
+        self._sweep = None
+        now = time.monotonic()
+        for session_id in [key for key, entry in self._entries.items() if now - entry[0] >= self.ttl]:
+            self._drop(session_id)
+        if self._entries:
+            self._sweep_later()
 
     def _drop(self, session_id: uuid.UUID) -> None:
         _, user_id, _ = self._entries.pop(session_id)

@@ -80,8 +80,9 @@ class TokenKeys:
         token = jwt.encode(claims, self.keys[self.signing_kid], algorithm=ALGORITHM, headers={"kid": self.signing_kid})
         return token, self.ttl
 
-    def verify(self, token: str) -> AccessClaims:
-        """Check signature, algorithm, key id, issuer, audience and expiry."""
+    def verify(self, token: str, *, keep: bool = True) -> AccessClaims:
+        """Check signature, algorithm, key id, issuer, audience and expiry. Without ``keep`` a
+        token not checked before is not remembered (one presented once, as a socket's)."""
         claims = self._verified.get(token)
         if claims is not None:
             if time.time() > claims.expires_at + LEEWAY:
@@ -89,6 +90,8 @@ class TokenKeys:
                 raise Unauthorized("access token expired", code="token_expired")
             return claims
         claims = self._decode(token)
+        if not keep:
+            return claims
         if len(self._verified) >= VERIFIED_KEPT:
             del self._verified[next(iter(self._verified))]
         self._verified[token] = claims
