@@ -282,3 +282,27 @@ async def test_posting_is_rate_limited_per_user_across_apps(app, settings, commu
                 statuses.append(response.status_code)
     assert statuses == [201, 201, 201, 429]
     assert await Message.count().where(Message.channel == lounge["channel"]) == 3
+
+
+async def test_a_retry_costs_no_budget_and_is_answered_even_past_the_limit(app, settings, community: Community) -> None:
+    """The retry of a stored post (same client_id) is answered with it: it spends none of
+    PUBLISH_RATE_LIMIT, and at the limit it still gets the stored message, not a 429."""
+    from server.app import create_app
+    from tests.support.lifespan import running_lifespan
+
+    lounge, _, [member] = await _lounge_with_members(community, "retrier@example.com")
+    strict = create_app(msgspec.structs.replace(settings, publish_rate_limit="2/30"))
+    path = f"{LOUNGES}/{lounge['id']}/messages"
+    kept = {"client_id": str(uuid.uuid4()), "text": "kept"}
+    async with running_lifespan(strict):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=strict), base_url="http://t") as http:
+            first = await http.post(path, json=kept, headers=member.headers)
+            retries = [await http.post(path, json=kept, headers=member.headers) for _ in range(3)]
+            second = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "new"}, headers=member.headers)
+            past = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "over"}, headers=member.headers)
+            late_retry = await http.post(path, json=kept, headers=member.headers)
+    assert first.status_code == 201 and second.status_code == 201
+    assert [r.status_code for r in retries] == [200, 200, 200]
+    assert past.status_code == 429
+    assert late_retry.status_code == 200 and late_retry.json()["id"] == first.json()["id"]
+    assert await Message.count().where(Message.channel == lounge["channel"]) == 2

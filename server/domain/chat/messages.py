@@ -43,7 +43,7 @@ from server.domain.tables.lounges import LoungeMembership
 from server.foundation import metrics
 from server.foundation.clock import now
 from server.foundation.database import fetch
-from server.foundation.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from server.foundation.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
 from server.foundation.pagination import decode_cursor, encode_cursor
 from server.foundation.redis import REDIS_ERRORS
 from server.foundation.settings import parse_rate
@@ -166,19 +166,21 @@ async def do_post_message(state: AppState, principal: Principal, channel: str, d
     try:
         return await _post_message(state, principal, channel, data, charged)
     except BaseException:
-        for key in charged:
-            await state.limiter.refund(key)
+        await _refund(state, charged)
         raise
 
 
-async def _post_message(
-    state: AppState, principal: Principal, channel: str, data: MessageIn, charged: list[str]
-) -> PostResult:
-    access = await channel_access(principal, channel, write=True)
-    name = str(access.name)
-    existing = await _existing_post(principal.user_id, data.client_id, name)
-    if existing is not None:
-        return PostResult(message=existing, created=False, publication=None)
+async def _refund(state: AppState, charged: list[str]) -> None:
+    """Give back the rate-limit attempts of a post that stored nothing new."""
+    for key in charged:
+        await state.limiter.refund(key)
+    charged.clear()
+
+
+async def _checked_post(
+    state: AppState, principal: Principal, name: str, data: MessageIn, charged: list[str]
+) -> tuple[str, list[uuid.UUID]]:
+    """Charge the poster's rate limit and check the post: its text and attachments as stored."""
     # One budget per user for every way of posting (socket or REST), shared by all nodes.
     limit_key = f"publish:{principal.user_id}"
     await state.limiter.hit(limit_key, *parse_rate("PUBLISH_RATE_LIMIT", state.settings.publish_rate_limit))
@@ -203,6 +205,24 @@ async def _post_message(
         )
         if owned != len(attachments) or await sealed_file_ids(attachments):
             raise ValidationFailed("attachments must be your own uploaded files", code="invalid_attachment")
+    return text, attachments
+
+
+async def _post_message(
+    state: AppState, principal: Principal, channel: str, data: MessageIn, charged: list[str]
+) -> PostResult:
+    access = await channel_access(principal, channel, write=True)
+    name = str(access.name)
+    # A retry (same client_id) is found by the insert's unique index, below, not looked up
+    # on every post; a refused retry still answers with the message stored before.
+    try:
+        text, attachments = await _checked_post(state, principal, name, data, charged)
+    except (RateLimited, ValidationFailed):
+        existing = await _existing_post(principal.user_id, data.client_id, name)
+        if existing is None:
+            raise
+        await _refund(state, charged)
+        return PostResult(message=existing, created=False, publication=None)
     draft = MessageOut(
         id=uuid.uuid4(),
         channel=name,
@@ -241,10 +261,12 @@ async def _post_message(
             if metrics.collecting:
                 _POST_SECONDS.observe(time.perf_counter() - started)
     except asyncpg.UniqueViolationError:
-        # A concurrent retry with the same client_id won the race; answer with its message.
+        # A retry: this client_id's message is stored already (by an earlier attempt, or by a
+        # concurrent one that won the race). Answer with it; the retry costs no budget.
         existing = await _existing_post(principal.user_id, data.client_id, name)
         if existing is None:
             raise
+        await _refund(state, charged)
         return PostResult(message=existing, created=False, publication=None)
     if row is None:
         raise LookupError(f"no channel {name}")
