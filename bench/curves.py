@@ -244,9 +244,10 @@ def run(args: argparse.Namespace) -> int:
         if config["ceiling"]:
             for point in by_subscribers:
                 for target in TARGETS:
-                    if not broadcast_stats(cells[(point, target)])["keeps_up"]:
+                    budget_stats = broadcast_stats(cells[(point, target)])
+                    if not budget_stats["keeps_up"]:
                         continue
-                    ladder = ceilings.setdefault((point.subscribers, target), [])
+                    ladder = ceilings.setdefault((point.subscribers, target), [{"rate": point.rate, **budget_stats}])
                     rate = point.rate
                     for _ in range(CEILING_STEPS):
                         rate = float(f"{rate * 1.5:.3g}")
@@ -371,8 +372,9 @@ def summarize_idle(cells: dict[tuple[int, str], Cell], sizes: list[int]) -> list
 def summarize_ceiling(
     ceilings: dict[tuple[int, str], list[dict[str, Any]]], points: list[Point]
 ) -> list[dict[str, Any]]:
-    """Per size and target: the highest rate kept up (the budget's rate if no rung was tried),
-    and whether the ladder ended on a rung that did not keep up (else the ceiling is higher)."""
+    """Per size and target: the highest rate kept up (the ladder starts with the budget's rate,
+    its medians) with its p99, and whether the ladder ended on a rung that did not keep up
+    (else the ceiling is higher)."""
     rows = []
     for point in points:
         row: dict[str, Any] = {"subscribers": point.subscribers, "budget_rate": point.rate}
@@ -381,11 +383,11 @@ def summarize_ceiling(
             if ladder is None:  # the budget's rate itself did not keep up
                 row[target] = {"highest_rate_kept_up": None, "bounded": True, "ladder": []}
                 continue
-            kept = [r["rate"] for r in ladder if r["keeps_up"]]
-            highest = max(kept, default=point.rate)
+            highest = max((r for r in ladder if r["keeps_up"]), key=lambda r: r["rate"])
             row[target] = {
-                "highest_rate_kept_up": highest,
-                "deliveries_per_s": highest * point.subscribers,
+                "highest_rate_kept_up": highest["rate"],
+                "deliveries_per_s": highest["rate"] * point.subscribers,
+                "p99_ms": highest["p99_ms"],
                 "bounded": not ladder[-1]["keeps_up"],
                 "ladder": [
                     {k: r[k] for k in ("rate", "delivered_per_s", "p99_ms", "keeps_up", "server_cpu_percent")}
@@ -512,7 +514,11 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
         )
     )
     if summary["ceiling"]:
-        out += ["", "1b. highest publication rate that keeps up, per size (one run per rung of x1.5)"]
+        out += [
+            "",
+            "1b. highest publication rate that keeps up, per size (one run per rung of x1.5 above the budget's "
+            "rate; '>=': the last rung still kept up), with its p99",
+        ]
         rows = []
         for r in summary["ceiling"]:
             cells = []
@@ -520,13 +526,27 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                 c = r[target]
                 rate = c["highest_rate_kept_up"]
                 if rate is None:
-                    cells += ["< budget", "-"]
+                    cells += ["< budget", "-", "-"]
                 else:
-                    cells += [f"{'' if c['bounded'] else '>= '}{rate:g}", fmt(c["deliveries_per_s"], 0)]
+                    cells += [
+                        f"{'' if c['bounded'] else '>= '}{rate:g}",
+                        fmt(c["deliveries_per_s"], 0),
+                        fmt(c["p99_ms"], 1),
+                    ]
             rows.append([f"{r['subscribers']:,}", f"{r['budget_rate']:g}", *cells])
         out.append(
             format_table(
-                ["subscribers", "budget rate", "peer rate/s", "peer deliv/s", "ours rate/s", "ours deliv/s"], rows
+                [
+                    "subscribers",
+                    "budget rate",
+                    "peer rate/s",
+                    "peer deliv/s",
+                    "peer p99 ms",
+                    "ours rate/s",
+                    "ours deliv/s",
+                    "ours p99 ms",
+                ],
+                rows,
             )
         )
     out += [
