@@ -589,19 +589,25 @@ def plot(path, summary: dict[str, Any], config: dict[str, Any], machine: dict[st
         if curve == "subscribers" and summary["ceiling"]:
             for target in TARGETS:
                 marker, color = styles[target]
-                kept = [(r["subscribers"], r[target].get("deliveries_per_s")) for r in summary["ceiling"]]
-                kept = [(x, y) for x, y in kept if y is not None]
+                kept = [
+                    (r["subscribers"], r[target]["deliveries_per_s"], r[target]["bounded"])
+                    for r in summary["ceiling"]
+                    if r[target]["highest_rate_kept_up"] is not None
+                ]
                 ax_rate.plot(
-                    [x for x, _ in kept],
-                    [y for _, y in kept],
+                    [x for x, _, _ in kept],
+                    [y for _, y, _ in kept],
                     marker=marker,
                     color=color,
                     linestyle="--",
-                    label=f"{LABELS[target]}: highest kept up",
+                    label=f"{LABELS[target]}: highest kept up (>=: still kept up at the top)",
                 )
+                for x, y, bounded in kept:
+                    if not bounded:
+                        ax_rate.annotate(">=", (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
         ax_rate.set_title(f"Deliveries/s vs {xlabel} ({fixed}, budget {budget:,}/s)", fontsize=11)
         ax_rate.set_ylabel("delivered / s")
-        ax_rate.set_ylim(bottom=0)
+        ax_rate.set_ylim(0, ax_rate.get_ylim()[1] * 1.15)
         ax_lat.set_title(f"Publish -> deliver latency vs {xlabel} (log)", fontsize=11)
         ax_lat.set_ylabel("ms")
         ax_lat.set_yscale("log")
