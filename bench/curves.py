@@ -529,7 +529,7 @@ def render(summary: dict[str, Any], config: dict[str, Any]) -> str:
                     cells += ["< budget", "-", "-"]
                 else:
                     cells += [
-                        f"{'' if c['bounded'] else '>= '}{rate:g}",
+                        f"{'' if c['bounded'] else '>= '}{rate:,g}",
                         fmt(c["deliveries_per_s"], 0),
                         fmt(c["p99_ms"], 1),
                     ]
