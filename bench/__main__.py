@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Callable
 
-from bench import coach_stream, http_baseline, rag, rooms, shards, writes, ws_baseline, ws_processes
+from bench import coach_stream, curves, http_baseline, rag, rooms, shards, writes, ws_baseline, ws_processes
 
 # name -> entry point taking the parsed options; a new benchmark adds one line here.
 BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
@@ -25,6 +25,7 @@ BENCHMARKS: dict[str, Callable[[argparse.Namespace], int]] = {
     "writes": writes.run,
     "shards": shards.run,
     "rooms": rooms.run,
+    "curves": curves.run,
 }
 
 QUICK = {"repeats": 1, "warmup": 0.5, "duration": 2.0}
@@ -169,6 +170,36 @@ def main(argv: list[str] | None = None) -> int:
         metavar="N",
         help="coach replies streaming meanwhile, one lounge each (default 10)",
     )
+    curves_group = parser.add_argument_group(
+        "curves benchmark (ours vs the ws peer against subscribers, payload size and idle sockets; "
+        "also takes --ws-subscribers for the payload curve, --ws-hold and --ws-publishers)"
+    )
+    curves_group.add_argument(
+        "--curve-subscribers",
+        type=_counts,
+        metavar="S,S,...",
+        help="subscribers of the one lounge (default 100,1000,5000)",
+    )
+    curves_group.add_argument(
+        "--curve-payloads", type=_counts, metavar="B,B,...", help="message sizes in bytes (default 100,1024,8192)"
+    )
+    curves_group.add_argument(
+        "--curve-idle",
+        type=_counts,
+        metavar="N,N,...",
+        help="idle sockets held, capped by the open-file hard limit (default 1000,10000,20000)",
+    )
+    curves_group.add_argument(
+        "--curve-deliveries",
+        type=int,
+        metavar="D",
+        help="delivery budget: publications/s = D / subscribers (default 25000)",
+    )
+    curves_group.add_argument(
+        "--curve-ceiling",
+        action="store_true",
+        help="also find, per subscriber count, the highest rate that keeps up (one run per x1.5 rung)",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.benchmarks if name not in BENCHMARKS]
     if unknown:
@@ -179,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.repeats < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         parser.error("--repeats and --connections must be >= 1, --duration > 0, --warmup >= 0")
+    if args.curve_deliveries is not None and args.curve_deliveries < 1:
+        parser.error("--curve-deliveries must be >= 1")
     if args.writers is not None and args.writers < 1:
         parser.error("--writers must be >= 1")
     if any(value is not None and value < 1 for value in (args.lounges, args.lounge_subscribers)):

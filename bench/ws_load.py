@@ -16,7 +16,8 @@ Scenarios:
   user's token and waits for the reply), hold them ``--hold`` s answering the
   server's pings, close them. Samples the server's RSS (``--watch-pid``)
   before (after a warm-up batch that is opened and closed first), while held
-  and after.
+  and after. With ``--subscribe`` (ours) each socket also subscribes to the
+  setup's lounge, as the peer's sockets are all subscribers.
 - ``broadcast`` — S subscribers in one channel (ours: ``connect`` then
   ``subscribe`` to the lounge), or spread over many: with ``channels`` in the setup,
   subscriber i takes channel i mod L. With ``--node-port`` (other nodes of the same
@@ -25,8 +26,9 @@ Scenarios:
   publisher j port j mod P. A publisher child process
   (``publish``, inheriting this process's CPU) sends ``--rate`` messages/s for
   warm-up + duration, round robin over the channels, each carrying its send time
-  (``CLOCK_MONOTONIC``) in its text. Every delivery is counted and timed at the
-  ``data_received`` call that brought it: delivered/s over the measured window, and
+  (``CLOCK_MONOTONIC``) in its text (``--payload-bytes``: padded to that size).
+  Every delivery is counted and timed at the ``data_received`` call that brought
+  it: delivered/s over the measured window, and
   publish→deliver latency of *every* delivery of every message sent in the
   window (no sampling). Per-subscriber offsets are checked for gaps and
   duplicates, and the first subscriber's texts against those published to its
@@ -142,6 +144,21 @@ def _frame_header(size: int) -> int:
 def message_text(seq: int, sent: float) -> str:
     """A publication's text: its send time first (parsed back by subscribers)."""
     return f"{sent:.6f} bench #{seq}"
+
+
+def padded_text(seq: int, sent: float, size: int) -> str:
+    """:func:`message_text` filled with ``x`` to ``size`` characters (ASCII: bytes); as is when
+    ``size`` is 0 or too small."""
+    text = message_text(seq, sent)
+    return f"{text} {'x' * (size - len(text) - 1)}" if size > len(text) + 1 else text
+
+
+def peer_message(seq: int, sent: float, size: int) -> bytes:
+    """A peer publication, ``{"seq":N,"ts":T}``, with a ``pad`` string making it ``size`` bytes
+    (as is when ``size`` is 0 or too small)."""
+    message = _encode({"seq": seq, "ts": sent})
+    fill = size - len(message) - len(b',"pad":""')
+    return _encode({"seq": seq, "ts": sent, "pad": "x" * fill}) if fill > 0 else message
 
 
 class Tally:
@@ -826,9 +843,11 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"need {count + args.warmup_sockets} tokens, the setup has {len(tokens)}")
     opener = Opener(args)
 
+    channel = setup["channel"] if args.subscribe and args.target not in PEERS else None
+
     async def open_one(index: int, into: list[RawWebSocket]) -> None:
         if args.target not in PEERS:
-            opened = await opener.ours(tokens[index])
+            opened = await opener.ours(tokens[index], channel)
             if opened is not None:
                 into.append(opened[0])
         else:
@@ -869,6 +888,7 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
         "scenario": "idle",
         "target": args.target,
         "encoding": _encoding(args.target),
+        "subscribed": channel,
         "sockets_requested": count,
         "sockets_open": opened,
         "errors": dict(opener.errors),
@@ -958,6 +978,8 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         repr(until),
         "--publishers",
         str(args.publishers),
+        "--payload-bytes",
+        str(args.payload_bytes),
         *(item for port in args.node_port for item in ("--node-port", str(port))),
         "--timeout",
         str(args.timeout),
@@ -1005,6 +1027,7 @@ async def broadcast(args: argparse.Namespace) -> dict[str, Any]:
         "target": args.target,
         "encoding": _encoding(args.target),
         "rate": args.rate,
+        "payload_bytes": args.payload_bytes or None,
         "subscribers": len(subscribers),
         "channels": len(channels),
         "subscribers_by_port": {str(port): per_port[port] for port in ports} if args.target not in PEERS else None,
@@ -1092,7 +1115,7 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
             sent_in_window_by_channel[index] += 1
         sock = sockets[seq % len(sockets)]
         if args.target not in PEERS:
-            text = message_text(seq, sent)
+            text = padded_text(seq, sent, args.payload_bytes)
             texts[index].append(text)
             data = {"text": text, "client_id": str(uuid.uuid4())}
             future = sock.request(publish={"channel": channels[index], "data": data})
@@ -1101,7 +1124,7 @@ async def publish(args: argparse.Namespace) -> dict[str, Any]:
         elif args.target == SOCKETIO:
             sock.publish(_encode({"seq": seq, "ts": sent}))
         else:
-            sock.send_text(_encode({"seq": seq, "ts": sent}))
+            sock.send_text(peer_message(seq, sent, args.payload_bytes))
     last_sent = clock()
     if pending:
         await asyncio.wait(pending, timeout=args.timeout)
@@ -1361,6 +1384,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--drain", type=float, default=10.0, help="broadcast: max seconds to wait for stragglers")
     parser.add_argument("--publishers", type=int, default=16, help="broadcast: publisher connections (ours)")
+    parser.add_argument(
+        "--payload-bytes",
+        type=int,
+        default=0,
+        help="broadcast: each publication padded to this many bytes (ours: its text; peer: the message); 0: as is",
+    )
+    parser.add_argument(
+        "--subscribe", action="store_true", help="idle (ours): each socket also subscribes to the setup's lounge"
+    )
     parser.add_argument("--start", type=float, help="publish: CLOCK_MONOTONIC time of the first message")
     parser.add_argument("--window", type=float, nargs=2, default=(0.0, 0.0), help="publish: measured window")
     parser.add_argument("--missed", type=int, default=50, help="storm: publications missed while away")

@@ -97,6 +97,26 @@ async def _make_admin(database_url: str, user_id: uuid.UUID) -> None:
         await connection.close()
 
 
+async def _insert_memberships(database_url: str, lounge_id: str, users: list[uuid.UUID]) -> None:
+    """Active memberships of ``users`` in one statement: the row ``POST .../join`` writes."""
+    import asyncpg
+
+    connection = await asyncpg.connect(database_url)
+    try:
+        await connection.execute(
+            """
+            INSERT INTO lounge_memberships
+                (id, lounge, "user", role, status, joined_at, last_read_offset, created_at, updated_at)
+            SELECT gen_random_uuid(), $1::uuid, u, 'member', 'active', now(), 0, now(), now()
+            FROM unnest($2::uuid[]) AS t(u)
+            """,
+            lounge_id,
+            users,
+        )
+    finally:
+        await connection.close()
+
+
 def _join_all(server: Server, joins: list[tuple[str, str]], concurrency: int) -> None:
     """``POST /api/v1/lounges/{id}/join`` for every (lounge id, member's token)."""
 
@@ -119,9 +139,12 @@ def prepare(
     subscribers: int,
     publishers: int,
     join_concurrency: int = 8,
+    api_joins: int | None = None,
 ) -> WsSetup:
     """Create ``max(idle, subscribers + publishers) + 1`` users; the first ``subscribers +
-    publishers`` join one lounge of the last (the mentor). Writes ``ws-setup.json``."""
+    publishers`` join one lounge of the last (the mentor). With ``api_joins``, only that many
+    join through the API, the rest get the same membership row in SQL (tens of thousands of
+    joins one at a time through the lounge's row lock take minutes). Writes ``ws-setup.json``."""
     from server.domain.accounts.tokens import TokenKeys
     from server.foundation.settings import load_settings
 
@@ -142,7 +165,11 @@ def prepare(
     )
     if status != 201:
         raise RuntimeError(f"creating the lounge answered {status}: {lounge}")
-    _join_all(server, [(lounge["id"], token) for token in tokens[:members]], join_concurrency)
+    through_api = members if api_joins is None else min(api_joins, members)
+    _join_all(server, [(lounge["id"], token) for token in tokens[:through_api]], join_concurrency)
+    if through_api < members:
+        users = [user for user, _ in pairs[through_api:members]]
+        asyncio.run(_insert_memberships(env["DATABASE_URL"], lounge["id"], users))
     payload = {
         "channel": lounge["channel"],
         "lounge_id": lounge["id"],
