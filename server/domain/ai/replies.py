@@ -117,9 +117,8 @@ async def _generate_reply(
     async with LeaseKeeper(state, live) as lease:
         try:
             prompting = time.perf_counter()
-            (prompt, context), budget = await asyncio.gather(
-                build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
-                ai_budget(state, asker_id),
+            prompt, context, budget = await build_prompt(
+                state, channel=channel, reply_to=reply_to, asker=asker_id, question=question
             )
             prompt_built(time.perf_counter() - prompting)
             check_budget(state, budget, estimate_input_tokens(prompt))
