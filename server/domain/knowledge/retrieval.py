@@ -31,7 +31,9 @@ not the nearest ones. So, per part, once counted (no further than ``COUNT_CAP``)
   those; if fewer than ``min(k, count)`` survive, the part is searched exactly
   after all.
 
-Either way the answer has exactly ``min(k, eligible)`` chunks. The model's name
+Either way the answer has exactly ``min(k, eligible)`` chunks. The coach counts the
+parts, and searches the exact ones when its vector is at hand, inside its prompt's one
+statement (``server/domain/ai/prompt.py``), built from the same SQL pieces as here. The model's name
 and the source type are written into the SQL as literals (from the fixed sets
 of known values), as the partial indexes require.
 """
