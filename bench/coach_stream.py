@@ -550,7 +550,6 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
 
     from server.domain.ai.prompt import build_prompt
     from server.domain.ai.streams import LiveReply, acquire_slot, forget_reply
-    from server.domain.billing.entitlements import ai_budget
     from server.domain.knowledge.embeddings import get_embedder
     from server.domain.knowledge.retrieval import retrieve
     from server.domain.llm.registry import build_providers
@@ -595,12 +594,9 @@ async def _profile_job_prefix(env: dict[str, str], channel: str, standin_url: st
                 stream_id=uuid.uuid4().hex, channel=scratch, user_id=str(asker), reply_to=0, worker="bench"
             )
             await timed("acquire_slot (Redis)", acquire_slot(state, asker, slot.stream_id))
-            (prompt, _), _ = await timed(
-                "build_prompt (SQL + retrieval) beside ai_budget (SQL)",
-                asyncio.gather(
-                    build_prompt(state, channel=channel, reply_to=reply_to, asker=asker, question=question),
-                    ai_budget(state, asker),
-                ),
+            prompt, _, _ = await timed(
+                "build_prompt (SQL, retrieval and the budget)",
+                build_prompt(state, channel=channel, reply_to=reply_to, asker=asker, question=question),
             )
             key = f"{settings.redis_prefix}:bench:streams:{scratch}"
             await timed("stream state + ai.start (Redis)", _bookkeeping(state, key, scratch))

@@ -110,17 +110,24 @@ async def _generate_reply(
         log.warning("coach reply job replayed", extra={"stream_id": stream_id, "ended_now": ended})
         return "worker_lost" if ended else "ended already"
     asker_id = uuid.UUID(asker)
-    if not await acquire_slot(state, asker_id, stream_id):
-        await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
-        return "refused"
-    await begin_reply(state, live)
+    # The prompt's reads change nothing: they start now, beside the slot and the lease's
+    # Redis round trips, and are dropped if the reply is refused.
+    prompting = time.perf_counter()
+    building = asyncio.ensure_future(
+        build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question)
+    )
+    try:
+        if not await acquire_slot(state, asker_id, stream_id):
+            _drop(building)
+            await _refuse(state, channel, stream_id, reply_to, "ai_busy", "too many coach replies are running for you")
+            return "refused"
+        await begin_reply(state, live)
+    except BaseException:
+        _drop(building)
+        raise
     async with LeaseKeeper(state, live) as lease:
         try:
-            prompting = time.perf_counter()
-            (prompt, context), budget = await asyncio.gather(
-                build_prompt(state, channel=channel, reply_to=reply_to, asker=asker_id, question=question),
-                ai_budget(state, asker_id),
-            )
+            prompt, context, budget = await building
             prompt_built(time.perf_counter() - prompting)
             check_budget(state, budget, estimate_input_tokens(prompt))
         except AppError as exc:
@@ -140,6 +147,12 @@ async def _generate_reply(
         live.input_tokens = estimate_input_tokens(prompt)
         live.citations = context.get("citations", [])
         return await _stream(state, live, lease, prompt, context, started)
+
+
+def _drop(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task``, whose result is no longer wanted (its error, if it had one, is not logged)."""
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def _refuse(state: AppState, channel: str, stream_id: str, reply_to: int, code: str, detail: str) -> None:

@@ -38,7 +38,6 @@ lets them straight back in once they pay again (until then it answers 402
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -193,10 +192,37 @@ class AIBudget:
 
 
 async def ai_budget(state: AppState, user_id: uuid.UUID) -> AIBudget:
-    """The allowance and the usage, read concurrently: call it outside a transaction
-    (the coach does, beside building its prompt)."""
-    limits, used = await asyncio.gather(limits_for(state, user_id), ai_tokens_used_this_month(user_id))
-    return AIBudget(allowance=limits.ai_tokens_per_month, used=used)
+    """The allowance and this month's usage, in one statement (:func:`ai_budget_sql`); call it
+    outside a transaction."""
+    allowance, used = ai_budget_sql("$1", "$2", "$3")
+    pool = state.engine.pool
+    assert pool is not None  # started by acquire_engine before any job runs
+    async with pool.acquire() as connection:
+        row = await connection.fetchrow(
+            f"SELECT {allowance} AS allowance, {used} AS used",
+            user_id,
+            state.settings.ai_free_monthly_tokens,
+            month_start(),
+        )
+    return AIBudget(allowance=int(row["allowance"]), used=int(row["used"]))
+
+
+def ai_budget_sql(user: str, free_tokens: str, since: str) -> tuple[str, str]:
+    """Two SQL scalars: ``user``'s monthly AI allowance (as :func:`limits_for` merges it: the
+    free plan's, or ``free_tokens`` without one, and every entitling plan's, the largest) and
+    the tokens the ledger holds for them since ``since``. The arguments are SQL expressions
+    (placeholders), so that a caller may read the budget inside a bigger statement."""
+    allowance = f"""greatest(
+        coalesce(
+            (SELECT p.ai_tokens_per_month FROM plans p WHERE p.code = '{FREE_PLAN_CODE}' AND p.active LIMIT 1),
+            {free_tokens}
+        ),
+        (SELECT max(p.ai_tokens_per_month) FROM subscriptions s JOIN plans p ON p.id = s.plan
+         WHERE s."user" = {user} AND {ENTITLING_SQL})
+    )"""
+    used = f"""(SELECT coalesce(sum(u.input_tokens + u.output_tokens), 0) FROM ai_usage u
+        WHERE u."user" = {user} AND u.created_at >= {since})"""
+    return allowance, used
 
 
 def billing_configured(state: AppState) -> bool:

@@ -282,9 +282,6 @@ async def _post_message(
         data={"type": "message", "message": msgspec.to_builtins(message)},
     )
     await broadcast(state, [publication])
-    await notify_mentions(state, name, message)
-    if access.name.kind == "lounge":  # to the members who are away (never raises)
-        await queue_lounge_message_push(state, name, offset)
     try:  # the message is stored: a coach reply that cannot be queued (Redis away) must not undo its ack
         async with asyncio.timeout(COACH_QUEUE_TIMEOUT):
             await maybe_answer(
@@ -298,6 +295,10 @@ async def _post_message(
             )
     except REDIS_ERRORS as exc:
         log.warning("coach reply not queued", extra={"channel": name, "offset": offset, "error": repr(exc)})
+    # After the coach's job: the asker waits for its first token, nobody waits for these.
+    await notify_mentions(state, name, message)
+    if access.name.kind == "lounge":  # to the members who are away (never raises)
+        await queue_lounge_message_push(state, name, offset)
     return PostResult(message=message, created=True, publication=publication)
 
 

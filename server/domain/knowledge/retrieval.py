@@ -31,7 +31,9 @@ not the nearest ones. So, per part, once counted (no further than ``COUNT_CAP``)
   those; if fewer than ``min(k, count)`` survive, the part is searched exactly
   after all.
 
-Either way the answer has exactly ``min(k, eligible)`` chunks. The model's name
+Either way the answer has exactly ``min(k, eligible)`` chunks. The coach counts the
+parts, and searches the exact ones when its vector is at hand, inside its prompt's one
+statement (``server/domain/ai/prompt.py``), built from the same SQL pieces as here. The model's name
 and the source type are written into the SQL as literals (from the fixed sets
 of known values), as the partial indexes require.
 """
@@ -113,8 +115,8 @@ def _model_sql(model: str) -> tuple[EmbeddingModel, str, int]:
 
 # What selects a part's chunks (rows aliased ``c``), and how many arguments it takes.
 _FILTERS: dict[KnowledgeSourceType, tuple[str, int]] = {
-    NOTE: ("c.owner = $1", 1),
-    FILE: ("c.lounge = $1 AND c.file = ANY($2::uuid[])", 2),
+    NOTE: ("c.owner = {scope}", 1),
+    FILE: ("c.lounge = {scope} AND c.file = ANY({files}::uuid[])", 2),
 }
 
 _TITLED = """
@@ -131,15 +133,29 @@ def _part_sql(model: str, source: KnowledgeSourceType) -> tuple[str, str, str, s
     """``model`` as a literal, the vector type, the part's filter and the placeholders of the vector and k."""
     _, literal, dim = _model_sql(model)
     where, arguments = _FILTERS[source]
-    return literal, f"vector({dim})", where, f"${arguments + 1}", f"${arguments + 2}"
+    return literal, f"vector({dim})", where.format(scope="$1", files="$2"), f"${arguments + 1}", f"${arguments + 2}"
 
 
 def exact_sql(model: str, source: KnowledgeSourceType) -> str:
     """The part's k nearest chunks by exact distance; arguments: the part's, the vector, k."""
     literal, vector, where, query, k = _part_sql(model, source)
+    return _TITLED.format(hits=_exact_hits(literal, vector, source, where, query, k))
+
+
+def exact_hits_json(model: str, source: KnowledgeSourceType, *, scope: str, files: str, vector: str, k: str) -> str:
+    """A JSON array (``[]`` when none) of the part's k nearest chunks by exact distance, as
+    :func:`exact_sql` finds them, for use as a scalar inside a bigger statement: ``scope``,
+    ``files`` (for files), ``vector`` and ``k`` are SQL expressions (placeholders, subqueries)."""
+    literal, vector_type, _, _, _ = _part_sql(model, source)
+    where = _FILTERS[source][0].format(scope=scope, files=files)
+    titled = _TITLED.format(hits=_exact_hits(literal, vector_type, source, where, vector, k))
+    return f"(SELECT coalesce(json_agg(t ORDER BY t.distance, t.id), '[]') FROM ({titled}) t)"
+
+
+def _exact_hits(literal: str, vector: str, source: KnowledgeSourceType, where: str, query: str, k: str) -> str:
     # OFFSET 0 fences the subquery so the planner picks the part's rows through its btree
     # instead of the HNSW index; unlike a MATERIALIZED CTE the rows stream into a top-k sort.
-    hits = f"""
+    return f"""
         SELECT e.id, e.source_type, e.note, e.file, e.chunk_index, e.content,
                e.embedding::{vector} <=> {query} AS distance
         FROM (
@@ -151,7 +167,6 @@ def exact_sql(model: str, source: KnowledgeSourceType) -> str:
         ORDER BY distance, e.id
         LIMIT {k}
     """
-    return _TITLED.format(hits=hits)
 
 
 def ann_sql(model: str, source: KnowledgeSourceType, inner: int) -> str:
@@ -180,31 +195,40 @@ def count_sql(model: str, source: KnowledgeSourceType) -> str:
 
     Arguments: the asker (notes) or the lounge (files), the cap.
     """
-    known, literal, _ = _model_sql(model)
-    population = f"(SELECT reltuples FROM pg_class WHERE oid = '{hnsw_index(known, source)}'::regclass)"
+    population = population_sql(model, source)
     if source is NOTE:
-        return f"""
-            SELECT NULL::uuid[] AS files, {population} AS population, (
-                SELECT count(*) FROM (
-                    SELECT 1 FROM knowledge_chunks c
-                    WHERE c.embedding_model = {literal} AND c.source_type = 'note' AND c.owner = $1 LIMIT $2
-                ) n
-            ) AS count
-        """
+        return f"SELECT NULL::uuid[] AS files, {population} AS population, {part_count_sql(model, NOTE, '$1', '', '$2')} AS count"
     return f"""
-        WITH live AS (
-            SELECT coalesce(array_agg(f.id), '{{}}'::uuid[]) AS ids
-            FROM files f WHERE f.lounge = $1 AND f.status <> 'deleted'
-        )
-        SELECT live.ids AS files, {population} AS population, (
-            SELECT count(*) FROM (
-                SELECT 1 FROM knowledge_chunks c
-                WHERE c.embedding_model = {literal} AND c.source_type = 'file' AND c.lounge = $1
-                  AND c.file = ANY(live.ids) LIMIT $2
-            ) f
-        ) AS count
+        WITH live AS ({live_files_sql("$1")})
+        SELECT live.ids AS files, {population} AS population, {part_count_sql(model, FILE, "$1", "live.ids", "$2")} AS count
         FROM live
     """
+
+
+def population_sql(model: str, source: KnowledgeSourceType) -> str:
+    """The row estimate of the HNSW index of ``model``'s chunks of ``source`` (a scalar)."""
+    return f"(SELECT reltuples FROM pg_class WHERE oid = '{hnsw_index(EmbeddingModel(model), source)}'::regclass)"
+
+
+def live_files_sql(lounge: str) -> str:
+    """One row, ``ids``: the files of the lounge ``lounge`` (an SQL expression) that are not deleted."""
+    return f"""
+        SELECT coalesce(array_agg(f.id), '{{}}'::uuid[]) AS ids
+        FROM files f WHERE f.lounge = {lounge} AND f.status <> 'deleted'
+    """
+
+
+def part_count_sql(model: str, source: KnowledgeSourceType, scope: str, files: str, cap: str) -> str:
+    """The size of a part (a scalar, counted no further than ``cap``): ``scope`` is the asker
+    (notes) or the lounge (files), ``files`` the lounge's live files; all SQL expressions."""
+    _, literal, _ = _model_sql(model)
+    where = _FILTERS[source][0].format(scope=scope, files=files)
+    return f"""(
+        SELECT count(*) FROM (
+            SELECT 1 FROM knowledge_chunks c
+            WHERE c.embedding_model = {literal} AND c.source_type = '{source.value}' AND {where} LIMIT {cap}
+        ) p
+    )"""
 
 
 async def count_part(connection: Any, source: KnowledgeSourceType, scope: uuid.UUID, *, model: str) -> Part:
@@ -244,6 +268,22 @@ def _hits(rows: list[Any]) -> list[ChunkHit]:
             distance=float(row["distance"]),
         )
         for row in rows
+    ]
+
+
+def hits_from_json(items: list[dict[str, Any]]) -> list[ChunkHit]:
+    """The hits of an :func:`exact_hits_json` array, decoded."""
+    return [
+        ChunkHit(
+            id=uuid.UUID(item["id"]),
+            source=item["source_type"],
+            source_id=uuid.UUID(item["source_id"]),
+            title=item["title"],
+            chunk=item["chunk_index"],
+            text=item["content"],
+            distance=float(item["distance"]),
+        )
+        for item in items
     ]
 
 
