@@ -294,13 +294,13 @@ async def test_a_retry_costs_no_budget_and_is_answered_even_past_the_limit(app, 
     strict = create_app(msgspec.structs.replace(settings, publish_rate_limit="2/30"))
     path = f"{LOUNGES}/{lounge['id']}/messages"
     kept = {"client_id": str(uuid.uuid4()), "text": "kept"}
-    async with running_lifespan(strict):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=strict), base_url="http://t") as http:
-            first = await http.post(path, json=kept, headers=member.headers)
-            retries = [await http.post(path, json=kept, headers=member.headers) for _ in range(3)]
-            second = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "new"}, headers=member.headers)
-            past = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "over"}, headers=member.headers)
-            late_retry = await http.post(path, json=kept, headers=member.headers)
+    transport = httpx.ASGITransport(app=strict)
+    async with running_lifespan(strict), httpx.AsyncClient(transport=transport, base_url="http://t") as http:
+        first = await http.post(path, json=kept, headers=member.headers)
+        retries = [await http.post(path, json=kept, headers=member.headers) for _ in range(3)]
+        second = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "new"}, headers=member.headers)
+        past = await http.post(path, json={"client_id": str(uuid.uuid4()), "text": "over"}, headers=member.headers)
+        late_retry = await http.post(path, json=kept, headers=member.headers)
     assert first.status_code == 201 and second.status_code == 201
     assert [r.status_code for r in retries] == [200, 200, 200]
     assert past.status_code == 429
