@@ -32,6 +32,8 @@ end
 return redis.call('HVALS', KEYS[1])
 """
 
+REFRESH_BATCH = 250  # users or channels per pipeline of a presence refresh
+
 _encoder = msgspec.json.Encoder()
 _info_decoder = msgspec.json.Decoder(ClientInfo)
 
@@ -78,22 +80,33 @@ class Presence:
     async def refresh(self, node: Node) -> None:
         """Extend the expiry of every client of ``node`` in every channel it is in, and enter
         those missing (their join fell into a Redis outage, or Redis came back empty); the
-        same for the node's entries in its users' online records."""
-        expiry = time.time() + self._ttl
-        async with self._redis.pipeline(transaction=False) as pipe:
-            queued = queue_refresh(pipe, self._prefix, node.by_user, node.node_id, self._ttl)
-            for hub in node.hubs.values():
-                members = [c for c in hub.subscribers if c.principal is not None and hub.name in c.subs]
-                if not members:
-                    continue
-                info_key, expiry_key = self._keys(hub.name)
-                pipe.hset(info_key, mapping={c.client_id: self.client_info(c) for c in members})
-                pipe.zadd(expiry_key, {c.client_id: expiry for c in members})
-                pipe.expire(info_key, self._ttl * 4)
-                pipe.expire(expiry_key, self._ttl * 4)
-                queued = True
-            if queued:
-                await pipe.execute()
+        same for the node's entries in its users' online records.
+
+        In pipelines of :data:`REFRESH_BATCH` users or channels: building and reading one
+        pipeline runs on the event loop without a pause, and one of every user and channel
+        of a node holding 10,000 sockets stalled every socket for ~0.5 s."""
+        users = list(node.by_user)  # snapshots: sockets come and go between the batches
+        for start in range(0, len(users), REFRESH_BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if queue_refresh(pipe, self._prefix, users[start : start + REFRESH_BATCH], node.node_id, self._ttl):
+                    await pipe.execute()
+        hubs = list(node.hubs.values())
+        for start in range(0, len(hubs), REFRESH_BATCH):
+            expiry = time.time() + self._ttl
+            async with self._redis.pipeline(transaction=False) as pipe:
+                queued = False
+                for hub in hubs[start : start + REFRESH_BATCH]:
+                    members = [c for c in hub.subscribers if c.principal is not None and hub.name in c.subs]
+                    if not members:
+                        continue
+                    info_key, expiry_key = self._keys(hub.name)
+                    pipe.hset(info_key, mapping={c.client_id: self.client_info(c) for c in members})
+                    pipe.zadd(expiry_key, {c.client_id: expiry for c in members})
+                    pipe.expire(info_key, self._ttl * 4)
+                    pipe.expire(expiry_key, self._ttl * 4)
+                    queued = True
+                if queued:
+                    await pipe.execute()
 
     async def clients(self, channel: str) -> dict[str, dict[str, Any]]:
         """Live clients of ``channel``: client id → ``{user, client, conn_info}``."""
