@@ -5,6 +5,7 @@ and pinned notes always stay)."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +16,7 @@ import numpy as np
 
 from server.domain.billing.entitlements import AIBudget, ai_budget_sql, month_start
 from server.domain.knowledge.embeddings import get_embedder
+from server.domain.knowledge.metrics import searched
 from server.domain.knowledge.retrieval import (
     COUNT_CAP,
     FILE,
@@ -91,6 +93,7 @@ async def build_prompt(
         if embedding is not None:
             await asyncio.sleep(0)  # one turn of the loop: an embedder that needs no wait has answered
         early = embedding.result() if embedding is not None and embedding.done() else None
+        read_started = time.perf_counter()
         reads = await read_for_prompt(
             state,
             name,
@@ -99,6 +102,7 @@ async def build_prompt(
             model=embedder.model,
             vector=early if early is not None and np.any(early) else None,
         )
+        read_seconds = time.perf_counter() - read_started
         rows, parts = reads.messages, reads.parts
         if not rows or rows[0]["offset"] != reply_to:
             raise Conflict("the message was deleted before the coach answered", code="message_deleted")
@@ -151,10 +155,14 @@ async def build_prompt(
         found = await search_parts(parts, vector=vector, model=embedder.model, k=k, exact_max_chunks=exact_max_chunks)
     else:  # the exact parts were searched with the reads; the others through their index
         larger = [part for part in parts if part.count > exact_max_chunks]
+        search_started = time.perf_counter()
         found = hits + await search_parts(
-            larger, vector=vector, model=embedder.model, k=k, exact_max_chunks=exact_max_chunks
+            larger, vector=vector, model=embedder.model, k=k, exact_max_chunks=exact_max_chunks, observe=False
         )
         found = sorted(found, key=lambda hit: (hit.distance, hit.id))[:k]
+        # One retrieval observed, as search_parts does: here its time is the statement's (the
+        # search ran inside it) plus any part searched through its index.
+        searched(read_seconds + time.perf_counter() - search_started, sum(part.count for part in parts))
     passages = as_passages(found)
     context["citations"] = [
         {"n": i + 1, "source": p.source, "source_id": p.source_id, "title": p.title, "chunk": p.chunk}

@@ -9,7 +9,8 @@ from server.foundation import metrics
 
 SEARCH_SECONDS = Histogram(
     "lounges_retrieval_search_seconds",
-    "The vector search of a retrieval (every part side by side), from the question's vector to the merged hits",
+    "The vector search of a retrieval (every part side by side), from the question's vector to the merged hits; "
+    "when the coach's prompt statement searched small parts itself, that statement's time is included",
     buckets=metrics.FAST_BUCKETS,
 )
 SEARCHED_CHUNKS = Histogram(

@@ -318,10 +318,18 @@ async def eligible_parts(*, user_id: uuid.UUID, lounge_id: uuid.UUID | None, mod
 
 
 async def search_parts(
-    parts: list[Part], *, vector: np.ndarray, model: str, k: int, exact_max_chunks: int | None = None
+    parts: list[Part],
+    *,
+    vector: np.ndarray,
+    model: str,
+    k: int,
+    exact_max_chunks: int | None = None,
+    observe: bool = True,
 ) -> list[ChunkHit]:
     """The ``k`` chunks of ``parts`` nearest to ``vector``: each part searched on its own
-    connection, side by side (so not inside a transaction), the lists merged."""
+    connection, side by side (so not inside a transaction), the lists merged. ``observe``:
+    record the search in the retrieval series (off when the caller records a search it
+    did partly elsewhere)."""
     if k <= 0 or not parts:
         return []
     if exact_max_chunks is None:
@@ -332,7 +340,8 @@ async def search_parts(
         *(_search(part, vector=vector, model=model, k=k, exact_max_chunks=exact_max_chunks) for part in parts)
     )
     hits = sorted((hit for part_hits in found for hit in part_hits), key=lambda hit: (hit.distance, hit.id))
-    searched(time.perf_counter() - started, sum(part.count for part in parts))
+    if observe:
+        searched(time.perf_counter() - started, sum(part.count for part in parts))
     return hits[:k]
 
 
