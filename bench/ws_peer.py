@@ -105,16 +105,21 @@ async def _room(members: set, member: bool, receive, send) -> None:
         members.discard(send)
 
 
-def main() -> None:
+def serve_peer(app, prog: str, *, redis: bool = False) -> None:
+    """Parse ``--host``/``--port`` (and ``--redis-url`` with ``redis``) and run a WebSocket peer
+    under uvicorn with the options our ``serve`` passes; ``app`` is the ASGI app, or with
+    ``redis`` a function of the Redis URL returning it."""
     import uvicorn
 
-    parser = argparse.ArgumentParser(prog="python -m bench.ws_peer")
+    parser = argparse.ArgumentParser(prog=f"python -m {prog}")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    if redis:
+        parser.add_argument("--redis-url", required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     uvicorn.run(
-        app,
+        app(args.redis_url) if redis else app,
         host=args.host,
         port=args.port,
         log_config=None,
@@ -124,6 +129,10 @@ def main() -> None:
         ws_ping_interval=None,
         ws_per_message_deflate=False,
     )
+
+
+def main() -> None:
+    serve_peer(app, "bench.ws_peer")
 
 
 if __name__ == "__main__":

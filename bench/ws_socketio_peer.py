@@ -18,12 +18,9 @@ No authentication, no storage, no ordering guarantee, no recovery of missed even
 
 from __future__ import annotations
 
-import argparse
-import logging
-
 import socketio
 
-from bench import peer
+from bench import peer, ws_peer
 
 ROOM = "lounge"
 
@@ -45,25 +42,7 @@ def create_app(redis_url: str) -> socketio.ASGIApp:
 
 
 def main() -> None:
-    import uvicorn
-
-    parser = argparse.ArgumentParser(prog="python -m bench.ws_socketio_peer")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--redis-url", required=True)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    uvicorn.run(
-        create_app(args.redis_url),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,  # as `serve` without TRUSTED_PROXIES
-        ws_max_size=1024 * 1024,  # as `serve`: max(WS_MAX_FRAME_BYTES * 4, 1 MiB) with the default 64 KiB
-        ws_ping_interval=None,
-        ws_per_message_deflate=False,
-    )
+    ws_peer.serve_peer(create_app, "bench.ws_socketio_peer", redis=True)
 
 
 if __name__ == "__main__":
