@@ -39,7 +39,16 @@ from typing import Any
 
 from bench.coach_load import CoachSocket
 from bench.procfs import raise_nofile
-from bench.ws_load import OURS, OURS_PATH, PEER, CentrifugeSocket, CommandError, load_setup, pool
+from bench.ws_load import (
+    OURS,
+    OURS_PATH,
+    PEER,
+    CentrifugeSocket,
+    CommandError,
+    load_setup,
+    pool,
+    run_on_fastest_loop,
+)
 from bench.wsclient import RawWebSocket, clock, open_socket
 
 COACH_QUESTION = "@coach How should I pace my long run this week?"
@@ -418,14 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="bound on opening one socket")
     args = parser.parse_args(argv)
     raise_nofile()
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(args))
+    run_on_fastest_loop(serve(args))
     return 0
 
 

@@ -66,8 +66,8 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import msgspec
 from centrifuge.protocol import client_pb2
@@ -93,6 +93,7 @@ OURS_PATH = "/connection/websocket"
 OURS, OURS_PB, PEER, SOCKETIO, CHANNELS = "ours", "ours-pb", "peer", "socketio", "channels"
 TARGETS = (OURS, OURS_PB, PEER, SOCKETIO, CHANNELS)
 PEERS = (PEER, SOCKETIO, CHANNELS)  # no tokens, no setup; only the raw peer recovers (its ring)
+T = TypeVar("T")
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"  # Engine.IO v4, WebSocket from the start
 PROTOBUF_SUBPROTOCOL = "centrifuge-protobuf"
 QUANTILES = [*range(0, 100), 99.5, 99.9, 100]
@@ -1361,6 +1362,19 @@ def command(scenario: str, target: str, port: int, **options: Any) -> list[str]:
     return argv
 
 
+def run_on_fastest_loop(main: Coroutine[Any, Any, T]) -> tuple[T, str]:
+    """Run ``main`` on uvloop when it is installed (what the load generators measure with),
+    else on asyncio's loop: its result and the loop's name."""
+    try:
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main), "uvloop" if loop_factory else "asyncio"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ws_load", description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=SCENARIOS)
@@ -1432,16 +1446,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenario == "publish" and args.start is None:
         parser.error("publish needs --start")
     raise_nofile()
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        result = runner.run(SCENARIOS[args.scenario](args))
+    result, loop = run_on_fastest_loop(SCENARIOS[args.scenario](args))
     result["cpu_affinity"] = sorted(os.sched_getaffinity(0))
-    result["loop"] = "uvloop" if loop_factory else "asyncio"
+    result["loop"] = loop
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0
