@@ -12,10 +12,12 @@ What each test proves:
 - ``test_redis_killed_and_restarted_under_load``: publishers and subscribers on two
   nodes keep going while Redis is killed and restarted: 0 lost, 0 duplicated, 0
   stalled per client after recovery.
-- ``test_postgresql_stall_is_bounded_and_not_charged``: with PostgreSQL stalled
-  behind a paused TCP proxy, publishes and connects are answered within seconds
-  with 108 (temporary), and once it returns nobody is rate limited for the work
-  that was refused.
+- ``test_postgresql_stall_is_bounded_and_finished``: publishes stalled behind a
+  locked channel row are answered within seconds with 108 (temporary), yet each one
+  the database already had is finished once the lock goes: stored once, delivered
+  live at once (no hole that subscribers wait behind), charged once, and its retry
+  with the same ``client_id`` is answered with it for free; with PostgreSQL stalled
+  behind a paused TCP proxy, connects are answered 108 in bounded time too.
 """
 
 from __future__ import annotations
@@ -178,7 +180,7 @@ async def timed_call(sock: RawClient, method: str, params: dict[str, Any]) -> tu
 
 
 @pytest.mark.usefixtures("encoding")
-async def test_postgresql_stall_is_bounded_and_not_charged(
+async def test_postgresql_stall_is_bounded_and_finished(
     cluster: Cluster, community: Community, settings: Settings
 ) -> None:
     target, proxied_url = database_link_target(settings.database_url or "")
@@ -192,40 +194,49 @@ async def test_postgresql_stall_is_bounded_and_not_charged(
     )
     channel = lounge["channel"]
     sockets = [await RawClient.open(node.ws_url) for _ in range(5)]  # as many as the rate limit allows
+    watcher = await RawClient.open(node.ws_url)
     try:
         for sock in sockets:
             await sock.connect(alice.access_token)
+        await watcher.connect(alice.access_token)  # the mentor stays unknown to the node until part 2
+        assert "subscribe" in await watcher.call("subscribe", {"channel": channel})
 
-        # 1. The channel's row is locked by someone else: every publish waits for it, charged.
+        # 1. The channel's row is locked by someone else: every publish waits for it and is answered 108.
+        posts = [message(f"stalled {i}") for i in range(len(sockets))]
         locker = await asyncpg.connect(settings.database_url)
         try:
             async with locker.transaction():
                 await locker.execute("SELECT 1 FROM channels WHERE name = $1 FOR UPDATE", channel)
                 stalled = await asyncio.gather(
                     *(
-                        timed_call(s, "publish", {"channel": channel, "data": message(f"stalled {i}")})
-                        for i, s in enumerate(sockets)
+                        timed_call(s, "publish", {"channel": channel, "data": post})
+                        for s, post in zip(sockets, posts, strict=True)
                     )
                 )
-                # The node cancels what it gave up on; let PostgreSQL see those cancels before the
-                # lock goes (a post that commits in between was answered 108 too: "may be stored").
-                async with asyncio.timeout(5):
-                    while await locker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted"):
-                        await asyncio.sleep(0.05)
+                assert await locker.fetchval("SELECT count(*) FROM pg_locks WHERE NOT granted") == len(posts), (
+                    "the statements answered 108 were withdrawn from the database"
+                )
         finally:
             await locker.close()
+        released = time.monotonic()
         codes = [reply.get("error", {}).get("code") for reply, _ in stalled]
         slowest = max(took for _, took in stalled)
         assert codes == [108] * len(sockets), stalled
         assert all(reply["error"].get("temporary") for reply, _ in stalled)
         assert slowest < 4, f"a stalled publish was answered after {slowest:.1f} s"
-        assert await stored_log(channel) == [], "a refused publish was stored"
-        # Nothing refused was charged: the whole budget (5 per minute) is still there.
-        for index in range(5):
-            reply = await sockets[0].call("publish", {"channel": channel, "data": message(f"after {index}")})
-            assert reply.get("publish") == {}, (index, reply)
+        # The lock is gone: what the database had is stored once and delivered live at once,
+        # not left as holes for the next catch-up from the log.
+        delivered = sorted([(await watcher.push(lambda p: "pub" in p, timeout=3))["pub"]["offset"] for _ in posts])
+        took = time.monotonic() - released
+        assert delivered == [1, 2, 3, 4, 5] and took < 2, (delivered, took)
+        assert sorted(client_id for _, client_id in await stored_log(channel)) == sorted(p["client_id"] for p in posts)
+        # A retry with its client_id is answered with the stored message, free; the five were charged once.
+        for sock, post in zip(sockets, posts, strict=True):
+            reply = await sock.call("publish", {"channel": channel, "data": post})
+            assert reply.get("publish") == {}, reply
         over = await sockets[0].call("publish", {"channel": channel, "data": message("one too many")})
         assert over.get("error", {}).get("code") == 111, over
+        assert len(await stored_log(channel)) == len(posts)
 
         # 2. PostgreSQL stops answering altogether: publishes and new connects are answered 108 in bounded time.
         pg_link.pause()
@@ -246,7 +257,7 @@ async def test_postgresql_stall_is_bounded_and_not_charged(
         await fresh.connect(mentor.access_token)
         await fresh.close()
     finally:
-        for sock in sockets:
+        for sock in [*sockets, watcher]:
             await sock.close()
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
@@ -129,3 +130,34 @@ async def test_inside_a_plain_transaction_it_is_refused(state: AppState) -> None
         with pytest.raises(RuntimeError, match="plain transaction"):
             async with unit_of_work(state.engine):
                 pass
+
+
+async def test_a_caller_cancelled_after_the_commit_still_runs_every_effect(state: AppState) -> None:
+    """A socket command answered 108 is cancelled; what it committed is still announced."""
+    started, release = asyncio.Event(), asyncio.Event()
+    seen: list[str] = []
+
+    async def slow_broadcast() -> None:
+        started.set()
+        await release.wait()
+        seen.append("broadcast")
+
+    async def push() -> None:
+        seen.append("push")
+
+    async def write() -> None:
+        async with unit_of_work(state.engine):
+            await create_channel(f"lounge:{uuid.uuid4()}")
+            await on_commit(slow_broadcast)
+            await on_commit(push)
+        seen.append("after the unit of work")  # never reached: the cancellation is raised
+
+    command = asyncio.create_task(write())
+    await started.wait()
+    command.cancel()  # the command's timeout, while the first effect is under way
+    await asyncio.sleep(0.05)
+    assert not command.done() and seen == []
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await command
+    assert seen == ["broadcast", "push"]

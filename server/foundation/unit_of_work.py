@@ -9,6 +9,11 @@ in order of registration after the outermost unit of work committed, and never
 after a rollback. Outside any unit of work an effect runs at once (what it
 follows is already committed, statement by statement).
 
+Once the transaction committed its effects run to the end even if the caller is
+cancelled meanwhile (a socket command answered 108 after ``WS_COMMAND_TIMEOUT``): a
+committed write whose broadcast was cut short would be a hole in its channel. The
+cancellation is raised when they are done.
+
 Each effect runs even when an earlier one failed; a failure is logged, and the
 first one is raised once all ran, so a caller whose effect may fail (e.g. a job
 that must be queued) still reports it. Effects that must never fail the caller
@@ -23,6 +28,8 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
 from piccolo.engine.postgres import PostgresEngine, PostgresTransaction
+
+from server.foundation.finishing import Finisher
 
 Effect = Callable[[], Awaitable[object]]
 
@@ -52,7 +59,9 @@ async def unit_of_work(engine: PostgresEngine) -> AsyncIterator[PostgresTransact
             yield transaction
     finally:
         _pending.reset(token)
-    await _run(effects)
+    finisher = Finisher()
+    await finisher.run(_run(effects))
+    finisher.raise_if_cancelled()
 
 
 async def on_commit(effect: Effect) -> None:

@@ -44,6 +44,7 @@ from server.foundation import metrics
 from server.foundation.clock import now
 from server.foundation.database import fetch
 from server.foundation.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
+from server.foundation.finishing import Finisher
 from server.foundation.pagination import decode_cursor, encode_cursor
 from server.foundation.redis import REDIS_ERRORS
 from server.foundation.settings import parse_rate
@@ -241,28 +242,36 @@ async def _post_message(
     )
     pool = state.engine.pool
     assert pool is not None  # started by acquire_engine before the app serves
+    # Waiting for a connection may be cancelled (a 108 sheds that load: nothing was sent).
+    # Once the statement is sent the post is finished, its effects included, even if the
+    # command is answered 108 meanwhile: a post stored but not broadcast would be a hole
+    # that its channel's subscribers wait behind. A retry with its client_id finds it.
+    finisher = Finisher()
     try:
         async with pool.acquire() as connection:
             started = time.perf_counter()
-            row = await connection.fetchrow(
-                _POST_SQL,
-                name,
-                draft.id,
-                principal.user_id,
-                access.sender_type.value,
-                data.client_id,
-                text,
-                data.reply_to,
-                draft.created_at,
-                attachments,
-                _json.encode({"type": "message", "message": draft}).decode(),
-                access.thread.id if access.thread is not None else None,
+            row = await finisher.run(
+                connection.fetchrow(
+                    _POST_SQL,
+                    name,
+                    draft.id,
+                    principal.user_id,
+                    access.sender_type.value,
+                    data.client_id,
+                    text,
+                    data.reply_to,
+                    draft.created_at,
+                    attachments,
+                    _json.encode({"type": "message", "message": draft}).decode(),
+                    access.thread.id if access.thread is not None else None,
+                )
             )
             if metrics.collecting:
                 _POST_SECONDS.observe(time.perf_counter() - started)
     except asyncpg.UniqueViolationError:
         # A retry: this client_id's message is stored already (by an earlier attempt, or by a
         # concurrent one that won the race). Answer with it; the retry costs no budget.
+        finisher.raise_if_cancelled()
         existing = await _existing_post(principal.user_id, data.client_id, name)
         if existing is None:
             raise
@@ -281,6 +290,16 @@ async def _post_message(
         epoch=row["epoch"],
         data={"type": "message", "message": msgspec.to_builtins(message)},
     )
+    await finisher.run(_after_post(state, access, principal, message, publication))
+    finisher.raise_if_cancelled()
+    return PostResult(message=message, created=True, publication=publication)
+
+
+async def _after_post(
+    state: AppState, access: ChannelAccess, principal: Principal, message: MessageOut, publication: Publication
+) -> None:
+    """A stored post's effects: its broadcast, the coach's reply, mentions, pushes (none raises)."""
+    name, offset = publication.channel, publication.offset
     await broadcast(state, [publication])
     try:  # the message is stored: a coach reply that cannot be queued (Redis away) must not undo its ack
         async with asyncio.timeout(COACH_QUEUE_TIMEOUT):
@@ -291,7 +310,7 @@ async def _post_message(
                 lounge=access.lounge.lounge if access.lounge is not None else None,
                 asker=principal.user_id,
                 offset=offset,
-                text=text,
+                text=message.text,
             )
     except REDIS_ERRORS as exc:
         log.warning("coach reply not queued", extra={"channel": name, "offset": offset, "error": repr(exc)})
@@ -299,7 +318,6 @@ async def _post_message(
     await notify_mentions(state, name, message)
     if access.name.kind == "lounge":  # to the members who are away (never raises)
         await queue_lounge_message_push(state, name, offset)
-    return PostResult(message=message, created=True, publication=publication)
 
 
 class ReplyAlreadyStored(Exception):
