@@ -31,6 +31,7 @@ from server.domain.chat.rows import (
     MentioningMessage,
     MessageRef,
     message_out,
+    select_channel_page,
     select_messages,
 )
 from server.domain.chat.schemas import MessageIn, MessageOut, MessagePage, ReadOut, SenderOut
@@ -42,7 +43,6 @@ from server.domain.tables.files import File
 from server.domain.tables.lounges import LoungeMembership
 from server.foundation import metrics
 from server.foundation.clock import now
-from server.foundation.database import fetch
 from server.foundation.errors import Conflict, Forbidden, NotFound, RateLimited, ValidationFailed
 from server.foundation.finishing import Finisher
 from server.foundation.pagination import decode_cursor, encode_cursor
@@ -84,16 +84,13 @@ async def history(
             raise ValidationFailed("the cursor is not one this API handed out", code="invalid_cursor")
         before, after = (position, None) if direction == "before" else (None, position)
     if after is not None:
-        rows = await select_messages(
-            ' WHERE m.channel = {} AND m."offset" > {} ORDER BY m."offset" LIMIT {}',
-            channel,
-            after,
-            limit + 1,
+        last_offset, rows = await select_channel_page(
+            channel, ' AND m."offset" > {} ORDER BY m."offset" LIMIT {}', after, limit + 1
         )
     else:
-        rows = await select_messages(
-            ' WHERE m.channel = {} AND m."offset" < {} ORDER BY m."offset" DESC LIMIT {}',
+        last_offset, rows = await select_channel_page(
             channel,
+            ' AND m."offset" < {} ORDER BY m."offset" DESC LIMIT {}',
             before if before is not None else 2**62,
             limit + 1,
         )
@@ -105,8 +102,7 @@ async def history(
     next_cursor = None
     if has_more:
         next_cursor = encode_cursor(["after", items[-1].offset] if after is not None else ["before", items[0].offset])
-    last = await fetch("SELECT last_offset FROM channels WHERE name = {}", channel)
-    return MessagePage(items=items, next_cursor=next_cursor, last_offset=last[0]["last_offset"])
+    return MessagePage(items=items, next_cursor=next_cursor, last_offset=last_offset)
 
 
 # -- writes --------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import msgspec
 from server.domain.chat.schemas import MessageOut, SenderOut
 from server.domain.tables.chat import SenderType
 from server.foundation.database import fetch
+from server.foundation.errors import NotFound
 
 _MESSAGE_SELECT = """
 SELECT m.id, m.channel, m."offset", m.sender, m.sender_type, m.client_id, m.text, m.reply_to, m.status,
@@ -81,16 +82,35 @@ def _json(value: Any) -> Any:
     return msgspec.json.decode(value) if isinstance(value, (str, bytes)) else value
 
 
+def _message_row(row: dict[str, Any]) -> MessageRow:
+    row["meta"] = _json(row["meta"]) or {}
+    row["reactions"] = _json(row["reactions"]) or {}
+    return msgspec.convert(row, MessageRow)
+
+
 async def select_messages(condition: str, *args: Any) -> list[MessageRow]:
     """The whole messages matching ``condition`` (SQL after ``FROM messages m``: a ``WHERE``,
     an order, a limit; ``{}`` placeholders for ``args``)."""
-    rows = await fetch(_MESSAGE_SELECT + condition, *args)
-    return [
-        msgspec.convert(
-            {**row, "meta": _json(row["meta"]) or {}, "reactions": _json(row["reactions"]) or {}}, MessageRow
-        )
-        for row in rows
-    ]
+    return [_message_row(row) for row in await fetch(_MESSAGE_SELECT + condition, *args)]
+
+
+async def select_channel_page(channel: str, condition: str, *args: Any) -> tuple[int, list[MessageRow]]:
+    """The channel's last offset and its whole messages matching ``condition`` (SQL after
+    ``WHERE m.channel = <channel>``: more conditions, an order, a limit; ``{}`` placeholders
+    for ``args``), in one statement (the channel may be gone since its access was checked)."""
+    rows = await fetch(
+        "SELECT c.last_offset AS channel_last_offset, page.* FROM channels c LEFT JOIN LATERAL ("
+        + _MESSAGE_SELECT
+        + " WHERE m.channel = c.name"
+        + condition
+        + ") page ON true WHERE c.name = {}",
+        *args,
+        channel,
+    )
+    if not rows:
+        raise NotFound("no such channel", code="channel_not_found")
+    last_offset: int = rows[0]["channel_last_offset"]
+    return last_offset, [_message_row(row) for row in rows if row["id"] is not None]
 
 
 def message_out(row: MessageRow) -> MessageOut:
