@@ -43,6 +43,8 @@ def test_values_are_converted_from_strings() -> None:
         ({"REALTIME_REDIS_URL": "http+cluster://127.0.0.1:7000"}, "REALTIME_REDIS_URL"),
         ({"REDIS_PREFIX": "a{b}"}, "REDIS_PREFIX"),  # braces would make every key one hash tag
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
+        ({"GC_THRESHOLDS": "700,10"}, "GC_THRESHOLDS"),
+        ({"GC_THRESHOLDS": "0,10,10"}, "GC_THRESHOLDS"),  # 0 would turn the collector off
         ({"APNS_KEY": "not a key", "APNS_KEY_ID": "ABC123DEFG", "APNS_TEAM_ID": "TEAM123456"}, "APNS_KEY"),
         ({"APNS_KEY": "-----BEGIN PRIVATE KEY-----\\nMIG...\\n-----END PRIVATE KEY-----"}, "APNS_KEY_ID"),
         ({"APNS_KEY_ID": "short"}, "APNS_KEY_ID"),

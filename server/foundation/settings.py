@@ -124,6 +124,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ws_pong_timeout: PositiveInt = 10
     ws_connect_timeout: PositiveInt = 10
     ws_expired_close_delay: Annotated[int, msgspec.Meta(ge=0)] = 25
+    # The cyclic garbage collector's thresholds (``gc.set_threshold``) for serve and worker.
+    # CPython's 700,10,10 collects the young generation so often under load that objects
+    # living a few milliseconds reach the old one, whose full passes then run every few
+    # seconds and stall every socket for up to a second at 10,000 sockets (docs/scaling.md).
+    gc_thresholds: str = "50000,10,10"
     # Longest a socket command may take (a stalled database or Redis): past it, error 108.
     ws_command_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     # Failed commands (client errors) one socket may send per 10 s before it is closed with 3509.
@@ -359,6 +364,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "publish_rate_limit",
         ):
             parse_rate(name.upper(), getattr(self, name))
+        parse_gc_thresholds(self.gc_thresholds)
         for entry in self.jwt_keys:
             kid, sep, secret = entry.partition(":")
             if not sep or not kid or len(secret) < 32:
@@ -442,6 +448,15 @@ def parse_rate(variable: str, spec: str) -> tuple[int, int]:
     if not (sep and count.isdigit() and seconds.isdigit() and int(count) > 0 and int(seconds) > 0):
         raise ValueError(f"{variable} must look like 'count/seconds', e.g. '30/60'")
     return int(count), int(seconds)
+
+
+def parse_gc_thresholds(spec: str) -> tuple[int, int, int]:
+    """``"50000,10,10"`` → ``(50000, 10, 10)``, the arguments of ``gc.set_threshold``."""
+    parts = spec.split(",")
+    if len(parts) != 3 or not all(part.strip().isdigit() and int(part) > 0 for part in parts):
+        raise ValueError("GC_THRESHOLDS must be three positive integers, e.g. '50000,10,10'")
+    first, second, third = (int(part) for part in parts)
+    return first, second, third
 
 
 _LIST_FIELDS = {f.name for f in msgspec.structs.fields(Settings) if f.type == list[str]}
