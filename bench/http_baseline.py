@@ -3,6 +3,8 @@
 Scenarios (each run R times, interleaved so drift hits all of them alike):
 
 - ``peer GET /``          — ``bench.peer``: a few lines of ASGI answering ``{"status":"ok"}``;
+- ``peer GET /db``        — the same after one ``SELECT $1::text`` through an asyncpg pool:
+  the floor of any read that touches PostgreSQL, for the reads below;
 - ``ours GET /health``    — the real app, no I/O: routing, middleware, msgspec;
 - ``ours GET /users/me``  — an authenticated call at its cheapest: the bearer token and
   its session (kept per process for ``AUTH_CACHE_SECONDS``), the caller's own row;
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
     variants = getattr(args, "metrics", ["on"])
     with BenchStack(keep_logs=args.keep_logs) as stack:
         stack.start_services()
-        peer = stack.start_peer(cpu=server_cpu)
+        peer = stack.start_peer(cpu=server_cpu, database=True)
         servers = {PEER: peer}
         # "on" is ``ours``; "off" is ``ours`` too when it runs alone, else ``ours-no-metrics``.
         names = {"on": OURS, "off": OURS_NO_METRICS if "on" in variants else OURS}
@@ -176,6 +178,8 @@ def run(args: argparse.Namespace) -> int:
         for path, headers in [("/health", []), *((path, bearer) for path in reads)]:
             label = path.split("?")[0].replace(reads[3].split("?")[0], "/api/v1/chat/threads/{id}/messages")
             scenarios += [Scenario(f"{labels[name]} GET {label}", name, path, headers) for name in ours]
+        # Last, so that --metrics on,off keeps each path's two servers side by side.
+        scenarios.append(Scenario("peer GET /db (one asyncpg statement)", PEER, "/db"))
         total = args.repeats * len(scenarios)
         for repeat in range(args.repeats):
             # A path's two servers swap places every other repeat, so an order effect cancels out.

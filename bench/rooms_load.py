@@ -270,10 +270,15 @@ async def run_rooms(args: argparse.Namespace, rooms: list[Room], stats: Stats, o
     last_sent = clock()
     if pending:
         await asyncio.wait(pending, timeout=order["timeout"])
+    # Drained when every member has every acknowledged post of its lounge. The count alone
+    # is not enough: a post answered 108 may still be stored and delivered, so deliveries
+    # can reach the total while an acknowledged post is still on its way.
     expected_total = sum((len(room.sent) - len(room.refused)) * len(room.members) for room in rooms)
     deadline = clock() + order["drain"]
-    while stats.total < expected_total and clock() < deadline:
-        await asyncio.sleep(0.05)
+    while clock() < deadline:
+        if stats.total >= expected_total and _check(rooms)["missing"] == 0:
+            break
+        await asyncio.sleep(0.05 if stats.total < expected_total else 0.25)
     drained_after = max(0.0, clock() - until)
     dropped = sum(1 for room in rooms for sock in room.members if sock.done.done())
     return {

@@ -304,7 +304,9 @@ class BenchStack:
             log.info("%s: %d web processes accepting (pids %s)", name, workers, nodes)
         return server
 
-    def start_peer(self, *, cpu: int | None, name: str = "peer") -> Server:
-        """The raw ASGI peer (``bench.peer``) under uvicorn with the same options."""
+    def start_peer(self, *, cpu: int | None, name: str = "peer", database: bool = False) -> Server:
+        """The raw ASGI peer (``bench.peer``) under uvicorn with the same options; with
+        ``database`` it gets our ``DATABASE_URL`` and answers ``/db`` after one statement."""
         argv = [sys.executable, "-m", "bench.peer", "--host", HOST, "--port", "{port}"]
-        return self.start_server(name, argv, cpu=cpu)
+        env = {**os.environ, "DATABASE_URL": self.env["DATABASE_URL"]} if database and self.env else None
+        return self.start_server(name, argv, cpu=cpu, env=env)
