@@ -22,7 +22,8 @@ delivered deliveries/s; CPU of the web node, PostgreSQL, Valkey, the worker and 
 generators, and how busy each CPU was; the web node's CPU per stored post beyond a baseline
 window (every socket open, the coach streaming, nothing posted). Correctness per member, after a bounded drain: the
 posts it received against those posted to its lounge (an acknowledged post missing is a
-loss; one refused with an error may arrive or not; duplicated, unexpected),
+loss; one refused with an error may arrive or not, in its window or a later one, where
+it is counted apart as "earlier"; duplicated, unexpected),
 offsets without gap or repeat, no socket dropped, every post acknowledged without error;
 every coach member got deltas 1..n and the reply's ``ai.end``. A rate "keeps up" when
 deliveries inside the window are >= 97% of those offered, nothing is lost and the backlog
@@ -288,6 +289,7 @@ def merge(parts: list[dict[str, Any]], duration: float) -> dict[str, Any]:
                 "missing",
                 "duplicates",
                 "unexpected",
+                "earlier",
                 "members_short",
                 "gaps",
                 "duplicate_offsets",
@@ -665,7 +667,8 @@ def render(summary: list[dict[str, Any]], verdict: dict[str, Any], config: dict[
         "stored/acked: rows PostgreSQL stored / acknowledgements received inside the window, per second; refused: "
         "posts answered with an error (e.g. 108 after WS_COMMAND_TIMEOUT; such a post may still be stored). "
         "miss/gap/dup: per member, acknowledged posts of its lounge not received after the drain / offsets "
-        f"skipped / received twice. 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
+        "skipped / received twice (a post refused in an earlier window and delivered in this one is not counted "
+        f"here: the JSON's 'earlier'). 'keeps up': delivered >= {KEEPS_UP:.0%} of offered, nothing lost, every post acknowledged, every "
         "coach reply complete, backlog drained within 1 s. CPU: percent of one CPU over the window (PG: the "
         "postmaster and its backends; loadgen: every load generator process); 'CPU busy': each CPU of the "
         "machine, other jobs included. 'server ms/post': the web node's CPU beyond its "

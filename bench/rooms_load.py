@@ -183,10 +183,12 @@ def _ms(seconds: list[float] | array.array) -> list[float]:
     return [round(v * 1000, 3) for v in seconds]
 
 
-def _check(rooms: list[Room]) -> dict[str, int]:
+def _check(rooms: list[Room], first_seq: int) -> dict[str, int]:
     """Each member's received seqs against those posted to its lounge (as multisets): an
-    acknowledged post missing is a loss; one refused with an error may arrive or not."""
-    out = {"missing": 0, "duplicates": 0, "unexpected": 0, "members_short": 0}
+    acknowledged post missing is a loss; one refused with an error may arrive or not. A
+    post of an earlier window (seq below ``first_seq``: refused there, then stored after
+    all) arriving now is counted apart, as ``earlier``; any other stranger is unexpected."""
+    out = {"missing": 0, "duplicates": 0, "unexpected": 0, "earlier": 0, "members_short": 0}
     for room in rooms:
         sent = sorted(room.sent)
         for sock in room.members:
@@ -200,7 +202,9 @@ def _check(rooms: list[Room]) -> dict[str, int]:
             out["missing"] += missing
             out["members_short"] += 1 if missing else 0
             out["duplicates"] += sum(n - 1 for n in received.values() if n > 1)
-            out["unexpected"] += sum(1 for seq in received if seq not in posted)
+            strangers = [seq for seq in received if seq not in posted]
+            out["earlier"] += sum(1 for seq in strangers if seq < first_seq)
+            out["unexpected"] += sum(1 for seq in strangers if seq >= first_seq)
     return out
 
 
@@ -208,6 +212,7 @@ async def run_rooms(args: argparse.Namespace, rooms: list[Room], stats: Stats, o
     start, warmup, duration = order["start"], order["warmup"], order["duration"]
     measure_from, until = start + warmup, start + warmup + duration
     stats.reset((measure_from, until))
+    first_seq = stats.seq + 1
     live = [room for room in rooms if room.members]
     for room in rooms:
         room.sent = []
@@ -276,7 +281,7 @@ async def run_rooms(args: argparse.Namespace, rooms: list[Room], stats: Stats, o
     expected_total = sum((len(room.sent) - len(room.refused)) * len(room.members) for room in rooms)
     deadline = clock() + order["drain"]
     while clock() < deadline:
-        if stats.total >= expected_total and _check(rooms)["missing"] == 0:
+        if stats.total >= expected_total and _check(rooms, first_seq)["missing"] == 0:
             break
         await asyncio.sleep(0.05 if stats.total < expected_total else 0.25)
     drained_after = max(0.0, clock() - until)
@@ -303,7 +308,7 @@ async def run_rooms(args: argparse.Namespace, rooms: list[Room], stats: Stats, o
         "duplicate_offsets": stats.duplicate_offsets,
         "foreign": stats.foreign,
         "dropped_sockets": dropped,
-        **_check(rooms),
+        **_check(rooms, first_seq),
     }
 
 
