@@ -94,6 +94,8 @@ async def history(
             before if before is not None else 2**62,
             limit + 1,
         )
+    # The page's order is the subquery's; the statement around it does not promise to keep it.
+    rows.sort(key=lambda row: row.offset, reverse=after is None)
     has_more = len(rows) > limit
     rows = rows[:limit]
     if after is None:
