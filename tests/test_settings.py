@@ -45,6 +45,7 @@ def test_values_are_converted_from_strings() -> None:
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"GC_THRESHOLDS": "700,10"}, "GC_THRESHOLDS"),
         ({"GC_THRESHOLDS": "0,10,10"}, "GC_THRESHOLDS"),  # 0 would turn the collector off
+        ({"REDIS_MAX_CONNECTIONS": "2"}, "REDIS_MAX_CONNECTIONS"),  # the pub/sub and a command need more
         ({"APNS_KEY": "not a key", "APNS_KEY_ID": "ABC123DEFG", "APNS_TEAM_ID": "TEAM123456"}, "APNS_KEY"),
         ({"APNS_KEY": "-----BEGIN PRIVATE KEY-----\\nMIG...\\n-----END PRIVATE KEY-----"}, "APNS_KEY_ID"),
         ({"APNS_KEY_ID": "short"}, "APNS_KEY_ID"),

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from arq.connections import ArqRedis
 from arq.jobs import Job
-from redis.asyncio import ConnectionPool, Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
 from redis.asyncio.retry import Retry
@@ -82,6 +82,22 @@ def _connection_options() -> dict[str, Any]:
     }
 
 
+def _bounded_pool(url: str, settings: Settings) -> BlockingConnectionPool:
+    """At most ``REDIS_MAX_CONNECTIONS`` connections to the server at ``url``; a command finding
+    them all busy waits for one (its own timeout still bounds it). redis-py's default pool
+    opens one more connection for every command that finds none free: a storm of 10,000
+    sockets connecting or leaving at once opened ~10,000 and reached Redis's ``maxclients``,
+    refusing every other node and worker too."""
+    return BlockingConnectionPool.from_url(
+        url, max_connections=settings.redis_max_connections, timeout=POOL_WAIT_SECONDS, **_connection_options()
+    )
+
+
+# How long a command waits for a free pooled connection before it fails (callers on a
+# socket's path give up sooner, after their own ``REDIS_TIMEOUT``).
+POOL_WAIT_SECONDS = 10.0
+
+
 class QueueRedis(ArqRedis):
     """arq's client, counting the jobs this process queues (``lounges_jobs_enqueued_total``)."""
 
@@ -96,7 +112,7 @@ def create_redis(settings: Settings) -> ArqRedis:
     """The queue Redis: a lazily-connecting client that retries dropped connections by itself."""
     if not settings.redis_url:
         raise RuntimeError("REDIS_URL is not set (the dev launcher `python -m server dev` provides one)")
-    pool = ConnectionPool.from_url(settings.redis_url, **_connection_options())
+    pool = _bounded_pool(settings.redis_url, settings)
     return QueueRedis(
         pool_or_conn=pool,
         job_serializer=serialize_job,
@@ -124,7 +140,7 @@ def create_realtime_redis(settings: Settings, queue: ArqRedis) -> RealtimeRedis:
             cluster_error_retry_attempts=3,
             **_connection_options(),
         )
-    return Redis(connection_pool=ConnectionPool.from_url(url, **_connection_options()))
+    return Redis(connection_pool=_bounded_pool(url, settings))
 
 
 def register_script(redis: RealtimeRedis, source: str) -> AsyncScript:

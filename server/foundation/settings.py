@@ -129,6 +129,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # living a few milliseconds reach the old one, whose full passes then run every few
     # seconds and stall every socket for up to a second at 10,000 sockets (docs/scaling.md).
     gc_thresholds: str = "50000,10,10"
+    # Connections per process to each Redis server (queue and realtime); commands beyond them
+    # wait for a free one. A Redis Cluster's client keeps its own pools per shard.
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=4, le=10_000)] = 64
     # Longest a socket command may take (a stalled database or Redis): past it, error 108.
     ws_command_timeout: Annotated[float, msgspec.Meta(gt=0, le=60)] = 5.0
     # Failed commands (client errors) one socket may send per 10 s before it is closed with 3509.
