@@ -82,6 +82,11 @@ def _connection_options() -> dict[str, Any]:
     }
 
 
+# How long a command waits for a free pooled connection before it fails (callers on a
+# socket's path give up sooner, after their own ``REDIS_TIMEOUT``).
+POOL_WAIT_SECONDS = 10.0
+
+
 def _bounded_pool(url: str, settings: Settings) -> BlockingConnectionPool:
     """At most ``REDIS_MAX_CONNECTIONS`` connections to the server at ``url``; a command finding
     them all busy waits for one (its own timeout still bounds it). redis-py's default pool
@@ -91,11 +96,6 @@ def _bounded_pool(url: str, settings: Settings) -> BlockingConnectionPool:
     return BlockingConnectionPool.from_url(
         url, max_connections=settings.redis_max_connections, timeout=POOL_WAIT_SECONDS, **_connection_options()
     )
-
-
-# How long a command waits for a free pooled connection before it fails (callers on a
-# socket's path give up sooner, after their own ``REDIS_TIMEOUT``).
-POOL_WAIT_SECONDS = 10.0
 
 
 class QueueRedis(ArqRedis):

@@ -94,12 +94,11 @@ async def history(
             before if before is not None else 2**62,
             limit + 1,
         )
-    # The page's order is the subquery's; the statement around it does not promise to keep it.
-    rows.sort(key=lambda row: row.offset, reverse=after is None)
+    # In offset order (the statement around the page does not promise the page's own order);
+    # the one row past the limit is the oldest of a page going back, the newest going forward.
+    rows.sort(key=lambda row: row.offset)
     has_more = len(rows) > limit
-    rows = rows[:limit]
-    if after is None:
-        rows.reverse()
+    rows = rows[:limit] if after is not None else rows[-limit:]
     items = [message_out(r) for r in rows]
     next_cursor = None
     if has_more:
